@@ -1,0 +1,172 @@
+//! Reading changes: the current clock state as cr-sqlite's `crsql_changes`
+//! shows it (crr-model.md 6) — one change per clock entry, with the column's
+//! current value and the row's current causal length.
+
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Entry, RowClock};
+use crate::error::{CrrError, Result};
+use crate::schema::quote_ident;
+use crate::store::{load_clock, CrrTable, Sites};
+use crate::{pk, SiteId, Value};
+
+/// The column name of a row's sentinel entry.
+pub const SENTINEL: &str = "-1";
+
+/// One change: a clock entry and what it says about one cell (or, for the
+/// sentinel `cid = "-1"`, about the row's existence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub table: String,
+    /// The packed primary key (see [`crate::pk`]).
+    pub pk: Vec<u8>,
+    /// A column name, or `"-1"` for the row's sentinel.
+    pub cid: String,
+    /// The column's value; NULL for a sentinel.
+    pub val: Value,
+    pub col_version: i64,
+    pub db_version: i64,
+    pub site_id: SiteId,
+    /// The row's causal length: odd = alive, even = deleted.
+    pub cl: i64,
+    pub seq: i64,
+}
+
+impl Change {
+    pub fn is_sentinel(&self) -> bool {
+        self.cid == SENTINEL
+    }
+}
+
+/// Which entries to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filter {
+    /// Only entries with db_version > `after`.
+    pub after: u64,
+    /// And db_version <= `up_to`.
+    pub up_to: u64,
+    /// Only this site's entries.
+    pub only: Option<u32>,
+    /// Not this site's entries.
+    pub exclude: Option<u32>,
+}
+
+pub(crate) fn read(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    sites: &Sites,
+    filter: Filter,
+) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    let mut index = conn.prepare_cached(
+        "SELECT db_version, tbl, pk FROM crr_versions
+         WHERE site = ?1 AND db_version > ?2 AND db_version <= ?3
+         ORDER BY db_version, tbl, pk",
+    )?;
+    for site in 0..sites.len() as u32 {
+        if filter.only.is_some_and(|o| o != site) || filter.exclude == Some(site) {
+            continue;
+        }
+        let hits = index
+            .query_map(
+                (
+                    site,
+                    filter.after as i64,
+                    filter.up_to.min(i64::MAX as u64) as i64,
+                ),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (db_version, tbl, pk) in hits {
+            let table = tables.get(&tbl).ok_or_else(|| {
+                CrrError::Corrupt(format!("crr_versions names unknown table id {tbl}"))
+            })?;
+            let Some(clock) = load_clock(conn, table, &pk)? else {
+                continue;
+            };
+            let wanted = |e: &Entry| e.site == site && e.db_version == db_version as u64;
+            emit_row(conn, table, sites, &pk, &clock, wanted, &mut out)?;
+        }
+    }
+    out.sort_by_key(|c| (c.db_version, c.seq));
+    Ok(out)
+}
+
+fn emit_row(
+    conn: &Connection,
+    table: &CrrTable,
+    sites: &Sites,
+    pk: &[u8],
+    clock: &RowClock,
+    wanted: impl Fn(&Entry) -> bool,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let change = |cid: &str, val: Value, e: &Entry| Change {
+        table: table.info.name.clone(),
+        pk: pk.to_vec(),
+        cid: cid.to_owned(),
+        val,
+        col_version: e.col_version as i64,
+        db_version: e.db_version as i64,
+        site_id: sites.id(e.site),
+        cl: clock.cl as i64,
+        seq: e.seq as i64,
+    };
+    if let Some(e) = clock.sentinel.as_ref().filter(|e| wanted(e)) {
+        out.push(change(SENTINEL, Value::Null, e));
+    }
+    if !clock.cols.iter().flatten().any(&wanted) {
+        return Ok(());
+    }
+    let values = read_values(conn, table, pk)?;
+    for (slot, entry) in clock.cols.iter().enumerate() {
+        if let Some(e) = entry.as_ref().filter(|e| wanted(e)) {
+            let val = values.as_ref().map_or(Value::Null, |v| v[slot].clone());
+            let name = &table.info.columns[table.info.non_pk[slot]].name;
+            out.push(change(name, val, e));
+        }
+    }
+    Ok(())
+}
+
+/// The current values of a row's replicated columns; `None` if absent.
+pub(crate) fn read_values(
+    conn: &Connection,
+    table: &CrrTable,
+    pk: &[u8],
+) -> Result<Option<Vec<Value>>> {
+    if table.slots() == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let cols = table
+        .info
+        .non_pk_columns()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols} FROM {} WHERE {}",
+        quote_ident(&table.info.name),
+        table.pk_where
+    );
+    let pk_values = pk::unpack(pk)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(pk_values.iter()))?;
+    match rows.next()? {
+        Some(row) => Ok(Some(
+            (0..table.slots())
+                .map(|i| row.get::<_, Value>(i))
+                .collect::<rusqlite::Result<_>>()?,
+        )),
+        None => Ok(None),
+    }
+}

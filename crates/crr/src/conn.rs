@@ -1,0 +1,503 @@
+//! [`CrrConn`]: a SQLite connection whose CRR tables capture, read and merge
+//! changes; [`CrrTx`]: one captured local transaction.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Params};
+
+use crate::capture::{self, Capture, Mode};
+use crate::changes::{self, Change, Filter};
+use crate::error::{CrrError, Result};
+use crate::merge::{self, MergeReport};
+use crate::schema::{self, TableInfo};
+use crate::store::{ClockCache, CrrTable, Sites, BOOTSTRAP_SQL};
+use crate::{migrate, SiteId};
+
+/// A database whose CRR tables replicate. Own one per database file; it is
+/// `Send` but not `Sync` (like the SQLite connection inside).
+pub struct CrrConn {
+    conn: Connection,
+    capture: Capture,
+    tables: HashMap<u32, CrrTable>,
+    by_name: HashMap<String, u32>,
+    sites: Sites,
+}
+
+impl CrrConn {
+    /// Opens (creating if needed) a database file: WAL, `synchronous=NORMAL`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_site_id(path, None)
+    }
+
+    /// Like [`open`](Self::open); a new database gets `site_id` (tests pin
+    /// site ids: they break ties). An existing database with a different id
+    /// is an error.
+    pub fn open_with_site_id(path: impl AsRef<Path>, site_id: Option<SiteId>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn, site_id)
+    }
+
+    pub fn open_in_memory() -> Result<Self> {
+        Self::open_in_memory_with_site_id(None)
+    }
+
+    pub fn open_in_memory_with_site_id(site_id: Option<SiteId>) -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, site_id)
+    }
+
+    fn init(conn: Connection, site_id: Option<SiteId>) -> Result<Self> {
+        // Corrosion's settings: INSERT OR REPLACE fires the delete trigger.
+        conn.pragma_update(None, "recursive_triggers", true)?;
+        conn.execute_batch(BOOTSTRAP_SQL)?;
+        let sites = Sites::load_or_init(&conn, site_id)?;
+        let capture = Capture::new();
+        capture.register(&conn)?;
+        let mut me = CrrConn {
+            conn,
+            capture,
+            tables: HashMap::new(),
+            by_name: HashMap::new(),
+            sites,
+        };
+        me.load_tables()?;
+        Ok(me)
+    }
+
+    /// Loads the CRR tables and checks their triggers are Patina's: a table
+    /// whose triggers were dropped or changed outside Patina may hold writes
+    /// that bypassed capture, so opening it is refused.
+    fn load_tables(&mut self) -> Result<()> {
+        let registered: Vec<(u32, String)> = self
+            .conn
+            .prepare("SELECT id, name FROM crr_tables ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, name) in registered {
+            let info = schema::introspect(&self.conn, "main", &name)?.ok_or_else(|| {
+                CrrError::Corrupt(format!("CRR table {name:?} was dropped outside Patina"))
+            })?;
+            let table = CrrTable::new(id, info);
+            for (trigger, sql) in capture::trigger_sql(&table) {
+                let stored: Option<String> = self
+                    .conn
+                    .query_row(
+                        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                        [&trigger],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if stored.as_deref() != Some(sql.as_str()) {
+                    return Err(CrrError::Corrupt(format!(
+                        "capture trigger {trigger:?} of CRR table {name:?} is missing or was changed outside Patina; \
+                         writes may have bypassed replication"
+                    )));
+                }
+            }
+            self.register(table);
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, table: CrrTable) {
+        self.capture.add_table(&table);
+        self.by_name.insert(table.info.name.clone(), table.id);
+        self.tables.insert(table.id, table);
+    }
+
+    /// This replica's site id.
+    pub fn site_id(&self) -> SiteId {
+        self.sites.local()
+    }
+
+    /// The db_version of this replica's last committed local transaction.
+    pub fn db_version(&self) -> u64 {
+        self.sites.db_version(0)
+    }
+
+    /// Every site seen (this one first) with the highest db_version seen
+    /// from it: the local counter for this site, the maximum over every
+    /// merged change (won, lost or ignored) for the others.
+    pub fn site_versions(&self) -> Vec<(SiteId, u64)> {
+        self.sites.all().collect()
+    }
+
+    /// The underlying connection, for reads. Writes to CRR tables through it
+    /// fail: use [`transaction`](Self::transaction).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The CRR tables, by name.
+    pub fn tables(&self) -> Vec<&TableInfo> {
+        let mut out: Vec<&TableInfo> = self.tables.values().map(|t| &t.info).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableInfo> {
+        self.by_name.get(name).map(|id| &self.tables[id].info)
+    }
+
+    /// Makes an existing table a CRR (rows already in it are recorded as one
+    /// local transaction), or — for a table that already is one — picks up
+    /// columns added since. Refused with every broken rule named.
+    pub fn as_crr(&mut self, table: &str) -> Result<()> {
+        self.in_write_tx(|me| me.as_crr_inner(table))
+    }
+
+    fn as_crr_inner(&mut self, name: &str) -> Result<()> {
+        let violations = schema::validate(&self.conn, "main", name)?;
+        if !violations.is_empty() {
+            return Err(CrrError::Schema(violations));
+        }
+        let info = schema::introspect(&self.conn, "main", name)?
+            .ok_or_else(|| CrrError::NotCrr(name.to_owned()))?;
+        let existing = self.by_name.get(name).copied();
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                self.conn
+                    .execute("INSERT INTO crr_tables(name) VALUES (?1)", [name])?;
+                self.conn.last_insert_rowid() as u32
+            }
+        };
+        let table = CrrTable::new(id, info);
+        self.conn.execute_batch(&table.create_clock_sql())?;
+        for (trigger, sql) in capture::trigger_sql(&table) {
+            self.conn.execute_batch(&format!(
+                "DROP TRIGGER IF EXISTS {}",
+                schema::quote_ident(&trigger)
+            ))?;
+            self.conn.execute_batch(&sql)?;
+        }
+        self.register(table);
+        if existing.is_none() {
+            self.backfill(id)?;
+        }
+        Ok(())
+    }
+
+    /// Rows present before a table became a CRR get clocks as if inserted
+    /// by one local transaction.
+    fn backfill(&mut self, id: u32) -> Result<()> {
+        let table = &self.tables[&id];
+        let pk_cols = table
+            .info
+            .pk_columns()
+            .map(|c| schema::quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {pk_cols} FROM {}",
+            schema::quote_ident(&table.info.name)
+        );
+        let mut events = Vec::new();
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let values = (0..table.info.pk.len())
+                .map(|i| row.get_ref(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            events.push(capture::Event::Insert {
+                tbl: id,
+                pk: crate::pk::pack(values.into_iter())?,
+            });
+        }
+        drop(rows);
+        drop(stmt);
+        self.record_events(&events)?;
+        Ok(())
+    }
+
+    /// Brings the database's tables to `sql` (CREATE TABLE / CREATE INDEX
+    /// statements) additively, makes every table in it a CRR, and refreshes
+    /// the capture of tables that gained columns. All or nothing.
+    pub fn apply_schema(&mut self, sql: &str) -> Result<()> {
+        let plan = migrate::plan(&self.conn, "main", sql)?;
+        self.in_write_tx(|me| {
+            for statement in &plan.statements {
+                me.conn.execute_batch(statement)?;
+            }
+            for name in plan.new_tables.iter().chain(&plan.altered_tables) {
+                me.as_crr_inner(name)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction; on error everything it did,
+    /// in SQLite and in memory, is undone.
+    fn in_write_tx<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let tables = (
+            self.tables.clone(),
+            self.by_name.clone(),
+            self.sites.clone(),
+        );
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                (self.tables, self.by_name, self.sites) = tables;
+                for t in self.tables.values() {
+                    self.capture.add_table(t);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a local transaction whose writes to CRR tables are captured.
+    pub fn transaction(&mut self) -> Result<CrrTx<'_>> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.capture.set_mode(Mode::Capturing);
+        Ok(CrrTx {
+            crr: self,
+            poisoned: false,
+            done: false,
+        })
+    }
+
+    /// Turns recorded events into clock entries under the next db_version;
+    /// returns it, or `None` if nothing was recorded. Caller owns the tx.
+    fn record_events(&mut self, events: &[capture::Event]) -> Result<Option<u64>> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let db_version = self.sites.db_version(0) + 1;
+        let mut cache = ClockCache::default();
+        let written = capture::record(&self.conn, &self.tables, events, db_version, &mut cache)?;
+        if written == 0 {
+            return Ok(None);
+        }
+        cache.flush(&self.conn, &self.tables)?;
+        self.sites.observe(0, db_version);
+        self.sites.save(&self.conn)?;
+        Ok(Some(db_version))
+    }
+
+    /// Every change with `db_version > since` (stored db_versions: local
+    /// and forwarded ones mixed, crr-model.md 6.2), optionally without one
+    /// site's, ordered by (db_version, seq).
+    pub fn changes_since(&self, since: u64, exclude_site: Option<SiteId>) -> Result<Vec<Change>> {
+        let exclude = exclude_site.map(|s| self.sites.ordinal(&s).unwrap_or(u32::MAX));
+        changes::read(
+            &self.conn,
+            &self.tables,
+            &self.sites,
+            Filter {
+                after: since,
+                up_to: u64::MAX,
+                only: None,
+                exclude,
+            },
+        )
+    }
+
+    /// The changes that site `site` made in transactions `versions` and
+    /// that are still current here, ordered by (db_version, seq).
+    pub fn changes_of(&self, site: SiteId, versions: RangeInclusive<u64>) -> Result<Vec<Change>> {
+        let Some(ordinal) = self.sites.ordinal(&site) else {
+            return Ok(Vec::new());
+        };
+        changes::read(
+            &self.conn,
+            &self.tables,
+            &self.sites,
+            Filter {
+                after: versions.start().saturating_sub(1),
+                up_to: *versions.end(),
+                only: Some(ordinal),
+                exclude: None,
+            },
+        )
+    }
+
+    /// Merges a batch of remote changes in one SQLite transaction, in batch
+    /// order. Idempotent. A malformed change fails the whole batch: nothing
+    /// of it is applied.
+    pub fn apply_changes(&mut self, batch: &[Change]) -> Result<MergeReport> {
+        self.in_write_tx(|me| {
+            me.capture.set_mode(Mode::Merging);
+            let result = merge::check(&me.conn, &me.tables, &me.by_name, &mut me.sites, batch)
+                .and_then(|checked| merge::merge(&me.conn, &me.tables, &mut me.sites, &checked));
+            me.capture.set_mode(Mode::Idle);
+            result
+        })
+    }
+}
+
+/// One local transaction. Statements run with [`execute`](Self::execute)
+/// and friends; [`commit`](Self::commit) turns what they wrote into clock
+/// entries under one new db_version. Dropped without commit: rolled back.
+pub struct CrrTx<'a> {
+    crr: &'a mut CrrConn,
+    poisoned: bool,
+    done: bool,
+}
+
+impl CrrTx<'_> {
+    /// Runs one statement with parameters; returns the rows it changed.
+    pub fn execute(&mut self, sql: &str, params: impl Params) -> Result<usize> {
+        self.guard(|conn| {
+            let mut stmt = conn.prepare(sql)?;
+            check_statement(stmt.expanded_sql().as_deref().unwrap_or(sql))?;
+            if stmt.column_count() > 0 {
+                let mut rows = stmt.query(params)?;
+                while rows.next()?.is_some() {}
+                Ok(conn.changes() as usize)
+            } else {
+                Ok(stmt.execute(params)?)
+            }
+        })
+    }
+
+    /// Runs every statement of `sql` (no parameters).
+    pub fn execute_batch(&mut self, sql: &str) -> Result<()> {
+        self.guard(|conn| {
+            use rusqlite::fallible_iterator::FallibleIterator;
+            let mut batch = rusqlite::Batch::new(conn, sql);
+            while let Some(mut stmt) = batch.next()? {
+                check_statement(stmt.expanded_sql().as_deref().unwrap_or(""))?;
+                let mut rows = stmt.raw_query();
+                while rows.next()?.is_some() {}
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs a query inside the transaction (sees its uncommitted writes).
+    pub fn query<T>(
+        &mut self,
+        sql: &str,
+        params: impl Params,
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        self.guard(|conn| {
+            let mut stmt = conn.prepare(sql)?;
+            check_statement(sql)?;
+            let mut rows = stmt.query(params)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(map(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn guard<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.poisoned {
+            return Err(CrrError::TransactionPoisoned);
+        }
+        let result = f(&self.crr.conn);
+        // A failed statement may have left part of its writes in SQLite (OR
+        // FAIL) while its recorded events say otherwise: only rollback is safe.
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Commits; returns the db_version the writes were recorded under, or
+    /// `None` when nothing replicated changed.
+    pub fn commit(mut self) -> Result<Option<u64>> {
+        self.done = true;
+        if self.poisoned {
+            self.rollback_now();
+            return Err(CrrError::TransactionPoisoned);
+        }
+        let events = std::mem::take(&mut self.crr.capture.lock().events);
+        self.crr.capture.set_mode(Mode::Idle);
+        let sites = self.crr.sites.clone();
+        let result = self
+            .crr
+            .record_events(&events)
+            .and_then(|v| Ok(self.crr.conn.execute_batch("COMMIT").map(|_| v)?));
+        if result.is_err() {
+            self.crr.sites = sites;
+            self.rollback_now();
+        }
+        result
+    }
+
+    pub fn rollback(mut self) {
+        self.done = true;
+        self.rollback_now();
+    }
+
+    fn rollback_now(&mut self) {
+        self.crr.capture.set_mode(Mode::Idle);
+        if !self.crr.conn.is_autocommit() {
+            let _ = self.crr.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl Drop for CrrTx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.rollback_now();
+        }
+    }
+}
+
+/// Only data statements may run inside a CRR transaction: transaction
+/// control would undo writes capture already recorded, DDL and PRAGMAs
+/// would change what capture sees.
+fn check_statement(sql: &str) -> Result<()> {
+    let keyword = first_keyword(sql).to_ascii_uppercase();
+    match keyword.as_str() {
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "VALUES" => Ok(()),
+        "" => Ok(()),
+        other => Err(CrrError::StatementNotAllowed(other.to_owned())),
+    }
+}
+
+fn first_keyword(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_keywords() {
+        assert_eq!(first_keyword("  -- hi\n /* x */ insert into t"), "insert");
+        assert!(check_statement("UPDATE t SET a = 1").is_ok());
+        assert!(check_statement("with x as (select 1) delete from t").is_ok());
+        for bad in [
+            "BEGIN",
+            "commit",
+            "SAVEPOINT a",
+            "ROLLBACK TO a",
+            "PRAGMA recursive_triggers=0",
+            "DROP TABLE t",
+            "ALTER TABLE t ADD c",
+        ] {
+            assert!(check_statement(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The errors `crr` returns. Each says what was wrong and, where it can,
+//! what to do about it.
+
+use std::fmt;
+
+use crate::pk::PkError;
+
+/// One broken CRR schema rule (crr-model.md 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaViolation {
+    pub table: String,
+    /// The offending column, when the rule is about one.
+    pub column: Option<String>,
+    /// What the rule is, in words an operator can act on.
+    pub rule: String,
+}
+
+impl fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "table {:?}, column {:?}: {}", self.table, c, self.rule),
+            None => write!(f, "table {:?}: {}", self.table, self.rule),
+        }
+    }
+}
+
+fn list(violations: &[SchemaViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrrError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+
+    /// Nothing was changed: a schema is refused whole.
+    #[error("schema refused: {}", list(.0))]
+    Schema(Vec<SchemaViolation>),
+
+    #[error("table {0:?} is not a CRR table (declare it in a schema file first)")]
+    NotCrr(String),
+
+    /// A change of a batch passed to `apply_changes` is malformed. Nothing of
+    /// the batch was applied.
+    #[error("change #{index} (table {table:?}, column {cid:?}): {reason}; nothing of this batch was applied")]
+    BadChange {
+        index: usize,
+        table: String,
+        cid: String,
+        reason: String,
+    },
+
+    /// A statement of a CRR transaction failed; the transaction can only be
+    /// rolled back (partial statement effects would escape capture).
+    #[error("a statement of this transaction failed earlier; roll it back")]
+    TransactionPoisoned,
+
+    /// Only data statements run inside a CRR transaction: transaction
+    /// control, DDL and PRAGMAs would change what capture recorded or sees.
+    #[error("{0} statements are not allowed in a transaction: send SELECT/INSERT/UPDATE/DELETE only (schema changes go through schema files)")]
+    StatementNotAllowed(String),
+
+    #[error("bad primary key: {0}")]
+    Pk(#[from] PkError),
+
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = CrrError> = std::result::Result<T, E>;

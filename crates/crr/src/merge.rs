@@ -1,0 +1,413 @@
+//! Merging remote changes (crr-model.md 7): per change, a decision against
+//! the row's clock; per row, one write of the base table.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+
+use crate::affinity::{self, Affinity};
+use crate::changes::{read_values, Change, SENTINEL};
+use crate::clock::{Entry, RowClock};
+use crate::error::{CrrError, Result};
+use crate::schema::quote_ident;
+use crate::store::{ClockCache, CrrTable, Sites};
+use crate::value::{merge_order, same_value};
+use crate::{pk, Value};
+
+/// What a merge did with each change of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Indexes (into the batch) of the changes that won: they changed the
+    /// table or the clocks. Subscriptions are fed from these.
+    pub won: Vec<usize>,
+    /// Changes that lost to a local entry of the same causal length.
+    pub lost: usize,
+    /// Changes of an older causal length, or equal alive sentinels.
+    pub ignored: usize,
+}
+
+/// A change checked against the schema, ready to merge.
+pub(crate) struct Checked<'a> {
+    change: &'a Change,
+    tbl: u32,
+    /// `None` for the sentinel.
+    slot: Option<usize>,
+    site: u32,
+    pk_values: Vec<Value>,
+}
+
+/// Checks every change of a batch before anything is written; the first bad
+/// change fails the whole batch.
+pub(crate) fn check<'a>(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    by_name: &HashMap<String, u32>,
+    sites: &mut Sites,
+    batch: &'a [Change],
+) -> Result<Vec<Checked<'a>>> {
+    batch
+        .iter()
+        .enumerate()
+        .map(|(index, change)| {
+            check_one(conn, tables, by_name, sites, change).map_err(|reason| CrrError::BadChange {
+                index,
+                table: change.table.clone(),
+                cid: change.cid.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+fn check_one<'a>(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    by_name: &HashMap<String, u32>,
+    sites: &mut Sites,
+    change: &'a Change,
+) -> Result<Checked<'a>, String> {
+    let tbl = *by_name
+        .get(&change.table)
+        .ok_or_else(|| "unknown table: this database has no CRR table of that name".to_owned())?;
+    let table = &tables[&tbl];
+    let slot = match change.cid.as_str() {
+        SENTINEL => None,
+        cid => Some(table.info.slot_of(cid).ok_or_else(|| {
+            "unknown column: the table has no replicated non-primary-key column of that name"
+                .to_owned()
+        })?),
+    };
+    if change.cl < 1 || change.col_version < 0 || change.db_version < 1 || change.seq < 0 {
+        return Err(format!(
+            "impossible clock: cl {} (≥ 1), col_version {} (≥ 0), db_version {} (≥ 1), seq {} (≥ 0)",
+            change.cl, change.col_version, change.db_version, change.seq
+        ));
+    }
+    let pk_values = pk::unpack(&change.pk).map_err(|e| e.to_string())?;
+    if pk_values.len() != table.info.pk.len() {
+        return Err(format!(
+            "the packed pk holds {} values, the table's primary key has {} columns",
+            pk_values.len(),
+            table.info.pk.len()
+        ));
+    }
+    for (value, column) in pk_values.iter().zip(table.info.pk_columns()) {
+        let aff = affinity::of_decl_type(&column.decl_type);
+        let stored = affinity::apply(conn, aff, value).map_err(|e| e.to_string())?;
+        if !same_value(stored.as_ref(), value.as_ref())
+            || (aff == Affinity::Integer
+                && !matches!(value, Value::Integer(_))
+                && is_rowid_alias(table))
+        {
+            return Err(format!(
+                "datatype mismatch: pk column {:?} ({}) cannot hold the {} value {:?} unchanged",
+                column.name,
+                column.decl_type,
+                value.type_name(),
+                value
+            ));
+        }
+    }
+    let site = match sites.ordinal(&change.site_id) {
+        Some(0) if change.db_version as u64 > sites.db_version(0) => {
+            return Err(format!(
+                "carries this replica's own site id with db_version {} above its counter {}",
+                change.db_version,
+                sites.db_version(0)
+            ))
+        }
+        Some(o) => o,
+        None => sites.ordinal_or_insert(change.site_id),
+    };
+    Ok(Checked {
+        change,
+        tbl,
+        slot,
+        site,
+        pk_values,
+    })
+}
+
+fn is_rowid_alias(table: &CrrTable) -> bool {
+    table.info.pk.len() == 1
+        && table
+            .info
+            .pk_columns()
+            .all(|c| c.decl_type.eq_ignore_ascii_case("INTEGER"))
+}
+
+/// What a group of changes to one row does to the base table.
+#[derive(Default)]
+struct PendingRow {
+    /// The row is deleted first (a winning delete).
+    delete_first: bool,
+    /// After this group the row exists (`Some(true)`) or not.
+    alive: Option<bool>,
+    sets: Vec<Option<Value>>,
+    /// The row's values before the group, read on first need.
+    stored: Option<Option<Vec<Value>>>,
+}
+
+impl PendingRow {
+    fn delete(&mut self) {
+        self.delete_first = true;
+        self.alive = Some(false);
+        self.sets.iter_mut().for_each(|s| *s = None);
+    }
+
+    /// The local value of a column, as the merge compares it.
+    fn local_value(
+        &mut self,
+        conn: &Connection,
+        table: &CrrTable,
+        pk: &[u8],
+        slot: usize,
+    ) -> Result<Value> {
+        if let Some(v) = &self.sets[slot] {
+            return Ok(v.clone());
+        }
+        if self.stored.is_none() {
+            self.stored = Some(read_values(conn, table, pk)?);
+        }
+        Ok(self
+            .stored
+            .as_ref()
+            .and_then(|row| row.as_ref())
+            .map_or(Value::Null, |row| row[slot].clone()))
+    }
+
+    fn flush(&self, conn: &Connection, table: &CrrTable, pk_values: &[Value]) -> Result<()> {
+        let name = quote_ident(&table.info.name);
+        if self.delete_first {
+            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {}", table.pk_where))?
+                .execute(rusqlite::params_from_iter(pk_values))?;
+        }
+        if self.alive != Some(true) {
+            return Ok(());
+        }
+        let pk_names: Vec<String> = table
+            .info
+            .pk_columns()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let set_cols: Vec<(String, &Value)> = self
+            .sets
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, v)| {
+                let name = &table.info.columns[table.info.non_pk[slot]].name;
+                v.as_ref().map(|v| (quote_ident(name), v))
+            })
+            .collect();
+        let columns: Vec<&str> = pk_names
+            .iter()
+            .map(String::as_str)
+            .chain(set_cols.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let placeholders = (1..=columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let on_conflict = if set_cols.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            let sets = set_cols
+                .iter()
+                .map(|(n, _)| format!("{n} = excluded.{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("DO UPDATE SET {sets}")
+        };
+        let sql = format!(
+            "INSERT INTO {name} ({}) VALUES ({placeholders}) ON CONFLICT ({}) {on_conflict}",
+            columns.join(", "),
+            pk_names.join(", ")
+        );
+        let params = pk_values.iter().chain(set_cols.iter().map(|(_, v)| *v));
+        conn.prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(())
+    }
+}
+
+enum Outcome {
+    Won,
+    Lost,
+    Ignored,
+}
+
+/// Merges a checked batch; the caller owns the transaction.
+pub(crate) fn merge(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    sites: &mut Sites,
+    batch: &[Checked<'_>],
+) -> Result<MergeReport> {
+    let mut report = MergeReport::default();
+    let mut cache = ClockCache::default();
+    let mut start = 0;
+    while start < batch.len() {
+        let first = &batch[start];
+        let end = start
+            + batch[start..]
+                .iter()
+                .take_while(|c| c.tbl == first.tbl && c.change.pk == first.change.pk)
+                .count();
+        merge_row(
+            conn,
+            &tables[&first.tbl],
+            sites,
+            &batch[start..end],
+            start,
+            &mut cache,
+            &mut report,
+        )
+        .map_err(|e| CrrError::BadChange {
+            index: start,
+            table: first.change.table.clone(),
+            cid: first.change.cid.clone(),
+            reason: format!("writing the row failed: {e}"),
+        })?;
+        start = end;
+    }
+    cache.flush(conn, tables)?;
+    sites.save(conn)?;
+    Ok(report)
+}
+
+fn merge_row(
+    conn: &Connection,
+    table: &CrrTable,
+    sites: &mut Sites,
+    group: &[Checked<'_>],
+    offset: usize,
+    cache: &mut ClockCache,
+    report: &mut MergeReport,
+) -> Result<()> {
+    let pk = &group[0].change.pk;
+    let row = cache.get(conn, table, pk)?;
+    let mut pending = PendingRow {
+        sets: vec![None; table.slots()],
+        ..PendingRow::default()
+    };
+    for (i, c) in group.iter().enumerate() {
+        sites.observe(c.site, c.change.db_version as u64);
+        match decide(conn, table, sites, &mut row.clock, &mut pending, c)? {
+            Outcome::Won => {
+                row.dirty = true;
+                report.won.push(offset + i);
+            }
+            Outcome::Lost => report.lost += 1,
+            Outcome::Ignored => report.ignored += 1,
+        }
+    }
+    pending.flush(conn, table, &group[0].pk_values)
+}
+
+fn entry_of(c: &Checked<'_>, col_version: u64) -> Entry {
+    Entry {
+        col_version,
+        db_version: c.change.db_version as u64,
+        site: c.site,
+        seq: c.change.seq as u64,
+    }
+}
+
+/// Brings a row back at a higher causal length: older column clocks stay
+/// as col_version-0 placeholders, values are kept.
+fn resurrect(clock: &mut RowClock, pending: &mut PendingRow, c: &Checked<'_>) {
+    let cl = c.change.cl as u64;
+    clock
+        .cols
+        .iter_mut()
+        .flatten()
+        .for_each(|e| e.col_version = 0);
+    clock.sentinel = Some(entry_of(c, cl));
+    clock.cl = cl;
+    pending.alive = Some(true);
+}
+
+/// crr-model.md 7, steps 2 to 5, in that order.
+fn decide(
+    conn: &Connection,
+    table: &CrrTable,
+    sites: &Sites,
+    clock: &mut RowClock,
+    pending: &mut PendingRow,
+    c: &Checked<'_>,
+) -> Result<Outcome> {
+    let (local_cl, cl) = (clock.cl, c.change.cl as u64);
+    if cl < local_cl {
+        return Ok(Outcome::Ignored);
+    }
+    if cl % 2 == 0 {
+        if cl == local_cl {
+            let local_site = clock.sentinel.map(|s| sites.id(s.site));
+            if local_site.is_some_and(|s| c.change.site_id <= s) {
+                return Ok(Outcome::Lost);
+            }
+            clock.sentinel = Some(entry_of(c, cl));
+            return Ok(Outcome::Won);
+        }
+        clock.cl = cl;
+        clock.sentinel = Some(entry_of(c, cl));
+        clock.cols.iter_mut().for_each(|e| *e = None);
+        pending.delete();
+        return Ok(Outcome::Won);
+    }
+    let Some(slot) = c.slot else {
+        if cl == local_cl {
+            return Ok(Outcome::Ignored);
+        }
+        resurrect(clock, pending, c);
+        return Ok(Outcome::Won);
+    };
+    if cl > local_cl && (local_cl > 0 || cl > 1) {
+        resurrect(clock, pending, c);
+    }
+    let wins =
+        cl > local_cl || local_cl == 0 || column_wins(conn, table, sites, clock, pending, c, slot)?;
+    if !wins {
+        return Ok(Outcome::Lost);
+    }
+    clock.cols[slot] = Some(entry_of(c, c.change.col_version as u64));
+    clock.cl = cl;
+    pending.sets[slot] = Some(c.change.val.clone());
+    pending.alive = Some(true);
+    Ok(Outcome::Won)
+}
+
+/// Step 5a–d: an incoming column change against the local entry of the
+/// same causal length.
+fn column_wins(
+    conn: &Connection,
+    table: &CrrTable,
+    sites: &Sites,
+    clock: &RowClock,
+    pending: &mut PendingRow,
+    c: &Checked<'_>,
+    slot: usize,
+) -> Result<bool> {
+    let Some(local) = clock.cols[slot] else {
+        return Ok(true);
+    };
+    match (c.change.col_version as u64).cmp(&local.col_version) {
+        Ordering::Greater => return Ok(true),
+        Ordering::Less => return Ok(false),
+        Ordering::Equal => {}
+    }
+    let aff = affinity::of_decl_type(&table.info.columns[table.info.non_pk[slot]].decl_type);
+    let theirs = affinity::apply(conn, aff, &c.change.val)?;
+    let ours = affinity::apply(
+        conn,
+        aff,
+        &pending.local_value(conn, table, &c.change.pk, slot)?,
+    )?;
+    Ok(match merge_order(theirs.as_ref(), ours.as_ref()) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        // merge-equal-values: the larger site id takes the clock.
+        Ordering::Equal => c.change.site_id > sites.id(local.site),
+    })
+}

@@ -1,0 +1,309 @@
+//! Patina's bookkeeping tables inside each CRR database, and the cache of
+//! row clocks a transaction or merge batch works on.
+//!
+//! Layout (all names start with `crr_` or end with `__crr_clock`):
+//! - `crr_sites(ordinal, site_id, db_version)`: ordinal 0 is this replica and
+//!   its db_version counter; every other row is a remote site and the highest
+//!   db_version seen from it (crr-model.md 8).
+//! - `crr_tables(id, name)`: the CRR tables; `id` is stable.
+//! - `crr_versions(site, db_version, tbl, pk)`: which rows hold entries of
+//!   which (site, db_version) — the index changes are read through.
+//! - `"<table>__crr_clock"(pk, clock)`: one [`RowClock`] blob per primary key
+//!   ever seen (keyed by the packed pk).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::clock::RowClock;
+use crate::error::{CrrError, Result};
+use crate::schema::{quote_ident, TableInfo};
+use crate::SiteId;
+
+pub(crate) const BOOTSTRAP_SQL: &str = "
+CREATE TABLE IF NOT EXISTS crr_sites(
+    ordinal INTEGER PRIMARY KEY,
+    site_id BLOB NOT NULL UNIQUE,
+    db_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS crr_tables(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS crr_versions(
+    site INTEGER NOT NULL,
+    db_version INTEGER NOT NULL,
+    tbl INTEGER NOT NULL,
+    pk BLOB NOT NULL,
+    PRIMARY KEY (site, db_version, tbl, pk)
+) WITHOUT ROWID;
+";
+
+/// A CRR table as the engine uses it: its shape plus the SQL it runs on it.
+#[derive(Debug, Clone)]
+pub(crate) struct CrrTable {
+    pub id: u32,
+    pub info: TableInfo,
+    pub clock_table: String,
+    /// `WHERE "pk1" = ?1 AND "pk2" = ?2 …`
+    pub pk_where: String,
+}
+
+impl CrrTable {
+    pub fn new(id: u32, info: TableInfo) -> Self {
+        let pk_where = info
+            .pk_columns()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", quote_ident(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        CrrTable {
+            id,
+            clock_table: quote_ident(&format!("{}__crr_clock", info.name)),
+            info,
+            pk_where,
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.info.non_pk.len()
+    }
+
+    pub fn create_clock_sql(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}(pk BLOB PRIMARY KEY NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID",
+            self.clock_table
+        )
+    }
+}
+
+/// Site ids by local ordinal, with the highest db_version seen from each.
+#[derive(Debug, Clone)]
+pub(crate) struct Sites {
+    ids: Vec<SiteId>,
+    by_id: HashMap<SiteId, u32>,
+    db_versions: Vec<u64>,
+    /// Ordinals whose db_version changed since the last `save`.
+    dirty: Vec<u32>,
+}
+
+impl Sites {
+    /// Loads the sites table, creating the local site (with `pinned` if
+    /// given) on a fresh database.
+    pub fn load_or_init(conn: &Connection, pinned: Option<SiteId>) -> Result<Sites> {
+        let local: Option<Vec<u8>> = conn
+            .query_row("SELECT site_id FROM crr_sites WHERE ordinal = 0", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match (local, pinned) {
+            (None, pinned) => {
+                let id = pinned.unwrap_or_else(SiteId::random);
+                conn.execute(
+                    "INSERT INTO crr_sites(ordinal, site_id, db_version) VALUES (0, ?1, 0)",
+                    [&id.0[..]],
+                )?;
+            }
+            (Some(stored), Some(pinned)) if stored != pinned.0 => {
+                return Err(CrrError::Corrupt(format!(
+                    "this database's site id is {}, not the requested {pinned}; a site id is fixed when the database is created",
+                    crate::hex_encode(&stored)
+                )));
+            }
+            _ => {}
+        }
+        let mut stmt =
+            conn.prepare("SELECT ordinal, site_id, db_version FROM crr_sites ORDER BY ordinal")?;
+        let mut sites = Sites {
+            ids: Vec::new(),
+            by_id: HashMap::new(),
+            db_versions: Vec::new(),
+            dirty: Vec::new(),
+        };
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (ordinal, id, version) = row?;
+            let id = SiteId::from_slice(&id).ok_or_else(|| {
+                CrrError::Corrupt(format!(
+                    "crr_sites ordinal {ordinal} holds a site id that is not 16 bytes"
+                ))
+            })?;
+            if ordinal as usize != sites.ids.len() {
+                return Err(CrrError::Corrupt(format!(
+                    "crr_sites ordinals are not contiguous at {ordinal}"
+                )));
+            }
+            sites.by_id.insert(id, ordinal);
+            sites.ids.push(id);
+            sites.db_versions.push(version.max(0) as u64);
+        }
+        Ok(sites)
+    }
+
+    pub fn local(&self) -> SiteId {
+        self.ids[0]
+    }
+
+    pub fn id(&self, ordinal: u32) -> SiteId {
+        self.ids[ordinal as usize]
+    }
+
+    pub fn ordinal(&self, id: &SiteId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The ordinal of `id`, registering it (in memory; `save` persists) if new.
+    pub fn ordinal_or_insert(&mut self, id: SiteId) -> u32 {
+        if let Some(o) = self.by_id.get(&id) {
+            return *o;
+        }
+        let o = self.ids.len() as u32;
+        self.ids.push(id);
+        self.by_id.insert(id, o);
+        self.db_versions.push(0);
+        self.dirty.push(o);
+        o
+    }
+
+    pub fn db_version(&self, ordinal: u32) -> u64 {
+        self.db_versions[ordinal as usize]
+    }
+
+    pub fn observe(&mut self, ordinal: u32, db_version: u64) {
+        let slot = &mut self.db_versions[ordinal as usize];
+        if db_version > *slot {
+            *slot = db_version;
+            self.dirty.push(ordinal);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (SiteId, u64)> + '_ {
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.db_versions.iter().copied())
+    }
+
+    pub fn save(&mut self, conn: &Connection) -> Result<()> {
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO crr_sites(ordinal, site_id, db_version) VALUES (?1, ?2, ?3)
+             ON CONFLICT(ordinal) DO UPDATE SET db_version = excluded.db_version",
+        )?;
+        for &o in &self.dirty {
+            stmt.execute(params![
+                o,
+                &self.ids[o as usize].0[..],
+                self.db_versions[o as usize] as i64
+            ])?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+}
+
+/// A row clock being worked on, with what was stored before.
+pub(crate) struct CachedClock {
+    pub clock: RowClock,
+    pub stored_versions: Vec<(u32, u64)>,
+    pub dirty: bool,
+}
+
+/// Row clocks touched by one transaction or merge batch, written back at
+/// its end: each clock is read and written once however often it changes.
+#[derive(Default)]
+pub(crate) struct ClockCache {
+    rows: HashMap<(u32, Vec<u8>), CachedClock>,
+}
+
+impl ClockCache {
+    pub fn get(
+        &mut self,
+        conn: &Connection,
+        table: &CrrTable,
+        pk: &[u8],
+    ) -> Result<&mut CachedClock> {
+        use std::collections::hash_map::Entry as Slot;
+        match self.rows.entry((table.id, pk.to_vec())) {
+            Slot::Occupied(e) => Ok(e.into_mut()),
+            Slot::Vacant(v) => {
+                let cached = match load_clock(conn, table, pk)? {
+                    Some(clock) => CachedClock {
+                        stored_versions: clock.versions(),
+                        clock,
+                        dirty: false,
+                    },
+                    None => CachedClock {
+                        clock: RowClock::unseen(table.slots()),
+                        stored_versions: Vec::new(),
+                        dirty: false,
+                    },
+                };
+                Ok(v.insert(cached))
+            }
+        }
+    }
+
+    /// Writes every changed clock and its version-index entries.
+    pub fn flush(self, conn: &Connection, tables: &HashMap<u32, CrrTable>) -> Result<()> {
+        let mut del_version = conn.prepare_cached(
+            "DELETE FROM crr_versions WHERE site = ?1 AND db_version = ?2 AND tbl = ?3 AND pk = ?4",
+        )?;
+        let mut add_version = conn.prepare_cached(
+            "INSERT OR IGNORE INTO crr_versions(site, db_version, tbl, pk) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for ((tbl, pk), cached) in self.rows {
+            if !cached.dirty {
+                continue;
+            }
+            let table = tables
+                .get(&tbl)
+                .ok_or_else(|| CrrError::Corrupt(format!("no CRR table with id {tbl}")))?;
+            let now = cached.clock.versions();
+            for v in cached.stored_versions.iter().filter(|v| !now.contains(v)) {
+                del_version.execute(params![v.0, v.1 as i64, tbl, &pk])?;
+            }
+            for v in now.iter().filter(|v| !cached.stored_versions.contains(v)) {
+                add_version.execute(params![v.0, v.1 as i64, tbl, &pk])?;
+            }
+            if cached.clock.is_empty() {
+                conn.prepare_cached(&format!("DELETE FROM {} WHERE pk = ?1", table.clock_table))?
+                    .execute([&pk])?;
+            } else {
+                conn.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO {}(pk, clock) VALUES (?1, ?2)",
+                    table.clock_table
+                ))?
+                .execute(params![&pk, cached.clock.encode()])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn load_clock(
+    conn: &Connection,
+    table: &CrrTable,
+    pk: &[u8],
+) -> Result<Option<RowClock>> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached(&format!(
+            "SELECT clock FROM {} WHERE pk = ?1",
+            table.clock_table
+        ))?
+        .query_row([pk], |r| r.get(0))
+        .optional()?;
+    blob.map(|b| RowClock::decode(&b, table.slots()))
+        .transpose()
+}

@@ -1,0 +1,255 @@
+//! Local-write capture rules (crr-model.md 4 and 5), checked on the
+//! changes each statement leaves behind.
+
+use crr::{pk, Change, CrrConn, CrrError, SiteId, Value};
+
+fn site(byte: u8) -> SiteId {
+    SiteId([byte; 16])
+}
+
+fn db(schema: &str) -> CrrConn {
+    let mut c = CrrConn::open_in_memory_with_site_id(Some(site(0x11))).unwrap();
+    c.apply_schema(schema).unwrap();
+    c
+}
+
+const T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c);";
+
+fn tx(c: &mut CrrConn, sql: &str) -> Option<u64> {
+    let mut tx = c.transaction().unwrap();
+    tx.execute_batch(sql).unwrap();
+    tx.commit().unwrap()
+}
+
+/// `cid:value cv/dbv/seq` entries of one row, sorted by seq, plus its cl.
+fn row(c: &CrrConn, id: i64) -> (Vec<String>, i64) {
+    let pk = pk::pack_values(&[Value::Integer(id)]).unwrap();
+    let changes: Vec<Change> = c
+        .changes_since(0, None)
+        .unwrap()
+        .into_iter()
+        .filter(|ch| ch.pk == pk)
+        .collect();
+    let cl = changes.first().map_or(0, |ch| ch.cl);
+    let mut changes = changes;
+    changes.sort_by_key(|ch| (ch.db_version, ch.seq));
+    let entries = changes
+        .iter()
+        .map(|ch| {
+            let v = match &ch.val {
+                Value::Null => String::new(),
+                Value::Integer(i) => format!(":{i}"),
+                Value::Real(f) => format!(":{f:?}"),
+                Value::Text(t) => format!(":'{t}'"),
+                Value::Blob(b) => format!(":{b:?}"),
+            };
+            format!(
+                "{}{v} {}/{}/{}",
+                ch.cid, ch.col_version, ch.db_version, ch.seq
+            )
+        })
+        .collect();
+    (entries, cl)
+}
+
+#[test]
+fn worked_trace() {
+    let mut c = db(T);
+    assert_eq!(tx(&mut c, "INSERT INTO t VALUES (1,'x',1,1)"), Some(1));
+    assert_eq!(
+        row(&c, 1),
+        (
+            vec!["a:'x' 1/1/0".into(), "b:1 1/1/1".into(), "c:1 1/1/2".into()],
+            1
+        )
+    );
+
+    assert_eq!(tx(&mut c, "UPDATE t SET b=2; UPDATE t SET b=3"), Some(2));
+    assert!(row(&c, 1).0.contains(&"b:3 3/2/1".to_string()));
+
+    assert_eq!(tx(&mut c, "UPDATE t SET c=1.0"), Some(3));
+    assert!(row(&c, 1).0.contains(&"c:1.0 2/3/0".to_string()));
+
+    assert_eq!(
+        tx(&mut c, "UPDATE t SET a='x'"),
+        None,
+        "a no-op takes no db_version"
+    );
+    assert_eq!(c.db_version(), 3);
+
+    assert_eq!(tx(&mut c, "DELETE FROM t"), Some(4));
+    assert_eq!(row(&c, 1), (vec!["-1 2/4/0".into()], 2));
+
+    assert_eq!(tx(&mut c, "INSERT INTO t VALUES (1,'z',5,5)"), Some(5));
+    assert_eq!(
+        row(&c, 1),
+        (
+            vec![
+                "-1 3/5/0".into(),
+                "a:'z' 1/5/1".into(),
+                "b:5 1/5/2".into(),
+                "c:5 1/5/3".into()
+            ],
+            3
+        )
+    );
+
+    assert_eq!(
+        tx(&mut c, "INSERT OR REPLACE INTO t VALUES (1,'z',5,5)"),
+        Some(6)
+    );
+    assert_eq!(
+        row(&c, 1),
+        (
+            vec![
+                "-1 5/6/1".into(),
+                "a:'z' 1/6/2".into(),
+                "b:5 1/6/3".into(),
+                "c:5 1/6/4".into()
+            ],
+            5
+        )
+    );
+
+    assert_eq!(tx(&mut c, "UPDATE t SET id=3, a='m' WHERE id=1"), Some(7));
+    assert_eq!(row(&c, 1), (vec!["-1 6/7/0".into()], 6));
+    assert_eq!(
+        row(&c, 3),
+        (
+            vec![
+                "-1 1/7/1".into(),
+                "b:5 2/7/3".into(),
+                "c:5 2/7/4".into(),
+                "a:'m' 3/7/5".into()
+            ],
+            1
+        )
+    );
+}
+
+#[test]
+fn rolled_back_transactions_take_no_version() {
+    let mut c = db(T);
+    let mut t = c.transaction().unwrap();
+    t.execute("INSERT INTO t VALUES (1,'x',1,1)", []).unwrap();
+    t.rollback();
+    assert_eq!(tx(&mut c, "INSERT INTO t VALUES (2,'x',1,1)"), Some(1));
+    assert_eq!(tx(&mut c, "DELETE FROM t WHERE id = 99"), None);
+}
+
+#[test]
+fn upserts_and_ignores() {
+    let mut c = db(T);
+    tx(&mut c, "INSERT INTO t VALUES (1,'x',1,NULL)");
+    assert_eq!(
+        tx(&mut c, "INSERT OR IGNORE INTO t VALUES (1,'y',2,NULL)"),
+        None
+    );
+    assert_eq!(
+        tx(
+            &mut c,
+            "INSERT INTO t VALUES (1,'ignored',7,NULL) ON CONFLICT(id) DO UPDATE SET b=excluded.b"
+        ),
+        Some(2)
+    );
+    assert!(row(&c, 1).0.contains(&"b:7 2/2/0".to_string()));
+    assert_eq!(
+        tx(
+            &mut c,
+            "INSERT INTO t VALUES (2,'n',1,NULL) ON CONFLICT DO NOTHING"
+        ),
+        Some(3)
+    );
+    assert_eq!(row(&c, 2).0.len(), 3);
+}
+
+#[test]
+fn pk_only_tables_write_sentinels() {
+    let mut c = db("CREATE TABLE p(k TEXT PRIMARY KEY NOT NULL);");
+    tx(&mut c, "INSERT INTO p VALUES ('k')");
+    let pk = pk::pack_values(&[Value::Text("k".into())]).unwrap();
+    let ch = c.changes_since(0, None).unwrap();
+    assert_eq!(ch.len(), 1);
+    assert_eq!(
+        (ch[0].cid.as_str(), ch[0].cl, ch[0].pk == pk),
+        ("-1", 1, true)
+    );
+    tx(&mut c, "INSERT OR REPLACE INTO p VALUES ('k')");
+    assert_eq!(c.changes_since(0, None).unwrap()[0].cl, 3);
+}
+
+#[test]
+fn writes_outside_a_transaction_are_refused() {
+    let c = db(T);
+    let err = c
+        .connection()
+        .execute("INSERT INTO t VALUES (1,'x',1,1)", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("CRR transaction"), "{err}");
+    let n: i64 = c
+        .connection()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn foreign_connections_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    {
+        let mut c = CrrConn::open(&path).unwrap();
+        c.apply_schema(T).unwrap();
+    }
+    let plain = rusqlite::Connection::open(&path).unwrap();
+    let err = plain
+        .execute("INSERT INTO t VALUES (1,'x',1,1)", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("crr_capture"), "{err}");
+    plain.execute_batch("DROP TRIGGER t__crr_ins").unwrap();
+    drop(plain);
+    let err = CrrConn::open(&path)
+        .err()
+        .expect("open must refuse a table with dropped triggers");
+    assert!(err.to_string().contains("bypassed replication"), "{err}");
+}
+
+#[test]
+fn failed_statements_poison_the_transaction() {
+    let mut c = db(T);
+    let mut t = c.transaction().unwrap();
+    t.execute("INSERT INTO t VALUES (1,'x',1,1)", []).unwrap();
+    assert!(t.execute("INSERT INTO nope VALUES (1)", []).is_err());
+    assert!(matches!(
+        t.execute("SELECT 1", []),
+        Err(CrrError::TransactionPoisoned)
+    ));
+    assert!(matches!(t.commit(), Err(CrrError::TransactionPoisoned)));
+    assert_eq!(c.db_version(), 0);
+    assert!(c.changes_since(0, None).unwrap().is_empty());
+}
+
+#[test]
+fn transaction_control_is_refused() {
+    let mut c = db(T);
+    let mut t = c.transaction().unwrap();
+    assert!(matches!(
+        t.execute_batch("COMMIT"),
+        Err(CrrError::StatementNotAllowed(_))
+    ));
+}
+
+#[test]
+fn backfill_records_existing_rows_in_one_version() {
+    let mut c = CrrConn::open_in_memory().unwrap();
+    c.connection()
+        .execute_batch(&format!(
+            "{T} INSERT INTO t VALUES (1,'a',1,1), (2,'b',2,2);"
+        ))
+        .unwrap();
+    c.as_crr("t").unwrap();
+    assert_eq!(c.db_version(), 1);
+    let ch = c.changes_since(0, None).unwrap();
+    assert_eq!(ch.len(), 6);
+    assert!(ch.iter().all(|c| c.col_version == 1 && c.db_version == 1));
+}
