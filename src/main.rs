@@ -1,3 +1,93 @@
-fn main() {
-    println!("patina");
+//! `patina`: the command-line entry point.
+//!
+//! Errors are reported as `error: <message>` (with its context chain) on
+//! stderr and exit status 1; usage errors too. Never a panic or backtrace
+//! for bad input.
+
+mod cli;
+mod db_cmd;
+mod jsonl;
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" too, printed to stdout.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`patina db changes … | head`): not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Db(cmd) => db_cmd::run(cmd),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes, `: `-separated (like anyhow's `{:#}`), leaving
+/// out a cause whose text the previous one already shows (errors that both
+/// print and chain their source would otherwise repeat it).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_are_shown_once() {
+        let inner = io::Error::new(io::ErrorKind::NotFound, "no such table: nope");
+        let e = anyhow::Error::new(inner)
+            .context("sqlite: no such table: nope")
+            .context("SQL argument 1 failed");
+        assert_eq!(
+            message(&e),
+            "SQL argument 1 failed: sqlite: no such table: nope"
+        );
+        let e = anyhow::anyhow!("b").context("a");
+        assert_eq!(message(&e), "a: b");
+    }
 }

@@ -1,1 +1,175 @@
-fn main() {}
+//! crr benchmarks: capture overhead, bulk merge, steady-state merge.
+//! Run: `cargo bench -p crr --bench crr`; numbers in docs/benchmarks.md.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use crr::{Change, CrrConn};
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+const SCHEMA: &str =
+    "CREATE TABLE bench(id TEXT PRIMARY KEY NOT NULL, a INTEGER, b TEXT, c REAL, d BLOB);";
+const ROWS: usize = 100_000;
+
+fn insert_rows(exec: &mut dyn FnMut(&str, &[&dyn rusqlite::ToSql]), start: usize, rows: usize) {
+    for i in start..start + rows {
+        let id = format!("machine-{i:08}");
+        let b = format!("state-{}", i % 7);
+        exec(
+            "INSERT INTO bench (id, a, b, c, d) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &[
+                &id,
+                &(i as i64),
+                &b,
+                &(i as f64 * 0.5),
+                &[1u8, 2, 3, 4].as_slice(),
+            ],
+        );
+    }
+}
+
+fn plain_db(dir: &TempDir) -> Connection {
+    let conn = Connection::open(dir.path().join("plain.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "cache_size", crr::CACHE_SIZE_PRAGMA)
+        .unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    conn
+}
+
+fn crr_db(dir: &TempDir, name: &str) -> CrrConn {
+    let mut conn = CrrConn::open(dir.path().join(name)).unwrap();
+    conn.apply_schema(SCHEMA).unwrap();
+    conn
+}
+
+fn crr_insert(conn: &mut CrrConn, start: usize, rows: usize) {
+    let mut tx = conn.transaction().unwrap();
+    insert_rows(
+        &mut |sql, params| {
+            tx.execute(sql, params).unwrap();
+        },
+        start,
+        rows,
+    );
+    tx.commit().unwrap();
+}
+
+fn capture(c: &mut Criterion) {
+    let mut g = c.benchmark_group("capture_100k_rows_one_tx");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("plain", |b| {
+        b.iter_batched(
+            || {
+                let dir = TempDir::new().unwrap();
+                let conn = plain_db(&dir);
+                (dir, conn)
+            },
+            |(dir, mut conn)| {
+                let tx = conn.transaction().unwrap();
+                insert_rows(
+                    &mut |sql, params| {
+                        tx.prepare_cached(sql).unwrap().execute(params).unwrap();
+                    },
+                    0,
+                    ROWS,
+                );
+                tx.commit().unwrap();
+                (dir, conn)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("crr", |b| {
+        b.iter_batched(
+            || {
+                let dir = TempDir::new().unwrap();
+                let conn = crr_db(&dir, "crr.db");
+                (dir, conn)
+            },
+            |(dir, mut conn)| {
+                crr_insert(&mut conn, 0, ROWS);
+                (dir, conn)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn source_changes(rows: usize) -> Vec<Change> {
+    let dir = TempDir::new().unwrap();
+    let mut src = crr_db(&dir, "src.db");
+    crr_insert(&mut src, 0, rows);
+    src.changes_since(0, None).unwrap()
+}
+
+fn merge_bulk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merge_400k_changes_into_empty");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(ROWS as u64 * 4));
+    g.bench_function("apply", |b| {
+        // Built here so a filtered-out bench costs nothing.
+        let changes = source_changes(ROWS);
+        assert_eq!(changes.len(), ROWS * 4);
+        b.iter_batched(
+            || {
+                let dir = TempDir::new().unwrap();
+                let conn = crr_db(&dir, "dst.db");
+                (dir, conn)
+            },
+            |(dir, mut conn)| {
+                conn.apply_changes(&changes).unwrap();
+                (dir, conn)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn merge_steady(c: &mut Criterion) {
+    const BIG: usize = 1_000_000;
+    let mut g = c.benchmark_group("merge_steady_state_1m_rows");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(40_000));
+    g.bench_function("update_10pct_40k_changes", |b| {
+        let dir = TempDir::new().unwrap();
+        // A replica holding 1M rows, and a source that shares them.
+        let mut dst = crr_db(&dir, "dst.db");
+        crr_insert(&mut dst, 0, BIG);
+        let base = dst.changes_since(0, None).unwrap();
+        let mut src = crr_db(&dir, "src.db");
+        for chunk in base.chunks(200_000) {
+            src.apply_changes(chunk).unwrap();
+        }
+        drop(base);
+        let mut round = 0i64;
+        b.iter_batched(
+            || {
+                // 100k rows (10%), 40k changes: two columns of every fifth row.
+                round += 1;
+                let since = src.db_version();
+                let mut tx = src.transaction().unwrap();
+                tx.execute(
+                    "UPDATE bench SET a = a + ?1, b = 'round-' || ?1 WHERE rowid % 50 < 4",
+                    [round],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+                let changes = src.changes_since(since, None).unwrap();
+                assert_eq!(changes.len(), 40_000);
+                changes
+            },
+            |changes| dst.apply_changes(&changes).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, capture, merge_bulk, merge_steady);
+criterion_main!(benches);

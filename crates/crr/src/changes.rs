@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Entry, RowClock};
 use crate::error::{CrrError, Result};
-use crate::schema::quote_ident;
 use crate::store::{load_clock, CrrTable, Sites};
 use crate::{pk, SiteId, Value};
 
@@ -147,19 +146,8 @@ pub(crate) fn read_values(
     if table.slots() == 0 {
         return Ok(Some(Vec::new()));
     }
-    let cols = table
-        .info
-        .non_pk_columns()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT {cols} FROM {} WHERE {}",
-        quote_ident(&table.info.name),
-        table.pk_where
-    );
     let pk_values = pk::unpack(pk)?;
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&table.sql.select_values)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(pk_values.iter()))?;
     match rows.next()? {
         Some(row) => Ok(Some(

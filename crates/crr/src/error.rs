@@ -34,7 +34,7 @@ fn list(violations: &[SchemaViolation]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrrError {
-    #[error("sqlite: {0}")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 
     /// Nothing was changed: a schema is refused whole.

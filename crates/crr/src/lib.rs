@@ -22,7 +22,7 @@ mod store;
 mod value;
 
 pub use changes::{Change, SENTINEL};
-pub use conn::{CrrConn, CrrTx};
+pub use conn::{CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
 pub use error::{CrrError, Result, SchemaViolation};
 pub use merge::MergeReport;
 pub use site::{hex_decode, hex_encode, ParseSiteIdError, SiteId};

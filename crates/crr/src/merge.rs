@@ -177,57 +177,72 @@ impl PendingRow {
             .map_or(Value::Null, |row| row[slot].clone()))
     }
 
-    fn flush(&self, conn: &Connection, table: &CrrTable, pk_values: &[Value]) -> Result<()> {
-        let name = quote_ident(&table.info.name);
+    fn flush(
+        &self,
+        conn: &Connection,
+        table: &CrrTable,
+        pk_values: &[Value],
+        upserts: &mut UpsertSql,
+    ) -> Result<()> {
         if self.delete_first {
-            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {}", table.pk_where))?
+            conn.prepare_cached(&table.sql.delete_row)?
                 .execute(rusqlite::params_from_iter(pk_values))?;
         }
         if self.alive != Some(true) {
             return Ok(());
         }
-        let pk_names: Vec<String> = table
-            .info
-            .pk_columns()
-            .map(|c| quote_ident(&c.name))
+        let slots: Vec<usize> = (0..self.sets.len())
+            .filter(|&s| self.sets[s].is_some())
             .collect();
-        let set_cols: Vec<(String, &Value)> = self
-            .sets
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, v)| {
-                let name = &table.info.columns[table.info.non_pk[slot]].name;
-                v.as_ref().map(|v| (quote_ident(name), v))
-            })
-            .collect();
-        let columns: Vec<&str> = pk_names
-            .iter()
-            .map(String::as_str)
-            .chain(set_cols.iter().map(|(n, _)| n.as_str()))
-            .collect();
-        let placeholders = (1..=columns.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let on_conflict = if set_cols.is_empty() {
-            "DO NOTHING".to_owned()
-        } else {
-            let sets = set_cols
-                .iter()
-                .map(|(n, _)| format!("{n} = excluded.{n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("DO UPDATE SET {sets}")
-        };
-        let sql = format!(
-            "INSERT INTO {name} ({}) VALUES ({placeholders}) ON CONFLICT ({}) {on_conflict}",
-            columns.join(", "),
-            pk_names.join(", ")
-        );
-        let params = pk_values.iter().chain(set_cols.iter().map(|(_, v)| *v));
-        conn.prepare_cached(&sql)?
+        let sql = upserts.get(table, slots);
+        let params = pk_values.iter().chain(self.sets.iter().flatten());
+        conn.prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(params))?;
         Ok(())
+    }
+}
+
+/// The upsert statements of one batch, by table and set of columns written.
+#[derive(Default)]
+struct UpsertSql(HashMap<(u32, Vec<usize>), String>);
+
+impl UpsertSql {
+    /// `INSERT INTO t (pk…, cols…) VALUES (…) ON CONFLICT (pk…) DO UPDATE SET
+    /// col = excluded.col…` — never INSERT OR REPLACE, which would delete
+    /// the row and lose the columns not written.
+    fn get(&mut self, table: &CrrTable, slots: Vec<usize>) -> &str {
+        self.0
+            .entry((table.id, slots))
+            .or_insert_with_key(|(_, slots)| {
+                let pk: Vec<String> = table
+                    .info
+                    .pk_columns()
+                    .map(|c| quote_ident(&c.name))
+                    .collect();
+                let cols: Vec<String> = slots
+                    .iter()
+                    .map(|&s| quote_ident(&table.info.columns[table.info.non_pk[s]].name))
+                    .collect();
+                let all: Vec<&String> = pk.iter().chain(&cols).collect();
+                let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
+                let action = if cols.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    let sets: Vec<String> =
+                        cols.iter().map(|n| format!("{n} = excluded.{n}")).collect();
+                    format!("DO UPDATE SET {}", sets.join(", "))
+                };
+                format!(
+                    "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {action}",
+                    quote_ident(&table.info.name),
+                    all.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    marks.join(", "),
+                    pk.join(", ")
+                )
+            })
     }
 }
 
@@ -246,6 +261,7 @@ pub(crate) fn merge(
 ) -> Result<MergeReport> {
     let mut report = MergeReport::default();
     let mut cache = ClockCache::default();
+    let mut upserts = UpsertSql::default();
     let mut start = 0;
     while start < batch.len() {
         let first = &batch[start];
@@ -260,7 +276,7 @@ pub(crate) fn merge(
             sites,
             &batch[start..end],
             start,
-            &mut cache,
+            (&mut cache, &mut upserts),
             &mut report,
         )
         .map_err(|e| CrrError::BadChange {
@@ -282,7 +298,7 @@ fn merge_row(
     sites: &mut Sites,
     group: &[Checked<'_>],
     offset: usize,
-    cache: &mut ClockCache,
+    (cache, upserts): (&mut ClockCache, &mut UpsertSql),
     report: &mut MergeReport,
 ) -> Result<()> {
     let pk = &group[0].change.pk;
@@ -302,7 +318,7 @@ fn merge_row(
             Outcome::Ignored => report.ignored += 1,
         }
     }
-    pending.flush(conn, table, &group[0].pk_values)
+    pending.flush(conn, table, &group[0].pk_values, upserts)
 }
 
 fn entry_of(c: &Checked<'_>, col_version: u64) -> Entry {

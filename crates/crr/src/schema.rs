@@ -51,12 +51,13 @@ impl TableInfo {
 
 /// Reads a table's shape; `None` if `schema.table` does not exist.
 pub fn introspect(conn: &Connection, schema: &str, table: &str) -> Result<Option<TableInfo>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM {}.pragma_table_xinfo(?1)",
-        quote_ident(schema)
-    ))?;
+    // The schema goes in as the pragma function's argument: SQLite ignores a
+    // `schema.` prefix on pragma table-valued functions.
+    let mut stmt = conn.prepare(
+        "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1, ?2)",
+    )?;
     let columns = stmt
-        .query_map([table], |r| {
+        .query_map([table, schema], |r| {
             let hidden: i64 = r.get(5)?;
             Ok(ColumnInfo {
                 name: r.get(0)?,

@@ -244,7 +244,10 @@ fn contents(conn: &CrrConn) -> Vec<String> {
 }
 
 /// Column clocks exactly; sentinels by causal length only (crr-model.md 7.2).
-fn clocks(conn: &CrrConn) -> (Vec<String>, BTreeMap<(String, Vec<u8>), i64>) {
+/// Causal length per (table, packed pk).
+type Cls = BTreeMap<(String, Vec<u8>), i64>;
+
+fn clocks(conn: &CrrConn) -> (Vec<String>, Cls) {
     let changes = conn.changes_since(0, None).unwrap();
     let mut cols: Vec<String> = changes
         .iter()

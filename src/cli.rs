@@ -1,0 +1,164 @@
+//! The command line: one `Command` variant per top-level subcommand
+//! (`patina db …` now; `agent`, `exec`, `query`, … slot in beside it).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use crr::SiteId;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "patina",
+    version,
+    about = "Regionalized state distribution: SQLite tables replicated as CRDTs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Debug tools working directly on a CRR database file (no daemon).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    Exec(ExecArgs),
+    Changes(ChangesArgs),
+    Apply(ApplyArgs),
+    Dump(DumpArgs),
+}
+
+/// Runs SQL as one captured local transaction.
+///
+/// Opens the database (creating it if needed, with --site-id if given),
+/// applies the --schema file's CREATE TABLE / CREATE INDEX statements
+/// additively (every table in it becomes a CRR), then runs every SQL argument,
+/// in order, in ONE transaction (an argument may hold several statements;
+/// only SELECT/INSERT/UPDATE/DELETE are allowed, query results are
+/// discarded) and commits it.
+///
+/// Output: one JSON line on stdout, `{"version":N}` with the db_version the
+/// transaction was recorded under, or `{"version":null}` when nothing
+/// replicated changed (or no SQL was given). If a statement fails, nothing
+/// of the transaction is written (the --schema step is a transaction of its
+/// own: it stays applied).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub db: DbPath,
+
+    /// Site id for a NEW database (32 hex characters). An existing database
+    /// keeps its own; naming a different one is an error.
+    #[arg(long, value_name = "HEX32", value_parser = parse_site_id)]
+    pub site_id: Option<SiteId>,
+
+    /// A .sql file of CREATE TABLE / CREATE INDEX statements, applied
+    /// additively before the SQL runs.
+    #[arg(long, value_name = "FILE.sql")]
+    pub schema: Option<PathBuf>,
+
+    /// SQL to run (each argument may hold several statements; use `--`
+    /// before an argument that starts with `-`).
+    #[arg(value_name = "SQL", required_unless_present = "schema")]
+    pub sql: Vec<String>,
+}
+
+/// Prints changes as JSON lines, one per change, in (db_version, seq) order.
+///
+/// Each line is `{"table","pk","cid","val","col_version","db_version",
+/// "site_id","cl","seq"}` in that key order; `pk` and `site_id` are
+/// lowercase hex; `val` is null, an integer (INTEGER), a number with a `.`
+/// or exponent (REAL, e.g. 1.0; ±infinity as 1e999 / -1e999), a string
+/// (TEXT) or {"blob":"<hex>"} (BLOB). The output is what `patina db apply`
+/// reads.
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    #[command(flatten)]
+    pub db: ExistingDb,
+
+    /// Only changes whose stored db_version is above N. Stored db_versions
+    /// are each origin site's own numbering, so this mixes local and
+    /// forwarded changes (cr-sqlite's `db_version > N`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub since: u64,
+
+    /// Leave out the changes whose clock belongs to this site (32 hex
+    /// characters), e.g. the site the output will be applied to.
+    #[arg(long, value_name = "HEX32", value_parser = parse_site_id)]
+    pub exclude_site: Option<SiteId>,
+}
+
+/// Merges changes read from stdin (the JSON lines `patina db changes` prints).
+///
+/// Blank lines are skipped. Every line is checked before anything is
+/// written; a malformed line or change fails the whole batch (nothing is
+/// applied) with the line number. The changes are merged as ONE batch; a
+/// summary (won / lost / ignored counts) goes to stderr, stdout stays empty.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub db: ExistingDb,
+}
+
+/// Prints every row of every CRR table as JSON lines.
+///
+/// One line per row: {"table":"<name>","row":{"<column>":<value>,…}},
+/// tables by name, rows by primary key (ORDER BY the pk columns), columns in
+/// table-definition order, generated columns included. Values are encoded
+/// as in `patina db changes`. Two converged replicas dump identically.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub db: ExistingDb,
+}
+
+/// A database file, created if missing.
+#[derive(Debug, Args)]
+pub struct DbPath {
+    /// The SQLite database file (created if it does not exist).
+    #[arg(long = "db", value_name = "FILE")]
+    pub path: PathBuf,
+}
+
+/// A database file that must already exist.
+#[derive(Debug, Args)]
+pub struct ExistingDb {
+    /// The SQLite database file; it must exist (create it with
+    /// `patina db exec --db FILE --schema FILE.sql`).
+    #[arg(long = "db", value_name = "FILE")]
+    pub path: PathBuf,
+}
+
+/// A site id argument: 32 hex characters.
+fn parse_site_id(s: &str) -> Result<SiteId, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "a site id must be 32 hex characters (16 bytes), e.g. 0123456789abcdef0123456789abcdef; \
+             got {s:?}"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn site_id_arguments() {
+        assert!(parse_site_id("11111111111111111111111111111111").is_ok());
+        assert!(parse_site_id("ABCDEF0123456789abcdef0123456789").is_ok());
+        let err = parse_site_id("xyz").unwrap_err();
+        assert!(err.contains("32 hex characters"), "{err}");
+        assert!(parse_site_id("1111111111111111111111111111111g").is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! `patina db …`: debug subcommands working directly on a CRR database
+//! file, without a daemon. Output formats are documented in `cli.rs` (the
+//! commands' help) and `jsonl.rs`.
+
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crr::schema::quote_ident;
+use crr::{Change, CrrConn, CrrError, SiteId, Value};
+
+use crate::cli::{ApplyArgs, ChangesArgs, DbCommand, DumpArgs, ExecArgs};
+use crate::jsonl;
+
+/// Runs one `patina db` subcommand; machine output goes to stdout, notes to
+/// stderr.
+pub fn run(cmd: DbCommand) -> Result<()> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match cmd {
+        DbCommand::Exec(args) => exec(&args, &mut out)?,
+        DbCommand::Changes(args) => changes(&args, &mut out)?,
+        DbCommand::Apply(args) => {
+            let summary = apply(&args, io::stdin().lock())?;
+            eprintln!("{summary}");
+        }
+        DbCommand::Dump(args) => dump(&args, &mut out)?,
+    }
+    out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+/// Opens (creating if needed) a database.
+fn open(path: &Path, site_id: Option<SiteId>) -> Result<CrrConn> {
+    CrrConn::open_with_site_id(path, site_id)
+        .with_context(|| format!("cannot open database {}", path.display()))
+}
+
+/// Opens a database that must exist: reading commands never create one.
+fn open_existing(path: &Path) -> Result<CrrConn> {
+    if !path.exists() {
+        bail!(
+            "database {} does not exist: check --db, or create it with \
+             `patina db exec --db {} --schema FILE.sql`",
+            path.display(),
+            path.display()
+        );
+    }
+    open(path, None)
+}
+
+fn exec(args: &ExecArgs, out: &mut impl Write) -> Result<()> {
+    // Read the schema first: a wrong path must not leave a new empty database.
+    let schema = match &args.schema {
+        Some(path) => Some((
+            path,
+            std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read schema file {}: check the --schema path",
+                    path.display()
+                )
+            })?,
+        )),
+        None => None,
+    };
+    let mut conn = open(&args.db.path, args.site_id)?;
+    if let Some((path, sql)) = schema {
+        conn.apply_schema(&sql).with_context(|| {
+            format!(
+                "schema file {} was refused, nothing of it was applied",
+                path.display()
+            )
+        })?;
+    }
+    let version = if args.sql.is_empty() {
+        None
+    } else {
+        let mut tx = conn.transaction().context("cannot start a transaction")?;
+        for (i, sql) in args.sql.iter().enumerate() {
+            tx.execute_batch(sql).with_context(|| {
+                format!(
+                    "SQL argument {} failed, nothing of the transaction was written",
+                    i + 1
+                )
+            })?;
+        }
+        tx.commit()
+            .context("commit failed, nothing of the transaction was written")?
+    };
+    let version = version.map_or_else(|| "null".to_owned(), |v| v.to_string());
+    writeln!(out, "{{\"version\":{version}}}")?;
+    Ok(())
+}
+
+fn changes(args: &ChangesArgs, out: &mut impl Write) -> Result<()> {
+    let conn = open_existing(&args.db.path)?;
+    let changes = conn
+        .changes_since(args.since, args.exclude_site)
+        .context("cannot read changes")?;
+    for change in &changes {
+        writeln!(out, "{}", jsonl::change_line(change))?;
+    }
+    Ok(())
+}
+
+/// Reads change lines from `input` and merges them as one batch; returns
+/// the one-line summary.
+fn apply(args: &ApplyArgs, input: impl BufRead) -> Result<String> {
+    let mut conn = open_existing(&args.db.path)?;
+    let (batch, line_numbers) = read_changes(input)?;
+    let report = conn.apply_changes(&batch).map_err(|e| {
+        let context = match &e {
+            CrrError::BadChange { index, .. } => match line_numbers.get(*index) {
+                Some(line) => format!("the change on stdin line {line} was refused"),
+                None => "a change was refused".to_owned(),
+            },
+            _ => "applying the changes failed, nothing was applied".to_owned(),
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
+    Ok(format!(
+        "applied {} changes: {} won, {} lost, {} ignored",
+        batch.len(),
+        report.won.len(),
+        report.lost,
+        report.ignored
+    ))
+}
+
+/// Parses every non-blank line; returns the changes and the (1-based) line
+/// number of each. The first bad line fails the whole read.
+fn read_changes(input: impl BufRead) -> Result<(Vec<Change>, Vec<usize>)> {
+    let mut batch = Vec::new();
+    let mut line_numbers = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let number = i + 1;
+        let line = line.with_context(|| {
+            format!("cannot read stdin line {number} (is it UTF-8 text?), nothing was applied")
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let change = jsonl::parse_change(&line).with_context(|| {
+            format!("stdin line {number} is not a valid change, nothing was applied")
+        })?;
+        batch.push(change);
+        line_numbers.push(number);
+    }
+    Ok((batch, line_numbers))
+}
+
+fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<()> {
+    let conn = open_existing(&args.db.path)?;
+    for table in conn.tables() {
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let select = names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order = table
+            .pk_columns()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {select} FROM {}", quote_ident(&table.name));
+        if !order.is_empty() {
+            sql.push_str(" ORDER BY ");
+            sql.push_str(&order);
+        }
+        let read_err = || anyhow!("cannot read table {:?}", table.name);
+        let mut stmt = conn.connection().prepare(&sql).with_context(read_err)?;
+        let mut rows = stmt.query([]).with_context(read_err)?;
+        while let Some(row) = rows.next().with_context(read_err)? {
+            let values = (0..names.len())
+                .map(|i| row.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(read_err)?;
+            let line = jsonl::row_line(&table.name, names.iter().copied().zip(&values));
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
