@@ -270,10 +270,12 @@ pub(crate) fn record(
         match event {
             Event::Insert { tbl, pk } => {
                 let table = &tables[tbl];
-                let row = cache.get(conn, table, pk)?;
+                // An inserted key is new or a tombstone; the cache checks
+                // the guess when it writes (see ClockCache::get_assume_new).
+                let row = cache.get_assume_new(table, pk);
                 row.dirty = true;
                 let clock = &mut row.clock;
-                if table.slots() == 0 || clock.cl % 2 == 0 && clock.cl > 0 {
+                if table.slots() == 0 || clock.cl.is_multiple_of(2) && clock.cl > 0 {
                     mark_alive(clock, &mut stamp);
                 }
                 for slot in 0..table.slots() {

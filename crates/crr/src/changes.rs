@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{Entry, RowClock};
 use crate::error::{CrrError, Result};
 use crate::store::{load_clock, CrrTable, Sites};
-use crate::{pk, SiteId, Value};
+use crate::{pk, versions, SiteId, Value};
 
 /// The column name of a row's sentinel entry.
 pub const SENTINEL: &str = "-1";
@@ -60,40 +60,21 @@ pub(crate) fn read(
     filter: Filter,
 ) -> Result<Vec<Change>> {
     let mut out = Vec::new();
-    let mut index = conn.prepare_cached(
-        "SELECT db_version, tbl, pk FROM crr_versions
-         WHERE site = ?1 AND db_version > ?2 AND db_version <= ?3
-         ORDER BY db_version, tbl, pk",
-    )?;
     for site in 0..sites.len() as u32 {
         if filter.only.is_some_and(|o| o != site) || filter.exclude == Some(site) {
             continue;
         }
-        let hits = index
-            .query_map(
-                (
-                    site,
-                    filter.after as i64,
-                    filter.up_to.min(i64::MAX as u64) as i64,
-                ),
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, u32>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                },
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (db_version, tbl, pk) in hits {
-            let table = tables.get(&tbl).ok_or_else(|| {
-                CrrError::Corrupt(format!("crr_versions names unknown table id {tbl}"))
+        for rows in versions::rows_of(conn, site, filter.after, filter.up_to)? {
+            let table = tables.get(&rows.tbl).ok_or_else(|| {
+                CrrError::Corrupt(format!("version index names unknown table id {}", rows.tbl))
             })?;
-            let Some(clock) = load_clock(conn, table, &pk)? else {
-                continue;
-            };
-            let wanted = |e: &Entry| e.site == site && e.db_version == db_version as u64;
-            emit_row(conn, table, sites, &pk, &clock, wanted, &mut out)?;
+            for pk in &rows.pks {
+                let Some(clock) = load_clock(conn, table, pk)? else {
+                    continue;
+                };
+                let wanted = |e: &Entry| e.site == site && e.db_version == rows.db_version;
+                emit_row(conn, table, sites, pk, &clock, wanted, &mut out)?;
+            }
         }
     }
     out.sort_by_key(|c| (c.db_version, c.seq));

@@ -132,7 +132,7 @@ fn get_entry(buf: &mut &[u8]) -> Result<Entry> {
     })
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -146,7 +146,7 @@ fn get_u8(buf: &mut &[u8]) -> Result<u8> {
     Ok(b)
 }
 
-fn get_varint(buf: &mut &[u8]) -> Result<u64> {
+pub(crate) fn get_varint(buf: &mut &[u8]) -> Result<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = get_u8(buf)?;

@@ -12,7 +12,8 @@ use crate::changes::{self, Change, Filter};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
 use crate::schema::{self, TableInfo};
-use crate::store::{ClockCache, CrrTable, Sites, BOOTSTRAP_SQL};
+use crate::store::{ClockCache, CrrTable, Misspeculated, Sites, BOOTSTRAP_SQL};
+use crate::versions;
 use crate::{migrate, SiteId};
 
 /// SQLite's page cache per connection, in KiB when negative: 32 MiB, a
@@ -61,6 +62,7 @@ impl CrrConn {
         // Corrosion's settings: INSERT OR REPLACE fires the delete trigger.
         conn.pragma_update(None, "recursive_triggers", true)?;
         conn.execute_batch(BOOTSTRAP_SQL)?;
+        conn.execute_batch(versions::SCHEMA_SQL)?;
         let sites = Sites::load_or_init(&conn, site_id)?;
         let capture = Capture::new();
         capture.register(&conn)?;
@@ -280,15 +282,37 @@ impl CrrConn {
             return Ok(None);
         }
         let db_version = self.sites.db_version(0) + 1;
-        let mut cache = ClockCache::default();
-        let written = capture::record(&self.conn, &self.tables, events, db_version, &mut cache)?;
-        if written == 0 {
-            return Ok(None);
+        let mut known = Vec::new();
+        // Inserted keys are assumed new; a wrong guess (a re-insert after a
+        // delete) is undone and redone with those keys looked up: twice at
+        // most.
+        for _ in 0..2 {
+            let mut cache = ClockCache::with_capacity(events.len());
+            cache.load(&self.conn, &self.tables, &known)?;
+            let written =
+                capture::record(&self.conn, &self.tables, events, db_version, &mut cache)?;
+            if written == 0 {
+                return Ok(None);
+            }
+            self.conn.execute_batch("SAVEPOINT crr_flush")?;
+            match cache.flush(&self.conn, &self.tables) {
+                Ok(()) => {
+                    self.conn.execute_batch("RELEASE crr_flush")?;
+                    self.sites.observe(0, db_version);
+                    self.sites.save(&self.conn)?;
+                    return Ok(Some(db_version));
+                }
+                Err(Ok(Misspeculated(keys))) => {
+                    self.conn
+                        .execute_batch("ROLLBACK TO crr_flush; RELEASE crr_flush")?;
+                    known.extend(keys);
+                }
+                Err(Err(e)) => return Err(e),
+            }
         }
-        cache.flush(&self.conn, &self.tables)?;
-        self.sites.observe(0, db_version);
-        self.sites.save(&self.conn)?;
-        Ok(Some(db_version))
+        Err(CrrError::Corrupt(
+            "clock table changed while a transaction was being recorded".into(),
+        ))
     }
 
     /// Every change with `db_version > since` (stored db_versions: local

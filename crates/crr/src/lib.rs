@@ -12,6 +12,7 @@ mod changes;
 mod clock;
 mod conn;
 mod error;
+mod fasthash;
 mod merge;
 pub mod migrate;
 pub mod pk;
@@ -20,6 +21,7 @@ mod schema_rules;
 mod site;
 mod store;
 mod value;
+mod versions;
 
 pub use changes::{Change, SENTINEL};
 pub use conn::{CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
