@@ -32,6 +32,10 @@ pub fn run(cmd: DbCommand) -> Result<()> {
 
 /// Opens (creating if needed) a database.
 fn open(path: &Path, site_id: Option<SiteId>) -> Result<CrrConn> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the database's directory {}", dir.display()))?;
+    }
     CrrConn::open_with_site_id(path, site_id)
         .with_context(|| format!("cannot open database {}", path.display()))
 }

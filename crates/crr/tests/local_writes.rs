@@ -253,3 +253,144 @@ fn backfill_records_existing_rows_in_one_version() {
     assert_eq!(ch.len(), 6);
     assert!(ch.iter().all(|c| c.col_version == 1 && c.db_version == 1));
 }
+
+fn index_rows(c: &CrrConn) -> (i64, i64) {
+    c.connection()
+        .query_row(
+            "SELECT (SELECT count(*) FROM crr_versions), (SELECT count(*) FROM crr_version_pks)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn version_index_forgets_overwritten_versions() {
+    let mut c = db(T);
+    tx(&mut c, "INSERT INTO t VALUES (1,'x',1,1), (2,'y',2,2)");
+    assert_eq!(index_rows(&c), (1, 1));
+    // Row 1 loses every entry of version 1; row 2 still holds it.
+    tx(&mut c, "UPDATE t SET a='p', b=9, c=9 WHERE id = 1");
+    assert_eq!(index_rows(&c), (2, 2));
+    assert_eq!(c.changes_of(site(0x11), 1..=1).unwrap().len(), 3);
+    // Now nothing holds version 1: its count and key lists are gone.
+    tx(&mut c, "DELETE FROM t WHERE id = 2");
+    assert!(c.changes_of(site(0x11), 1..=1).unwrap().is_empty());
+    assert_eq!(index_rows(&c), (2, 2));
+    let versions: Vec<i64> = c
+        .connection()
+        .prepare("SELECT db_version FROM crr_versions ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![2, 3]);
+}
+
+#[test]
+fn changes_of_reads_one_sites_version_range() {
+    let mut c = db(T);
+    for i in 1..=5 {
+        tx(&mut c, &format!("INSERT INTO t VALUES ({i},'x',1,1)"));
+    }
+    let got: Vec<i64> = c
+        .changes_of(site(0x11), 2..=4)
+        .unwrap()
+        .iter()
+        .map(|ch| ch.db_version)
+        .collect();
+    assert_eq!(got, vec![2, 2, 2, 3, 3, 3, 4, 4, 4]);
+    assert!(c.changes_of(site(0x99), 1..=5).unwrap().is_empty());
+    assert_eq!(c.changes_since(4, None).unwrap().len(), 3);
+    assert!(c.changes_since(0, Some(site(0x11))).unwrap().is_empty());
+}
+
+#[test]
+fn reinsert_in_a_batch_with_new_keys_redoes_the_guess() {
+    let mut c = db(T);
+    tx(&mut c, "INSERT INTO t VALUES (1,'x',1,1)");
+    tx(&mut c, "DELETE FROM t WHERE id = 1");
+    // 1 is a tombstone, 2..=200 are new: the assumed-new flush misses on 1.
+    let values: Vec<String> = (1..=200).map(|i| format!("({i},'n',{i},NULL)")).collect();
+    assert_eq!(
+        tx(
+            &mut c,
+            &format!("INSERT INTO t VALUES {}", values.join(","))
+        ),
+        Some(3)
+    );
+    let (entries, cl) = row(&c, 1);
+    assert_eq!(cl, 3);
+    assert_eq!(entries[0], "-1 3/3/0");
+    assert_eq!(
+        row(&c, 2).0[0],
+        "a:'n' 1/3/4",
+        "seqs after the re-insert's sentinel"
+    );
+}
+
+#[test]
+fn added_columns_leave_existing_clocks_alone() {
+    let mut c = db(T);
+    tx(&mut c, "INSERT INTO t VALUES (1,'x',1,1)");
+    let before = c.changes_since(0, None).unwrap();
+    c.apply_schema(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c, d TEXT DEFAULT 'dd', e REAL);
+         CREATE INDEX t_a ON t(a);",
+    )
+    .unwrap();
+    assert_eq!(
+        c.changes_since(0, None).unwrap(),
+        before,
+        "no clock written for new columns"
+    );
+    assert_eq!(c.db_version(), 1, "a schema change takes no db_version");
+    tx(&mut c, "UPDATE t SET e = 2.5 WHERE id = 1");
+    assert!(row(&c, 1).0.contains(&"e:2.5 1/2/0".to_string()));
+    // New rows clock every column, the added ones included.
+    tx(&mut c, "INSERT INTO t (id) VALUES (2)");
+    assert_eq!(row(&c, 2).0.len(), 5);
+    // A replica on the new schema merges the old one's changes and back.
+    let mut other = CrrConn::open_in_memory_with_site_id(Some(site(0x22))).unwrap();
+    other
+        .apply_schema("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c, d TEXT DEFAULT 'dd', e REAL);")
+        .unwrap();
+    other
+        .apply_changes(&c.changes_since(0, None).unwrap())
+        .unwrap();
+    let dump = |c: &CrrConn| -> Vec<Vec<Value>> {
+        let mut stmt = c
+            .connection()
+            .prepare("SELECT * FROM t ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| (0..6).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(dump(&c), dump(&other));
+}
+
+#[test]
+fn non_additive_schema_changes_are_refused_whole() {
+    let mut c = db(T);
+    let err = c
+        .apply_schema("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a INTEGER, b INTEGER, c); CREATE TABLE u(k TEXT PRIMARY KEY NOT NULL);")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("\"t\"") && msg.contains("\"a\""), "{msg}");
+    assert!(
+        c.table("u").is_none(),
+        "nothing of a refused schema is applied"
+    );
+    let err = CrrConn::open_in_memory()
+        .unwrap()
+        .apply_schema("CREATE TABLE bad(id INTEGER PRIMARY KEY, v TEXT NOT NULL, w UNIQUE);")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NOT NULL") && msg.contains("\"v\"") && msg.contains("UNIQUE"),
+        "{msg}"
+    );
+}
