@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use crate::clock::{Entry, RowClock};
+use crate::clock::{add, Entry, RowClock};
 use crate::error::Result;
 use crate::pk;
 use crate::schema::quote_ident;
-use crate::store::{ClockCache, CrrTable};
+use crate::store::{table_of, ClockCache, CrrTable};
 use crate::value::same_value;
 
 const OP_INSERT: i64 = 0;
@@ -96,6 +97,14 @@ impl Capture {
         state.events.clear();
     }
 
+    /// Forgets every table, then knows `tables` (after a failed schema change).
+    pub fn replace_tables<'a>(&self, tables: impl Iterator<Item = &'a CrrTable>) {
+        self.lock().shapes.clear();
+        for t in tables {
+            self.add_table(t);
+        }
+    }
+
     pub fn add_table(&self, table: &CrrTable) {
         self.lock().shapes.insert(
             table.id,
@@ -120,11 +129,12 @@ impl Capture {
 
     fn on_trigger(&self, ctx: &Context<'_>) -> Result<(), String> {
         let mut state = self.lock();
-        let tbl = ctx.get::<i64>(0).map_err(|e| e.to_string())? as u32;
-        let shape = state
-            .shapes
-            .get(&tbl)
+        let tbl = ctx.get::<i64>(0).map_err(|e| e.to_string())?;
+        let shape = u32::try_from(tbl)
+            .ok()
+            .and_then(|tbl| state.shapes.get(&tbl))
             .ok_or_else(|| format!("crr_capture: unknown CRR table id {tbl}"))?;
+        let tbl = tbl as u32;
         match state.mode {
             Mode::Merging => return Ok(()),
             Mode::Idle => {
@@ -137,19 +147,49 @@ impl Capture {
         }
         let op = ctx.get::<i64>(1).map_err(|e| e.to_string())?;
         let (pk_len, slots) = (shape.pk_len, shape.slots);
+        let expected = match op {
+            OP_INSERT => 2 + pk_len + slots,
+            OP_DELETE => 2 + pk_len,
+            OP_UPDATE => 2 + 2 * pk_len + 2 * slots,
+            other => return Err(format!("crr_capture: unknown operation {other}")),
+        };
+        if ctx.len() != expected {
+            return Err(format!(
+                "crr_capture: {} arguments for table {:?}, expected {expected}",
+                ctx.len(),
+                shape.name
+            ));
+        }
+        // Text crosses the wire as UTF-8: refuse what could not arrive intact.
+        let utf8 = |from: usize, to: usize| -> Result<(), String> {
+            for i in from..to {
+                if let ValueRef::Text(bytes) = ctx.get_raw(i) {
+                    std::str::from_utf8(bytes).map_err(|_| {
+                        format!(
+                            "table {:?}: a TEXT value is not valid UTF-8 (store bytes as a BLOB)",
+                            shape.name
+                        )
+                    })?;
+                }
+            }
+            Ok(())
+        };
         let pack_at = |start: usize| {
             pk::pack((start..start + pk_len).map(|i| ctx.get_raw(i))).map_err(|e| e.to_string())
         };
         let event = match op {
-            OP_INSERT => Event::Insert {
-                tbl,
-                pk: pack_at(2)?,
-            },
+            OP_INSERT => {
+                utf8(2 + pk_len, expected)?;
+                Event::Insert {
+                    tbl,
+                    pk: pack_at(2)?,
+                }
+            }
             OP_DELETE => Event::Delete {
                 tbl,
                 pk: pack_at(2)?,
             },
-            OP_UPDATE => {
+            _ => {
                 let old_pk = pack_at(2)?;
                 let new_pk = pack_at(2 + pk_len)?;
                 let old_vals = 2 + 2 * pk_len;
@@ -158,6 +198,7 @@ impl Capture {
                         !same_value(ctx.get_raw(old_vals + s), ctx.get_raw(old_vals + slots + s))
                     })
                     .collect();
+                utf8(old_vals + slots, expected)?;
                 let new_pk = (new_pk != old_pk).then_some(new_pk);
                 if new_pk.is_none() && changed.is_empty() {
                     return Ok(());
@@ -169,7 +210,6 @@ impl Capture {
                     changed,
                 }
             }
-            other => return Err(format!("crr_capture: unknown operation {other}")),
         };
         state.events.push(event);
         Ok(())
@@ -189,9 +229,10 @@ pub(crate) fn trigger_sql(table: &CrrTable) -> [(String, String); 3] {
     let name = |suffix: &str| format!("{}__crr_{suffix}", table.info.name);
     let id = table.id;
     let ins = format!(
-        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN SELECT crr_capture({id}, {OP_INSERT}{}); END",
+        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN SELECT crr_capture({id}, {OP_INSERT}{}{}); END",
         quote_ident(&name("ins")),
-        cols("NEW", &mut pk_names())
+        cols("NEW", &mut pk_names()),
+        cols("NEW", &mut col_names())
     );
     let del = format!(
         "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN SELECT crr_capture({id}, {OP_DELETE}{}); END",
@@ -229,27 +270,33 @@ impl Stamp {
 }
 
 /// Sentinel → delete: cl to the next even value; column clocks dropped.
-fn mark_deleted(clock: &mut RowClock, stamp: &mut Stamp) {
+fn mark_deleted(clock: &mut RowClock, stamp: &mut Stamp) -> Result<()> {
     let alive = clock.cl.max(1);
-    clock.cl = if alive % 2 == 1 { alive + 1 } else { alive + 2 };
+    clock.cl = add(alive, if alive % 2 == 1 { 1 } else { 2 })?;
     clock.sentinel = Some(stamp.entry(clock.cl));
     clock.cols.iter_mut().for_each(|c| *c = None);
+    Ok(())
 }
 
 /// Sentinel → alive: cl to the next odd value (1 for a never-seen key).
-fn mark_alive(clock: &mut RowClock, stamp: &mut Stamp) {
+fn mark_alive(clock: &mut RowClock, stamp: &mut Stamp) -> Result<()> {
     clock.cl = match clock.cl {
         0 => 1,
-        cl if cl % 2 == 0 => cl + 1,
-        cl => cl + 2,
+        cl if cl.is_multiple_of(2) => add(cl, 1)?,
+        cl => add(cl, 2)?,
     };
     clock.sentinel = Some(stamp.entry(clock.cl));
+    Ok(())
 }
 
-fn bump(clock: &mut RowClock, slot: usize, stamp: &mut Stamp) {
-    let cv = clock.cols[slot].map_or(1, |e| e.col_version + 1);
+fn bump(clock: &mut RowClock, slot: usize, stamp: &mut Stamp) -> Result<()> {
+    let cv = match clock.cols[slot] {
+        Some(e) => add(e.col_version, 1)?,
+        None => 1,
+    };
     clock.cols[slot] = Some(stamp.entry(cv));
     clock.cl = clock.cl.max(1);
+    Ok(())
 }
 
 /// Turns one transaction's events into clock entries under `db_version`.
@@ -269,23 +316,23 @@ pub(crate) fn record(
     for event in events {
         match event {
             Event::Insert { tbl, pk } => {
-                let table = &tables[tbl];
+                let table = table_of(tables, *tbl)?;
                 // An inserted key is new or a tombstone; the cache checks
                 // the guess when it writes (see ClockCache::get_assume_new).
                 let row = cache.get_assume_new(table, pk);
                 row.dirty = true;
                 let clock = &mut row.clock;
                 if table.slots() == 0 || clock.cl.is_multiple_of(2) && clock.cl > 0 {
-                    mark_alive(clock, &mut stamp);
+                    mark_alive(clock, &mut stamp)?;
                 }
                 for slot in 0..table.slots() {
-                    bump(clock, slot, &mut stamp);
+                    bump(clock, slot, &mut stamp)?;
                 }
             }
             Event::Delete { tbl, pk } => {
-                let row = cache.get(conn, &tables[tbl], pk)?;
+                let row = cache.get(conn, table_of(tables, *tbl)?, pk)?;
                 row.dirty = true;
-                mark_deleted(&mut row.clock, &mut stamp);
+                mark_deleted(&mut row.clock, &mut stamp)?;
             }
             Event::Update {
                 tbl,
@@ -293,7 +340,7 @@ pub(crate) fn record(
                 new_pk,
                 changed,
             } => {
-                let table = &tables[tbl];
+                let table = table_of(tables, *tbl)?;
                 let target = match new_pk {
                     None => old_pk,
                     Some(new_pk) => {
@@ -304,7 +351,7 @@ pub(crate) fn record(
                 let row = cache.get(conn, table, target)?;
                 row.dirty = true;
                 for &slot in changed {
-                    bump(&mut row.clock, slot, &mut stamp);
+                    bump(&mut row.clock, slot, &mut stamp)?;
                 }
             }
         }
@@ -325,13 +372,13 @@ fn move_row(
     let old = cache.get(conn, table, old_pk)?;
     old.dirty = true;
     let moved = old.clock.cols.clone();
-    mark_deleted(&mut old.clock, stamp);
+    mark_deleted(&mut old.clock, stamp)?;
     let new = cache.get(conn, table, new_pk)?;
     new.dirty = true;
-    mark_alive(&mut new.clock, stamp);
+    mark_alive(&mut new.clock, stamp)?;
     for (slot, entry) in moved.iter().enumerate() {
         if let Some(e) = entry {
-            new.clock.cols[slot] = Some(stamp.entry(e.col_version + 1));
+            new.clock.cols[slot] = Some(stamp.entry(add(e.col_version, 1)?));
         }
     }
     Ok(())

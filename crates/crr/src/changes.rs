@@ -90,19 +90,23 @@ fn emit_row(
     wanted: impl Fn(&Entry) -> bool,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    let change = |cid: &str, val: Value, e: &Entry| Change {
-        table: table.info.name.clone(),
-        pk: pk.to_vec(),
-        cid: cid.to_owned(),
-        val,
-        col_version: e.col_version as i64,
-        db_version: e.db_version as i64,
-        site_id: sites.id(e.site),
-        cl: clock.cl as i64,
-        seq: e.seq as i64,
+    // Counters are at most i64::MAX (RowClock::decode checks): the casts
+    // are exact.
+    let change = |cid: &str, val: Value, e: &Entry| -> Result<Change> {
+        Ok(Change {
+            table: table.info.name.clone(),
+            pk: pk.to_vec(),
+            cid: cid.to_owned(),
+            val,
+            col_version: e.col_version as i64,
+            db_version: e.db_version as i64,
+            site_id: sites.id(e.site)?,
+            cl: clock.cl as i64,
+            seq: e.seq as i64,
+        })
     };
     if let Some(e) = clock.sentinel.as_ref().filter(|e| wanted(e)) {
-        out.push(change(SENTINEL, Value::Null, e));
+        out.push(change(SENTINEL, Value::Null, e)?);
     }
     if !clock.cols.iter().flatten().any(&wanted) {
         return Ok(());
@@ -112,7 +116,7 @@ fn emit_row(
         if let Some(e) = entry.as_ref().filter(|e| wanted(e)) {
             let val = values.as_ref().map_or(Value::Null, |v| v[slot].clone());
             let name = &table.info.columns[table.info.non_pk[slot]].name;
-            out.push(change(name, val, e));
+            out.push(change(name, val, e)?);
         }
     }
     Ok(())

@@ -7,6 +7,18 @@
 
 use crate::error::{CrrError, Result};
 
+/// Counters are SQLite integers on the wire and in changes: never above
+/// i64::MAX.
+pub const MAX_CLOCK_VALUE: u64 = i64::MAX as u64;
+
+/// `v + by`, or an error if that leaves the i64 range (only a corrupt or
+/// tampered clock gets there: merges refuse counters above 2^62).
+pub(crate) fn add(v: u64, by: u64) -> Result<u64> {
+    v.checked_add(by)
+        .filter(|&n| n <= MAX_CLOCK_VALUE)
+        .ok_or_else(|| corrupt("a counter would overflow"))
+}
+
 /// The clock of one entry: who wrote it, in which transaction, at which seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -108,7 +120,22 @@ impl RowClock {
         if !buf.is_empty() {
             return Err(corrupt("trailing bytes"));
         }
-        Ok(RowClock { cl, sentinel, cols })
+        let clock = RowClock { cl, sentinel, cols };
+        let entries = clock.sentinel.iter().chain(clock.cols.iter().flatten());
+        let too_big = |e: &Entry| {
+            [e.col_version, e.db_version, e.seq]
+                .iter()
+                .any(|&v| v > MAX_CLOCK_VALUE)
+        };
+        if clock.cl > MAX_CLOCK_VALUE || entries.clone().any(too_big) {
+            return Err(corrupt("a counter is beyond i64"));
+        }
+        if clock.sentinel.is_some_and(|s| s.col_version != clock.cl) {
+            return Err(corrupt(
+                "the sentinel's col_version is not the causal length",
+            ));
+        }
+        Ok(clock)
     }
 }
 
@@ -173,7 +200,12 @@ mod tests {
         let clock = RowClock {
             cl: 3,
             sentinel: Some(e(3, 1 << 40, 2, 0)),
-            cols: vec![Some(e(1, 5, 0, 1)), None, Some(e(0, 7, 1, u64::MAX)), None],
+            cols: vec![
+                Some(e(1, 5, 0, 1)),
+                None,
+                Some(e(0, 7, 1, MAX_CLOCK_VALUE)),
+                None,
+            ],
         };
         let back = RowClock::decode(&clock.encode(), 4).unwrap();
         assert_eq!(back, clock);
@@ -190,5 +222,27 @@ mod tests {
         assert!(RowClock::decode(&[1, 0, 5], 1).is_err());
         assert!(RowClock::decode(&[1, 0, 0, 9], 1).is_err());
         assert!(RowClock::decode(&[0xff; 12], 1).is_err());
+        let beyond_i64 = RowClock {
+            cl: 1,
+            sentinel: None,
+            cols: vec![Some(Entry {
+                col_version: u64::MAX,
+                db_version: 1,
+                site: 0,
+                seq: 0,
+            })],
+        };
+        assert!(RowClock::decode(&beyond_i64.encode(), 1).is_err());
+        let odd_sentinel = RowClock {
+            cl: 3,
+            sentinel: Some(Entry {
+                col_version: 1,
+                db_version: 1,
+                site: 0,
+                seq: 0,
+            }),
+            cols: vec![],
+        };
+        assert!(RowClock::decode(&odd_sentinel.encode(), 0).is_err());
     }
 }

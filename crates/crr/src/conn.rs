@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Params};
 
+use crate::authorizer::{self, UserSql};
 use crate::capture::{self, Capture, Mode};
 use crate::changes::{self, Change, Filter};
 use crate::error::{CrrError, Result};
@@ -27,6 +28,7 @@ pub const CACHE_SIZE_PRAGMA: i64 = -32 * 1024;
 pub struct CrrConn {
     conn: Connection,
     capture: Capture,
+    user_sql: UserSql,
     tables: HashMap<u32, CrrTable>,
     by_name: HashMap<String, u32>,
     sites: Sites,
@@ -58,7 +60,7 @@ impl CrrConn {
         Self::init(Connection::open_in_memory()?, site_id)
     }
 
-    fn init(conn: Connection, site_id: Option<SiteId>) -> Result<Self> {
+    fn init(mut conn: Connection, site_id: Option<SiteId>) -> Result<Self> {
         // Corrosion's settings: INSERT OR REPLACE fires the delete trigger.
         conn.pragma_update(None, "recursive_triggers", true)?;
         conn.execute_batch(BOOTSTRAP_SQL)?;
@@ -66,9 +68,12 @@ impl CrrConn {
         let sites = Sites::load_or_init(&conn, site_id)?;
         let capture = Capture::new();
         capture.register(&conn)?;
+        let user_sql = UserSql::default();
+        authorizer::install(&mut conn, user_sql.clone())?;
         let mut me = CrrConn {
             conn,
             capture,
+            user_sql,
             tables: HashMap::new(),
             by_name: HashMap::new(),
             sites,
@@ -256,9 +261,7 @@ impl CrrConn {
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 (self.tables, self.by_name, self.sites) = tables;
-                for t in self.tables.values() {
-                    self.capture.add_table(t);
-                }
+                self.capture.replace_tables(self.tables.values());
                 Err(e)
             }
         }
@@ -281,7 +284,7 @@ impl CrrConn {
         if events.is_empty() {
             return Ok(None);
         }
-        let db_version = self.sites.db_version(0) + 1;
+        let db_version = crate::clock::add(self.sites.db_version(0), 1)?;
         let mut known = Vec::new();
         // Inserted keys are assumed new; a wrong guess (a re-insert after a
         // delete) is undone and redone with those keys looked up: twice at
@@ -428,7 +431,12 @@ impl CrrTx<'_> {
         if self.poisoned {
             return Err(CrrError::TransactionPoisoned);
         }
-        let result = f(&self.crr.conn);
+        self.crr.user_sql.set(true);
+        let result = f(&self.crr.conn).map_err(|e| match (e, self.crr.user_sql.refused()) {
+            (CrrError::Sqlite(_), Some(what)) => CrrError::StatementNotAllowed(what),
+            (e, _) => e,
+        });
+        self.crr.user_sql.set(false);
         // A failed statement may have left part of its writes in SQLite (OR
         // FAIL) while its recorded events say otherwise: only rollback is safe.
         if result.is_err() {
@@ -495,7 +503,7 @@ fn check_statement(sql: &str) -> Result<()> {
 fn first_keyword(sql: &str) -> &str {
     let mut rest = sql;
     loop {
-        rest = rest.trim_start();
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
         if let Some(after) = rest.strip_prefix("--") {
             rest = after.split_once('\n').map_or("", |(_, r)| r);
         } else if let Some(after) = rest.strip_prefix("/*") {
@@ -517,6 +525,7 @@ mod tests {
     #[test]
     fn statement_keywords() {
         assert_eq!(first_keyword("  -- hi\n /* x */ insert into t"), "insert");
+        assert_eq!(first_keyword(" ; ;COMMIT"), "COMMIT");
         assert!(check_statement("UPDATE t SET a = 1").is_ok());
         assert!(check_statement("with x as (select 1) delete from t").is_ok());
         for bad in [

@@ -61,7 +61,7 @@ pub enum CrrError {
 
     /// Only data statements run inside a CRR transaction: transaction
     /// control, DDL and PRAGMAs would change what capture recorded or sees.
-    #[error("{0} statements are not allowed in a transaction: send SELECT/INSERT/UPDATE/DELETE only (schema changes go through schema files)")]
+    #[error("{0} is not allowed in a transaction: send SELECT/INSERT/UPDATE/DELETE statements only (schema changes go through schema files)")]
     StatementNotAllowed(String),
 
     #[error("bad primary key: {0}")]

@@ -7,6 +7,7 @@
 //! [`CrrConn::apply_changes`]. This crate does no I/O besides SQLite.
 
 mod affinity;
+mod authorizer;
 mod capture;
 mod changes;
 mod clock;

@@ -11,7 +11,7 @@ use crate::changes::{read_values, Change, SENTINEL};
 use crate::clock::{Entry, RowClock};
 use crate::error::{CrrError, Result};
 use crate::schema::quote_ident;
-use crate::store::{ClockCache, CrrTable, Sites};
+use crate::store::{table_of, ClockCache, CrrTable, Sites};
 use crate::value::{merge_order, same_value};
 use crate::{pk, Value};
 
@@ -27,14 +27,34 @@ pub struct MergeReport {
     pub ignored: usize,
 }
 
+/// Counters from peers above this are refused: local writes add to them,
+/// and the result must stay an SQLite integer.
+const MAX_REMOTE_COUNTER: i64 = 1 << 62;
+
 /// A change checked against the schema, ready to merge.
 pub(crate) struct Checked<'a> {
     change: &'a Change,
-    tbl: u32,
+    /// Index into [`CheckedBatch::rows`].
+    row: usize,
     /// `None` for the sentinel.
     slot: Option<usize>,
     site: u32,
+    /// The value as SQLite will store it (NaN is NULL).
+    val: Value,
+}
+
+/// A row named by one or more consecutive changes.
+pub(crate) struct CheckedRow {
+    tbl: u32,
+    /// The pk re-packed canonically: a non-minimal encoding names the same
+    /// row as the minimal one.
+    pk: Vec<u8>,
     pk_values: Vec<Value>,
+}
+
+pub(crate) struct CheckedBatch<'a> {
+    changes: Vec<Checked<'a>>,
+    rows: Vec<CheckedRow>,
 }
 
 /// Checks every change of a batch before anything is written; the first bad
@@ -45,45 +65,44 @@ pub(crate) fn check<'a>(
     by_name: &HashMap<String, u32>,
     sites: &mut Sites,
     batch: &'a [Change],
-) -> Result<Vec<Checked<'a>>> {
-    batch
-        .iter()
-        .enumerate()
-        .map(|(index, change)| {
-            check_one(conn, tables, by_name, sites, change).map_err(|reason| CrrError::BadChange {
-                index,
-                table: change.table.clone(),
-                cid: change.cid.clone(),
-                reason,
-            })
-        })
-        .collect()
+) -> Result<CheckedBatch<'a>> {
+    let mut out = CheckedBatch {
+        changes: Vec::with_capacity(batch.len()),
+        rows: Vec::new(),
+    };
+    for (index, change) in batch.iter().enumerate() {
+        let bad = |reason: String| CrrError::BadChange {
+            index,
+            table: change.table.clone(),
+            cid: change.cid.clone(),
+            reason,
+        };
+        let same_row_as_previous = index > 0 && {
+            let prev = &batch[index - 1];
+            prev.table == change.table && prev.pk == change.pk
+        };
+        if !same_row_as_previous {
+            out.rows
+                .push(check_row(conn, tables, by_name, change).map_err(bad)?);
+        }
+        let row = out.rows.len() - 1;
+        let table = table_of(tables, out.rows[row].tbl)?;
+        out.changes
+            .push(check_change(table, sites, change, row).map_err(bad)?);
+    }
+    Ok(out)
 }
 
-fn check_one<'a>(
+fn check_row(
     conn: &Connection,
     tables: &HashMap<u32, CrrTable>,
     by_name: &HashMap<String, u32>,
-    sites: &mut Sites,
-    change: &'a Change,
-) -> Result<Checked<'a>, String> {
+    change: &Change,
+) -> Result<CheckedRow, String> {
     let tbl = *by_name
         .get(&change.table)
         .ok_or_else(|| "unknown table: this database has no CRR table of that name".to_owned())?;
-    let table = &tables[&tbl];
-    let slot = match change.cid.as_str() {
-        SENTINEL => None,
-        cid => Some(table.info.slot_of(cid).ok_or_else(|| {
-            "unknown column: the table has no replicated non-primary-key column of that name"
-                .to_owned()
-        })?),
-    };
-    if change.cl < 1 || change.col_version < 0 || change.db_version < 1 || change.seq < 0 {
-        return Err(format!(
-            "impossible clock: cl {} (≥ 1), col_version {} (≥ 0), db_version {} (≥ 1), seq {} (≥ 0)",
-            change.cl, change.col_version, change.db_version, change.seq
-        ));
-    }
+    let table = table_of(tables, tbl).map_err(|e| e.to_string())?;
     let pk_values = pk::unpack(&change.pk).map_err(|e| e.to_string())?;
     if pk_values.len() != table.info.pk.len() {
         return Err(format!(
@@ -95,11 +114,11 @@ fn check_one<'a>(
     for (value, column) in pk_values.iter().zip(table.info.pk_columns()) {
         let aff = affinity::of_decl_type(&column.decl_type);
         let stored = affinity::apply(conn, aff, value).map_err(|e| e.to_string())?;
-        if !same_value(stored.as_ref(), value.as_ref())
-            || (aff == Affinity::Integer
+        let unchanged = same_value(stored.as_ref(), value.as_ref())
+            && !(aff == Affinity::Integer
                 && !matches!(value, Value::Integer(_))
-                && is_rowid_alias(table))
-        {
+                && is_rowid_alias(table));
+        if matches!(value, Value::Null) || !unchanged {
             return Err(format!(
                 "datatype mismatch: pk column {:?} ({}) cannot hold the {} value {:?} unchanged",
                 column.name,
@@ -108,6 +127,33 @@ fn check_one<'a>(
                 value
             ));
         }
+    }
+    let pk = pk::pack_values(&pk_values).map_err(|e| e.to_string())?;
+    Ok(CheckedRow { tbl, pk, pk_values })
+}
+
+fn check_change<'a>(
+    table: &CrrTable,
+    sites: &mut Sites,
+    change: &'a Change,
+    row: usize,
+) -> Result<Checked<'a>, String> {
+    let slot = match change.cid.as_str() {
+        SENTINEL => None,
+        cid => Some(table.info.slot_of(cid).ok_or_else(|| {
+            "unknown column: the table has no replicated non-primary-key column of that name"
+                .to_owned()
+        })?),
+    };
+    let counters_ok = (1..=MAX_REMOTE_COUNTER).contains(&change.cl)
+        && (0..=MAX_REMOTE_COUNTER).contains(&change.col_version)
+        && change.db_version >= 1
+        && change.seq >= 0;
+    if !counters_ok {
+        return Err(format!(
+            "impossible clock: cl {} (1 to 2^62), col_version {} (0 to 2^62), db_version {} (≥ 1), seq {} (≥ 0)",
+            change.cl, change.col_version, change.db_version, change.seq
+        ));
     }
     let site = match sites.ordinal(&change.site_id) {
         Some(0) if change.db_version as u64 > sites.db_version(0) => {
@@ -120,12 +166,17 @@ fn check_one<'a>(
         Some(o) => o,
         None => sites.ordinal_or_insert(change.site_id),
     };
+    let val = match &change.val {
+        // SQLite stores a NaN as NULL; comparing the NaN would win forever.
+        Value::Real(f) if f.is_nan() => Value::Null,
+        v => v.clone(),
+    };
     Ok(Checked {
         change,
-        tbl,
+        row,
         slot,
         site,
-        pk_values,
+        val,
     })
 }
 
@@ -257,24 +308,21 @@ pub(crate) fn merge(
     conn: &Connection,
     tables: &HashMap<u32, CrrTable>,
     sites: &mut Sites,
-    batch: &[Checked<'_>],
+    batch: &CheckedBatch<'_>,
 ) -> Result<MergeReport> {
     let mut report = MergeReport::default();
     let mut cache = ClockCache::default();
     let mut upserts = UpsertSql::default();
-    let mut start = 0;
-    while start < batch.len() {
-        let first = &batch[start];
-        let end = start
-            + batch[start..]
-                .iter()
-                .take_while(|c| c.tbl == first.tbl && c.change.pk == first.change.pk)
-                .count();
+    for group in batch.changes.chunk_by(|a, b| a.row == b.row) {
+        let first = &group[0];
+        let row = &batch.rows[first.row];
+        let start = report.won.len() + report.lost + report.ignored;
         merge_row(
             conn,
-            &tables[&first.tbl],
+            table_of(tables, row.tbl)?,
             sites,
-            &batch[start..end],
+            row,
+            group,
             start,
             (&mut cache, &mut upserts),
             &mut report,
@@ -285,7 +333,6 @@ pub(crate) fn merge(
             cid: first.change.cid.clone(),
             reason: format!("writing the row failed: {e}"),
         })?;
-        start = end;
     }
     // The merge never assumes keys new, so the flush cannot misspeculate.
     cache.flush(conn, tables).map_err(|e| match e {
@@ -296,33 +343,34 @@ pub(crate) fn merge(
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn merge_row(
     conn: &Connection,
     table: &CrrTable,
     sites: &mut Sites,
+    row: &CheckedRow,
     group: &[Checked<'_>],
     offset: usize,
     (cache, upserts): (&mut ClockCache, &mut UpsertSql),
     report: &mut MergeReport,
 ) -> Result<()> {
-    let pk = &group[0].change.pk;
-    let row = cache.get(conn, table, pk)?;
+    let cached = cache.get(conn, table, &row.pk)?;
     let mut pending = PendingRow {
         sets: vec![None; table.slots()],
         ..PendingRow::default()
     };
     for (i, c) in group.iter().enumerate() {
         sites.observe(c.site, c.change.db_version as u64);
-        match decide(conn, table, sites, &mut row.clock, &mut pending, c)? {
+        match decide(conn, table, sites, row, &mut cached.clock, &mut pending, c)? {
             Outcome::Won => {
-                row.dirty = true;
+                cached.dirty = true;
                 report.won.push(offset + i);
             }
             Outcome::Lost => report.lost += 1,
             Outcome::Ignored => report.ignored += 1,
         }
     }
-    pending.flush(conn, table, &group[0].pk_values, upserts)
+    pending.flush(conn, table, &row.pk_values, upserts)
 }
 
 fn entry_of(c: &Checked<'_>, col_version: u64) -> Entry {
@@ -353,6 +401,7 @@ fn decide(
     conn: &Connection,
     table: &CrrTable,
     sites: &Sites,
+    row: &CheckedRow,
     clock: &mut RowClock,
     pending: &mut PendingRow,
     c: &Checked<'_>,
@@ -363,7 +412,7 @@ fn decide(
     }
     if cl % 2 == 0 {
         if cl == local_cl {
-            let local_site = clock.sentinel.map(|s| sites.id(s.site));
+            let local_site = clock.sentinel.map(|s| sites.id(s.site)).transpose()?;
             if local_site.is_some_and(|s| c.change.site_id <= s) {
                 return Ok(Outcome::Lost);
             }
@@ -386,24 +435,27 @@ fn decide(
     if cl > local_cl && (local_cl > 0 || cl > 1) {
         resurrect(clock, pending, c);
     }
-    let wins =
-        cl > local_cl || local_cl == 0 || column_wins(conn, table, sites, clock, pending, c, slot)?;
+    let wins = cl > local_cl
+        || local_cl == 0
+        || column_wins(conn, table, sites, row, clock, pending, c, slot)?;
     if !wins {
         return Ok(Outcome::Lost);
     }
     clock.cols[slot] = Some(entry_of(c, c.change.col_version as u64));
     clock.cl = cl;
-    pending.sets[slot] = Some(c.change.val.clone());
+    pending.sets[slot] = Some(c.val.clone());
     pending.alive = Some(true);
     Ok(Outcome::Won)
 }
 
 /// Step 5a–d: an incoming column change against the local entry of the
 /// same causal length.
+#[allow(clippy::too_many_arguments)]
 fn column_wins(
     conn: &Connection,
     table: &CrrTable,
     sites: &Sites,
+    row: &CheckedRow,
     clock: &RowClock,
     pending: &mut PendingRow,
     c: &Checked<'_>,
@@ -418,16 +470,12 @@ fn column_wins(
         Ordering::Equal => {}
     }
     let aff = affinity::of_decl_type(&table.info.columns[table.info.non_pk[slot]].decl_type);
-    let theirs = affinity::apply(conn, aff, &c.change.val)?;
-    let ours = affinity::apply(
-        conn,
-        aff,
-        &pending.local_value(conn, table, &c.change.pk, slot)?,
-    )?;
+    let theirs = affinity::apply(conn, aff, &c.val)?;
+    let ours = affinity::apply(conn, aff, &pending.local_value(conn, table, &row.pk, slot)?)?;
     Ok(match merge_order(theirs.as_ref(), ours.as_ref()) {
         Ordering::Greater => true,
         Ordering::Less => false,
         // merge-equal-values: the larger site id takes the clock.
-        Ordering::Equal => c.change.site_id > sites.id(local.site),
+        Ordering::Equal => c.change.site_id > sites.id(local.site)?,
     })
 }

@@ -41,6 +41,11 @@ pub fn pack<'a>(values: impl ExactSizeIterator<Item = ValueRef<'a>>) -> Result<V
     let mut out = Vec::with_capacity(1 + 10 * count as usize);
     out.push(count);
     for v in values {
+        // Unpacking requires UTF-8; packing what cannot be unpacked would
+        // make the key unreadable later.
+        if let ValueRef::Text(bytes) = v {
+            std::str::from_utf8(bytes).map_err(|_| PkError::NotUtf8 { at: out.len() })?;
+        }
         pack_value(&mut out, v);
     }
     Ok(out)

@@ -178,8 +178,13 @@ impl Sites {
         self.ids[0]
     }
 
-    pub fn id(&self, ordinal: u32) -> SiteId {
-        self.ids[ordinal as usize]
+    /// The site id of an ordinal read from a stored clock.
+    pub fn id(&self, ordinal: u32) -> Result<SiteId> {
+        self.ids.get(ordinal as usize).copied().ok_or_else(|| {
+            CrrError::Corrupt(format!(
+                "a stored clock names site ordinal {ordinal}, which crr_sites lacks"
+            ))
+        })
     }
 
     pub fn ordinal(&self, id: &SiteId) -> Option<u32> {
@@ -371,7 +376,7 @@ impl CachedClock {
     }
 }
 
-fn table_of(tables: &HashMap<u32, CrrTable>, tbl: u32) -> Result<&CrrTable> {
+pub(crate) fn table_of(tables: &HashMap<u32, CrrTable>, tbl: u32) -> Result<&CrrTable> {
     tables
         .get(&tbl)
         .ok_or_else(|| CrrError::Corrupt(format!("no CRR table with id {tbl}")))
