@@ -136,7 +136,7 @@ fn merge_steady(c: &mut Criterion) {
     let mut g = c.benchmark_group("merge_steady_state_1m_rows");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(40_000));
-    g.bench_function("update_10pct_40k_changes", |b| {
+    g.bench_function("40k_changes_2_cols_of_20k_rows", |b| {
         let dir = TempDir::new().unwrap();
         // A replica holding 1M rows, and a source that shares them.
         let mut dst = crr_db(&dir, "dst.db");
