@@ -5,6 +5,31 @@
 //! Local writes are ordinary SQL run inside a [`CrrTx`]; their changes are
 //! read back with [`CrrConn::changes_since`] and merged elsewhere with
 //! [`CrrConn::apply_changes`]. This crate does no I/O besides SQLite.
+//!
+//! ```
+//! use crr::CrrConn;
+//!
+//! let schema = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, state TEXT);";
+//! let (mut a, mut b) = (CrrConn::open_in_memory()?, CrrConn::open_in_memory()?);
+//! a.apply_schema(schema)?;
+//! b.apply_schema(schema)?;
+//!
+//! let mut tx = a.transaction()?;
+//! tx.execute("INSERT INTO machines VALUES ('m1', 'started')", [])?;
+//! assert_eq!(tx.commit()?, Some(1)); // a's first db_version
+//!
+//! // Ship a's changes to b (Patina does this over QUIC); merging is idempotent.
+//! let changes = a.changes_since(0, Some(b.site_id()))?;
+//! let report = b.apply_changes(&changes)?;
+//! assert_eq!(report.won.len(), 1);
+//! assert!(b.apply_changes(&changes)?.won.is_empty());
+//!
+//! let state: String = b
+//!     .connection()
+//!     .query_row("SELECT state FROM machines WHERE id = 'm1'", [], |r| r.get(0))?;
+//! assert_eq!(state, "started");
+//! # Ok::<(), crr::CrrError>(())
+//! ```
 
 mod affinity;
 mod authorizer;
