@@ -1,0 +1,22 @@
+//! `agent`: one Patina node — its two CRR databases (`regional.db`,
+//! `global.db`), the write path (one writer thread per database), a pool of
+//! read connections, schema files. Membership, transport, broadcast and sync
+//! plug in at two seams: committed changesets leave through
+//! [`Node::subscribe_changesets`], and remote changesets will enter through
+//! the writers the same way local ones are applied.
+
+mod classify;
+mod datadir;
+mod error;
+mod node;
+mod reader;
+mod schema_files;
+mod statement;
+mod writer;
+
+pub use crr::{SiteId, Value};
+pub use error::{AgentError, QueryError, TxError};
+pub use node::{Changeset, Db, Node, NodeOptions};
+pub use reader::{QueryStream, RowEvent};
+pub use statement::{Params, Statement};
+pub use writer::{StatementResult, TxOutcome};

@@ -1,0 +1,306 @@
+//! [`Node`]: what `patina agent` runs — the databases, their writers, the
+//! read pool, and the seams replication plugs into.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crr::{Change, CrrConn, SiteId};
+use tokio::sync::{broadcast, watch};
+
+use crate::classify::{Classifier, Writes};
+use crate::datadir::DataDir;
+use crate::error::{AgentError, QueryError, TxError};
+use crate::reader::{QueryStream, ReadPool};
+use crate::schema_files;
+use crate::statement::Statement;
+use crate::writer::{TxOutcome, Writer};
+
+/// Committed changesets buffered for slow seam listeners; a listener that
+/// falls further behind misses some (and sync, later, re-fetches them).
+const CHANGESETS_BUFFERED_MAX: usize = 4096;
+/// Read connections: queries running at once.
+const READERS: usize = 8;
+
+/// One of a node's two databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Db {
+    Regional,
+    Global,
+}
+
+impl Db {
+    pub fn name(self) -> &'static str {
+        match self {
+            Db::Regional => "regional",
+            Db::Global => "global",
+        }
+    }
+}
+
+/// The changes of one committed transaction of one actor in one database.
+#[derive(Debug, Clone)]
+pub struct Changeset {
+    pub db: Db,
+    pub actor: SiteId,
+    pub version: u64,
+    pub changes: Arc<[Change]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub region: String,
+    pub global_member: bool,
+    pub data_dir: PathBuf,
+    pub schema_paths: Vec<PathBuf>,
+    pub global_schema_paths: Vec<PathBuf>,
+}
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: NodeOptions,
+    actor: SiteId,
+    regional: Writer,
+    global: Writer,
+    reads: Arc<ReadPool>,
+    classifier: Mutex<Classifier>,
+    changesets: broadcast::Sender<Changeset>,
+    /// Highest version seen per (db, actor); bumped after every commit.
+    applied: watch::Sender<HashMap<(Db, SiteId), u64>>,
+}
+
+impl Node {
+    /// Opens the data dir, applies the schema files (both databases are
+    /// checked before either changes: a refused schema leaves the node
+    /// unstarted and the files untouched), starts the writers.
+    pub fn open(options: NodeOptions) -> Result<Node, AgentError> {
+        let dir = DataDir::create(&options.data_dir)?;
+        let actor = dir.actor_id()?;
+        let open = |db: Db, path: PathBuf| {
+            CrrConn::open_with_site_id(path, Some(actor)).map_err(|source| AgentError::Database {
+                db: db.name(),
+                source,
+            })
+        };
+        let mut regional = open(Db::Regional, dir.regional_db())?;
+        let mut global = open(Db::Global, dir.global_db())?;
+        let schemas = read_schemas(&options)?;
+        apply_schemas(&mut regional, &mut global, &schemas)?;
+        let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
+        let applied = watch::Sender::new(initial_versions(&regional, &global));
+        let writer = |conn: CrrConn, db: Db| {
+            let changesets = changesets.clone();
+            let applied = applied.clone();
+            Writer::spawn(conn, db, move |cs: Changeset| {
+                applied.send_modify(|m| {
+                    let v = m.entry((cs.db, cs.actor)).or_default();
+                    *v = (*v).max(cs.version);
+                });
+                let _ = changesets.send(cs);
+            })
+            .map_err(|source| AgentError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            })
+        };
+        let regional = writer(regional, Db::Regional)?;
+        let global = writer(global, Db::Global)?;
+        let reads = Arc::new(ReadPool::open(&dir.regional_db(), &dir.global_db(), READERS)?);
+        let classifier = Classifier::open(&dir.regional_db(), &dir.global_db()).map_err(|e| {
+            AgentError::Database {
+                db: "classifier",
+                source: e.into(),
+            }
+        })?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                options,
+                actor,
+                regional,
+                global,
+                reads,
+                classifier: Mutex::new(classifier),
+                changesets,
+                applied,
+            }),
+        })
+    }
+
+    pub fn actor_id(&self) -> SiteId {
+        self.inner.actor
+    }
+
+    pub fn region(&self) -> &str {
+        &self.inner.options.region
+    }
+
+    pub fn is_global_member(&self) -> bool {
+        self.inner.options.global_member
+    }
+
+    /// Runs `statements` as one transaction on the database they write.
+    pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
+        if statements.is_empty() {
+            return Err(TxError::Empty);
+        }
+        let writes = {
+            let mut classifier = self.inner.classifier.lock().unwrap_or_else(|e| e.into_inner());
+            classifier.classify(statements.iter().map(|s| s.sql.as_str()))
+        };
+        match writes {
+            Writes::Both => Err(TxError::MixedDatabases),
+            Writes::Global => self.inner.global.transact(statements).await,
+            Writes::Regional | Writes::Nothing => self.inner.regional.transact(statements).await,
+        }
+    }
+
+    /// Starts a read-only query over both databases.
+    pub async fn query(&self, statement: Statement) -> Result<QueryStream, QueryError> {
+        self.inner.reads.query(statement).await
+    }
+
+    /// Rows in `tables` (regional or global CRR tables) and the names that
+    /// are not tables.
+    pub async fn table_row_count(&self, tables: Vec<String>) -> Result<(u64, Vec<String>), QueryError> {
+        self.inner
+            .reads
+            .run(move |conn| {
+                let mut total = 0u64;
+                let mut invalid = Vec::new();
+                for t in tables {
+                    let is_crr = |schema: &str| -> bool {
+                        let sql = format!("SELECT 1 FROM {schema}.crr_tables WHERE name = ?1");
+                        conn.query_row(&sql, [&t], |_| Ok(())).is_ok()
+                    };
+                    let schema = if is_crr("main") {
+                        "main"
+                    } else if is_crr("global") {
+                        "global"
+                    } else {
+                        invalid.push(t);
+                        continue;
+                    };
+                    let quoted = format!("\"{}\"", t.replace('"', "\"\""));
+                    let sql = format!("SELECT count(*) FROM {schema}.{quoted}");
+                    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
+                        Ok(n) => total += n.max(0) as u64,
+                        Err(_) => invalid.push(t),
+                    }
+                }
+                (total, invalid)
+            })
+            .await
+    }
+
+    /// Re-reads the schema files and applies them to both databases;
+    /// refused whole (and the running schema kept) if either is refused.
+    pub async fn reload_schema(&self) -> Result<(), AgentError> {
+        let (regional_sql, global_sql) = read_schemas(&self.inner.options)?;
+        // Plan both first: neither database changes unless both can.
+        self.on_writer(Db::Regional, regional_sql.clone(), |conn, sql| {
+            crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
+        })
+        .await?;
+        self.on_writer(Db::Global, global_sql.clone(), |conn, sql| {
+            crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
+        })
+        .await?;
+        self.on_writer(Db::Regional, regional_sql, |conn, sql| conn.apply_schema(&sql))
+            .await?;
+        self.on_writer(Db::Global, global_sql, |conn, sql| conn.apply_schema(&sql))
+            .await?;
+        self.inner.classifier.lock().unwrap_or_else(|e| e.into_inner()).forget();
+        Ok(())
+    }
+
+    async fn on_writer(
+        &self,
+        db: Db,
+        sql: String,
+        f: fn(&mut CrrConn, String) -> crr::Result<()>,
+    ) -> Result<(), AgentError> {
+        let writer = match db {
+            Db::Regional => &self.inner.regional,
+            Db::Global => &self.inner.global,
+        };
+        writer
+            .with(move |conn| f(conn, sql))
+            .await
+            .ok_or(AgentError::ShuttingDown)?
+            .map_err(|source| AgentError::Schema {
+                db: db.name(),
+                source,
+            })
+    }
+
+    /// Committed changesets of this node, as they commit (the seam
+    /// broadcast and subscriptions read).
+    pub fn subscribe_changesets(&self) -> broadcast::Receiver<Changeset> {
+        self.inner.changesets.subscribe()
+    }
+
+    /// Whether this node has applied `version` of `actor` in either database.
+    pub fn has_applied(&self, actor: SiteId, version: u64) -> bool {
+        let m = self.inner.applied.borrow();
+        [Db::Regional, Db::Global]
+            .iter()
+            .any(|db| m.get(&(*db, actor)).is_some_and(|v| *v >= version))
+    }
+
+    /// Waits until [`has_applied`](Self::has_applied), up to `timeout`.
+    pub async fn wait_applied(&self, actor: SiteId, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.applied.subscribe();
+        let done = |m: &HashMap<(Db, SiteId), u64>| {
+            [Db::Regional, Db::Global]
+                .iter()
+                .any(|db| m.get(&(*db, actor)).is_some_and(|v| *v >= version))
+        };
+        tokio::time::timeout(timeout, rx.wait_for(done)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+fn read_schemas(options: &NodeOptions) -> Result<(String, String), AgentError> {
+    Ok((
+        schema_files::read_all(&options.schema_paths)?,
+        schema_files::read_all(&options.global_schema_paths)?,
+    ))
+}
+
+fn apply_schemas(
+    regional: &mut CrrConn,
+    global: &mut CrrConn,
+    (regional_sql, global_sql): &(String, String),
+) -> Result<(), AgentError> {
+    let plan = |db: Db, conn: &CrrConn, sql: &str| {
+        crr::migrate::plan(conn.connection(), "main", sql).map_err(|source| AgentError::Schema {
+            db: db.name(),
+            source,
+        })
+    };
+    plan(Db::Regional, regional, regional_sql)?;
+    plan(Db::Global, global, global_sql)?;
+    let apply = |db: Db, conn: &mut CrrConn, sql: &str| {
+        conn.apply_schema(sql).map_err(|source| AgentError::Schema {
+            db: db.name(),
+            source,
+        })
+    };
+    apply(Db::Regional, regional, regional_sql)?;
+    apply(Db::Global, global, global_sql)
+}
+
+fn initial_versions(regional: &CrrConn, global: &CrrConn) -> HashMap<(Db, SiteId), u64> {
+    let mut m = HashMap::new();
+    for (db, conn) in [(Db::Regional, regional), (Db::Global, global)] {
+        for (site, v) in conn.site_versions() {
+            m.insert((db, site), v);
+        }
+    }
+    m
+}
