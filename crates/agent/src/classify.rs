@@ -49,9 +49,9 @@ impl Classifier {
         let noted = Arc::clone(&seen);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             let db = match ctx.action {
-                AuthAction::Insert { .. } | AuthAction::Update { .. } | AuthAction::Delete { .. } => {
-                    ctx.database_name
-                }
+                AuthAction::Insert { .. }
+                | AuthAction::Update { .. }
+                | AuthAction::Delete { .. } => ctx.database_name,
                 _ => None,
             };
             let writes = match db {

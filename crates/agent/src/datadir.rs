@@ -36,15 +36,21 @@ impl DataDir {
     pub fn actor_id(&self) -> Result<SiteId, AgentError> {
         let file = self.path.join("actor_id");
         match fs::read_to_string(&file) {
-            Ok(text) => text.trim().parse().map_err(|e: crr::ParseSiteIdError| AgentError::ActorId {
-                path: file.clone(),
-                reason: e.to_string(),
-            }),
+            Ok(text) => {
+                text.trim()
+                    .parse()
+                    .map_err(|e: crr::ParseSiteIdError| AgentError::ActorId {
+                        path: file.clone(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = SiteId::random();
-                write_durably(&file, format!("{id}\n").as_bytes()).map_err(|source| AgentError::DataDir {
-                    path: file.clone(),
-                    source,
+                write_durably(&file, format!("{id}\n").as_bytes()).map_err(|source| {
+                    AgentError::DataDir {
+                        path: file.clone(),
+                        source,
+                    }
                 })?;
                 Ok(id)
             }

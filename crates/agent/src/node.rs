@@ -111,7 +111,11 @@ impl Node {
         };
         let regional = writer(regional, Db::Regional)?;
         let global = writer(global, Db::Global)?;
-        let reads = Arc::new(ReadPool::open(&dir.regional_db(), &dir.global_db(), READERS)?);
+        let reads = Arc::new(ReadPool::open(
+            &dir.regional_db(),
+            &dir.global_db(),
+            READERS,
+        )?);
         let classifier = Classifier::open(&dir.regional_db(), &dir.global_db()).map_err(|e| {
             AgentError::Database {
                 db: "classifier",
@@ -150,7 +154,11 @@ impl Node {
             return Err(TxError::Empty);
         }
         let writes = {
-            let mut classifier = self.inner.classifier.lock().unwrap_or_else(|e| e.into_inner());
+            let mut classifier = self
+                .inner
+                .classifier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             classifier.classify(statements.iter().map(|s| s.sql.as_str()))
         };
         match writes {
@@ -167,7 +175,10 @@ impl Node {
 
     /// Rows in `tables` (regional or global CRR tables) and the names that
     /// are not tables.
-    pub async fn table_row_count(&self, tables: Vec<String>) -> Result<(u64, Vec<String>), QueryError> {
+    pub async fn table_row_count(
+        &self,
+        tables: Vec<String>,
+    ) -> Result<(u64, Vec<String>), QueryError> {
         self.inner
             .reads
             .run(move |conn| {
@@ -211,11 +222,17 @@ impl Node {
             crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
         })
         .await?;
-        self.on_writer(Db::Regional, regional_sql, |conn, sql| conn.apply_schema(&sql))
-            .await?;
+        self.on_writer(Db::Regional, regional_sql, |conn, sql| {
+            conn.apply_schema(&sql)
+        })
+        .await?;
         self.on_writer(Db::Global, global_sql, |conn, sql| conn.apply_schema(&sql))
             .await?;
-        self.inner.classifier.lock().unwrap_or_else(|e| e.into_inner()).forget();
+        self.inner
+            .classifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget();
         Ok(())
     }
 
@@ -261,7 +278,9 @@ impl Node {
                 .iter()
                 .any(|db| m.get(&(*db, actor)).is_some_and(|v| *v >= version))
         };
-        tokio::time::timeout(timeout, rx.wait_for(done)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crr::Value;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -39,10 +40,12 @@ impl ReadPool {
     pub fn open(regional: &Path, global: &Path, size: usize) -> Result<ReadPool, AgentError> {
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
-            idle.push(open_reader(regional, global).map_err(|e| AgentError::Database {
-                db: "read connection",
-                source: e.into(),
-            })?);
+            idle.push(
+                open_reader(regional, global).map_err(|e| AgentError::Database {
+                    db: "read connection",
+                    source: e.into(),
+                })?,
+            );
         }
         Ok(ReadPool {
             idle: Mutex::new(idle),
@@ -94,7 +97,10 @@ impl ReadPool {
     }
 
     fn give_back(&self, conn: Connection) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
     }
 }
 
@@ -105,8 +111,15 @@ fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute("ATTACH DATABASE ?1 AS global", [global.to_string_lossy()])?;
-    // Writes go through the writers; this connection refuses them.
+    // Writes go through the writers; this connection refuses them. Capture
+    // triggers name crr_capture: defined (failing) so that a write prepares
+    // and is refused as not read-only rather than as an unknown function.
     conn.pragma_update(None, "query_only", true)?;
+    conn.create_scalar_function("crr_capture", -1, FunctionFlags::SQLITE_UTF8, |_| {
+        Err::<i64, _>(rusqlite::Error::UserFunctionError(
+            "read connections do not write".into(),
+        ))
+    })?;
     conn.pragma_update(None, "cache_size", -8 * 1024)?;
     Ok(conn)
 }

@@ -30,16 +30,16 @@ impl Statement {
             params: Params::Positional(params),
         }
     }
-
 }
 
 /// Runs `$call` with `$st`'s parameters bound the way rusqlite takes them:
 /// `$call` is a closure-like macro body receiving `impl Params`.
 macro_rules! with_params {
     ($st:expr, |$p:ident| $body:expr) => {{
-                match &$st.params {
+        match &$st.params {
             $crate::statement::Params::None => {
-                let $p = rusqlite::params_from_iter(std::iter::empty::<&dyn rusqlite::types::ToSql>());
+                let $p =
+                    rusqlite::params_from_iter(std::iter::empty::<&dyn rusqlite::types::ToSql>());
                 $body
             }
             $crate::statement::Params::Positional(values) => {
@@ -47,8 +47,10 @@ macro_rules! with_params {
                 $body
             }
             $crate::statement::Params::Named(values) => {
-                let named: Vec<(&str, &dyn rusqlite::types::ToSql)> =
-                    values.iter().map(|(k, v)| (k.as_str(), v as &dyn rusqlite::types::ToSql)).collect();
+                let named: Vec<(&str, &dyn rusqlite::types::ToSql)> = values
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v as &dyn rusqlite::types::ToSql))
+                    .collect();
                 let $p = named.as_slice();
                 $body
             }

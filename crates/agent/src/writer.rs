@@ -109,7 +109,9 @@ fn transact(
             time: t0.elapsed(),
         });
     }
-    let version = tx.commit().map_err(|e| fail(statements.len().saturating_sub(1), e))?;
+    let version = tx
+        .commit()
+        .map_err(|e| fail(statements.len().saturating_sub(1), e))?;
     if let Some(v) = version {
         // The changes as committed: read back before anything else writes.
         match conn.changes_of(actor, v..=v) {
@@ -119,7 +121,9 @@ fn transact(
                 version: v,
                 changes: changes.into(),
             }),
-            Err(e) => tracing::error!(db = db.name(), version = v, error = %e, "reading a committed changeset failed"),
+            Err(e) => {
+                tracing::error!(db = db.name(), version = v, error = %e, "reading a committed changeset failed")
+            }
         }
     }
     Ok(TxOutcome {
