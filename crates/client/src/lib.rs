@@ -1,0 +1,290 @@
+//! `client`: a Rust client of Patina's HTTP API (the Corrosion v1 shapes of
+//! `shared/docs/api.md`): transactions, queries streamed row by row, health.
+//! The CLI and the tests use it; so can edge proxies. It depends on nothing
+//! of the daemon: values are plain JSON.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value as Json};
+
+/// Longest NDJSON line accepted from the server.
+const LINE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad API address {0:?}: give host:port or http://host:port")]
+    Address(String),
+    #[error("cannot reach the Patina API at {addr}: {source} (is `patina agent` running?)")]
+    Connect {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("HTTP {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("the server sent something that is not the API's JSON: {0}")]
+    Protocol(String),
+}
+
+/// One statement, in the API's JSON forms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    Simple(String),
+    Positional(String, Vec<Json>),
+    Named(String, serde_json::Map<String, Json>),
+}
+
+impl Statement {
+    fn to_json(&self) -> Json {
+        match self {
+            Statement::Simple(sql) => json!(sql),
+            Statement::Positional(sql, params) => json!([sql, params]),
+            Statement::Named(sql, params) => json!([sql, params]),
+        }
+    }
+}
+
+impl From<&str> for Statement {
+    fn from(sql: &str) -> Self {
+        Statement::Simple(sql.to_owned())
+    }
+}
+
+/// The answer to a committed transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxResponse {
+    pub rows_affected: Vec<u64>,
+    pub time: f64,
+    pub version: Option<u64>,
+    pub actor_id: String,
+}
+
+/// A query's columns, then its rows as they arrive.
+pub struct Rows {
+    pub columns: Vec<String>,
+    lines: Lines,
+}
+
+impl Rows {
+    /// The next row's cells, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<Json>>, ClientError> {
+        let Some(line) = self.lines.next().await? else {
+            return Err(ClientError::Protocol(
+                "the row stream ended without an eoq line".into(),
+            ));
+        };
+        if let Some(row) = line.get("row") {
+            let cells = row
+                .get(1)
+                .and_then(Json::as_array)
+                .ok_or_else(|| bad_line(&line))?;
+            return Ok(Some(cells.clone()));
+        }
+        if line.get("eoq").is_some() {
+            return Ok(None);
+        }
+        match line.get("error").and_then(Json::as_str) {
+            Some(e) => Err(ClientError::Api {
+                status: 200,
+                message: e.to_owned(),
+            }),
+            None => Err(bad_line(&line)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the API at `addr` (`host:port` or `http://host:port`).
+    pub fn new(addr: &str) -> Result<Client, ClientError> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_owned()
+        } else if addr.contains(':') && !addr.contains('/') {
+            format!("http://{addr}")
+        } else {
+            return Err(ClientError::Address(addr.to_owned()));
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    async fn post(&self, path: &str, body: &Json) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.map_err(|source| ClientError::Connect {
+            addr: self.base.clone(),
+            source,
+        })
+    }
+
+    /// Runs `statements` as one transaction.
+    pub async fn transact(&self, statements: &[Statement]) -> Result<TxResponse, ClientError> {
+        let body = Json::Array(statements.iter().map(Statement::to_json).collect());
+        let resp = self.post("/v1/transactions", &body).await?;
+        let status = resp.status().as_u16();
+        let json: Json = read_json(resp).await?;
+        let results = json.get("results").and_then(Json::as_array);
+        if status != 200 {
+            let message = results
+                .and_then(|r| r.iter().find_map(|x| x.get("error")?.as_str()))
+                .or_else(|| json.get("error").and_then(Json::as_str))
+                .unwrap_or("no error message")
+                .to_owned();
+            return Err(ClientError::Api { status, message });
+        }
+        let results = results.ok_or_else(|| bad_line(&json))?;
+        Ok(TxResponse {
+            rows_affected: results
+                .iter()
+                .map(|r| r.get("rows_affected").and_then(Json::as_u64).unwrap_or(0))
+                .collect(),
+            time: json.get("time").and_then(Json::as_f64).unwrap_or(0.0),
+            version: json.get("version").and_then(Json::as_u64),
+            actor_id: json
+                .get("actor_id")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    }
+
+    /// Starts a read-only query; rows stream as the server sends them.
+    pub async fn query(&self, statement: &Statement) -> Result<Rows, ClientError> {
+        let resp = self.post("/v1/queries", &statement.to_json()).await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let json = read_json(resp).await?;
+            return Err(ClientError::Api {
+                status,
+                message: json
+                    .get("error")
+                    .and_then(Json::as_str)
+                    .unwrap_or("no error message")
+                    .to_owned(),
+            });
+        }
+        let mut lines = Lines::new(resp);
+        let first = lines
+            .next()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty query response".into()))?;
+        if let Some(e) = first.get("error").and_then(Json::as_str) {
+            return Err(ClientError::Api {
+                status,
+                message: e.to_owned(),
+            });
+        }
+        let columns = first
+            .get("columns")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad_line(&first))?
+            .iter()
+            .map(|c| c.as_str().unwrap_or("").to_owned())
+            .collect();
+        Ok(Rows { columns, lines })
+    }
+
+    /// `GET /v1/health`'s `response` object.
+    pub async fn health(&self) -> Result<Json, ClientError> {
+        let mut req = self.http.get(format!("{}/v1/health", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Connect {
+            addr: self.base.clone(),
+            source,
+        })?;
+        let json = read_json(resp).await?;
+        json.get("response").cloned().ok_or_else(|| bad_line(&json))
+    }
+}
+
+fn bad_line(line: &Json) -> ClientError {
+    ClientError::Protocol(format!("unexpected line {line}"))
+}
+
+async fn read_json(resp: reqwest::Response) -> Result<Json, ClientError> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ClientError::Protocol(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        ))
+    })
+}
+
+/// NDJSON lines of a streaming response.
+struct Lines {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(resp: reqwest::Response) -> Self {
+        Lines {
+            body: resp.bytes_stream().boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line as JSON; `None` at the end of the body.
+    async fn next(&mut self) -> Result<Option<Json>, ClientError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    if self.buf.len() + chunk.len() > LINE_BYTES_MAX {
+                        return Err(ClientError::Protocol(
+                            "a response line is over 64 MiB".into(),
+                        ));
+                    }
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                None => {
+                    let rest = std::mem::take(&mut self.buf);
+                    return serde_json::from_slice(&rest)
+                        .map(Some)
+                        .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
+                }
+            }
+        }
+    }
+}
