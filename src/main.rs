@@ -5,6 +5,7 @@
 //! for bad input.
 
 mod cli;
+mod config;
 mod db_cmd;
 mod jsonl;
 
