@@ -19,14 +19,68 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs a node: `patina agent -c /etc/patina/patina.toml`.
+    Agent(AgentArgs),
+    /// Runs SQL statements as one transaction on a node (POST /v1/transactions).
+    Exec(ExecArgs),
+    /// Runs a read-only query on a node (POST /v1/queries).
+    Query(QueryArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
 }
 
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The config file (see config/patina.example.toml). Every key can be
+    /// overridden by PATINA_<SECTION>__<KEY> environment variables.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Where the node's API is.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The node's API address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub api: String,
+    /// Bearer token, when the node sets api.authz.bearer_token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PATINA_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the API's answer as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// SQL statements, one per argument, run as one transaction.
+    #[arg(value_name = "SQL", required = true)]
+    pub sql: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// One JSON object per row instead of an aligned table.
+    #[arg(long)]
+    pub json: bool,
+    /// One read-only statement.
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    Exec(ExecArgs),
+    Exec(DbExecArgs),
     Changes(ChangesArgs),
     Apply(ApplyArgs),
     Dump(DumpArgs),
@@ -47,7 +101,7 @@ pub enum DbCommand {
 /// of the transaction is written (the --schema step is a transaction of its
 /// own: it stays applied).
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub struct DbExecArgs {
     #[command(flatten)]
     pub db: DbPath,
 

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crr::schema::quote_ident;
 use crr::{Change, CrrConn, CrrError, SiteId, Value};
 
-use crate::cli::{ApplyArgs, ChangesArgs, DbCommand, DumpArgs, ExecArgs};
+use crate::cli::{ApplyArgs, ChangesArgs, DbCommand, DbExecArgs, DumpArgs};
 use crate::jsonl;
 
 /// Runs one `patina db` subcommand; machine output goes to stdout, notes to
@@ -53,7 +53,7 @@ fn open_existing(path: &Path) -> Result<CrrConn> {
     open(path, None)
 }
 
-fn exec(args: &ExecArgs, out: &mut impl Write) -> Result<()> {
+fn exec(args: &DbExecArgs, out: &mut impl Write) -> Result<()> {
     // Read the schema first: a wrong path must not leave a new empty database.
     let schema = match &args.schema {
         Some(path) => Some((

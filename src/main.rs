@@ -4,7 +4,9 @@
 //! stderr and exit status 1; usage errors too. Never a panic or backtrace
 //! for bad input.
 
+mod agent_cmd;
 mod cli;
+mod client_cmd;
 mod config;
 mod db_cmd;
 mod jsonl;
@@ -42,6 +44,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Agent(args) => agent_cmd::run(&args.config),
+        Command::Exec(args) => client_cmd::exec(args),
+        Command::Query(args) => client_cmd::query(args),
         Command::Db(cmd) => db_cmd::run(cmd),
     }
 }

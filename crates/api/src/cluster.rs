@@ -1,0 +1,151 @@
+//! The seam through which the API learns cluster facts: who the members
+//! are, which regions exist, and the numbers health reports. The agent
+//! will implement [`ClusterView`] once it has membership and sync; until
+//! then [`LoneNode`] answers for a node that knows only itself — and for
+//! such a node its answers are the true ones, not placeholders.
+
+use std::collections::BTreeMap;
+
+use agent::{Node, SiteId};
+use serde::{Serialize, Serializer};
+
+/// Cluster facts, read on every request: implementations should answer
+/// from state they keep current, without blocking.
+pub trait ClusterView: Send + Sync + 'static {
+    /// The numbers of `GET /v1/health`.
+    fn health(&self) -> HealthReport;
+    /// Every (member, cluster) pair this node knows, itself included.
+    fn members(&self) -> Vec<MemberInfo>;
+    /// Every region known from the global view.
+    fn regions(&self) -> Vec<RegionInfo>;
+}
+
+/// `GET /v1/health`'s `response` object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// Versions known to exist but not yet applied, over all actors.
+    pub gaps: u64,
+    /// Members of this node's regional cluster, itself included.
+    pub members: u64,
+    /// 99th percentile of replication lag, seconds; 0 with no samples.
+    pub p99_lag: f64,
+    /// Changesets received and not yet applied.
+    pub queue_size: u64,
+    pub region: String,
+    pub global_member: bool,
+    /// This region's leader, if any.
+    #[serde(serialize_with = "opt_hex")]
+    pub leader: Option<SiteId>,
+    /// Seconds since the newest global change seen; null if none yet.
+    pub global_lag: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// One entry of `GET /v1/members`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberInfo {
+    #[serde(serialize_with = "hex")]
+    pub actor_id: SiteId,
+    /// Its gossip address, `"ip:port"`.
+    pub addr: Option<String>,
+    pub region: String,
+    /// `<region>` or `global`.
+    pub cluster: String,
+    pub state: MemberState,
+    /// Round-trip time, milliseconds; null when unmeasured.
+    pub rtt_ms: Option<f64>,
+}
+
+/// One entry of `GET /v1/regions`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegionInfo {
+    pub region: String,
+    #[serde(serialize_with = "opt_hex")]
+    pub leader: Option<SiteId>,
+    #[serde(serialize_with = "hex_list")]
+    pub global_members: Vec<SiteId>,
+    /// Unix time, seconds, of the region's last rollup.
+    pub last_rollup: Option<f64>,
+    /// Row count per rollup name.
+    pub rollups: BTreeMap<String, u64>,
+}
+
+fn hex<S: Serializer>(id: &SiteId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+fn opt_hex<S: Serializer>(id: &Option<SiteId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => hex(id, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn hex_list<S: Serializer>(ids: &[SiteId], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ids.iter().map(SiteId::to_hex))
+}
+
+/// A node with no peers: one member (itself), nothing to fetch, no lag.
+/// A global member is its region's leader (the live global member with
+/// the smallest actor id is the only one).
+pub struct LoneNode {
+    node: Node,
+}
+
+impl LoneNode {
+    pub fn new(node: Node) -> LoneNode {
+        LoneNode { node }
+    }
+
+    fn leader(&self) -> Option<SiteId> {
+        self.node.is_global_member().then(|| self.node.actor_id())
+    }
+}
+
+impl ClusterView for LoneNode {
+    fn health(&self) -> HealthReport {
+        HealthReport {
+            gaps: 0,
+            members: 1,
+            p99_lag: 0.0,
+            queue_size: 0,
+            region: self.node.region().to_owned(),
+            global_member: self.node.is_global_member(),
+            leader: self.leader(),
+            global_lag: None,
+        }
+    }
+
+    fn members(&self) -> Vec<MemberInfo> {
+        let me = |cluster: &str| MemberInfo {
+            actor_id: self.node.actor_id(),
+            addr: None,
+            region: self.node.region().to_owned(),
+            cluster: cluster.to_owned(),
+            state: MemberState::Alive,
+            rtt_ms: None,
+        };
+        let mut members = vec![me(self.node.region())];
+        if self.node.is_global_member() {
+            members.push(me("global"));
+        }
+        members
+    }
+
+    fn regions(&self) -> Vec<RegionInfo> {
+        vec![RegionInfo {
+            region: self.node.region().to_owned(),
+            leader: self.leader(),
+            global_members: self.leader().into_iter().collect(),
+            last_rollup: None,
+            rollups: BTreeMap::new(),
+        }]
+    }
+}

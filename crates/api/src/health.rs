@@ -1,0 +1,158 @@
+//! `GET /v1/health`, `GET /v1/members`, `GET /v1/regions`: answers from
+//! the [`ClusterView`](crate::ClusterView).
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::body::query_pairs;
+use crate::cluster::HealthReport;
+use crate::errors::ApiError;
+use crate::ApiState;
+
+/// Health thresholds from the query string; `None` is not checked.
+#[derive(Debug, Default, PartialEq)]
+struct Thresholds {
+    gaps: Option<u64>,
+    p99_lag: Option<f64>,
+    max_queue: Option<u64>,
+    failure_status: Option<StatusCode>,
+}
+
+impl Thresholds {
+    fn parse(raw: Option<&str>) -> Result<Thresholds, ApiError> {
+        let mut t = Thresholds::default();
+        for (key, value) in query_pairs(raw)? {
+            match key.as_str() {
+                "gaps" => t.gaps = Some(count(&key, &value)?),
+                "max_queue" => t.max_queue = Some(count(&key, &value)?),
+                "p99_lag" => {
+                    let secs = value
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s >= 0.0);
+                    t.p99_lag = Some(secs.ok_or_else(|| {
+                        ApiError::QueryString(format!(
+                            "p99_lag={value:?} is not a number of seconds ≥ 0: e.g. p99_lag=0.5"
+                        ))
+                    })?);
+                }
+                "failure_status" => {
+                    let code = value
+                        .trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|c| (200..=599).contains(c))
+                        .and_then(|c| StatusCode::from_u16(c).ok());
+                    t.failure_status = Some(code.ok_or_else(|| {
+                        ApiError::QueryString(format!(
+                            "failure_status={value:?} is not an HTTP status between 200 and 599: e.g. failure_status=503"
+                        ))
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+
+    /// The thresholds `report` exceeds, as `name value > threshold`.
+    fn exceeded(&self, report: &HealthReport) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(max) = self.gaps.filter(|max| report.gaps > *max) {
+            out.push(format!("gaps {} > {max}", report.gaps));
+        }
+        if let Some(max) = self.p99_lag.filter(|max| report.p99_lag > *max) {
+            out.push(format!("p99_lag {} > {max}", report.p99_lag));
+        }
+        if let Some(max) = self.max_queue.filter(|max| report.queue_size > *max) {
+            out.push(format!("queue_size {} > {max}", report.queue_size));
+        }
+        out
+    }
+}
+
+fn count(key: &str, value: &str) -> Result<u64, ApiError> {
+    value.trim().parse().map_err(|_| {
+        ApiError::QueryString(format!(
+            "{key}={value:?} is not a whole number ≥ 0: e.g. {key}=10"
+        ))
+    })
+}
+
+pub(crate) async fn health(
+    State(state): State<ApiState>,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    let thresholds = Thresholds::parse(raw_query.as_deref())?;
+    let report = state.cluster.health();
+    let exceeded = thresholds.exceeded(&report);
+    let status = if exceeded.is_empty() {
+        StatusCode::OK
+    } else {
+        tracing::debug!(?exceeded, "health check over threshold");
+        thresholds
+            .failure_status
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+    };
+    Ok((status, Json(json!({ "response": report }))).into_response())
+}
+
+pub(crate) async fn members(State(state): State<ApiState>) -> Response {
+    Json(state.cluster.members()).into_response()
+}
+
+pub(crate) async fn regions(State(state): State<ApiState>) -> Response {
+    Json(state.cluster.regions()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(gaps: u64, p99_lag: f64, queue_size: u64) -> HealthReport {
+        HealthReport {
+            gaps,
+            members: 1,
+            p99_lag,
+            queue_size,
+            region: "ams".into(),
+            global_member: false,
+            leader: None,
+            global_lag: None,
+        }
+    }
+
+    #[test]
+    fn thresholds_are_exceeded_strictly() {
+        let t = Thresholds::parse(Some("gaps=2&p99_lag=0.5&max_queue=10")).unwrap();
+        assert!(t.exceeded(&report(2, 0.5, 10)).is_empty());
+        assert_eq!(t.exceeded(&report(3, 0.5, 10)).len(), 1);
+        assert_eq!(t.exceeded(&report(3, 0.6, 11)).len(), 3);
+        assert!(Thresholds::parse(None)
+            .unwrap()
+            .exceeded(&report(9, 9.0, 9))
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_thresholds() {
+        for bad in [
+            "gaps=-1",
+            "gaps=x",
+            "p99_lag=-0.1",
+            "p99_lag=NaN",
+            "max_queue=1.5",
+            "failure_status=99",
+            "failure_status=600",
+            "failure_status=abc",
+        ] {
+            assert!(Thresholds::parse(Some(bad)).is_err(), "{bad}");
+        }
+        let t = Thresholds::parse(Some("failure_status=429")).unwrap();
+        assert_eq!(t.failure_status, Some(StatusCode::TOO_MANY_REQUESTS));
+    }
+}

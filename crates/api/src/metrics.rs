@@ -1,0 +1,299 @@
+//! Prometheus metrics of the API, in a [`Registry`] of their own (one per
+//! server, so servers in one process — tests — do not share counters).
+//!
+//! - `patina_http_requests_total{route,method,status}`
+//! - `patina_http_request_duration_seconds{route}` (until the response
+//!   head: a streamed body's rows are not in it)
+//! - `patina_api_transactions_committed_total`
+//! - `patina_api_transactions_failed_total{reason}` — empty, mixed_databases,
+//!   statement, timeout, shutting_down
+//! - `patina_api_queries_total{outcome}` — started, prepare_error,
+//!   not_read_only, timeout, shutting_down
+//! - `patina_api_query_rows_streamed_total`
+//! - `patina_api_query_stream_errors_total`
+//! - `patina_api_bad_requests_total{kind}` — json, shape, content_type,
+//!   body_size, auth, query_string, route
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::errors::{error_response, BadRequestKind};
+use crate::routes;
+use crate::ApiState;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Why a transaction was not committed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TxFailure {
+    Empty,
+    Mixed,
+    Statement,
+    Timeout,
+    ShuttingDown,
+}
+
+/// How a query's start went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QueryOutcome {
+    Started,
+    Prepare,
+    NotReadOnly,
+    Timeout,
+    ShuttingDown,
+}
+
+type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The API's metrics and the registry they are encoded from.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: DurationFamily,
+    tx_committed: Counter,
+    tx_failed: Family<ReasonLabels, Counter>,
+    queries: Family<OutcomeLabels, Counter>,
+    rows_streamed: Counter,
+    stream_errors: Counter,
+    bad_requests: Family<KindLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry (prefix `patina`) with the API's metrics in it.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("patina");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration: DurationFamily = Family::new_with_constructor(|| {
+            // 0.5 ms … ~16 s.
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by route",
+            http_duration.clone(),
+        );
+        let api = registry.sub_registry_with_prefix("api");
+        let tx_committed = Counter::default();
+        api.register(
+            "transactions_committed",
+            "Transactions committed",
+            tx_committed.clone(),
+        );
+        let tx_failed = Family::<ReasonLabels, Counter>::default();
+        api.register(
+            "transactions_failed",
+            "Transactions not committed, by reason",
+            tx_failed.clone(),
+        );
+        let queries = Family::<OutcomeLabels, Counter>::default();
+        api.register(
+            "queries",
+            "Queries, by how their start went",
+            queries.clone(),
+        );
+        let rows_streamed = Counter::default();
+        api.register(
+            "query_rows_streamed",
+            "Result rows sent by /v1/queries",
+            rows_streamed.clone(),
+        );
+        let stream_errors = Counter::default();
+        api.register(
+            "query_stream_errors",
+            "Queries that failed after their first line",
+            stream_errors.clone(),
+        );
+        let bad_requests = Family::<KindLabels, Counter>::default();
+        api.register(
+            "bad_requests",
+            "Requests refused before reaching the node, by kind",
+            bad_requests.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            tx_committed,
+            tx_failed,
+            queries,
+            rows_streamed,
+            stream_errors,
+            bad_requests,
+        }
+    }
+
+    /// The registry, for other components to register their metrics in
+    /// before the server starts.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Everything registered, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+
+    pub(crate) fn tx_committed(&self) {
+        self.tx_committed.inc();
+    }
+
+    pub(crate) fn tx_failed(&self, why: TxFailure) {
+        let reason = match why {
+            TxFailure::Empty => "empty",
+            TxFailure::Mixed => "mixed_databases",
+            TxFailure::Statement => "statement",
+            TxFailure::Timeout => "timeout",
+            TxFailure::ShuttingDown => "shutting_down",
+        };
+        self.tx_failed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub(crate) fn query(&self, how: QueryOutcome) {
+        let outcome = match how {
+            QueryOutcome::Started => "started",
+            QueryOutcome::Prepare => "prepare_error",
+            QueryOutcome::NotReadOnly => "not_read_only",
+            QueryOutcome::Timeout => "timeout",
+            QueryOutcome::ShuttingDown => "shutting_down",
+        };
+        self.queries.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub(crate) fn row_streamed(&self) {
+        self.rows_streamed.inc();
+    }
+
+    pub(crate) fn query_stream_failed(&self) {
+        self.stream_errors.inc();
+    }
+
+    fn request_done(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        response: &Response,
+        secs: f64,
+    ) {
+        let status = response.status().as_u16();
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(secs);
+        if let Some(kind) = response.extensions().get::<BadRequestKind>() {
+            self.bad_requests
+                .get_or_create(&KindLabels { kind: kind.label() })
+                .inc();
+        }
+    }
+}
+
+/// The `route` label: a known route, or `unmatched` (bounded cardinality).
+fn route_label(path: &str) -> &'static str {
+    routes::ALL
+        .iter()
+        .copied()
+        .find(|r| *r == path)
+        .unwrap_or("unmatched")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+/// Middleware: counts and times every request.
+pub(crate) async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = route_label(req.uri().path());
+    let method = method_label(req.method());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics.request_done(route, method, &response, started.elapsed().as_secs_f64());
+    response
+}
+
+pub(crate) async fn handle(State(state): State<ApiState>) -> Response {
+    handle_alone(State(state.metrics)).await
+}
+
+pub(crate) async fn handle_alone(State(metrics): State<Arc<Metrics>>) -> Response {
+    let text = metrics.encode();
+    if text.is_empty() {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode metrics: see the log",
+        );
+    }
+    let mut response = text.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+    response
+}

@@ -1,0 +1,144 @@
+//! `patina agent -c FILE`: runs one node until SIGTERM/SIGINT; SIGHUP
+//! re-reads the schema files. Tells systemd when it is ready (Type=notify).
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent::{Node, NodeOptions};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{self, Config};
+
+/// In-flight requests get this long to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::load(config_path, config::process_env())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("patina")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let node = Node::open(NodeOptions {
+        region: config.node.region.clone(),
+        global_member: config.node.global,
+        data_dir: config.node.data_dir.clone(),
+        schema_paths: config.db.schema_paths.clone(),
+        global_schema_paths: config.db.global_schema_paths.clone(),
+    })
+    .context("the node did not start")?;
+    tracing::info!(actor = %node.actor_id(), region = node.region(), data_dir = %config.node.data_dir.display(), "node started");
+    tracing::warn!(
+        "replication is not available in this build: the node serves its local databases only \
+         ([gossip] settings are read and checked, not used yet)"
+    );
+
+    let listener = TcpListener::bind(config.api.addr)
+        .await
+        .with_context(|| format!("cannot listen on api.addr {}", config.api.addr))?;
+    let api_addr = listener.local_addr()?;
+    let state = api::ApiState::new(
+        node.clone(),
+        api::ApiConfig {
+            bearer_token: config.api.authz.as_ref().map(|a| a.bearer_token.clone()),
+            body_limit_bytes: usize::try_from(config.api.body_limit_bytes).unwrap_or(usize::MAX),
+        },
+    );
+    let (stop, stopped) = watch::channel(false);
+    if let Some(addr) = config.telemetry.prometheus_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on telemetry.prometheus_addr {addr}"))?;
+        let router = api::metrics_router(state.metrics.clone());
+        tokio::spawn(api::serve_router(listener, router, wait(stopped.clone())));
+        tracing::info!(%addr, "metrics listening");
+    }
+    tokio::spawn(handle_signals(node.clone(), stop));
+    tracing::info!(addr = %api_addr, "API listening");
+    notify_systemd("READY=1");
+
+    let server = tokio::spawn(api::serve(listener, state, wait(stopped.clone())));
+    wait(stopped).await;
+    notify_systemd("STOPPING=1");
+    tracing::info!("stopping");
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e).context("the API server failed"),
+        Ok(Err(e)) => return Err(e).context("the API server task failed"),
+        Err(_) => {
+            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway")
+        }
+    }
+    Ok(())
+}
+
+async fn wait(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files.
+async fn handle_signals(node: Node, stop: watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify_systemd("RELOADING=1");
+                match node.reload_schema().await {
+                    Ok(()) => tracing::info!("schema files reloaded"),
+                    Err(e) => tracing::error!(error = %e, "schema reload refused; the running schema is unchanged"),
+                }
+                notify_systemd("READY=1");
+            }
+        }
+    }
+    let _ = stop.send(true);
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            sock.send_to(state.as_bytes(), &path)
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

@@ -1,0 +1,138 @@
+//! `patina exec` and `patina query`: the HTTP API from the command line,
+//! through `crates/client`.
+
+use anyhow::Context;
+use client::{Client, Statement};
+use serde_json::Value as Json;
+
+use crate::cli::{ApiArgs, ExecArgs, QueryArgs};
+
+fn connect(api: &ApiArgs) -> anyhow::Result<(Client, tokio::runtime::Runtime)> {
+    let client = Client::new(&api.api)?.with_token(api.token.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok((client, runtime))
+}
+
+/// Runs the SQL arguments as one transaction; prints what it did.
+pub fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    let statements: Vec<Statement> = args
+        .sql
+        .iter()
+        .map(|s| Statement::from(s.as_str()))
+        .collect();
+    let out = runtime.block_on(client.transact(&statements))?;
+    if args.json {
+        let line = serde_json::json!({
+            "rows_affected": out.rows_affected,
+            "time": out.time,
+            "version": out.version,
+            "actor_id": out.actor_id,
+        });
+        println!("{line}");
+    } else {
+        let version = out
+            .version
+            .map_or("none (nothing replicated changed)".to_owned(), |v| {
+                v.to_string()
+            });
+        println!(
+            "ok: {} statement(s), rows affected {:?}, version {version}, {:.3} ms",
+            out.rows_affected.len(),
+            out.rows_affected,
+            out.time * 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Runs a read-only query; prints an aligned table, or JSON lines.
+pub fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    runtime.block_on(async {
+        let mut rows = client.query(&Statement::from(args.sql.as_str())).await?;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            use std::io::Write;
+            while let Some(row) = rows.next().await? {
+                let obj: serde_json::Map<String, Json> =
+                    rows.columns.iter().cloned().zip(row).collect();
+                writeln!(out, "{}", Json::Object(obj))?;
+            }
+            return Ok(());
+        }
+        let mut table = Vec::new();
+        while let Some(row) = rows.next().await? {
+            table.push(row.iter().map(cell).collect::<Vec<_>>());
+        }
+        print_table(&mut out, &rows.columns, &table)?;
+        Ok(())
+    })
+}
+
+fn cell(v: &Json) -> String {
+    match v {
+        Json::Null => "NULL".to_owned(),
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(
+    out: &mut impl std::io::Write,
+    columns: &[String],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+            .chain([columns[i].chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..columns.len()).map(width).collect();
+    let line = |cells: &[String]| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        padded.join(" | ").trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(columns))?;
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    writeln!(out, "{}", rule.join("-+-"))?;
+    for row in rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    writeln!(
+        out,
+        "({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let mut out = Vec::new();
+        let columns = vec!["id".to_owned(), "app".to_owned()];
+        let rows = vec![
+            vec!["m1".to_owned(), "web".to_owned()],
+            vec!["machine-2".to_owned(), "NULL".to_owned()],
+        ];
+        print_table(&mut out, &columns, &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "id        | app\n----------+-----\nm1        | web\nmachine-2 | NULL\n(2 rows)\n"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The real binary: `patina agent -c FILE` with a schema dir, driven over
+//! HTTP and through `patina exec` / `patina query`, killed with SIGKILL and
+//! restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use client::{Client, Statement};
+
+const BIN: &str = env!("CARGO_BIN_EXE_patina");
+const SCHEMA: &str = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, n INTEGER);";
+
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Agent {
+    /// Starts the agent and waits (bounded) for its "API listening" log line.
+    fn start(config: &Path) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(["agent", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn patina agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("API listening").nth(1) {
+                    let addr = rest
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("");
+                    let _ = tx.send(Ok(addr.to_owned()));
+                } else if line.contains("ERROR") || line.starts_with("error:") {
+                    let _ = tx.send(Err(line));
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => Agent { child, addr },
+            Ok(Err(line)) => panic!("agent failed to start: {line}"),
+            Err(_) => panic!("agent did not report its API address within 30 s"),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.addr).unwrap()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::write(dir.join("schema/machines.sql"), SCHEMA).unwrap();
+    let config = dir.join("patina.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nregion = \"test\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n[api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\n",
+            dir.join("data"),
+            dir.join("schema")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn ids(client: &Client) -> Vec<String> {
+    let mut rows = client
+        .query(&Statement::from("SELECT id FROM machines ORDER BY id"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row[0].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+/// Every acknowledged insert survives SIGKILL; an insert in flight at the
+/// kill may or may not (it was never acknowledged), nothing else appears.
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let rt = runtime();
+    let mut durable: Vec<String> = Vec::new();
+    let mut in_doubt: Option<String> = None;
+    for round in 0..4 {
+        let agent = Agent::start(&config);
+        let client = agent.client();
+        let present = rt.block_on(ids(&client));
+        let mut expected = durable.clone();
+        if let Some(id) = in_doubt.take().filter(|id| present.contains(id)) {
+            expected.push(id);
+        }
+        expected.sort();
+        assert_eq!(
+            present, expected,
+            "round {round}: acknowledged writes are back, nothing else"
+        );
+        durable = present;
+        if round == 3 {
+            break;
+        }
+        // Write until 50 more are acknowledged, then kill -9 mid-stream.
+        let writer = {
+            let client = client.clone();
+            rt.spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    let id = format!("r{round}-{i:05}");
+                    let st = Statement::Positional(
+                        "INSERT INTO machines VALUES (?, 'web', ?)".into(),
+                        vec![id.clone().into(), i.into()],
+                    );
+                    match client.transact(&[st]).await {
+                        Ok(_) => acked.push(id),
+                        Err(_) => return (acked, Some(id)),
+                    }
+                }
+                (acked, None)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rt.block_on(ids(&client)).len() < durable.len() + 50 {
+            assert!(Instant::now() < deadline, "writes are not landing");
+        }
+        agent.kill9();
+        let (acked, failed) = rt.block_on(writer).unwrap();
+        assert!(
+            acked.len() >= 49,
+            "only {} writes acknowledged",
+            acked.len()
+        );
+        durable.extend(acked);
+        in_doubt = failed;
+    }
+}
+
+#[test]
+fn exec_and_query_commands_talk_to_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&setup(dir.path()));
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--api", &agent.addr])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&[
+        "exec",
+        "INSERT INTO machines VALUES ('m1', 'web', 1)",
+        "INSERT INTO machines VALUES ('m2', NULL, 2)",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("version 1"), "{stdout}");
+    let (ok, stdout, _) = run(&["query", "SELECT id, app, n FROM machines ORDER BY id"]);
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        "id | app  | n\n---+------+--\nm1 | web  | 1\nm2 | NULL | 2\n(2 rows)\n"
+    );
+    let (ok, stdout, _) = run(&[
+        "query",
+        "--json",
+        "SELECT id, n FROM machines WHERE id = 'm1'",
+    ]);
+    assert!(ok);
+    assert_eq!(stdout, "{\"id\":\"m1\",\"n\":1}\n");
+    let (ok, _, stderr) = run(&["exec", "INSERT INTO nope VALUES (1)"]);
+    assert!(!ok && stderr.contains("nope"), "{stderr}");
+    let (ok, _, stderr) = run(&["query", "DELETE FROM machines"]);
+    assert!(!ok && stderr.contains("read-only"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&setup(dir.path()));
+    let pid = agent.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[node]\nregion = \"x\"\n[api]\nadrr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["agent", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api.adrr"), "{stderr}");
+}
