@@ -20,5 +20,7 @@ pub use error::{AgentError, QueryError, TxError};
 pub use node::{Changeset, Db, Node, NodeOptions, RowChange};
 pub use reader::{QueryStream, RowEvent};
 pub use statement::{Params, Statement};
-pub use subs::{Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream};
+pub use subs::{
+    new_id as new_subscription_id, Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream,
+};
 pub use writer::{StatementResult, TxOutcome};

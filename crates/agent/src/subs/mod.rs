@@ -42,7 +42,7 @@ const WORKERS: usize = 4;
 const WORKER_QUEUE_MAX: usize = 4096;
 /// Events buffered per attached subscriber; one that falls further behind
 /// gets an error event and is disconnected.
-pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 4096;
+pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 1024;
 /// Subscriptions one node keeps (each holds a file and its result in memory).
 const SUBSCRIPTIONS_MAX: usize = 10_000;
 
@@ -364,11 +364,13 @@ impl Drop for Subscriptions {
     }
 }
 
-/// A subscription's identity: its SQL and bound parameters.
+/// A subscription's identity: its SQL and bound parameters (no parameters
+/// and an empty list of them are the same).
 fn key_of(st: &Statement) -> String {
     let mut key = st.sql.trim().to_owned();
     match &st.params {
         Params::None => {}
+        Params::Positional(v) if v.is_empty() => {}
         Params::Positional(values) => {
             key.push_str("\0p");
             key.push_str(&crr::hex_encode(&codec::encode(values)));
@@ -407,7 +409,7 @@ fn worker_of_key(key: &str) -> usize {
 }
 
 /// A random (v4) UUID, hyphenated.
-pub(crate) fn new_id() -> String {
+pub fn new_id() -> String {
     let hex = SiteId::random().to_hex();
     format!(
         "{}-{}-{}-{}-{}",
