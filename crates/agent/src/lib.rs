@@ -12,11 +12,15 @@ mod node;
 mod reader;
 mod schema_files;
 mod statement;
+mod subs;
 mod writer;
 
 pub use crr::{SiteId, Value};
 pub use error::{AgentError, QueryError, TxError};
-pub use node::{Changeset, Db, Node, NodeOptions};
+pub use node::{Changeset, Db, Node, NodeOptions, RowChange};
 pub use reader::{QueryStream, RowEvent};
 pub use statement::{Params, Statement};
+pub use subs::{
+    new_id as new_subscription_id, Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream,
+};
 pub use writer::{StatementResult, TxOutcome};

@@ -12,9 +12,10 @@ use tokio::sync::{broadcast, watch};
 use crate::classify::{Classifier, Writes};
 use crate::datadir::DataDir;
 use crate::error::{AgentError, QueryError, TxError};
-use crate::reader::{QueryStream, ReadPool};
+use crate::reader::{open_reader, QueryStream, ReadPool};
 use crate::schema_files;
 use crate::statement::Statement;
+use crate::subs::{Attach, SubError, SubStream, Subscriptions};
 use crate::writer::{TxOutcome, Writer};
 
 /// Committed changesets buffered for slow seam listeners; a listener that
@@ -24,7 +25,7 @@ const CHANGESETS_BUFFERED_MAX: usize = 4096;
 const READERS: usize = 8;
 
 /// One of a node's two databases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Db {
     Regional,
     Global,
@@ -46,6 +47,36 @@ pub struct Changeset {
     pub actor: SiteId,
     pub version: u64,
     pub changes: Arc<[Change]>,
+}
+
+/// One row a changeset changed: its primary key, and whether the row is
+/// gone (deleted) or present (inserted or updated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    pub pk: Vec<crr::Value>,
+    pub deleted: bool,
+}
+
+impl Changeset {
+    /// The rows of `table` this changeset changed, in order of first change.
+    pub fn row_changes(&self, table: &str) -> Vec<RowChange> {
+        let mut seen: HashMap<&[u8], usize> = HashMap::new();
+        let mut out: Vec<RowChange> = Vec::new();
+        for c in self.changes.iter().filter(|c| c.table == table) {
+            let deleted = c.cl % 2 == 0;
+            match seen.get(c.pk.as_slice()) {
+                Some(&i) => out[i].deleted = deleted,
+                None => {
+                    let Ok(pk) = crr::pk::unpack(&c.pk) else {
+                        continue;
+                    };
+                    seen.insert(&c.pk, out.len());
+                    out.push(RowChange { pk, deleted });
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +102,7 @@ struct Inner {
     reads: Arc<ReadPool>,
     classifier: Mutex<Classifier>,
     changesets: broadcast::Sender<Changeset>,
+    subs: Subscriptions,
     /// Highest version seen per (db, actor); bumped after every commit.
     applied: watch::Sender<HashMap<(Db, SiteId), u64>>,
 }
@@ -93,11 +125,21 @@ impl Node {
         let schemas = read_schemas(&options)?;
         apply_schemas(&mut regional, &mut global, &schemas)?;
         let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
+        let subs = Subscriptions::open(&dir.path.join("subs"), || {
+            open_reader(&dir.regional_db(), &dir.global_db())
+        })
+        .map_err(|source| AgentError::DataDir {
+            path: dir.path.join("subs"),
+            source,
+        })?;
+        let subs_dispatch = subs.dispatch();
         let applied = watch::Sender::new(initial_versions(&regional, &global));
         let writer = |conn: CrrConn, db: Db| {
             let changesets = changesets.clone();
             let applied = applied.clone();
+            let subs = Arc::clone(&subs_dispatch);
             Writer::spawn(conn, db, move |cs: Changeset| {
+                subs.on_commit(&cs);
                 applied.send_modify(|m| {
                     let v = m.entry((cs.db, cs.actor)).or_default();
                     *v = (*v).max(cs.version);
@@ -131,6 +173,7 @@ impl Node {
                 reads,
                 classifier: Mutex::new(classifier),
                 changesets,
+                subs,
                 applied,
             }),
         })
@@ -260,6 +303,27 @@ impl Node {
     /// broadcast and subscriptions read).
     pub fn subscribe_changesets(&self) -> broadcast::Receiver<Changeset> {
         self.inner.changesets.subscribe()
+    }
+
+    /// Subscribes to a SELECT (the same bound statement is the same
+    /// subscription) and attaches a stream to it; with `create` false, only
+    /// an existing subscription is attached.
+    pub async fn subscribe(
+        &self,
+        statement: Statement,
+        create: bool,
+        attach: Attach,
+    ) -> Result<SubStream, SubError> {
+        self.inner.subs.subscribe(statement, create, attach).await
+    }
+
+    /// Attaches a stream to subscription `id`.
+    pub async fn attach_subscription(
+        &self,
+        id: &str,
+        attach: Attach,
+    ) -> Result<SubStream, SubError> {
+        self.inner.subs.attach(id, attach).await
     }
 
     /// Whether this node has applied `version` of `actor` in either database.

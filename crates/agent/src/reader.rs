@@ -104,7 +104,7 @@ impl ReadPool {
     }
 }
 
-fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         regional,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

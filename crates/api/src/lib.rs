@@ -14,6 +14,9 @@
 //! - `POST /v1/table_stats` — row counts of tables.
 //! - `GET /v1/members`, `GET /v1/regions` — Patina additions, shapes below.
 //! - `GET /metrics` — Prometheus (OpenMetrics) text.
+//! - `POST /v1/subscriptions[?from=N][&skip_rows=true]`,
+//!   `GET /v1/subscriptions/{id}[?from=N][&skip_rows=true]`,
+//!   `POST /v1/updates/{table}` — NDJSON streams (`subscriptions.rs`).
 //!
 //! # Decisions api.md leaves open
 //! - **Transaction timeout.** `?timeout=S` (seconds, fractional allowed,
@@ -74,6 +77,7 @@ mod health;
 mod json;
 mod metrics;
 mod queries;
+mod subscriptions;
 mod transactions;
 
 use std::future::Future;
@@ -98,7 +102,13 @@ pub(crate) mod routes {
     pub const MEMBERS: &str = "/v1/members";
     pub const REGIONS: &str = "/v1/regions";
     pub const METRICS: &str = "/metrics";
+    pub const SUBSCRIPTIONS: &str = "/v1/subscriptions";
+    pub const SUBSCRIPTION: &str = "/v1/subscriptions/{id}";
+    pub const UPDATES: &str = "/v1/updates/{table}";
     pub const ALL: &[&str] = &[
+        SUBSCRIPTIONS,
+        SUBSCRIPTION,
+        UPDATES,
         TRANSACTIONS,
         QUERIES,
         HEALTH,
@@ -174,6 +184,9 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::MEMBERS, get(health::members))
         .route(routes::REGIONS, get(health::regions))
         .route(routes::METRICS, get(metrics::handle))
+        .route(routes::SUBSCRIPTIONS, post(subscriptions::subscribe))
+        .route(routes::SUBSCRIPTION, get(subscriptions::attach))
+        .route(routes::UPDATES, post(subscriptions::updates))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         // Innermost first: a panic becomes a 500 that auth and metrics see.

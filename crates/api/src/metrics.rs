@@ -250,7 +250,13 @@ fn route_label(path: &str) -> &'static str {
     routes::ALL
         .iter()
         .copied()
-        .find(|r| *r == path)
+        .find(|r| match r.split_once('{') {
+            // `/v1/subscriptions/{id}`: one non-empty segment after the prefix.
+            Some((prefix, _)) => path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+            None => *r == path,
+        })
         .unwrap_or("unmatched")
 }
 

@@ -133,7 +133,7 @@ fn refused(metrics: &Metrics, e: QueryError) -> ApiError {
     }
 }
 
-fn ndjson(stream: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Response {
+pub(crate) fn ndjson(stream: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Response {
     use futures_util::StreamExt;
     let body = Body::from_stream(stream.map(Ok::<_, std::convert::Infallible>));
     let mut response = (StatusCode::OK, body).into_response();
@@ -192,7 +192,7 @@ struct RowLine<'a> {
 }
 
 /// `value` as one NDJSON line.
-fn line(value: &impl Serialize) -> Bytes {
+pub(crate) fn line(value: &impl Serialize) -> Bytes {
     let mut buf = serde_json::to_vec(value).unwrap_or_else(|e| {
         // Only non-string map keys fail, and no line has them.
         tracing::error!(error = %e, "could not encode an NDJSON line");

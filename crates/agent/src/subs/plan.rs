@@ -1,0 +1,347 @@
+//! What a subscription's statement reads and how its result is recomputed:
+//! the statement is prepared (never run) under an authorizer that records
+//! every table it reads and every function it calls; column origins give
+//! the row key; the key and the statement's shape pick the strategy.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use crr::Value;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::Connection;
+
+use crate::node::Db;
+use crate::statement::{with_params, Statement};
+
+use super::codec;
+
+/// Changed primary keys a restricted re-run takes in one query; more make
+/// a full re-run (one scan beats a very long `IN` list).
+pub(crate) const RESTRICTED_KEYS_MAX: usize = 512;
+
+/// Aggregate and window functions: a statement calling one is re-run whole.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "total",
+    "avg",
+    "min",
+    "max",
+    "group_concat",
+    "string_agg",
+    "json_group_array",
+    "json_group_object",
+    "jsonb_group_array",
+    "jsonb_group_object",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+];
+
+/// Words that make a result depend on rows other than the changed ones.
+const NON_LOCAL_WORDS: &[&str] = &[
+    "group",
+    "distinct",
+    "limit",
+    "offset",
+    "union",
+    "intersect",
+    "except",
+    "over",
+    "having",
+    "left",
+    "right",
+    "full",
+    "outer",
+    "window",
+    "recursive",
+];
+
+/// A source table: the database it lives in and its name.
+pub(crate) type Table = (Db, String);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub columns: Vec<String>,
+    /// Tables the statement reads.
+    pub reads: HashSet<Table>,
+    /// Result columns identifying a row; empty = the whole row.
+    pub key_columns: Vec<usize>,
+    /// Per source table, the result columns holding its primary key (in
+    /// primary-key order), when every table's key is in the result and the
+    /// statement is row-local: changes can be recomputed by key.
+    pub restricted: Option<HashMap<Table, Vec<usize>>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    reads: HashSet<(String, String)>,
+    functions: HashSet<String>,
+    select: bool,
+    other: bool,
+}
+
+/// Prepares `st` on `conn` and works out its plan; `Err` is a message for
+/// the client (400).
+pub(crate) fn analyze(conn: &mut Connection, st: &Statement) -> Result<Plan, String> {
+    let first = st
+        .sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next();
+    if !first.is_some_and(|w| w.eq_ignore_ascii_case("select") || w.eq_ignore_ascii_case("with")) {
+        return Err("a subscription is a SELECT statement".into());
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let noted = Arc::clone(&seen);
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let mut s = noted.lock().unwrap_or_else(|e| e.into_inner());
+        match ctx.action {
+            AuthAction::Read { table_name, .. } => {
+                let db = ctx.database_name.unwrap_or("main").to_owned();
+                s.reads.insert((db, table_name.to_owned()));
+            }
+            AuthAction::Function { function_name } => {
+                s.functions.insert(function_name.to_ascii_lowercase());
+            }
+            AuthAction::Select | AuthAction::Recursive => s.select = true,
+            _ => s.other = true,
+        }
+        Authorization::Allow
+    }))
+    .map_err(|e| e.to_string())?;
+    let plan = analyze_prepared(conn, st, &seen);
+    let _ = conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    plan
+}
+
+fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Result<Plan, String> {
+    let stmt = conn.prepare(&st.sql).map_err(|e| e.to_string())?;
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+    if !stmt.readonly() || !seen.select || seen.other || stmt.column_count() == 0 {
+        return Err("a subscription is a read-only SELECT statement".into());
+    }
+    let mut reads = HashSet::new();
+    let mut pks: HashMap<Table, Vec<String>> = HashMap::new();
+    for (schema, table) in &seen.reads {
+        let db = match schema.as_str() {
+            "main" => Db::Regional,
+            "global" => Db::Global,
+            _ => return Err(format!("{schema}.{table} is not a replicated table")),
+        };
+        let pk = pk_columns(conn, schema, table)?;
+        pks.insert((db, table.clone()), pk);
+        reads.insert((db, table.clone()));
+    }
+    let mut origins = Vec::new();
+    let mut columns = Vec::new();
+    for meta in stmt.columns_with_metadata() {
+        columns.push(meta.name().to_owned());
+        let db = match meta.database_name() {
+            Some("main") => Some(Db::Regional),
+            Some("global") => Some(Db::Global),
+            _ => None,
+        };
+        origins.push(match (db, meta.table_name(), meta.origin_name()) {
+            (Some(db), Some(t), Some(c)) => Some(((db, t.to_owned()), c.to_owned())),
+            _ => None,
+        });
+    }
+    let is_pk = |o: &Option<(Table, String)>| {
+        o.as_ref()
+            .is_some_and(|(t, c)| pks.get(t).is_some_and(|pk| pk.contains(c)))
+    };
+    let mut key_columns: Vec<usize> = (0..origins.len()).filter(|&i| is_pk(&origins[i])).collect();
+    if key_columns.is_empty() {
+        key_columns = (0..origins.len())
+            .filter(|&i| origins[i].is_some())
+            .collect();
+    }
+    let restricted = if row_local(&st.sql, &seen.functions) {
+        restricted_columns(&pks, &origins)
+    } else {
+        None
+    };
+    Ok(Plan {
+        columns,
+        reads,
+        key_columns,
+        restricted,
+    })
+}
+
+/// The primary-key columns of a replicated table, in primary-key order.
+fn pk_columns(conn: &Connection, schema: &str, table: &str) -> Result<Vec<String>, String> {
+    let not_replicated =
+        || format!("{table} is not a replicated table: subscribe to tables of the schema");
+    let sql = format!("SELECT 1 FROM \"{schema}\".crr_tables WHERE name = ?1");
+    conn.query_row(&sql, [table], |_| Ok(()))
+        .map_err(|_| not_replicated())?;
+    let sql = "SELECT name, pk FROM pragma_table_info(?1, ?2) WHERE pk > 0 ORDER BY pk";
+    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let names = stmt
+        .query_map([table, schema], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| e.to_string())?;
+    if names.is_empty() {
+        return Err(not_replicated());
+    }
+    Ok(names)
+}
+
+/// Whether each result row depends only on the source rows whose keys it
+/// carries: one SELECT, no aggregate, window, DISTINCT, LIMIT or outer join.
+fn row_local(sql: &str, functions: &HashSet<String>) -> bool {
+    if functions.iter().any(|f| AGGREGATES.contains(&f.as_str())) {
+        return false;
+    }
+    let lower = sql.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().filter(|w| **w == "select").count() == 1
+        && !words.iter().any(|w| NON_LOCAL_WORDS.contains(w))
+}
+
+/// For every source table, the result columns of its pk (each exactly
+/// once); `None` if some table's key is not wholly in the result.
+fn restricted_columns(
+    pks: &HashMap<Table, Vec<String>>,
+    origins: &[Option<(Table, String)>],
+) -> Option<HashMap<Table, Vec<usize>>> {
+    let mut out = HashMap::new();
+    for (table, pk) in pks {
+        let mut cols = Vec::with_capacity(pk.len());
+        for c in pk {
+            let mut at = origins
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.as_ref().is_some_and(|(t, oc)| t == table && oc == c));
+            let (i, _) = at.next()?;
+            if at.next().is_some() {
+                return None;
+            }
+            cols.push(i);
+        }
+        out.insert(table.clone(), cols);
+    }
+    Some(out)
+}
+
+/// Runs `st` and collects its rows.
+pub(crate) fn run(conn: &Connection, st: &Statement) -> rusqlite::Result<Vec<Vec<Value>>> {
+    run_sql(conn, &st.sql, st)
+}
+
+fn run_sql(conn: &Connection, sql: &str, st: &Statement) -> rusqlite::Result<Vec<Vec<Value>>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let width = stmt.column_count();
+    let mut rows = with_params!(st, |p| stmt.query(p))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(
+            (0..width)
+                .map(|i| row.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    Ok(out)
+}
+
+/// Changed primary keys per table (unpacked values, encoded with
+/// `codec`), as a restricted re-run takes them.
+pub(crate) type Touched = BTreeMap<Table, HashSet<Vec<u8>>>;
+
+/// Runs `st` restricted to the rows whose keys are in `touched`; `None`
+/// when that cannot be expressed (then re-run in full).
+pub(crate) fn run_restricted(
+    conn: &Connection,
+    st: &Statement,
+    width: usize,
+    pk_columns: &HashMap<Table, Vec<usize>>,
+    touched: &Touched,
+) -> Option<rusqlite::Result<Vec<Vec<Value>>>> {
+    let sql = st.sql.trim().trim_end_matches(';');
+    let mut q = String::from("WITH __patina_sub(");
+    for i in 0..width {
+        let _ = write!(q, "{}c{i}", if i > 0 { ", " } else { "" });
+    }
+    let _ = write!(q, ") AS ({sql}\n) SELECT * FROM __patina_sub WHERE ");
+    let mut first = true;
+    for (table, keys) in touched {
+        let cols = pk_columns.get(table)?;
+        if keys.is_empty() {
+            continue;
+        }
+        q.push_str(if first { "(" } else { " OR (" });
+        first = false;
+        let names: Vec<String> = cols.iter().map(|c| format!("c{c}")).collect();
+        let _ = write!(q, "({}) IN (VALUES ", names.join(", "));
+        for (n, key) in keys.iter().enumerate() {
+            let values = codec::decode(key)?;
+            if values.len() != cols.len() {
+                return None;
+            }
+            q.push_str(if n > 0 { ", (" } else { "(" });
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    q.push_str(", ");
+                }
+                literal(&mut q, v)?;
+            }
+            q.push(')');
+        }
+        q.push_str("))");
+    }
+    if first {
+        return Some(Ok(Vec::new()));
+    }
+    // Each query text is new: prepare it uncached.
+    Some((|| {
+        let mut stmt = conn.prepare(&q)?;
+        let width = stmt.column_count();
+        let mut rows = with_params!(st, |p| stmt.query(p))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(
+                (0..width)
+                    .map(|i| row.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+        }
+        Ok(out)
+    })())
+}
+
+/// `v` as an SQL literal; `None` for text SQLite cannot quote (NUL).
+fn literal(q: &mut String, v: &Value) -> Option<()> {
+    match v {
+        Value::Null => q.push_str("NULL"),
+        Value::Integer(i) => {
+            let _ = write!(q, "{i}");
+        }
+        Value::Real(f) if f.is_nan() => q.push_str("NULL"),
+        Value::Real(f) if f.is_infinite() => q.push_str(if *f > 0.0 { "9e999" } else { "-9e999" }),
+        Value::Real(f) => {
+            let _ = write!(q, "{f:?}");
+        }
+        Value::Text(t) if t.contains('\0') => return None,
+        Value::Text(t) => {
+            let _ = write!(q, "'{}'", t.replace('\'', "''"));
+        }
+        Value::Blob(b) => {
+            let _ = write!(q, "X'{}'", crr::hex_encode(b));
+        }
+    }
+    Some(())
+}

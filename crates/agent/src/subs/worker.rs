@@ -1,0 +1,412 @@
+//! A subscription worker: a thread owning a read connection and the state
+//! of the subscriptions assigned to it. Messages are drained in batches;
+//! consecutive commits are folded, so a burst of writes costs one re-run
+//! per subscription. Events are stored before any subscriber sees them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::{broadcast, oneshot};
+
+use super::diff::{ChangeEvent, ResultState};
+use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
+use super::store::{Store, Stored, EVENTS_RETAINED};
+use super::{codec, Attach, Dispatch, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
+use crate::statement::Statement;
+
+/// Messages one batch takes at most before its commits are processed.
+const BATCH_MESSAGES_MAX: usize = 1024;
+
+pub(crate) type Reply = oneshot::Sender<Result<SubStream, SubError>>;
+
+pub(crate) enum Msg {
+    /// Primary keys a commit changed, for the tables some subscription reads.
+    Commit(Arc<Touched>),
+    Subscribe {
+        statement: Statement,
+        key: String,
+        create: bool,
+        attach: Attach,
+        reply: Reply,
+    },
+    Attach {
+        id: String,
+        attach: Attach,
+        reply: Reply,
+    },
+    /// A subscription found on disk at start: rebuilt by a full re-run.
+    Restore(Box<(Store, Stored)>),
+    Stop,
+}
+
+enum Pending {
+    Keys(Touched, usize),
+    Full,
+}
+
+struct Sub {
+    id: String,
+    hash: String,
+    statement: Statement,
+    plan: Plan,
+    state: ResultState,
+    store: Store,
+    log: VecDeque<ChangeEvent>,
+    live: broadcast::Sender<ChangeEvent>,
+    /// Set when the state could not be stored: the subscription serves no
+    /// more (a restart rebuilds it).
+    failed: Option<String>,
+}
+
+pub(crate) struct Worker {
+    pub no: usize,
+    pub conn: Connection,
+    pub dir: PathBuf,
+    pub dispatch: Arc<Dispatch>,
+    pub overflow: Arc<AtomicBool>,
+    subs: HashMap<String, Sub>,
+    by_table: HashMap<Table, Vec<String>>,
+    pending: HashMap<String, Pending>,
+}
+
+impl Worker {
+    pub fn new(
+        no: usize,
+        conn: Connection,
+        dir: PathBuf,
+        dispatch: Arc<Dispatch>,
+        overflow: Arc<AtomicBool>,
+    ) -> Worker {
+        Worker {
+            no,
+            conn,
+            dir,
+            dispatch,
+            overflow,
+            subs: HashMap::new(),
+            by_table: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MESSAGES_MAX {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            if self.overflow.swap(false, Ordering::AcqRel) {
+                // Commits were dropped on a full queue: recompute everything.
+                for id in self.subs.keys() {
+                    self.pending.insert(id.clone(), Pending::Full);
+                }
+            }
+            for msg in batch {
+                match msg {
+                    Msg::Commit(touched) => self.note(&touched),
+                    Msg::Stop => return,
+                    other => {
+                        self.flush();
+                        self.handle(other);
+                    }
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn note(&mut self, touched: &Touched) {
+        for (table, keys) in touched {
+            let Some(ids) = self.by_table.get(table) else {
+                continue;
+            };
+            for id in ids {
+                let restricted = self
+                    .subs
+                    .get(id)
+                    .is_some_and(|s| s.plan.restricted.is_some());
+                let entry = self
+                    .pending
+                    .entry(id.clone())
+                    .or_insert_with(|| Pending::Keys(Touched::new(), 0));
+                if let Pending::Keys(t, n) = entry {
+                    let set = t.entry(table.clone()).or_default();
+                    for k in keys {
+                        if set.insert(k.clone()) {
+                            *n += 1;
+                        }
+                    }
+                    if !restricted || *n > RESTRICTED_KEYS_MAX {
+                        *entry = Pending::Full;
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for (id, pending) in std::mem::take(&mut self.pending) {
+            if let Some(sub) = self.subs.get_mut(&id) {
+                if sub.failed.is_none() {
+                    let events = recompute(&self.conn, sub, pending);
+                    publish(sub, events);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Subscribe {
+                statement,
+                key,
+                create,
+                attach,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(statement, key, create, attach));
+            }
+            Msg::Attach { id, attach, reply } => {
+                let answer = match self.subs.get(&id) {
+                    Some(sub) => attach_to(sub, attach),
+                    None => Err(SubError::NotFound(id)),
+                };
+                let _ = reply.send(answer);
+            }
+            Msg::Restore(stored) => self.restore(*stored),
+            Msg::Commit(_) | Msg::Stop => {}
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        statement: Statement,
+        key: String,
+        create: bool,
+        attach: Attach,
+    ) -> Result<SubStream, SubError> {
+        if let Some(id) = self.dispatch.id_of(&key) {
+            return match self.subs.get(&id) {
+                Some(sub) => attach_to(sub, attach),
+                None => Err(SubError::NotFound(id)),
+            };
+        }
+        if !create {
+            return Err(SubError::NoSuchSubscription);
+        }
+        let plan = plan::analyze(&mut self.conn, &statement).map_err(SubError::Invalid)?;
+        let id = super::new_id();
+        let hash = super::hash_of(&key);
+        // Registered before the first run: a commit racing it is either
+        // visible to the run or delivered to this worker afterwards.
+        self.dispatch.register(&id, &key, self.no, &plan.reads);
+        let started = Instant::now();
+        let created = plan::run(&self.conn, &statement)
+            .map_err(|e| SubError::Invalid(e.to_string()))
+            .and_then(|rows| {
+                let state = ResultState::initial(plan.key_columns.clone(), rows);
+                Store::create(&self.dir, &id, &statement, &hash, &state)
+                    .map(|store| (state, store))
+                    .map_err(|e| {
+                        SubError::Internal(format!("could not store the subscription: {e}"))
+                    })
+            });
+        let (state, store) = match created {
+            Ok(x) => x,
+            Err(e) => {
+                self.dispatch.unregister(&id, &key);
+                return Err(e);
+            }
+        };
+        tracing::debug!(id, hash, rows = state.len(), elapsed = ?started.elapsed(), "subscription created");
+        let sub = self.insert(Sub {
+            id: id.clone(),
+            hash,
+            statement,
+            plan,
+            state,
+            store,
+            log: VecDeque::new(),
+            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            failed: None,
+        });
+        attach_to(sub, attach)
+    }
+
+    fn restore(&mut self, (store, stored): (Store, Stored)) {
+        let plan = match plan::analyze(&mut self.conn, &stored.statement) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(id = stored.id, error = %e, "a stored subscription no longer prepares; it serves no events");
+                Plan {
+                    columns: Vec::new(),
+                    reads: HashSet::new(),
+                    key_columns: Vec::new(),
+                    restricted: None,
+                }
+            }
+        };
+        let failed = plan
+            .columns
+            .is_empty()
+            .then(|| "its statement no longer prepares against the schema".to_owned());
+        self.dispatch.register(
+            &stored.id,
+            &super::key_of(&stored.statement),
+            self.no,
+            &plan.reads,
+        );
+        let state = ResultState::restore(
+            plan.key_columns.clone(),
+            stored.rows,
+            stored.next_row_id,
+            stored.last_change_id,
+        );
+        let mut log: VecDeque<ChangeEvent> = stored.events.into();
+        while log.len() as u64 > EVENTS_RETAINED {
+            log.pop_front();
+        }
+        let id = stored.id.clone();
+        let sub = self.insert(Sub {
+            id: stored.id,
+            hash: stored.hash,
+            statement: stored.statement,
+            plan,
+            state,
+            store,
+            log,
+            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            failed,
+        });
+        if sub.failed.is_none() {
+            // Whatever was committed since it was last stored: one full
+            // re-run and diff, new events continue the ids.
+            self.pending.insert(id, Pending::Full);
+        }
+    }
+
+    fn insert(&mut self, sub: Sub) -> &Sub {
+        for table in &sub.plan.reads {
+            self.by_table
+                .entry(table.clone())
+                .or_default()
+                .push(sub.id.clone());
+        }
+        let id = sub.id.clone();
+        self.subs.entry(id).or_insert(sub)
+    }
+}
+
+/// The events `pending` causes, applied to the sub's state.
+fn recompute(conn: &Connection, sub: &mut Sub, pending: Pending) -> Vec<ChangeEvent> {
+    if let (Pending::Keys(touched, _), Some(cols)) = (&pending, &sub.plan.restricted) {
+        let width = sub.plan.columns.len();
+        match plan::run_restricted(conn, &sub.statement, width, cols, touched) {
+            Some(Ok(rows)) => {
+                let in_scope = |cells: &[crr::Value]| {
+                    touched.iter().any(|(table, keys)| {
+                        cols.get(table)
+                            .is_some_and(|c| keys.contains(&codec::encode_columns(cells, c)))
+                    })
+                };
+                if let Some(events) = sub.state.apply_scoped(in_scope, rows) {
+                    return events;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(id = sub.id, error = %e, "restricted re-run failed; re-running in full")
+            }
+            None => {}
+        }
+    }
+    match plan::run(conn, &sub.statement) {
+        Ok(rows) => sub.state.apply_full(rows),
+        Err(e) => {
+            tracing::error!(id = sub.id, error = %e, "re-running a subscription failed; its result is unchanged until the next commit");
+            Vec::new()
+        }
+    }
+}
+
+/// Stores the events, then hands them to the subscribers.
+fn publish(sub: &mut Sub, events: Vec<ChangeEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = sub.store.save(&sub.state, &events) {
+        tracing::error!(id = sub.id, error = %e, "could not store subscription events; the subscription stops serving until a restart rebuilds it");
+        sub.failed = Some(format!("could not store its events: {e}"));
+        // Subscribers see the channel close.
+        sub.live = broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0;
+        return;
+    }
+    for e in events {
+        debug_assert_eq!(
+            sub.log.back().map_or(e.change_id - 1, |l| l.change_id),
+            e.change_id - 1
+        );
+        if sub.log.len() as u64 >= EVENTS_RETAINED {
+            sub.log.pop_front();
+        }
+        sub.log.push_back(e.clone());
+        let _ = sub.live.send(e);
+    }
+}
+
+fn attach_to(sub: &Sub, attach: Attach) -> Result<SubStream, SubError> {
+    if let Some(why) = &sub.failed {
+        return Err(SubError::Internal(format!(
+            "subscription {} failed: {why}",
+            sub.id
+        )));
+    }
+    let started = Instant::now();
+    let live = sub.live.subscribe();
+    let last = sub.state.last_change_id();
+    let mut stream = SubStream {
+        id: sub.id.clone(),
+        hash: sub.hash.clone(),
+        columns: sub.plan.columns.clone(),
+        rows: None,
+        change_id: last,
+        snapshot_time: started.elapsed(),
+        backlog: VecDeque::new(),
+        live,
+        error: None,
+        delivered: last,
+    };
+    match attach.from {
+        Some(from) => {
+            let oldest = sub.log.front().map_or(last + 1, |e| e.change_id);
+            if from < last && from + 1 < oldest {
+                stream.error = Some(format!(
+                    "change id {from} is older than what subscription {} retains (its oldest \
+                     change is {oldest}): re-attach without from= for a fresh snapshot",
+                    sub.id
+                ));
+            } else {
+                stream.backlog = sub
+                    .log
+                    .iter()
+                    .filter(|e| e.change_id > from)
+                    .cloned()
+                    .collect();
+                stream.delivered = from.min(last);
+            }
+        }
+        None if attach.skip_rows => stream.rows = Some(Vec::new()),
+        None => {
+            stream.rows = Some(sub.state.snapshot());
+            stream.snapshot_time = started.elapsed();
+        }
+    }
+    Ok(stream)
+}

@@ -1,0 +1,192 @@
+//! `POST /v1/subscriptions`, `GET /v1/subscriptions/{id}` and
+//! `POST /v1/updates/{table}`: NDJSON streams that stay open. Each line is
+//! its own chunk, written as soon as the event exists.
+//!
+//! Decisions api.md leaves open:
+//! - `skip_rows=true` still sends `columns` and `eoq` (no `row` lines), so a
+//!   client learns the columns and the change id it starts after.
+//! - `from=N` sends change lines only (no `columns`/`eoq`). `from=N` beyond
+//!   the last change id waits for N+1.
+//! - A subscriber more than 1,024 events behind gets
+//!   `{"error":"… re-attach with from=<last id it got>"}` and the stream ends.
+
+use agent::{Attach, ChangeEvent, SubError, SubItem, SubStream};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::body::{query_pairs, JsonBody};
+use crate::errors::{error_response, ApiError};
+use crate::json::{Cells, JsonStatement};
+use crate::queries::{line, ndjson};
+use crate::ApiState;
+
+fn parse_attach(raw: Option<&str>) -> Result<Attach, ApiError> {
+    let mut attach = Attach::default();
+    for (key, value) in query_pairs(raw)? {
+        match key.as_str() {
+            "from" => {
+                attach.from = Some(value.parse().map_err(|_| {
+                    ApiError::QueryString(format!(
+                        "from={value:?} is not a change id: give the last change_id you received"
+                    ))
+                })?)
+            }
+            "skip_rows" => {
+                attach.skip_rows = match value.as_str() {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::QueryString(format!(
+                            "skip_rows={value:?}: use true or false"
+                        )))
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(attach)
+}
+
+fn refused(e: SubError) -> Response {
+    use axum::http::StatusCode;
+    let status = match &e {
+        SubError::Invalid(_) | SubError::NoSuchSubscription => StatusCode::BAD_REQUEST,
+        SubError::NotFound(_) => StatusCode::NOT_FOUND,
+        SubError::TooMany | SubError::Busy | SubError::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        SubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, &e.to_string())
+}
+
+pub(crate) async fn subscribe(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+    JsonBody(JsonStatement(statement)): JsonBody<JsonStatement>,
+) -> Result<Response, ApiError> {
+    let attach = parse_attach(raw.as_deref())?;
+    let create = attach.from.is_none();
+    Ok(
+        match state.node.subscribe(statement, create, attach).await {
+            Ok(stream) => respond(stream),
+            Err(e) => refused(e),
+        },
+    )
+}
+
+pub(crate) async fn attach(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let attach = parse_attach(raw.as_deref())?;
+    Ok(match state.node.attach_subscription(&id, attach).await {
+        Ok(stream) => respond(stream),
+        Err(e) => refused(e),
+    })
+}
+
+#[derive(Serialize)]
+struct RowLine<'a> {
+    row: (u64, Cells<'a>),
+}
+
+#[derive(Serialize)]
+struct ChangeLine<'a> {
+    change: (&'static str, u64, Cells<'a>, u64),
+}
+
+fn change_line(e: &ChangeEvent) -> Bytes {
+    line(&ChangeLine {
+        change: (e.kind.as_str(), e.row_id, Cells(&e.cells), e.change_id),
+    })
+}
+
+fn respond(mut stream: SubStream) -> Response {
+    let mut head = Vec::new();
+    if let Some(rows) = stream.rows.take() {
+        head.push(line(&json!({ "columns": stream.columns })));
+        for (id, cells) in &rows {
+            head.push(line(&RowLine {
+                row: (*id, Cells(cells)),
+            }));
+        }
+        head.push(line(&json!({ "eoq": {
+            "time": stream.snapshot_time.as_secs_f64(),
+            "change_id": stream.change_id,
+        }})));
+    }
+    let id = HeaderValue::from_str(&stream.id);
+    let hash = HeaderValue::from_str(&stream.hash);
+    let changes = futures_util::stream::unfold(Some(stream), |s| async move {
+        let mut s = s?;
+        match s.next().await? {
+            SubItem::Change(e) => Some((change_line(&e), Some(s))),
+            SubItem::Error(message) => Some((line(&json!({ "error": message })), None)),
+        }
+    });
+    use futures_util::StreamExt;
+    let mut response = ndjson(futures_util::stream::iter(head).chain(changes));
+    if let (Ok(id), Ok(hash)) = (id, hash) {
+        response.headers_mut().insert("corro-query-id", id);
+        response.headers_mut().insert("corro-query-hash", hash);
+    }
+    response
+}
+
+/// `POST /v1/updates/{table}`: `{"notify":["update"|"delete",[pk…]]}` per
+/// changed row of `table`, inserts reported as updates.
+pub(crate) async fn updates(
+    State(state): State<ApiState>,
+    Path(table): Path<String>,
+) -> Result<Response, ApiError> {
+    // Listen first: nothing committed after the check is missed.
+    let rx = state.node.subscribe_changesets();
+    match state.node.table_row_count(vec![table.clone()]).await {
+        Ok((_, invalid)) if invalid.is_empty() => {}
+        Ok(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "{table} is not a replicated table: name a table of the schema"
+            )))
+        }
+        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+    }
+    let lines = futures_util::stream::unfold(Some((rx, table)), |s| async move {
+        let (mut rx, table) = s?;
+        loop {
+            match rx.recv().await {
+                Ok(cs) => {
+                    let rows = cs.row_changes(&table);
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let mut out = Vec::with_capacity(rows.len() * 32);
+                    for r in rows {
+                        let kind = if r.deleted { "delete" } else { "update" };
+                        out.extend_from_slice(&line(&json!({ "notify": [kind, Cells(&r.pk)] })));
+                    }
+                    return Some((Bytes::from(out), Some((rx, table))));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let message = format!(
+                        "this subscriber fell {n} commits behind and was disconnected: re-subscribe"
+                    );
+                    return Some((line(&json!({ "error": message })), None));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let mut response = ndjson(lines);
+    if let Ok(id) = HeaderValue::from_str(&agent::new_subscription_id()) {
+        response.headers_mut().insert("corro-query-id", id);
+    }
+    Ok(response)
+}
