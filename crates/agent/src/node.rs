@@ -326,22 +326,27 @@ impl Node {
         self.inner.subs.attach(id, attach).await
     }
 
-    /// Whether this node has applied `version` of `actor` in either database.
-    pub fn has_applied(&self, actor: SiteId, version: u64) -> bool {
-        let m = self.inner.applied.borrow();
-        [Db::Regional, Db::Global]
-            .iter()
-            .any(|db| m.get(&(*db, actor)).is_some_and(|v| *v >= version))
+    /// Whether this node has applied `version` of `actor` in `db` (each
+    /// database numbers its versions separately).
+    pub fn has_applied(&self, db: Db, actor: SiteId, version: u64) -> bool {
+        self.inner
+            .applied
+            .borrow()
+            .get(&(db, actor))
+            .is_some_and(|v| *v >= version)
     }
 
     /// Waits until [`has_applied`](Self::has_applied), up to `timeout`.
-    pub async fn wait_applied(&self, actor: SiteId, version: u64, timeout: Duration) -> bool {
+    pub async fn wait_applied(
+        &self,
+        db: Db,
+        actor: SiteId,
+        version: u64,
+        timeout: Duration,
+    ) -> bool {
         let mut rx = self.inner.applied.subscribe();
-        let done = |m: &HashMap<(Db, SiteId), u64>| {
-            [Db::Regional, Db::Global]
-                .iter()
-                .any(|db| m.get(&(*db, actor)).is_some_and(|v| *v >= version))
-        };
+        let done =
+            |m: &HashMap<(Db, SiteId), u64>| m.get(&(db, actor)).is_some_and(|v| *v >= version);
         tokio::time::timeout(timeout, rx.wait_for(done))
             .await
             .is_ok_and(|r| r.is_ok())

@@ -179,16 +179,20 @@ async fn committed_changesets_leave_through_the_seam() {
         (cs.db, cs.actor, cs.version, cs.changes.len()),
         (Db::Regional, node.actor_id(), 1, 2)
     );
-    assert!(node.has_applied(node.actor_id(), 1));
+    assert!(node.has_applied(Db::Regional, node.actor_id(), 1));
+    assert!(
+        !node.has_applied(Db::Global, node.actor_id(), 1),
+        "versions are per database"
+    );
     assert!(
         !node
-            .wait_applied(node.actor_id(), 2, Duration::from_millis(20))
+            .wait_applied(Db::Regional, node.actor_id(), 2, Duration::from_millis(20))
             .await
     );
     let waiter = {
         let node = node.clone();
         tokio::spawn(async move {
-            node.wait_applied(node.actor_id(), 2, Duration::from_secs(10))
+            node.wait_applied(Db::Regional, node.actor_id(), 2, Duration::from_secs(10))
                 .await
         })
     };

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::{QueryError, QueryStream, RowEvent, SiteId};
+use agent::{Db, QueryError, QueryStream, RowEvent, SiteId};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -34,7 +34,7 @@ const NDJSON: &str = "application/x-ndjson";
 
 struct QueryParams {
     timeout: Duration,
-    after: Vec<(SiteId, u64)>,
+    after: Vec<(Db, SiteId, u64)>,
 }
 
 pub(crate) async fn handle(
@@ -45,13 +45,14 @@ pub(crate) async fn handle(
     let params = parse_query(raw_query.as_deref())?;
     let deadline = Deadline::now() + params.timeout;
     let metrics = &state.metrics;
-    for &(actor, version) in &params.after {
+    for &(db, actor, version) in &params.after {
         let left = deadline.saturating_duration_since(Deadline::now());
-        if !state.node.wait_applied(actor, version, left).await {
+        if !state.node.wait_applied(db, actor, version, left).await {
             metrics.query(QueryOutcome::Timeout);
             return Err(ApiError::Timeout(format!(
-                "this node has not applied version {version} of actor {actor} within {} s: \
+                "this node has not applied {} version {version} of actor {actor} within {} s: \
                  the write has not reached it yet; retry later or with a longer ?timeout=",
+                db.name(),
                 params.timeout.as_secs_f64()
             )));
         }
@@ -95,13 +96,20 @@ fn parse_query(raw: Option<&str>) -> Result<QueryParams, ApiError> {
     Ok(params)
 }
 
-/// `ACTOR:VERSION`: 32 hex characters, a colon, a version ≥ 1.
-fn parse_after(value: &str) -> Result<(SiteId, u64), ApiError> {
+/// `ACTOR:VERSION` (a regional write: what Corrosion clients send) or
+/// `global:ACTOR:VERSION` (a write to a global table: global.db numbers its
+/// versions separately). ACTOR is 32 hex characters, VERSION ≥ 1.
+fn parse_after(value: &str) -> Result<(Db, SiteId, u64), ApiError> {
     let bad = |why: String| {
         ApiError::QueryString(format!(
-            "after={value:?} is not ACTOR:VERSION ({why}): use the actor_id and version a \
-             transaction answered, e.g. after=d5f143e7ba65421c938c850ce78fc9f2:42"
+            "after={value:?} is not [global:]ACTOR:VERSION ({why}): use the actor_id and version a \
+             transaction answered, e.g. after=d5f143e7ba65421c938c850ce78fc9f2:42 (prefix global: \
+             when it wrote global tables)"
         ))
+    };
+    let (db, value) = match value.strip_prefix("global:") {
+        Some(rest) => (Db::Global, rest),
+        None => (Db::Regional, value),
     };
     let (actor, version) = value
         .split_once(':')
@@ -113,7 +121,7 @@ fn parse_after(value: &str) -> Result<(SiteId, u64), ApiError> {
     if version == 0 {
         return Err(bad("versions start at 1".into()));
     }
-    Ok((actor, version))
+    Ok((db, actor, version))
 }
 
 fn refused(metrics: &Metrics, e: QueryError) -> ApiError {
@@ -248,8 +256,13 @@ mod tests {
     #[test]
     fn after_values() {
         let actor = "d5f143e7ba65421c938c850ce78fc9f2";
-        let (a, v) = parse_after(&format!("{actor}:42")).unwrap();
-        assert_eq!((a.to_string(), v), (actor.to_string(), 42));
+        let (db, a, v) = parse_after(&format!("{actor}:42")).unwrap();
+        assert_eq!(
+            (db, a.to_string(), v),
+            (Db::Regional, actor.to_string(), 42)
+        );
+        let (db, _, v) = parse_after(&format!("global:{actor}:7")).unwrap();
+        assert_eq!((db, v), (Db::Global, 7));
         for bad in [
             actor.to_string(),
             format!("{actor}:"),
@@ -258,6 +271,8 @@ mod tests {
             format!("{actor}:x"),
             "nothex:1".to_string(),
             format!("{actor}00:1"),
+            format!("regional:{actor}:1"),
+            format!("global:{actor}"),
         ] {
             assert!(parse_after(&bad).is_err(), "{bad}");
         }

@@ -452,6 +452,25 @@ async fn after_a_version_never_applied_is_504() {
 }
 
 #[tokio::test]
+async fn after_names_the_database_a_version_belongs_to() {
+    let s = start().await;
+    let actor = s.actor();
+    let global = s
+        .exec(json!([
+            "INSERT INTO app_regions (app, region, machines) VALUES ('web', 'ams', 1)"
+        ]))
+        .await;
+    assert_eq!(global["version"].as_u64(), Some(1));
+    // global.db's version 1 exists; regional.db has none yet.
+    let path = format!("/v1/queries?timeout=0.05&after=global:{actor}:1");
+    assert_eq!(s.post_json(&path, &json!("SELECT 1")).await.status, 200);
+    let path = format!("/v1/queries?timeout=0.05&after={actor}:1");
+    let answer = s.post_json(&path, &json!("SELECT 1")).await;
+    assert_eq!(answer.status, 504);
+    assert!(answer.error().contains("regional"), "{}", answer.error());
+}
+
+#[tokio::test]
 async fn malformed_after_or_timeout_is_400() {
     let s = start().await;
     let actor = s.actor();
