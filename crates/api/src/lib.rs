@@ -9,7 +9,9 @@
 //!
 //! # Endpoints
 //! - `POST /v1/transactions[?timeout=SECONDS]` — statements in one transaction.
-//! - `POST /v1/queries[?timeout=SECONDS][&after=ACTOR:VERSION…]` — NDJSON rows.
+//! - `POST /v1/queries[?timeout=SECONDS][&after=[global:]ACTOR:VERSION…]` — NDJSON rows;
+//!   `after=` waits for a version of `regional.db`, or with `global:` of `global.db`
+//!   (each database numbers its versions separately).
 //! - `GET /v1/health[?gaps=N&p99_lag=SECONDS&max_queue=N&failure_status=CODE]`.
 //! - `POST /v1/table_stats` — row counts of tables.
 //! - `GET /v1/members`, `GET /v1/regions` — Patina additions, shapes below.
