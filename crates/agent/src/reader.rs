@@ -8,6 +8,7 @@ use std::time::Duration;
 use crr::Value;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AgentError, QueryError};
@@ -16,6 +17,9 @@ use crate::statement::{with_params, Statement};
 /// Rows buffered between a query's thread and its HTTP stream: a slow
 /// reader holds at most this many rows in memory, then the query waits.
 const ROWS_BUFFERED_MAX: usize = 256;
+/// A reader that takes no row for this long loses its query: it would
+/// otherwise hold one of the few read connections for as long as it likes.
+const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line of a query's result after its columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +157,8 @@ fn stream_rows(
     if prepared.send(Ok(columns)).is_err() {
         return;
     }
+    // This runs on a blocking-pool thread, where waiting on the runtime is allowed.
+    let runtime = tokio::runtime::Handle::current();
     loop {
         let event = match query.next() {
             Ok(None) => return,
@@ -163,8 +169,13 @@ fn stream_rows(
             Err(e) => RowEvent::Error(e.to_string()),
         };
         let last = matches!(event, RowEvent::Error(_));
-        if rows.blocking_send(event).is_err() || last {
-            return;
+        match runtime.block_on(rows.send_timeout(event, SLOW_READER_TIMEOUT)) {
+            Ok(()) if !last => {}
+            Ok(()) | Err(SendTimeoutError::Closed(_)) => return,
+            Err(SendTimeoutError::Timeout(_)) => {
+                tracing::warn!(sql = %st.sql, "a query's reader took no row for {SLOW_READER_TIMEOUT:?}; query stopped");
+                return;
+            }
         }
     }
 }
