@@ -25,6 +25,11 @@ pub enum Command {
     Exec(ExecArgs),
     /// Runs a read-only query on a node (POST /v1/queries).
     Query(QueryArgs),
+    /// Subscribes to a query: prints its rows, then every change, until
+    /// Ctrl-C (POST /v1/subscriptions, GET /v1/subscriptions/{id}).
+    Sub(SubArgs),
+    /// Re-reads and applies the node's schema files (POST /v1/reload).
+    Reload(ReloadArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
@@ -76,6 +81,33 @@ pub struct QueryArgs {
     /// One read-only statement.
     #[arg(value_name = "SQL")]
     pub sql: String,
+}
+
+/// Prints a subscription's snapshot, then its changes as they come
+/// (`insert 3 ["m1","web"] #12`: kind, row id, cells, change id), until
+/// Ctrl-C. A dropped connection is resumed from the last change id seen.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print every event as one JSON line, exactly as the API sends it.
+    #[arg(long)]
+    pub json: bool,
+    /// Re-attach to an existing subscription by id instead of giving SQL.
+    #[arg(long, value_name = "ID", conflicts_with = "sql")]
+    pub id: Option<String>,
+    /// Only the changes after this change id (no snapshot).
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// One read-only SELECT.
+    #[arg(value_name = "SQL", required_unless_present = "id")]
+    pub sql: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]

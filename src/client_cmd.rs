@@ -1,11 +1,13 @@
-//! `patina exec` and `patina query`: the HTTP API from the command line,
-//! through `crates/client`.
+//! `patina exec`, `patina query`, `patina sub` and `patina reload`: the
+//! HTTP API from the command line, through `crates/client`.
+
+use std::io::Write;
 
 use anyhow::Context;
-use client::{Client, Statement};
+use client::{Client, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 
-use crate::cli::{ApiArgs, ExecArgs, QueryArgs};
+use crate::cli::{ApiArgs, ExecArgs, QueryArgs, ReloadArgs, SubArgs};
 
 fn connect(api: &ApiArgs) -> anyhow::Result<(Client, tokio::runtime::Runtime)> {
     let client = Client::new(&api.api)?.with_token(api.token.clone());
@@ -56,7 +58,6 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         let mut rows = client.query(&Statement::from(args.sql.as_str())).await?;
         let mut out = std::io::stdout().lock();
         if args.json {
-            use std::io::Write;
             while let Some(row) = rows.next().await? {
                 let obj: serde_json::Map<String, Json> =
                     rows.columns.iter().cloned().zip(row).collect();
@@ -71,6 +72,86 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         print_table(&mut out, &rows.columns, &table)?;
         Ok(())
     })
+}
+
+/// Subscribes (or re-attaches) and prints events until Ctrl-C.
+pub fn sub(args: SubArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    runtime.block_on(async {
+        let sub = match (&args.id, &args.sql) {
+            (Some(id), _) => client.attach(id, args.from).await?,
+            (None, Some(sql)) => {
+                client
+                    .subscribe_from(&Statement::from(sql.as_str()), args.from)
+                    .await?
+            }
+            (None, None) => anyhow::bail!("give SQL or --id"),
+        };
+        if !args.json {
+            eprintln!("subscription {} (hash {})", sub.id(), sub.hash());
+        }
+        tokio::select! {
+            printed = print_events(sub, args.json) => printed,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+async fn print_events(mut sub: Subscription, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    while let Some((event, line)) = sub.next_line().await? {
+        if json {
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            continue;
+        }
+        match event {
+            SubEvent::Columns(c) => columns = c,
+            SubEvent::Row { row_id, cells } => {
+                let mut row = vec![row_id.to_string()];
+                row.extend(cells.iter().map(cell));
+                rows.push(row);
+            }
+            SubEvent::EndOfQuery { change_id } => {
+                let mut header = vec!["row_id".to_owned()];
+                header.append(&mut columns);
+                print_table(&mut out, &header, &std::mem::take(&mut rows))?;
+                writeln!(out, "-- at change #{change_id}; changes follow")?;
+            }
+            event @ SubEvent::Change { .. } => writeln!(out, "{}", change_text(&event))?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `insert 3 ["m1","web"] #12`.
+fn change_text(event: &SubEvent) -> String {
+    match event {
+        SubEvent::Change {
+            kind,
+            row_id,
+            cells,
+            change_id,
+        } => format!(
+            "{} {row_id} {} #{change_id}",
+            kind.as_str(),
+            Json::Array(cells.clone())
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Asks the node to reload its schema files; a refusal is an error.
+pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    runtime
+        .block_on(client.reload())
+        .context("schema reload refused")?;
+    println!("schema reloaded");
+    Ok(())
 }
 
 fn cell(v: &Json) -> String {
@@ -119,6 +200,17 @@ fn print_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_print_on_one_line() {
+        let event = SubEvent::Change {
+            kind: client::ChangeKind::Insert,
+            row_id: 3,
+            cells: vec!["m1".into(), "web".into()],
+            change_id: 12,
+        };
+        assert_eq!(change_text(&event), r#"insert 3 ["m1","web"] #12"#);
+    }
 
     #[test]
     fn tables_align() {

@@ -47,6 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent_cmd::run(&args.config),
         Command::Exec(args) => client_cmd::exec(args),
         Command::Query(args) => client_cmd::query(args),
+        Command::Sub(args) => client_cmd::sub(args),
+        Command::Reload(args) => client_cmd::reload(args),
         Command::Db(cmd) => db_cmd::run(cmd),
     }
 }

@@ -2,98 +2,13 @@
 //! HTTP and through `patina exec` / `patina query`, killed with SIGKILL and
 //! restarted.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::{Client, Statement};
-
-const BIN: &str = env!("CARGO_BIN_EXE_patina");
-const SCHEMA: &str = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, n INTEGER);";
-
-struct Agent {
-    child: Child,
-    addr: String,
-}
-
-impl Agent {
-    /// Starts the agent and waits (bounded) for its "API listening" log line.
-    fn start(config: &Path) -> Agent {
-        let mut child = Command::new(BIN)
-            .args(["agent", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn patina agent");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("API listening").nth(1) {
-                    let addr = rest
-                        .split("addr=")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("");
-                    let _ = tx.send(Ok(addr.to_owned()));
-                } else if line.contains("ERROR") || line.starts_with("error:") {
-                    let _ = tx.send(Err(line));
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => Agent { child, addr },
-            Ok(Err(line)) => panic!("agent failed to start: {line}"),
-            Err(_) => panic!("agent did not report its API address within 30 s"),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.addr).unwrap()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn setup(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::write(dir.join("schema/machines.sql"), SCHEMA).unwrap();
-    let config = dir.join("patina.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nregion = \"test\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n[api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\n",
-            dir.join("data"),
-            dir.join("schema")
-        ),
-    )
-    .unwrap();
-    config
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{runtime, setup, Agent, BIN};
 
 async fn ids(client: &Client) -> Vec<String> {
     let mut rows = client

@@ -19,6 +19,10 @@
 //! - `POST /v1/subscriptions[?from=N][&skip_rows=true]`,
 //!   `GET /v1/subscriptions/{id}[?from=N][&skip_rows=true]`,
 //!   `POST /v1/updates/{table}` — NDJSON streams (`subscriptions.rs`).
+//! - `POST /v1/reload` — Patina addition: re-reads and applies the schema
+//!   files (as SIGHUP does); body empty or `{}`. 200 `{"reloaded":true}`,
+//!   or 400 `{"error":"…"}` naming the table and the rule when the change
+//!   is not additive (nothing is changed then), 503 while stopping.
 //!
 //! # Decisions api.md leaves open
 //! - **Transaction timeout.** `?timeout=S` (seconds, fractional allowed,
@@ -79,6 +83,7 @@ mod health;
 mod json;
 mod metrics;
 mod queries;
+mod reload;
 mod subscriptions;
 mod transactions;
 
@@ -107,7 +112,9 @@ pub(crate) mod routes {
     pub const SUBSCRIPTIONS: &str = "/v1/subscriptions";
     pub const SUBSCRIPTION: &str = "/v1/subscriptions/{id}";
     pub const UPDATES: &str = "/v1/updates/{table}";
+    pub const RELOAD: &str = "/v1/reload";
     pub const ALL: &[&str] = &[
+        RELOAD,
         SUBSCRIPTIONS,
         SUBSCRIPTION,
         UPDATES,
@@ -189,6 +196,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::SUBSCRIPTIONS, post(subscriptions::subscribe))
         .route(routes::SUBSCRIPTION, get(subscriptions::attach))
         .route(routes::UPDATES, post(subscriptions::updates))
+        .route(routes::RELOAD, post(reload::handle))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         // Innermost first: a panic becomes a 500 that auth and metrics see.

@@ -1,7 +1,12 @@
 //! `client`: a Rust client of Patina's HTTP API (the Corrosion v1 shapes of
-//! `shared/docs/api.md`): transactions, queries streamed row by row, health.
+//! `shared/docs/api.md`): transactions, queries streamed row by row,
+//! resumable subscriptions ([`Subscription`]), schema reload, health.
 //! The CLI and the tests use it; so can edge proxies. It depends on nothing
 //! of the daemon: values are plain JSON.
+
+mod subscription;
+
+pub use subscription::{parse_sub_line, ChangeKind, Reconnect, SubEvent, SubLine, Subscription};
 
 use std::time::Duration;
 
@@ -24,6 +29,28 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("the server sent something that is not the API's JSON: {0}")]
     Protocol(String),
+    #[error("the connection to the API dropped: {0}")]
+    Disconnected(String),
+    #[error("subscription {id}: {message}")]
+    Subscription { id: String, message: String },
+    #[error("subscription {id}: gave up re-attaching after {attempts} attempts: {last}")]
+    Reconnect {
+        id: String,
+        attempts: u32,
+        last: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed (the node is unreachable,
+    /// restarting or busy), as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Disconnected(_) => true,
+            ClientError::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
 }
 
 /// One statement, in the API's JSON forms.
@@ -35,7 +62,7 @@ pub enum Statement {
 }
 
 impl Statement {
-    fn to_json(&self) -> Json {
+    pub(crate) fn to_json(&self) -> Json {
         match self {
             Statement::Simple(sql) => json!(sql),
             Statement::Positional(sql, params) => json!([sql, params]),
@@ -128,11 +155,23 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &Json) -> Result<reqwest::Response, ClientError> {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body.to_string());
+        self.send(req).await
+    }
+
+    async fn get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -140,6 +179,19 @@ impl Client {
             addr: self.base.clone(),
             source,
         })
+    }
+
+    /// `POST /v1/reload`: re-reads the node's schema files and applies
+    /// them (additive changes only). A refusal is `ClientError::Api` with
+    /// status 400 and the reason, naming table and rule.
+    pub async fn reload(&self) -> Result<(), ClientError> {
+        let resp = self.post("/v1/reload", &serde_json::json!({})).await?;
+        let status = resp.status().as_u16();
+        let json = read_json(resp).await?;
+        if status == 200 && json.get("reloaded") == Some(&Json::Bool(true)) {
+            return Ok(());
+        }
+        Err(api_error(status, &json))
     }
 
     /// Runs `statements` as one transaction.
@@ -211,16 +263,20 @@ impl Client {
 
     /// `GET /v1/health`'s `response` object.
     pub async fn health(&self) -> Result<Json, ClientError> {
-        let mut req = self.http.get(format!("{}/v1/health", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|source| ClientError::Connect {
-            addr: self.base.clone(),
-            source,
-        })?;
+        let resp = self.get("/v1/health").await?;
         let json = read_json(resp).await?;
         json.get("response").cloned().ok_or_else(|| bad_line(&json))
+    }
+}
+
+fn api_error(status: u16, json: &Json) -> ClientError {
+    ClientError::Api {
+        status,
+        message: json
+            .get("error")
+            .and_then(Json::as_str)
+            .unwrap_or("no error message")
+            .to_owned(),
     }
 }
 
@@ -242,13 +298,13 @@ async fn read_json(resp: reqwest::Response) -> Result<Json, ClientError> {
 }
 
 /// NDJSON lines of a streaming response.
-struct Lines {
+pub(crate) struct Lines {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
 }
 
 impl Lines {
-    fn new(resp: reqwest::Response) -> Self {
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
         Lines {
             body: resp.bytes_stream().boxed(),
             buf: Vec::new(),
@@ -256,7 +312,7 @@ impl Lines {
     }
 
     /// The next line as JSON; `None` at the end of the body.
-    async fn next(&mut self) -> Result<Option<Json>, ClientError> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Json>, ClientError> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -276,7 +332,7 @@ impl Lines {
                     }
                     self.buf.extend_from_slice(&chunk);
                 }
-                Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                Some(Err(e)) => return Err(ClientError::Disconnected(e.to_string())),
                 None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 None => {
                     let rest = std::mem::take(&mut self.buf);

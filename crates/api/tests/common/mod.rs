@@ -127,6 +127,11 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The regional schema file the node was started with.
+    pub fn regional_schema_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("regional.sql")
+    }
+
     pub fn actor(&self) -> String {
         self.node.actor_id().to_string()
     }

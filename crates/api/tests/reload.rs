@@ -1,0 +1,62 @@
+//! `POST /v1/reload`: an additive schema change applies; a non-additive one
+//! is refused with 400 naming the table, and the running schema still works.
+
+mod common;
+
+use common::{start, REGIONAL_SCHEMA};
+use serde_json::json;
+
+#[tokio::test]
+async fn an_added_column_is_usable_after_reload() {
+    let s = start().await;
+    let added = REGIONAL_SCHEMA.replace("v);", "v, note TEXT);");
+    assert_ne!(added, REGIONAL_SCHEMA);
+    std::fs::write(s.regional_schema_path(), added).unwrap();
+    let r = s.post_raw("/v1/reload", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"reloaded": true}));
+    s.exec(json!(["INSERT INTO vals (k, v, note) VALUES (1, 2, 'hi')"]))
+        .await;
+    assert_eq!(
+        s.rows(json!("SELECT note FROM vals")).await,
+        vec![json!(["hi"])]
+    );
+    // `{}` works as a body too, and reloading the same files is a no-op.
+    let r = s.post_json("/v1/reload", &json!({})).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_non_additive_change_is_refused_and_nothing_changes() {
+    let s = start().await;
+    // Dropping column `v` of `vals` is not additive.
+    let dropped = REGIONAL_SCHEMA.replace(
+        "(k INTEGER PRIMARY KEY NOT NULL, v)",
+        "(k INTEGER PRIMARY KEY NOT NULL)",
+    );
+    assert_ne!(dropped, REGIONAL_SCHEMA);
+    std::fs::write(s.regional_schema_path(), dropped).unwrap();
+    let r = s.post_raw("/v1/reload", "").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let error = r.error();
+    assert!(error.contains("vals"), "names the table: {error}");
+    assert!(error.contains("nothing was changed"), "{error}");
+    assert!(
+        error.contains("column was removed"),
+        "names the rule: {error}"
+    );
+    s.exec(json!(["INSERT INTO vals (k, v) VALUES (1, 2)"]))
+        .await;
+    assert_eq!(
+        s.rows(json!("SELECT k, v FROM vals")).await,
+        vec![json!([1, 2])]
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused() {
+    let s = start().await;
+    assert_eq!(s.post_raw("/v1/reload", "[1]").await.status, 400);
+    assert_eq!(s.post_raw("/v1/reload", "{").await.status, 400);
+    assert_eq!(s.get("/v1/reload").await.status, 405);
+}

@@ -1,0 +1,111 @@
+//! The real binary in tests: start `patina agent` on a config in a temp
+//! dir, wait for its "API listening" line, SIGKILL it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_patina");
+pub const SCHEMA: &str =
+    "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, n INTEGER);";
+
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Agent {
+    /// Starts the agent and waits (bounded) for its "API listening" log line.
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(["agent", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn patina agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("API listening").nth(1) {
+                    let addr = rest
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("");
+                    let _ = tx.send(Ok(addr.to_owned()));
+                } else if line.contains("ERROR") || line.starts_with("error:") {
+                    let _ = tx.send(Err(line));
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => Agent { child, addr },
+            Ok(Err(line)) => panic!("agent failed to start: {line}"),
+            Err(_) => panic!("agent did not report its API address within 30 s"),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr).unwrap()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn setup(dir: &Path) -> PathBuf {
+    setup_on(dir, "127.0.0.1:0")
+}
+
+/// As [`setup`], with the API on `api_addr` (a fixed port survives restarts).
+pub fn setup_on(dir: &Path, api_addr: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::write(dir.join("schema/machines.sql"), SCHEMA).unwrap();
+    let config = dir.join("patina.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nregion = \"test\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n[api]\naddr = {:?}\n[gossip]\naddr = \"127.0.0.1:0\"\n",
+            dir.join("data"),
+            dir.join("schema"),
+            api_addr,
+        ),
+    )
+    .unwrap();
+    config
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A port that was free a moment ago, for an API address that stays the
+/// same across restarts.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
