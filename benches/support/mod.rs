@@ -1,0 +1,188 @@
+//! What the HTTP benches share: a temp-dir config, the release `patina
+//! agent` as a child process, and /proc readers for the agent's RSS, CPU
+//! and open file descriptors. Each bench uses a subset.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_patina");
+pub const SCHEMA: &str =
+    "CREATE TABLE bench(id TEXT PRIMARY KEY NOT NULL, a INTEGER, b TEXT, c REAL, d BLOB);";
+/// Kernel clock ticks per second for /proc/<pid>/stat (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Writes the schema and a config (data in `dir/data`, API and gossip on
+/// 127.0.0.1, OS-chosen ports); returns the config's path.
+pub fn setup(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::write(dir.join("schema/bench.sql"), SCHEMA).unwrap();
+    let config = dir.join("patina.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nregion = \"bench\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n\
+             [api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\n",
+            dir.join("data"),
+            dir.join("schema")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    stopped: bool,
+}
+
+impl Agent {
+    /// Starts the agent and waits (bounded) for its "API listening" line.
+    /// The stderr reader keeps draining the pipe for the agent's lifetime.
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(["agent", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn patina agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("API listening").nth(1) {
+                    let addr = rest
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("");
+                    let _ = tx.send(Ok(addr.to_owned()));
+                } else if line.contains("ERROR") || line.starts_with("error:") {
+                    let _ = tx.send(Err(line));
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            addr: String::new(),
+            stopped: false,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) if addr.starts_with("127.0.0.1:") => agent.addr = addr,
+            Ok(Ok(addr)) => panic!("agent listens on {addr:?}, not on 127.0.0.1"),
+            Ok(Err(line)) => panic!("agent failed to start: {line}"),
+            Err(_) => panic!("agent did not report its API address within 30 s"),
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait up to 30 s for a clean exit (SIGKILL after that).
+    pub fn terminate(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait().expect("wait for the agent") {
+                Some(status) => {
+                    assert!(status.success(), "agent exited with {status} after SIGTERM");
+                    break;
+                }
+                None if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("agent did not stop within 30 s of SIGTERM");
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        self.stopped = true;
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open file descriptors of a process (entries of /proc/<pid>/fd).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15.
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(14) + ticks(15)) as f64 / USER_HZ
+}
+
+/// Polls VmRSS every 50 ms until stopped; returns the largest seen (MiB).
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut max = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(proc_status_kib(pid, "VmRSS").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            max as f64 / 1024.0
+        });
+        RssSampler { stop, handle }
+    }
+
+    pub fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
