@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent::{Node, NodeOptions};
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::{self, Config};
@@ -72,7 +72,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(api::serve_router(listener, router, wait(stopped.clone())));
         tracing::info!(%addr, "metrics listening");
     }
-    tokio::spawn(handle_signals(node.clone(), stop));
+    // Handlers are installed before the node says it is ready: a SIGTERM
+    // right after READY must stop it cleanly, not kill it.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    tokio::spawn(handle_signals(node.clone(), signals, stop));
     tracing::info!(addr = %api_addr, "API listening");
     notify_systemd("READY=1");
 
@@ -95,21 +98,29 @@ async fn wait(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files.
-async fn handle_signals(node: Node, stop: watch::Sender<bool>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
-        return;
-    };
+async fn handle_signals(node: Node, mut signals: Signals, stop: watch::Sender<bool>) {
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
                 notify_systemd("RELOADING=1");
                 match node.reload_schema().await {
                     Ok(()) => tracing::info!("schema files reloaded"),
