@@ -42,7 +42,7 @@ const WORKERS: usize = 4;
 const WORKER_QUEUE_MAX: usize = 4096;
 /// Events buffered per attached subscriber; one that falls further behind
 /// gets an error event and is disconnected.
-pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 1024;
+pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 128;
 /// Subscriptions one node keeps (each holds a file and its result in memory).
 const SUBSCRIPTIONS_MAX: usize = 10_000;
 

@@ -52,6 +52,24 @@ pub(crate) fn path_of(dir: &Path, id: &str) -> PathBuf {
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // A node holds one store connection per subscription (thousands), and
+    // SQLite gives every connection a ~120 KiB lookaside allocator by
+    // default; these connections write small batches and do not need it.
+    // SAFETY: `handle()` is this open connection's pointer; LOOKASIDE with
+    // a null buffer and zero sizes disables it, and the call happens before
+    // the connection is used, as SQLite requires.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not disable lookaside on a subscription store");
+    }
     // WAL + NORMAL: a commit survives a crash of the process (kill -9)
     // without an fsync per batch; a power loss may lose the last batches.
     conn.pragma_update(None, "journal_mode", "WAL")?;
