@@ -3,12 +3,14 @@
 //! and open file descriptors. Each bench uses a subset.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../../tests/support/spawn.rs"]
+mod spawn;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_patina");
 pub const SCHEMA: &str =
@@ -43,47 +45,17 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" line.
-    /// The stderr reader keeps draining the pipe for the agent's lifetime.
     pub fn start(config: &Path) -> Agent {
-        let mut child = Command::new(BIN)
-            .args(["agent", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn patina agent");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("API listening").nth(1) {
-                    let addr = rest
-                        .split("addr=")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("");
-                    let _ = tx.send(Ok(addr.to_owned()));
-                } else if line.contains("ERROR") || line.starts_with("error:") {
-                    let _ = tx.send(Err(line));
-                }
-            }
-        });
-        let mut agent = Agent {
+        let (child, addr) = spawn::spawn_agent(BIN, config);
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "agent listens on {addr:?}, not on 127.0.0.1"
+        );
+        Agent {
             child,
-            addr: String::new(),
+            addr,
             stopped: false,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) if addr.starts_with("127.0.0.1:") => agent.addr = addr,
-            Ok(Ok(addr)) => panic!("agent listens on {addr:?}, not on 127.0.0.1"),
-            Ok(Err(line)) => panic!("agent failed to start: {line}"),
-            Err(_) => panic!("agent did not report its API address within 30 s"),
         }
-        agent
     }
 
     pub fn pid(&self) -> u32 {

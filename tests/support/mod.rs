@@ -3,13 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Child;
 
 use client::Client;
+
+#[path = "spawn.rs"]
+mod spawn;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_patina");
 pub const SCHEMA: &str =
@@ -23,38 +23,8 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" log line.
     pub fn start(config: &Path) -> Agent {
-        let mut child = Command::new(BIN)
-            .args(["agent", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn patina agent");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("API listening").nth(1) {
-                    let addr = rest
-                        .split("addr=")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("");
-                    let _ = tx.send(Ok(addr.to_owned()));
-                } else if line.contains("ERROR") || line.starts_with("error:") {
-                    let _ = tx.send(Err(line));
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => Agent { child, addr },
-            Ok(Err(line)) => panic!("agent failed to start: {line}"),
-            Err(_) => panic!("agent did not report its API address within 30 s"),
-        }
+        let (child, addr) = spawn::spawn_agent(BIN, config);
+        Agent { child, addr }
     }
 
     pub fn client(&self) -> Client {
