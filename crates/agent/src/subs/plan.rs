@@ -246,7 +246,11 @@ pub(crate) fn run(conn: &Connection, st: &Statement) -> rusqlite::Result<Vec<Vec
 fn run_sql(conn: &Connection, sql: &str, st: &Statement) -> rusqlite::Result<Vec<Vec<Value>>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let width = stmt.column_count();
-    let mut rows = with_params!(st, |p| stmt.query(p))?;
+    let rows = with_params!(st, |p| stmt.query(p))?;
+    collect(rows, width)
+}
+
+fn collect(mut rows: rusqlite::Rows<'_>, width: usize) -> rusqlite::Result<Vec<Vec<Value>>> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(
@@ -315,16 +319,8 @@ pub(crate) fn run_restricted(
             stmt.raw_bind_parameter(index, json)?;
         }
         let width = stmt.column_count();
-        let mut rows = stmt.raw_query();
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(
-                (0..width)
-                    .map(|i| row.get::<_, Value>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-            );
-        }
-        Ok(out)
+        let rows = stmt.raw_query();
+        collect(rows, width)
     })())
 }
 
