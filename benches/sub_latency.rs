@@ -154,6 +154,12 @@ fn main() {
         // Settle, then the agent's footprint with every stream open.
         local.run_until(tokio::time::sleep(Duration::from_secs(1))).await;
         let rss_open = proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+        // Where the resident memory is: heap (anon), mapped files, shared
+        // memory (SQLite's WAL-index maps of the subscription stores).
+        let rss_parts: Vec<(&str, f64)> = ["RssAnon", "RssFile", "RssShmem"]
+            .iter()
+            .map(|k| (*k, proc_status_kib(pid, k).unwrap_or(0) as f64 / 1024.0))
+            .collect();
         let fds_open = open_fds(pid);
         let threads = proc_status_kib(pid, "Threads").unwrap_or(0);
         let sub_files = std::fs::read_dir(dir.path().join("data/subs"))
@@ -203,6 +209,10 @@ fn main() {
             "open_client_cpu_cores": round2(open_client_cores),
             "rss_before_subs_mib": round2(rss_before),
             "rss_with_subs_mib": round2(rss_open),
+            "rss_with_subs_parts_mib": rss_parts
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(round2(*v))))
+                .collect::<serde_json::Map<_, _>>(),
             "fds_before_subs": fds_before,
             "fds_with_subs": fds_open,
             "agent_threads": threads,
