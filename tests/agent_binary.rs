@@ -87,18 +87,7 @@ fn acknowledged_writes_survive_sigkill() {
 fn exec_and_query_commands_talk_to_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&setup(dir.path()));
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["--api", &agent.addr])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| agent.cli(args);
     let (ok, stdout, stderr) = run(&[
         "exec",
         "INSERT INTO machines VALUES ('m1', 'web', 1)",

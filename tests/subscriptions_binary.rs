@@ -63,16 +63,7 @@ impl Drop for SubProcess {
 }
 
 fn patina(agent: &Agent, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--api", &agent.addr])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    agent.cli(args)
 }
 
 fn exec(agent: &Agent, sql: &str) {

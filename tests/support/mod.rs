@@ -27,6 +27,20 @@ impl Agent {
         Agent { child, addr }
     }
 
+    /// Runs `patina ARGS --api <this agent>`: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .args(["--api", &self.addr])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.addr).unwrap()
     }

@@ -230,15 +230,7 @@ impl Client {
         let resp = self.post("/v1/queries", &statement.to_json()).await?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let json = read_json(resp).await?;
-            return Err(ClientError::Api {
-                status,
-                message: json
-                    .get("error")
-                    .and_then(Json::as_str)
-                    .unwrap_or("no error message")
-                    .to_owned(),
-            });
+            return Err(api_error(status, &read_json(resp).await?));
         }
         let mut lines = Lines::new(resp);
         let first = lines
