@@ -1,0 +1,54 @@
+//! `wire`: every byte layout Patina puts on the network.
+//!
+//! Messages ([`Message`] in an [`Envelope`] that names the sender's cluster)
+//! travel as length-prefixed stream frames; SWIM packets travel as
+//! [`Datagram`]s tagged with the cluster name. Both carry [`WIRE_VERSION`].
+//! [`chunk_changes`] cuts a transaction into chunks of at most
+//! [`CHUNK_BYTES_TARGET`] bytes. Decoders return [`WireError`], never panic.
+//!
+//! ```
+//! use wire::*;
+//! let cluster = ClusterName::new("ams")?;
+//! let env = Envelope { cluster, from: ActorId::random(), message: Message::SummaryRequest };
+//! let bytes = encode_frame(&env)?;
+//! let len = frame_body_len(bytes[..4].try_into().unwrap())?;
+//! assert_eq!(decode_frame_body(&bytes[4..4 + len])?, env);
+//! # Ok::<(), WireError>(())
+//! ```
+
+mod chunk;
+mod codec;
+mod message;
+
+pub use chunk::{change_bytes_max, chunk_changes, CHUNK_BYTES_TARGET};
+pub use codec::{
+    datagram_overhead, decode_datagram, decode_frame_body, decode_value, encode_datagram,
+    encode_frame, encode_value, frame_body_len, Datagram, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    WIRE_VERSION,
+};
+pub use message::{
+    ActorId, ActorSummary, ChangeChunk, ClusterName, DbKind, Envelope, Message, Need, NodeIdentity,
+    PartialVersion, Span, Summary, WireChange, CLUSTER_NAME_BYTES_MAX,
+};
+
+/// Why bytes could not be encoded or decoded. None of these changes any
+/// state; the receiver drops the frame (or stream) and counts it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("wire version {0} is not supported (this build speaks {WIRE_VERSION}); upgrade the older node")]
+    Version(u8),
+    #[error("frame of {0} bytes exceeds the {FRAME_BYTES_MAX}-byte limit")]
+    FrameTooLarge(usize),
+    #[error("message ends early")]
+    Truncated,
+    #[error("{0} bytes after the end of the message")]
+    TrailingBytes(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+    #[error("cluster names are 1 to {CLUSTER_NAME_BYTES_MAX} bytes, got {0}")]
+    ClusterName(usize),
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}

@@ -1,0 +1,246 @@
+//! The messages nodes exchange. Every stream frame and every datagram is
+//! wrapped with the sender's cluster name ([`Envelope`], [`crate::Datagram`]);
+//! what travels inside is one of these.
+
+use std::net::SocketAddr;
+
+use crr::{SiteId, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// A node's actor id: its site id in both databases.
+pub type ActorId = SiteId;
+
+/// Cluster names are region names or `global`; short by configuration.
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
+
+/// The name of the cluster a message belongs to: a region, or `global`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterName(String);
+
+impl ClusterName {
+    pub fn new(name: impl Into<String>) -> Result<ClusterName, WireError> {
+        let name = name.into();
+        if name.is_empty() || name.len() > CLUSTER_NAME_BYTES_MAX {
+            return Err(WireError::ClusterName(name.len()));
+        }
+        Ok(ClusterName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClusterName {
+    type Error = WireError;
+    fn try_from(s: String) -> Result<Self, WireError> {
+        ClusterName::new(s)
+    }
+}
+
+impl From<ClusterName> for String {
+    fn from(c: ClusterName) -> String {
+        c.0
+    }
+}
+
+impl std::fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which of a node's two databases a change belongs to. The regional
+/// transport carries both; the global transport only `Global`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DbKind {
+    Regional,
+    Global,
+}
+
+/// Who a node is in SWIM: foca's identity. A restarted node keeps its actor
+/// id and address and bumps `generation`, so peers tell the new incarnation
+/// from the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub actor: ActorId,
+    pub addr: SocketAddr,
+    pub cluster: ClusterName,
+    pub generation: u64,
+}
+
+/// An inclusive range `start..=end` of versions or of seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Span {
+    pub fn new(start: u64, end: u64) -> Span {
+        debug_assert!(start <= end, "span {start}..={end}");
+        Span { start, end }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, n: u64) -> bool {
+        self.start <= n && n <= self.end
+    }
+}
+
+/// One change of a chunk. Its site id and db_version are the chunk's
+/// (`actor`, `version`), so they are not repeated per change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireChange {
+    pub table: String,
+    pub pk: Vec<u8>,
+    pub cid: String,
+    pub val: Value,
+    pub col_version: i64,
+    pub cl: i64,
+    pub seq: i64,
+}
+
+/// Part of one transaction of one actor: the changes whose seq lies in
+/// `seqs`. A transaction's chunks cover `0..=last_seq`; a receiver buffers
+/// chunks until they do and then applies the transaction whole.
+///
+/// A chunk covers its whole seq span even where it carries no change for
+/// some seq: the sender no longer has those entries (later writes replaced
+/// them, and the receiver gets those writes as their own versions). A
+/// version with nothing left is one chunk `seqs = 0..=0, last_seq = 0` with
+/// no changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeChunk {
+    pub db: DbKind,
+    pub actor: ActorId,
+    pub version: u64,
+    pub seqs: Span,
+    pub last_seq: u64,
+    pub changes: Vec<WireChange>,
+}
+
+impl ChangeChunk {
+    /// Is this chunk the whole transaction?
+    pub fn is_complete(&self) -> bool {
+        self.seqs.start == 0 && self.seqs.end >= self.last_seq
+    }
+
+    /// The chunk's changes as `crr` changes (site id and db_version filled
+    /// in from the chunk).
+    pub fn to_changes(&self) -> Vec<crr::Change> {
+        self.changes
+            .iter()
+            .map(|c| crr::Change {
+                table: c.table.clone(),
+                pk: c.pk.clone(),
+                cid: c.cid.clone(),
+                val: c.val.clone(),
+                col_version: c.col_version,
+                db_version: self.version as i64,
+                site_id: self.actor,
+                cl: c.cl,
+                seq: c.seq,
+            })
+            .collect()
+    }
+
+    /// Checks what a decoder cannot: the spans are ordered, every change
+    /// lies inside `seqs`, and `seqs` inside `0..=last_seq`.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let bad = |why: &str| Err(WireError::Invalid(format!("chunk: {why}")));
+        if self.version == 0 {
+            return bad("version 0 does not exist (versions start at 1)");
+        }
+        if self.seqs.start > self.seqs.end || self.seqs.end > self.last_seq {
+            return bad("seq span out of order or past last_seq");
+        }
+        if self
+            .changes
+            .iter()
+            .any(|c| c.seq < 0 || !self.seqs.contains(c.seq as u64))
+        {
+            return bad("a change's seq lies outside the chunk's span");
+        }
+        Ok(())
+    }
+}
+
+/// What one node holds of one actor's versions in one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorSummary {
+    pub db: DbKind,
+    pub actor: ActorId,
+    /// Versions applied whole (including versions with nothing left),
+    /// ascending, disjoint, not adjacent.
+    pub applied: Vec<Span>,
+    /// Versions of which only some seqs are buffered.
+    pub partial: Vec<PartialVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialVersion {
+    pub version: u64,
+    pub last_seq: u64,
+    /// The seq spans buffered, ascending, disjoint.
+    pub have: Vec<Span>,
+}
+
+/// A node's compact statement of what it holds. Summaries may be
+/// truncated (fewer spans than the node holds); a truncated summary only
+/// under-claims, which costs a redundant transfer, never a lost one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub actors: Vec<ActorSummary>,
+}
+
+/// One thing a node asks a peer for during sync.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Need {
+    /// Whole versions.
+    Versions {
+        db: DbKind,
+        actor: ActorId,
+        versions: Span,
+    },
+    /// The missing seqs of one partially received version.
+    Seqs {
+        db: DbKind,
+        actor: ActorId,
+        version: u64,
+        seqs: Vec<Span>,
+    },
+}
+
+/// What travels in a QUIC stream frame.
+///
+/// Broadcast: a unidirectional stream of `Changes` frames.
+/// Sync: the requester opens a bidirectional stream and sends
+/// `SummaryRequest`; the peer answers `Summary`; the requester sends
+/// `Pull`; the peer answers with `Changes` frames and a final `PullDone`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Changes(ChangeChunk),
+    SummaryRequest,
+    Summary(Summary),
+    Pull(Vec<Need>),
+    PullDone,
+}
+
+/// A stream frame: the sender's cluster and the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub cluster: ClusterName,
+    pub from: ActorId,
+    pub message: Message,
+}
