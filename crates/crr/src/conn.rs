@@ -366,13 +366,37 @@ impl CrrConn {
     /// order. Idempotent. A malformed change fails the whole batch: nothing
     /// of it is applied.
     pub fn apply_changes(&mut self, batch: &[Change]) -> Result<MergeReport> {
+        self.apply_changes_with(batch, |_| Ok(()))
+            .map(|(report, ())| report)
+    }
+
+    /// Merges `batch` as [`apply_changes`](Self::apply_changes) does, then
+    /// runs `also` on the connection in the same SQLite transaction, so the
+    /// caller's record of what it merged (replication bookkeeping) commits
+    /// or rolls back with the merge. `also` must not write CRR tables.
+    pub fn apply_changes_with<T>(
+        &mut self,
+        batch: &[Change],
+        also: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<(MergeReport, T)> {
         self.in_write_tx(|me| {
             me.capture.set_mode(Mode::Merging);
             let result = merge::check(&me.conn, &me.tables, &me.by_name, &mut me.sites, batch)
                 .and_then(|checked| merge::merge(&me.conn, &me.tables, &mut me.sites, &checked));
             me.capture.set_mode(Mode::Idle);
-            result
+            let report = result?;
+            Ok((report, also(&me.conn)?))
         })
+    }
+
+    /// Whether this database has CRR table `table` with replicated column
+    /// `cid` (or `cid` is the sentinel): a change for anything else cannot
+    /// be merged yet (its schema has not arrived here).
+    pub fn knows_column(&self, table: &str, cid: &str) -> bool {
+        let Some(t) = self.by_name.get(table).and_then(|id| self.tables.get(id)) else {
+            return false;
+        };
+        cid == crate::SENTINEL || t.info.columns.iter().any(|c| c.name == cid)
     }
 }
 

@@ -689,3 +689,34 @@ fn changes_since_beyond_i64_max_is_empty() {
         assert_eq!(n, 0, "changes_since({since}) returned {n} changes");
     }
 }
+
+/// The caller's bookkeeping and the merge share one transaction: when the
+/// bookkeeping write fails, the merged changes are rolled back too, and
+/// when it succeeds both are there.
+#[test]
+fn apply_changes_with_commits_or_rolls_back_with_the_caller_s_writes() {
+    let mut c = receiver();
+    c.connection()
+        .execute_batch("CREATE TABLE book(n INTEGER NOT NULL)")
+        .unwrap();
+    let before = snapshot(&c);
+    let err = c.apply_changes_with(source_changes(), |conn| {
+        conn.execute("INSERT INTO book VALUES (NULL)", [])
+    });
+    assert!(err.is_err(), "the NOT NULL violation fails the whole apply");
+    assert!(snapshot(&c) == before, "nothing of the merge stayed");
+    let (report, n) = c
+        .apply_changes_with(source_changes(), |conn| {
+            conn.execute("INSERT INTO book VALUES (1)", [])
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(!report.won.is_empty());
+    let booked: i64 = c
+        .connection()
+        .query_row("SELECT count(*) FROM book", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(booked, 1);
+    assert!(c.knows_column("t", "a") && c.knows_column("t", "-1"));
+    assert!(!c.knows_column("t", "nope") && !c.knows_column("nope", "a"));
+}

@@ -38,10 +38,32 @@ pub fn chunk_changes(
         .map(|c| c.seq.max(0) as u64)
         .max()
         .map_or(last_seq, |m| m.max(last_seq));
+    chunk_changes_in(
+        db,
+        actor,
+        version,
+        Span::new(0, last_seq),
+        last_seq,
+        changes,
+    )
+}
+
+/// Like [`chunk_changes`], for the part `cover` of a transaction (what a
+/// peer asked for): the chunks' spans tile `cover`; `changes` must lie in
+/// it, ordered by seq, and `last_seq >= cover.end`.
+pub fn chunk_changes_in(
+    db: DbKind,
+    actor: ActorId,
+    version: u64,
+    cover: Span,
+    last_seq: u64,
+    changes: &[Change],
+) -> Vec<ChangeChunk> {
+    debug_assert!(cover.end <= last_seq);
     let mut chunks = Vec::new();
     let mut current: Vec<WireChange> = Vec::new();
     let mut bytes = 0usize;
-    let mut start = 0u64;
+    let mut start = cover.start;
     for c in changes {
         debug_assert!(c.site_id == actor && c.db_version as u64 == version);
         let wc = WireChange {

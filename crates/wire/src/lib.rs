@@ -20,7 +20,7 @@ mod chunk;
 mod codec;
 mod message;
 
-pub use chunk::{change_bytes_max, chunk_changes, CHUNK_BYTES_TARGET};
+pub use chunk::{change_bytes_max, chunk_changes, chunk_changes_in, CHUNK_BYTES_TARGET};
 pub use codec::{
     datagram_overhead, decode_datagram, decode_frame_body, decode_value, encode_datagram,
     encode_frame, encode_value, frame_body_len, Datagram, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
