@@ -1,0 +1,5 @@
+//! The cluster protocol core, sans-I/O (see `docs/replication.md`).
+
+mod ranges;
+
+pub use ranges::RangeSet;
