@@ -188,6 +188,19 @@ impl RangeSet {
     }
 }
 
+/// Cuts `span` into consecutive pieces of at most `len_max` numbers
+/// (`len_max` 0 counts as 1).
+pub fn pieces(span: Span, len_max: u64) -> impl Iterator<Item = Span> {
+    let step = len_max.max(1) - 1;
+    let mut next = Some(span.start);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let end = start.saturating_add(step).min(span.end);
+        next = end.checked_add(1).filter(|&n| n <= span.end);
+        Some(Span::new(start, end))
+    })
+}
+
 impl FromIterator<Span> for RangeSet {
     fn from_iter<I: IntoIterator<Item = Span>>(iter: I) -> RangeSet {
         RangeSet::from_spans(iter)
@@ -313,6 +326,17 @@ mod tests {
             gaps.iter().collect::<Vec<_>>(),
             vec![Span::new(5, u64::MAX - 2)]
         );
+    }
+
+    #[test]
+    fn pieces_tile_the_span() {
+        let cut: Vec<Span> = pieces(Span::new(3, 10), 3).collect();
+        assert_eq!(
+            cut,
+            vec![Span::new(3, 5), Span::new(6, 8), Span::new(9, 10)]
+        );
+        let top: Vec<Span> = pieces(Span::new(u64::MAX - 1, u64::MAX), 0).collect();
+        assert_eq!(top.len(), 2);
     }
 
     #[test]
