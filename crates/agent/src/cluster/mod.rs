@@ -8,6 +8,8 @@ mod bookie;
 mod broadcast;
 mod planner;
 mod ranges;
+#[cfg(test)]
+mod sim;
 
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
 pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
