@@ -6,6 +6,7 @@
 //! the writers the same way local ones are applied.
 
 mod classify;
+pub mod cluster;
 mod datadir;
 mod error;
 mod node;
