@@ -5,12 +5,14 @@
 //! [`Node::subscribe_changesets`], and remote changesets will enter through
 //! the writers the same way local ones are applied.
 
+mod bookstore;
 mod classify;
 pub mod cluster;
 mod datadir;
 mod error;
 mod node;
 mod reader;
+mod remote;
 mod schema_files;
 mod statement;
 mod subs;
@@ -20,6 +22,7 @@ pub use crr::{SiteId, Value};
 pub use error::{AgentError, QueryError, TxError};
 pub use node::{Changeset, Db, Node, NodeOptions, RowChange};
 pub use reader::{QueryStream, RowEvent};
+pub use remote::RemoteOutcome;
 pub use statement::{Params, Statement};
 pub use subs::{
     new_id as new_subscription_id, Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream,

@@ -10,13 +10,15 @@ use crr::{Change, CrrConn, SiteId};
 use tokio::sync::{broadcast, watch};
 
 use crate::classify::{Classifier, Writes};
+use crate::cluster::Bookkeeper;
 use crate::datadir::DataDir;
 use crate::error::{AgentError, QueryError, TxError};
 use crate::reader::{open_reader, QueryStream, ReadPool};
+use crate::remote::RemoteOutcome;
 use crate::schema_files;
 use crate::statement::Statement;
 use crate::subs::{Attach, SubError, SubStream, Subscriptions};
-use crate::writer::{TxOutcome, Writer};
+use crate::writer::{Origin, TxOutcome, Writer};
 
 /// Committed changesets buffered for slow seam listeners; a listener that
 /// falls further behind misses some (and sync, later, re-fetches them).
@@ -103,8 +105,6 @@ struct Inner {
     classifier: Mutex<Classifier>,
     changesets: broadcast::Sender<Changeset>,
     subs: Subscriptions,
-    /// Highest version seen per (db, actor); bumped after every commit.
-    applied: watch::Sender<HashMap<(Db, SiteId), u64>>,
 }
 
 impl Node {
@@ -133,18 +133,14 @@ impl Node {
             source,
         })?;
         let subs_dispatch = subs.dispatch();
-        let applied = watch::Sender::new(initial_versions(&regional, &global));
         let writer = |conn: CrrConn, db: Db| {
             let changesets = changesets.clone();
-            let applied = applied.clone();
             let subs = Arc::clone(&subs_dispatch);
-            Writer::spawn(conn, db, move |cs: Changeset| {
+            Writer::spawn(conn, db, move |cs: Changeset, origin: Origin| {
                 subs.on_commit(&cs);
-                applied.send_modify(|m| {
-                    let v = m.entry((cs.db, cs.actor)).or_default();
-                    *v = (*v).max(cs.version);
-                });
-                let _ = changesets.send(cs);
+                if origin == Origin::Local {
+                    let _ = changesets.send(cs);
+                }
             })
             .map_err(|source| AgentError::DataDir {
                 path: options.data_dir.clone(),
@@ -174,7 +170,6 @@ impl Node {
                 classifier: Mutex::new(classifier),
                 changesets,
                 subs,
-                applied,
             }),
         })
     }
@@ -271,6 +266,9 @@ impl Node {
         .await?;
         self.on_writer(Db::Global, global_sql, |conn, sql| conn.apply_schema(&sql))
             .await?;
+        // Versions that arrived before their tables or columns may apply now.
+        self.inner.regional.retry_parked().await;
+        self.inner.global.retry_parked().await;
         self.inner
             .classifier
             .lock()
@@ -285,11 +283,7 @@ impl Node {
         sql: String,
         f: fn(&mut CrrConn, String) -> crr::Result<()>,
     ) -> Result<(), AgentError> {
-        let writer = match db {
-            Db::Regional => &self.inner.regional,
-            Db::Global => &self.inner.global,
-        };
-        writer
+        self.writer(db)
             .with(move |conn| f(conn, sql))
             .await
             .ok_or(AgentError::ShuttingDown)?
@@ -329,11 +323,11 @@ impl Node {
     /// Whether this node has applied `version` of `actor` in `db` (each
     /// database numbers its versions separately).
     pub fn has_applied(&self, db: Db, actor: SiteId, version: u64) -> bool {
-        self.inner
-            .applied
+        let bookie = self.writer(db).bookkeeping();
+        let applied = bookie
             .borrow()
-            .get(&(db, actor))
-            .is_some_and(|v| *v >= version)
+            .holds(crate::remote::kind(db), actor, version);
+        applied
     }
 
     /// Waits until [`has_applied`](Self::has_applied), up to `timeout`.
@@ -344,12 +338,53 @@ impl Node {
         version: u64,
         timeout: Duration,
     ) -> bool {
-        let mut rx = self.inner.applied.subscribe();
-        let done =
-            |m: &HashMap<(Db, SiteId), u64>| m.get(&(db, actor)).is_some_and(|v| *v >= version);
+        let mut rx = self.writer(db).bookkeeping();
+        let kind = crate::remote::kind(db);
+        let done = |b: &Arc<Bookkeeper>| b.holds(kind, actor, version);
         tokio::time::timeout(timeout, rx.wait_for(done))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    fn writer(&self, db: Db) -> &Writer {
+        match db {
+            Db::Regional => &self.inner.regional,
+            Db::Global => &self.inner.global,
+        }
+    }
+
+    /// Merges chunks peers sent into `db`.
+    pub async fn apply_remote(
+        &self,
+        db: Db,
+        chunks: Vec<Arc<wire::ChangeChunk>>,
+    ) -> Result<RemoteOutcome, AgentError> {
+        self.writer(db)
+            .apply_remote(chunks)
+            .await
+            .ok_or(AgentError::ShuttingDown)
+    }
+
+    /// Reads (part of) what a peer asked for from `db`; returns the chunks
+    /// and what is left of the need.
+    pub async fn serve(
+        &self,
+        db: Db,
+        need: wire::Need,
+    ) -> Result<(Vec<wire::ChangeChunk>, Option<wire::Need>), AgentError> {
+        self.writer(db)
+            .serve(need)
+            .await
+            .ok_or(AgentError::ShuttingDown)?
+            .map_err(|source| AgentError::Database {
+                db: db.name(),
+                source,
+            })
+    }
+
+    /// `db`'s bookkeeping, updated after every commit and merge.
+    pub fn bookkeeping(&self, db: Db) -> watch::Receiver<Arc<Bookkeeper>> {
+        self.writer(db).bookkeeping()
     }
 }
 
@@ -381,14 +416,4 @@ fn apply_schemas(
     };
     apply(Db::Regional, regional, regional_sql)?;
     apply(Db::Global, global, global_sql)
-}
-
-fn initial_versions(regional: &CrrConn, global: &CrrConn) -> HashMap<(Db, SiteId), u64> {
-    let mut m = HashMap::new();
-    for (db, conn) in [(Db::Regional, regional), (Db::Global, global)] {
-        for (site, v) in conn.site_versions() {
-            m.insert((db, site), v);
-        }
-    }
-    m
 }

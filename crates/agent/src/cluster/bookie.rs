@@ -135,6 +135,22 @@ impl Bookkeeper {
         self.own
     }
 
+    /// Whether `version` of `actor` in `db` is applied here.
+    pub fn holds(&self, db: DbKind, actor: ActorId, version: u64) -> bool {
+        self.books
+            .get(&(db, actor))
+            .is_some_and(|b| b.applied.contains(version))
+    }
+
+    /// Takes in another bookkeeper's books of databases this one has no
+    /// books of (a node keeps one bookkeeper per database; a cluster that
+    /// carries both plans over their union).
+    pub fn absorb(&mut self, other: &Bookkeeper) {
+        for (key, book) in &other.books {
+            self.books.entry(*key).or_insert_with(|| book.clone());
+        }
+    }
+
     /// The node's own versions are `1..=version` (its db_version); they are
     /// not persisted as bookkeeping.
     pub fn set_own_version(&mut self, db: DbKind, version: u64) {

@@ -1,0 +1,215 @@
+//! Remote changes through the node's API, without a network: what one node
+//! serves, another applies. Incomplete transactions stay buffered (also
+//! across a restart) and apply whole; versions for a schema a node lacks are
+//! parked until it arrives and can still be relayed; relays serve other
+//! actors' versions; duplicates cost nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agent::{Db, Node, NodeOptions, QueryStream, RowEvent, Statement, Value};
+use wire::{ChangeChunk, DbKind, Need, Summary};
+
+const SCHEMA: &str =
+    "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT);";
+const SCHEMA_V2: &str =
+    "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, region TEXT);";
+
+fn options(dir: &Path, schema: &str) -> NodeOptions {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::write(dir.join("schema/machines.sql"), schema).unwrap();
+    NodeOptions {
+        region: "ams".into(),
+        global_member: false,
+        data_dir: dir.join("data"),
+        schema_paths: vec![dir.join("schema")],
+        global_schema_paths: vec![],
+    }
+}
+
+async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
+    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(event) = rows.recv().await {
+        match event {
+            RowEvent::Row(r) => out.push(r),
+            RowEvent::Error(e) => panic!("query failed: {e}"),
+        }
+    }
+    out
+}
+
+async fn exec(node: &Node, sql: &str) -> u64 {
+    node.transact(vec![Statement::new(sql)])
+        .await
+        .unwrap()
+        .version
+        .expect("a replicated change")
+}
+
+fn summary(node: &Node) -> Summary {
+    node.bookkeeping(Db::Regional).borrow().summary(4096)
+}
+
+/// Everything `from` serves of what `to` lacks, as chunks.
+async fn served(from: &Node, to: &Node) -> Vec<ChangeChunk> {
+    let needs = to
+        .bookkeeping(Db::Regional)
+        .borrow()
+        .needs(&summary(from), 10_000);
+    let mut chunks = Vec::new();
+    for need in needs {
+        let mut next = Some(need);
+        while let Some(n) = next.take() {
+            let (c, rest) = from.serve(Db::Regional, n).await.unwrap();
+            chunks.extend(c);
+            next = rest;
+        }
+    }
+    chunks
+}
+
+async fn apply(node: &Node, chunks: Vec<ChangeChunk>) -> agent::RemoteOutcome {
+    node.apply_remote(Db::Regional, chunks.into_iter().map(Arc::new).collect())
+        .await
+        .unwrap()
+}
+
+const ALL: &str = "SELECT id, app, state FROM machines ORDER BY id";
+
+#[tokio::test]
+async fn served_versions_apply_once_and_converge() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), SCHEMA)).unwrap();
+    let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+    exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started'), (2, 'db', 'created')",
+    )
+    .await;
+    exec(&a, "UPDATE machines SET state = 'stopped' WHERE id = 2").await;
+    let v3 = exec(&a, "DELETE FROM machines WHERE id = 1").await;
+    exec(&b, "INSERT INTO machines VALUES (3, 'api', 'started')").await;
+
+    let chunks = served(&a, &b).await;
+    assert_eq!(chunks.len(), 3, "one chunk per version");
+    let outcome = apply(&b, chunks.clone()).await;
+    assert_eq!((outcome.versions_applied, outcome.duplicates), (3, 0));
+    assert!(b.has_applied(Db::Regional, a.actor_id(), v3));
+    let again = apply(&b, chunks).await;
+    assert_eq!((again.versions_applied, again.duplicates), (0, 3));
+    assert!(served(&a, &b).await.is_empty(), "nothing left to pull");
+
+    apply(&a, served(&b, &a).await).await;
+    assert_eq!(rows(&a, ALL).await, rows(&b, ALL).await);
+    assert_eq!(rows(&a, ALL).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_chunked_transaction_applies_whole_also_across_a_restart() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), SCHEMA)).unwrap();
+    let v = exec(
+        &a,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO machines SELECT i, 'app-' || (i % 7), printf('%.60d', i) FROM n",
+    )
+    .await;
+    let chunks = {
+        let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+        served(&a, &b).await
+    };
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let (first, rest) = chunks.split_at(chunks.len() / 2);
+    {
+        let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+        // Last chunks first: order does not matter.
+        let mut reversed = first.to_vec();
+        reversed.reverse();
+        let outcome = apply(&b, reversed).await;
+        assert_eq!(outcome.versions_applied, 0);
+        assert!(
+            rows(&b, ALL).await.is_empty(),
+            "nothing visible before the transaction is whole"
+        );
+        let s = summary(&b);
+        assert_eq!(s.actors.iter().map(|a| a.partial.len()).sum::<usize>(), 1);
+    }
+    // Restarted: the buffered half is still there; only the rest is asked for.
+    let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+    let needs = b
+        .bookkeeping(Db::Regional)
+        .borrow()
+        .needs(&summary(&a), 10_000);
+    assert!(
+        matches!(needs.as_slice(), [Need::Seqs { version, .. }] if *version == v),
+        "{needs:?}"
+    );
+    let outcome = apply(&b, rest.to_vec()).await;
+    assert_eq!(outcome.versions_applied, 1);
+    assert!(b.has_applied(Db::Regional, a.actor_id(), v));
+    assert_eq!(rows(&b, ALL).await, rows(&a, ALL).await);
+    assert_eq!(rows(&b, ALL).await.len(), 3000);
+}
+
+#[tokio::test]
+async fn a_version_for_a_schema_not_here_yet_is_parked_relayed_and_applied_after_reload() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::open(options(dirs[0].path(), SCHEMA_V2)).unwrap();
+    let b = Node::open(options(dirs[1].path(), SCHEMA)).unwrap();
+    let c = Node::open(options(dirs[2].path(), SCHEMA_V2)).unwrap();
+    exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started', 'ams')",
+    )
+    .await;
+
+    let outcome = apply(&b, served(&a, &b).await).await;
+    assert_eq!((outcome.versions_parked, outcome.versions_applied), (1, 0));
+    assert!(rows(&b, ALL).await.is_empty(), "parked, not applied");
+    assert!(
+        served(&a, &b).await.is_empty(),
+        "a parked version is not asked for again"
+    );
+
+    // b relays what it parked to c, which has the new column.
+    let outcome = apply(&c, served(&b, &c).await).await;
+    assert_eq!(outcome.versions_applied, 1);
+    let with_region = "SELECT id, region FROM machines";
+    assert_eq!(rows(&c, with_region).await, rows(&a, with_region).await);
+
+    std::fs::write(dirs[1].path().join("schema/machines.sql"), SCHEMA_V2).unwrap();
+    b.reload_schema().await.unwrap();
+    assert_eq!(rows(&b, with_region).await, rows(&a, with_region).await);
+}
+
+#[tokio::test]
+async fn a_relay_serves_other_actors_versions_and_a_bad_chunk_costs_only_itself() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::open(options(dirs[0].path(), SCHEMA)).unwrap();
+    let b = Node::open(options(dirs[1].path(), SCHEMA)).unwrap();
+    let c = Node::open(options(dirs[2].path(), SCHEMA)).unwrap();
+    exec(&a, "INSERT INTO machines VALUES (1, 'web', 'started')").await;
+    exec(&a, "INSERT INTO machines VALUES (2, 'web', 'started')").await;
+    apply(&b, served(&a, &b).await).await;
+
+    let mut chunks = served(&b, &c).await;
+    assert_eq!(chunks.len(), 2);
+    // Corrupt the second version's pk: it is refused, the first applies.
+    chunks[1].changes[0].pk = vec![0xff];
+    let outcome = apply(&c, chunks).await;
+    assert_eq!((outcome.versions_applied, outcome.failed), (1, 1));
+    assert!(c.has_applied(Db::Regional, a.actor_id(), 1));
+    assert!(!c.has_applied(Db::Regional, a.actor_id(), 2));
+    // The refused version is asked for again and applies.
+    apply(&c, served(&b, &c).await).await;
+    assert_eq!(rows(&c, ALL).await, rows(&a, ALL).await);
+    assert_eq!(
+        summary(&c)
+            .actors
+            .iter()
+            .find(|s| s.actor == a.actor_id())
+            .map(|s| s.db),
+        Some(DbKind::Regional)
+    );
+}
