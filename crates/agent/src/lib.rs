@@ -8,11 +8,13 @@
 mod classify;
 mod datadir;
 mod error;
+pub mod membership;
 mod node;
 mod reader;
 mod schema_files;
 mod statement;
 mod subs;
+pub mod transport;
 mod writer;
 
 pub use crr::{SiteId, Value};
