@@ -249,6 +249,9 @@ struct PeerSlot {
 struct SlotState {
     conn: Option<quinn::Connection>,
     last_error: Option<String>,
+    /// `datagram_send_buffer_space()` of the fresh connection, i.e. with
+    /// nothing queued: [`Transport::flush_datagrams`] waits for it.
+    empty_datagram_space: usize,
 }
 
 #[derive(Debug)]
@@ -464,6 +467,35 @@ impl Transport {
         let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
     }
 
+    /// Waits until every cached connection has handed its queued datagrams
+    /// to the socket, or `timeout` passes. For a node about to close after
+    /// a last word (SWIM's leave): closing discards queued datagrams.
+    pub async fn flush_datagrams(&self, timeout: Duration) {
+        const POLL: Duration = Duration::from_millis(5);
+        let slots: Vec<Arc<PeerSlot>> = {
+            let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.values().cloned().collect()
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        for slot in slots {
+            let (conn, empty) = {
+                let state = slot.state.lock().await;
+                match &state.conn {
+                    Some(c) if c.close_reason().is_none() => {
+                        (c.clone(), state.empty_datagram_space)
+                    }
+                    _ => continue,
+                }
+            };
+            while conn.datagram_send_buffer_space() < empty && conn.close_reason().is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
     /// The live connection to `to`, dialing if there is none. Concurrent
     /// callers for one peer share one dial and its outcome.
     async fn connection(&self, to: SocketAddr) -> Result<quinn::Connection, TransportError> {
@@ -489,6 +521,7 @@ impl Transport {
             Ok(conn) => {
                 state.conn = Some(conn.clone());
                 state.last_error = None;
+                state.empty_datagram_space = conn.datagram_send_buffer_space();
             }
             Err(e) => {
                 state.conn = None;
