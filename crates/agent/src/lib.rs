@@ -10,12 +10,14 @@ mod classify;
 pub mod cluster;
 mod datadir;
 mod error;
+pub mod membership;
 mod node;
 mod reader;
 mod remote;
 mod schema_files;
 mod statement;
 mod subs;
+pub mod transport;
 mod writer;
 
 pub use crr::{SiteId, Value};
