@@ -1,0 +1,91 @@
+//! The broadcast task: owns the [`BroadcastQueue`], takes chunks to push,
+//! and sends what the queue hands out, a bounded number of sends at once.
+//! When peers are slow the queue fills and sheds its oldest sends (counted
+//! by the queue); sync re-fetches what was shed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, Semaphore};
+use wire::{ChangeChunk, Message};
+
+use super::{bump, ReplicatorConfig, Shared};
+use crate::cluster::BroadcastQueue;
+
+/// Pushes waiting for the broadcast task. Local commits wait when it is
+/// full; forwarded chunks are dropped (sync covers them).
+pub(super) const PUSH_QUEUE_MAX: usize = 1024;
+/// Batches of sends in flight at once (each batch: one stream per peer).
+const SEND_BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Sends taken from the queue per batch.
+const SENDS_PER_BATCH_MAX: usize = 64;
+
+pub(super) struct Push {
+    pub chunks: Vec<Arc<ChangeChunk>>,
+    /// The peer the chunks came from: not sent back to it.
+    pub exclude: Option<SocketAddr>,
+}
+
+pub(super) async fn run(
+    shared: Shared,
+    mut pushes: mpsc::Receiver<Push>,
+    config: ReplicatorConfig,
+) {
+    let mut queue: BroadcastQueue<SocketAddr> = BroadcastQueue::new(config.broadcast_queue.clone());
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let in_flight = Arc::new(Semaphore::new(SEND_BATCHES_IN_FLIGHT_MAX));
+    loop {
+        tokio::select! {
+            biased;
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                let peers = shared.peers();
+                queue.on_commit(push.chunks, push.exclude.as_ref(), &peers, &mut rng);
+            }
+            permit = Arc::clone(&in_flight).acquire_owned(), if !queue.is_empty() => {
+                let Ok(permit) = permit else { return };
+                let batch = take_batch(&mut queue);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    send_batch(&shared, batch).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+fn take_batch(queue: &mut BroadcastQueue<SocketAddr>) -> HashMap<SocketAddr, Vec<Message>> {
+    let mut by_peer: HashMap<SocketAddr, Vec<Message>> = HashMap::new();
+    for _ in 0..SENDS_PER_BATCH_MAX {
+        let Some((peer, chunk)) = queue.next() else {
+            break;
+        };
+        by_peer
+            .entry(peer)
+            .or_default()
+            .push(Message::Changes((*chunk).clone()));
+    }
+    by_peer
+}
+
+async fn send_batch(shared: &Shared, batch: HashMap<SocketAddr, Vec<Message>>) {
+    let mut sends = tokio::task::JoinSet::new();
+    for (peer, messages) in batch {
+        let shared = shared.clone();
+        sends.spawn(async move {
+            let n = messages.len() as u64;
+            match shared.transport.send_frames(peer, messages).await {
+                Ok(()) => bump(&shared.stats.broadcast_chunks_sent, n),
+                Err(e) => {
+                    bump(&shared.stats.broadcast_send_failures, n);
+                    tracing::debug!(%peer, error = %e, "broadcast send failed; sync will repair");
+                }
+            }
+        });
+    }
+    while sends.join_next().await.is_some() {}
+}

@@ -1,0 +1,256 @@
+//! Anti-entropy: periodic rounds that ask a few peers for their summaries,
+//! let the [`SyncPlanner`] decide what to pull from whom, and merge what
+//! arrives; and the serving side of those pulls.
+//!
+//! Pulled chunks are merged by the pulling task itself (not through the
+//! broadcast apply queue), so when a pull is done its versions are applied
+//! and the next round's plan sees them. They are not forwarded: every node
+//! runs its own rounds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::task::JoinSet;
+use wire::{ChangeChunk, Envelope, Message, Need, Summary};
+
+use super::{bump, record, ReplicatorConfig, Shared};
+use crate::cluster::{Bookkeeper, PlannerConfig, SyncPlanner, SUMMARY_SPANS_MAX};
+use crate::transport::{FrameReader, FrameWriter};
+
+/// Pulls served at once; more are refused (the puller retries next round).
+pub(super) const SERVING_PULLS_MAX: usize = 32;
+/// Needs read from one pull at most.
+const PULL_NEEDS_MAX: usize = 4096;
+/// A peer that sends nothing for this long is given up on for this round.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pulled chunks merged per writer job.
+const PULL_APPLY_CHUNKS_MAX: usize = 128;
+
+pub(super) async fn run(shared: Shared, config: ReplicatorConfig) {
+    let mut planner: SyncPlanner<SocketAddr> = SyncPlanner::new(PlannerConfig::default());
+    let mut rng = SmallRng::seed_from_u64(config.seed.rotate_left(17) ^ 0x5eed);
+    let mut tick = tokio::time::interval(config.sync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peers = shared.peers();
+        if peers.is_empty() {
+            continue;
+        }
+        let chosen = crate::cluster::choose_peers(&peers, config.sync_peers, &mut rng);
+        round(&shared, &mut planner, chosen).await;
+    }
+}
+
+type Opened = (SocketAddr, Summary, FrameWriter, FrameReader);
+
+async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Vec<SocketAddr>) {
+    bump(&shared.stats.sync_rounds, 1);
+    let mut asking = JoinSet::new();
+    for peer in peers {
+        let transport = shared.transport.clone();
+        asking.spawn(async move { (peer, ask_summary(&transport, peer).await) });
+    }
+    let mut opened: Vec<Opened> = Vec::new();
+    while let Some(Ok((peer, result))) = asking.join_next().await {
+        match result {
+            Ok((summary, w, r)) => opened.push((peer, summary, w, r)),
+            Err(e) => {
+                bump(&shared.stats.sync_failures, 1);
+                tracing::debug!(%peer, error = %e, "sync: no summary");
+            }
+        }
+    }
+    let summaries: Vec<(SocketAddr, Summary)> =
+        opened.iter().map(|(p, s, _, _)| (*p, s.clone())).collect();
+    let local = combined(shared);
+    let plan = planner.plan(Instant::now(), &local, &summaries);
+    let mut pulls = JoinSet::new();
+    for (peer, _, writer, reader) in opened {
+        let needs = plan
+            .iter()
+            .find(|(p, _)| *p == peer)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default();
+        if needs.is_empty() {
+            let _ = writer.finish();
+            continue;
+        }
+        let shared = shared.clone();
+        pulls.spawn(async move { (peer, pull(&shared, needs, writer, reader).await) });
+    }
+    while let Some(Ok((peer, result))) = pulls.join_next().await {
+        match result {
+            Ok(()) => planner.on_pull_done(&peer),
+            Err(e) => {
+                bump(&shared.stats.sync_failures, 1);
+                tracing::debug!(%peer, error = %e, "sync: pull failed");
+                planner.on_pull_failed(&peer);
+            }
+        }
+    }
+}
+
+/// Both databases' bookkeeping (of the databases this cluster carries).
+fn combined(shared: &Shared) -> Bookkeeper {
+    let mut dbs = shared.dbs.iter();
+    let first = dbs.next().copied().unwrap_or(crate::node::Db::Regional);
+    let mut all = (**shared.node.bookkeeping(first).borrow()).clone();
+    for &db in dbs {
+        all.absorb(&shared.node.bookkeeping(db).borrow());
+    }
+    all
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("peer sent nothing for {0:?}")]
+    Timeout(Duration),
+    #[error("peer closed the stream early")]
+    Closed,
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+async fn next_frame(reader: &mut FrameReader) -> Result<Envelope, SyncError> {
+    match tokio::time::timeout(FRAME_TIMEOUT, reader.next()).await {
+        Err(_) => Err(SyncError::Timeout(FRAME_TIMEOUT)),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) => Err(SyncError::Closed),
+        Ok(Ok(Some(env))) => Ok(env),
+    }
+}
+
+async fn ask_summary(
+    transport: &crate::transport::Transport,
+    peer: SocketAddr,
+) -> Result<(Summary, FrameWriter, FrameReader), SyncError> {
+    let (mut writer, mut reader) = transport.open_bi(peer).await?;
+    writer.send(Message::SummaryRequest).await?;
+    match next_frame(&mut reader).await?.message {
+        Message::Summary(s) => Ok((s, writer, reader)),
+        _ => Err(SyncError::Unexpected("expected a summary")),
+    }
+}
+
+async fn pull(
+    shared: &Shared,
+    needs: Vec<Need>,
+    mut writer: FrameWriter,
+    mut reader: FrameReader,
+) -> Result<(), SyncError> {
+    writer.send(Message::Pull(needs)).await?;
+    let mut pending: Vec<ChangeChunk> = Vec::new();
+    loop {
+        match next_frame(&mut reader).await?.message {
+            Message::Changes(chunk) => {
+                bump(&shared.stats.chunks_received, 1);
+                if shared.carries(chunk.db).is_none() {
+                    bump(&shared.stats.wrong_database, 1);
+                    continue;
+                }
+                pending.push(chunk);
+                if pending.len() >= PULL_APPLY_CHUNKS_MAX {
+                    apply(shared, std::mem::take(&mut pending)).await?;
+                }
+            }
+            Message::PullDone => break,
+            _ => {
+                return Err(SyncError::Unexpected(
+                    "expected changes or the end of a pull",
+                ))
+            }
+        }
+    }
+    apply(shared, pending).await?;
+    let _ = writer.finish();
+    Ok(())
+}
+
+async fn apply(shared: &Shared, chunks: Vec<ChangeChunk>) -> Result<(), SyncError> {
+    for &db in shared.dbs {
+        let kind = crate::remote::kind(db);
+        let mine: Vec<Arc<ChangeChunk>> = chunks
+            .iter()
+            .filter(|c| c.db == kind)
+            .map(|c| Arc::new(c.clone()))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let outcome = shared
+            .node
+            .apply_remote(db, mine.clone())
+            .await
+            .map_err(|_| SyncError::ShuttingDown)?;
+        record(&shared.stats, &mine, &outcome);
+    }
+    Ok(())
+}
+
+/// Answers one peer's sync stream: our summary, then what it pulls.
+pub(super) async fn serve(
+    shared: Shared,
+    from: SocketAddr,
+    first: Envelope,
+    mut writer: FrameWriter,
+    mut reader: FrameReader,
+) {
+    if let Err(e) = serve_inner(&shared, first, &mut writer, &mut reader).await {
+        tracing::debug!(%from, error = %e, "serving a sync pull failed");
+    }
+    let _ = writer.finish();
+}
+
+async fn serve_inner(
+    shared: &Shared,
+    first: Envelope,
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+) -> Result<(), SyncError> {
+    if first.message != Message::SummaryRequest {
+        return Err(SyncError::Unexpected(
+            "a sync stream starts with a summary request",
+        ));
+    }
+    let summary = combined(shared).summary(SUMMARY_SPANS_MAX);
+    writer.send(Message::Summary(summary)).await?;
+    let needs = match reader.next().await? {
+        // The peer needed nothing from us.
+        None => return Ok(()),
+        Some(env) => match env.message {
+            Message::Pull(needs) => needs,
+            _ => return Err(SyncError::Unexpected("expected a pull")),
+        },
+    };
+    bump(&shared.stats.pulls_served, 1);
+    for need in needs.into_iter().take(PULL_NEEDS_MAX) {
+        let db = match &need {
+            Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
+        };
+        let Some(db) = shared.carries(db) else {
+            continue;
+        };
+        let mut next = Some(need);
+        while let Some(need) = next.take() {
+            let (chunks, rest) = shared
+                .node
+                .serve(db, need)
+                .await
+                .map_err(|_| SyncError::ShuttingDown)?;
+            for chunk in chunks {
+                writer.send(Message::Changes(chunk)).await?;
+            }
+            next = rest;
+        }
+    }
+    writer.send(Message::PullDone).await?;
+    Ok(())
+}
