@@ -4,7 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent::{Node, NodeOptions};
+use std::sync::Arc;
+
+use agent::replicator::ReplicatorConfig;
+use agent::transport::TlsFiles;
+use agent::{ClusterOptions, ClusterRuntime, Db, Node, NodeOptions};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -47,22 +51,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .context("the node did not start")?;
     tracing::info!(actor = %node.actor_id(), region = node.region(), data_dir = %config.node.data_dir.display(), "node started");
-    tracing::warn!(
-        "replication is not available in this build: the node serves its local databases only \
-         ([gossip] settings are read and checked, not used yet)"
-    );
+    let region = start_region(&config, &node)?;
 
     let listener = TcpListener::bind(config.api.addr)
         .await
         .with_context(|| format!("cannot listen on api.addr {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
+    let mut metrics = api::Metrics::new();
+    metrics.register_cluster(region.counters());
     let state = api::ApiState::new(
         node.clone(),
         api::ApiConfig {
             bearer_token: config.api.authz.as_ref().map(|a| a.bearer_token.clone()),
             body_limit_bytes: usize::try_from(config.api.body_limit_bytes).unwrap_or(usize::MAX),
         },
-    );
+    )
+    .with_metrics(Arc::new(metrics))
+    .with_cluster_view(Arc::new(api::RegionView::new(node.clone(), &region)));
     let (stop, stopped) = watch::channel(false);
     if let Some(addr) = config.telemetry.prometheus_addr {
         let listener = TcpListener::bind(addr)
@@ -91,7 +96,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway")
         }
     }
+    // Leave the region gracefully: peers stop probing at once.
+    if tokio::time::timeout(SHUTDOWN_GRACE, region.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("leaving the cluster took over {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
     Ok(())
+}
+
+/// Joins the node's regional cluster: `[gossip]`, carrying both databases.
+fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> {
+    let g = &config.gossip;
+    let region = &config.node.region;
+    let cluster = wire::ClusterName::new(region.clone())
+        .map_err(|e| anyhow::anyhow!("node.region {region:?} cannot name a cluster: {e}"))?;
+    if g.tls.is_none() {
+        tracing::warn!(
+            "gossip: no [gossip.tls]; using a generated self-signed certificate and NOT verifying peers \
+             (fine for a dev cluster; set gossip.tls.cert_file, key_file and ca_file in production)"
+        );
+    }
+    let runtime = ClusterRuntime::start(
+        node.clone(),
+        ClusterOptions {
+            cluster,
+            bind: g.addr,
+            external_addr: g.external_addr,
+            bootstrap: g.bootstrap.clone(),
+            tls: g.tls.as_ref().map(|t| TlsFiles {
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+                ca_file: t.ca_file.clone(),
+            }),
+            members_file: config.node.data_dir.join(format!("members-{region}")),
+            dbs: &[Db::Regional, Db::Global],
+            replicator: ReplicatorConfig::default(),
+            socket: None,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot start the regional transport on gossip.addr {}",
+            g.addr
+        )
+    })?;
+    tracing::info!(addr = %runtime.addr(), cluster = %region, "gossip listening");
+    Ok(runtime)
 }
 
 async fn wait(mut stopped: watch::Receiver<bool>) {

@@ -30,6 +30,9 @@ pub enum Command {
     Sub(SubArgs),
     /// Re-reads and applies the node's schema files (POST /v1/reload).
     Reload(ReloadArgs),
+    /// Lists the members of the node's clusters as it sees them
+    /// (GET /v1/members).
+    Members(MembersArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
@@ -108,6 +111,15 @@ pub struct SubArgs {
 pub struct ReloadArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// One JSON object per member instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

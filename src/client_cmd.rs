@@ -1,4 +1,5 @@
-//! `patina exec`, `patina query`, `patina sub` and `patina reload`: the
+//! `patina exec`, `patina query`, `patina sub`, `patina reload` and
+//! `patina members`: the
 //! HTTP API from the command line, through `crates/client`.
 
 use std::io::Write;
@@ -7,7 +8,7 @@ use anyhow::Context;
 use client::{Client, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 
-use crate::cli::{ApiArgs, ExecArgs, QueryArgs, ReloadArgs, SubArgs};
+use crate::cli::{ApiArgs, ExecArgs, MembersArgs, QueryArgs, ReloadArgs, SubArgs};
 
 fn connect(api: &ApiArgs) -> anyhow::Result<(Client, tokio::runtime::Runtime)> {
     let client = Client::new(&api.api)?.with_token(api.token.clone());
@@ -151,6 +152,32 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
         .block_on(client.reload())
         .context("schema reload refused")?;
     println!("schema reloaded");
+    Ok(())
+}
+
+/// Prints the node's view of its clusters' members.
+pub fn members(args: MembersArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    let members = runtime.block_on(client.members())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for m in &members {
+            writeln!(out, "{m}")?;
+        }
+        return Ok(());
+    }
+    let columns = ["actor_id", "addr", "region", "cluster", "state", "rtt_ms"];
+    let table: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            columns
+                .iter()
+                .map(|c| cell(m.get(*c).unwrap_or(&Json::Null)))
+                .collect()
+        })
+        .collect();
+    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    print_table(&mut out, &columns, &table)?;
     Ok(())
 }
 

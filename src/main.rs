@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => client_cmd::query(args),
         Command::Sub(args) => client_cmd::sub(args),
         Command::Reload(args) => client_cmd::reload(args),
+        Command::Members(args) => client_cmd::members(args),
         Command::Db(cmd) => db_cmd::run(cmd),
     }
 }

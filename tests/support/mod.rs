@@ -18,13 +18,19 @@ pub const SCHEMA: &str =
 pub struct Agent {
     pub child: Child,
     pub addr: String,
+    /// Its regional gossip address.
+    pub gossip: String,
 }
 
 impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" log line.
     pub fn start(config: &Path) -> Agent {
-        let (child, addr) = spawn::spawn_agent(BIN, config);
-        Agent { child, addr }
+        let (child, addrs) = spawn::spawn_agent_with_addrs(BIN, config);
+        Agent {
+            child,
+            addr: addrs.api,
+            gossip: addrs.gossip,
+        }
     }
 
     /// Runs `patina ARGS --api <this agent>`: (success, stdout, stderr).
@@ -60,6 +66,23 @@ impl Drop for Agent {
 
 pub fn setup(dir: &Path) -> PathBuf {
     setup_on(dir, "127.0.0.1:0")
+}
+
+/// As [`setup`], for a node of region `test` that joins through
+/// `bootstrap` (gossip addresses).
+pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
+    let config = setup(dir);
+    let list: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[gossip]\naddr = \"127.0.0.1:0\"\n",
+        &format!(
+            "[gossip]\naddr = \"127.0.0.1:0\"\nbootstrap = [{}]\n",
+            list.join(", ")
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
 }
 
 /// As [`setup`], with the API on `api_addr` (a fixed port survives restarts).

@@ -11,6 +11,26 @@ use std::time::Duration;
 /// "API listening addr=…" log line. The stderr reader keeps draining the
 /// pipe for the agent's lifetime.
 pub fn spawn_agent(bin: &str, config: &Path) -> (Child, String) {
+    let (child, addrs) = spawn_agent_with_addrs(bin, config);
+    (child, addrs.api)
+}
+
+/// Where a started agent listens.
+#[derive(Debug, Clone)]
+pub struct AgentAddrs {
+    pub api: String,
+    /// The regional cluster's gossip address (what peers bootstrap to).
+    pub gossip: String,
+}
+
+fn addr_after(line: &str, marker: &str) -> Option<String> {
+    let rest = line.split(marker).nth(1)?;
+    let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.to_owned())
+}
+
+/// Like [`spawn_agent`], also reading the "gossip listening addr=…" line.
+pub fn spawn_agent_with_addrs(bin: &str, config: &Path) -> (Child, AgentAddrs) {
     let mut child = Command::new(bin)
         .args(["agent", "-c"])
         .arg(config)
@@ -23,23 +43,22 @@ pub fn spawn_agent(bin: &str, config: &Path) -> (Child, String) {
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut gossip = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("API listening").nth(1) {
-                let addr = rest
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("");
-                let _ = tx.send(Ok(addr.to_owned()));
+            if let Some(addr) = addr_after(&line, "gossip listening") {
+                gossip = addr;
+            } else if let Some(api) = addr_after(&line, "API listening") {
+                let _ = tx.send(Ok(AgentAddrs {
+                    api,
+                    gossip: gossip.clone(),
+                }));
             } else if line.contains("ERROR") || line.starts_with("error:") {
                 let _ = tx.send(Err(line));
             }
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok(addr)) => (child, addr),
+        Ok(Ok(addrs)) => (child, addrs),
         Ok(Err(line)) => {
             let _ = child.kill();
             panic!("agent failed to start: {line}")

@@ -27,7 +27,7 @@ pub use error::{AgentError, QueryError, TxError};
 pub use node::{Changeset, Db, Node, NodeOptions, RowChange};
 pub use reader::{QueryStream, RowEvent};
 pub use remote::RemoteOutcome;
-pub use runtime::{ClusterOptions, ClusterRuntime};
+pub use runtime::{ClusterCounters, ClusterMetric, ClusterOptions, ClusterRuntime};
 pub use statement::{Params, Statement};
 pub use subs::{
     new_id as new_subscription_id, Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream,

@@ -107,11 +107,190 @@ impl ClusterRuntime {
         self.transport.stats().snapshot()
     }
 
+    /// A handle for reading this cluster's counters at any time (metrics).
+    pub fn counters(&self) -> ClusterCounters {
+        ClusterCounters {
+            cluster: self.membership.identity().cluster.clone(),
+            replicator: self.replicator.stats(),
+            transport: self.transport.clone(),
+        }
+    }
+
     /// Leaves the cluster (peers learn at once), stops replicating and
     /// closes the transport.
     pub async fn shutdown(self) {
         self.membership.leave().await;
         self.replicator.shutdown().await;
         self.transport.close().await;
+    }
+}
+
+/// One counter or gauge of a cluster, for the metrics endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterMetric {
+    /// Without the `patina_` prefix; counters end in `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
+    pub gauge: bool,
+}
+
+/// Reads a cluster's replication and transport counters.
+#[derive(Clone)]
+pub struct ClusterCounters {
+    cluster: ClusterName,
+    replicator: Arc<ReplicatorStats>,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for ClusterCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterCounters({})", self.cluster)
+    }
+}
+
+impl ClusterCounters {
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_str()
+    }
+
+    /// Chunks received and waiting to be merged.
+    pub fn apply_queue_chunks(&self) -> u64 {
+        ReplicatorStats::get(&self.replicator.apply_queue_chunks)
+    }
+
+    pub fn read(&self) -> Vec<ClusterMetric> {
+        let r = &self.replicator;
+        let t = self.transport.stats().snapshot();
+        let c = |name, help, value| ClusterMetric {
+            name,
+            help,
+            value,
+            gauge: false,
+        };
+        let g = ReplicatorStats::get;
+        vec![
+            c(
+                "replication_chunks_received_total",
+                "Change chunks received from peers (broadcast and sync).",
+                g(&r.chunks_received),
+            ),
+            c(
+                "replication_changes_received_total",
+                "Changes in chunks that were new to this node.",
+                g(&r.changes_received),
+            ),
+            c(
+                "replication_chunks_duplicate_total",
+                "Chunks for versions already held, dropped.",
+                g(&r.chunks_duplicate),
+            ),
+            c(
+                "replication_chunks_dropped_total",
+                "Chunks dropped because the apply queue was full (sync fetches them again).",
+                g(&r.chunks_dropped_queue_full),
+            ),
+            c(
+                "replication_chunks_failed_total",
+                "Chunks refused because merging them failed.",
+                g(&r.chunks_failed),
+            ),
+            c(
+                "replication_versions_applied_total",
+                "Remote transactions applied whole.",
+                g(&r.versions_applied),
+            ),
+            c(
+                "replication_versions_parked_total",
+                "Remote transactions parked until their schema arrives.",
+                g(&r.versions_parked),
+            ),
+            c(
+                "replication_broadcast_chunks_sent_total",
+                "Chunks pushed to peers.",
+                g(&r.broadcast_chunks_sent),
+            ),
+            c(
+                "replication_broadcast_send_failures_total",
+                "Chunk pushes that failed (sync repairs).",
+                g(&r.broadcast_send_failures),
+            ),
+            c(
+                "replication_broadcast_shed_total",
+                "Queued pushes shed because the broadcast queue was full.",
+                g(&r.broadcast_shed),
+            ),
+            c(
+                "replication_sync_rounds_total",
+                "Anti-entropy rounds started.",
+                g(&r.sync_rounds),
+            ),
+            c(
+                "replication_sync_failures_total",
+                "Summary exchanges or pulls that failed.",
+                g(&r.sync_failures),
+            ),
+            c(
+                "replication_pulls_served_total",
+                "Pulls served to peers.",
+                g(&r.pulls_served),
+            ),
+            c(
+                "replication_wrong_database_total",
+                "Chunks for a database this cluster does not carry, dropped.",
+                g(&r.wrong_database),
+            ),
+            ClusterMetric {
+                name: "replication_apply_queue_chunks",
+                help: "Chunks waiting to be merged.",
+                value: g(&r.apply_queue_chunks),
+                gauge: true,
+            },
+            c(
+                "transport_wrong_cluster_total",
+                "Datagrams and frames naming another cluster, dropped.",
+                t.wrong_cluster,
+            ),
+            c(
+                "transport_malformed_total",
+                "Datagrams and frames that failed to decode, dropped.",
+                t.malformed,
+            ),
+            c(
+                "transport_datagrams_dropped_total",
+                "Datagrams dropped because the inbound queue was full.",
+                t.datagrams_dropped_full,
+            ),
+            c(
+                "transport_frames_in_total",
+                "Stream frames received.",
+                t.frames_in,
+            ),
+            c(
+                "transport_frames_out_total",
+                "Stream frames sent.",
+                t.frames_out,
+            ),
+            c(
+                "transport_bytes_in_total",
+                "Bytes of accepted frames and datagrams.",
+                t.bytes_in,
+            ),
+            c(
+                "transport_bytes_out_total",
+                "Bytes of frames and datagrams sent.",
+                t.bytes_out,
+            ),
+            c(
+                "transport_handshake_failures_total",
+                "QUIC handshakes that failed (refused certificates, unreachable peers).",
+                t.handshake_failures,
+            ),
+            c(
+                "transport_streams_refused_total",
+                "Streams stopped because of a refused frame.",
+                t.streams_refused,
+            ),
+        ]
     }
 }

@@ -93,7 +93,9 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use cluster::{ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo};
+pub use cluster::{
+    ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo, RegionView,
+};
 pub use metrics::Metrics;
 
 /// Request bodies larger than this get 413, unless configured otherwise.

@@ -13,6 +13,9 @@
 //! - `patina_api_query_stream_errors_total`
 //! - `patina_api_bad_requests_total{kind}` — json, shape, content_type,
 //!   body_size, auth, query_string, route
+//! - per cluster (label `cluster`): `patina_replication_*` and
+//!   `patina_transport_*` counters (`Metrics::register_cluster`, listed in
+//!   `agent::ClusterCounters::read`)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -302,4 +305,51 @@ pub(crate) async fn handle_alone(State(metrics): State<Arc<Metrics>>) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
     response
+}
+
+/// A cluster's replication and transport counters, read at each scrape,
+/// labelled with the cluster's name.
+#[derive(Debug)]
+struct ClusterCollector(agent::ClusterCounters);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+impl prometheus_client::collector::Collector for ClusterCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let labels = ClusterLabels {
+            cluster: self.0.cluster().to_owned(),
+        };
+        for m in self.0.read() {
+            // The encoder adds `_total` to counters itself.
+            let name = m.name.strip_suffix("_total").unwrap_or(m.name);
+            if m.gauge {
+                let g = ConstGauge::new(i64::try_from(m.value).unwrap_or(i64::MAX));
+                let mut family = encoder.encode_descriptor(name, m.help, None, g.metric_type())?;
+                g.encode(family.encode_family(&labels)?)?;
+            } else {
+                let c = ConstCounter::new(m.value);
+                let mut family = encoder.encode_descriptor(name, m.help, None, c.metric_type())?;
+                c.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds a cluster's counters (`patina_replication_*`,
+    /// `patina_transport_*`, label `cluster`) to what `/metrics` shows.
+    pub fn register_cluster(&mut self, counters: agent::ClusterCounters) {
+        self.registry
+            .register_collector(Box::new(ClusterCollector(counters)));
+    }
 }

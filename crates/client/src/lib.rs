@@ -254,6 +254,16 @@ impl Client {
     }
 
     /// `GET /v1/health`'s `response` object.
+    /// `GET /v1/members`: one JSON object per (member, cluster) the node
+    /// knows, itself included.
+    pub async fn members(&self) -> Result<Vec<Json>, ClientError> {
+        let resp = self.get("/v1/members").await?;
+        match read_json(resp).await? {
+            Json::Array(members) => Ok(members),
+            other => Err(bad_line(&other)),
+        }
+    }
+
     pub async fn health(&self) -> Result<Json, ClientError> {
         let resp = self.get("/v1/health").await?;
         let json = read_json(resp).await?;

@@ -142,6 +142,24 @@ impl Bookkeeper {
             .is_some_and(|b| b.applied.contains(version))
     }
 
+    /// Versions known to exist and not applied here: the holes below each
+    /// actor's highest known version, partial versions included (the
+    /// health endpoint's `gaps`).
+    pub fn missing_versions(&self) -> u64 {
+        self.books
+            .values()
+            .map(|b| {
+                let max = b
+                    .applied
+                    .max()
+                    .into_iter()
+                    .chain(b.partial.keys().copied())
+                    .max();
+                max.map_or(0, |m| b.applied.gaps(m).len())
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Takes in another bookkeeper's books of databases this one has no
     /// books of (a node keeps one bookkeeper per database; a cluster that
     /// carries both plans over their union).

@@ -44,6 +44,7 @@ pub(super) async fn run(
                 let Some(push) = push else { return };
                 let peers = shared.peers();
                 queue.on_commit(push.chunks, push.exclude.as_ref(), &peers, &mut rng);
+                shared.stats.broadcast_shed.store(queue.shed_total(), std::sync::atomic::Ordering::Relaxed);
             }
             permit = Arc::clone(&in_flight).acquire_owned(), if !queue.is_empty() => {
                 let Ok(permit) = permit else { return };

@@ -74,8 +74,11 @@ pub struct ReplicatorStats {
     pub sync_rounds: AtomicU64,
     pub sync_failures: AtomicU64,
     pub pulls_served: AtomicU64,
-    pub wrong_cluster: AtomicU64,
     pub wrong_database: AtomicU64,
+    /// Broadcast sends shed by the broadcast queue (a copy of its count).
+    pub broadcast_shed: AtomicU64,
+    /// Gauge: chunks waiting in the apply queue.
+    pub apply_queue_chunks: AtomicU64,
 }
 
 impl ReplicatorStats {

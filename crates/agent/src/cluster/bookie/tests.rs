@@ -338,3 +338,16 @@ fn random_bookkeeper(rng: &mut SmallRng, own: ActorId) -> Bookkeeper {
     }
     book
 }
+
+#[test]
+fn missing_versions_counts_holes_and_partials() {
+    let (me, a) = (crr::SiteId([1; 16]), crr::SiteId([2; 16]));
+    let mut b = Bookkeeper::new(me);
+    b.set_own_version(DbKind::Regional, 5);
+    assert_eq!(b.missing_versions(), 0);
+    b.restore_applied(DbKind::Regional, a, Span::new(1, 3));
+    b.restore_applied(DbKind::Regional, a, Span::new(7, 7));
+    assert_eq!(b.missing_versions(), 3, "4, 5, 6");
+    b.restore_partial(DbKind::Regional, a, 9, 10, vec![Span::new(0, 2)]);
+    assert_eq!(b.missing_versions(), 5, "4, 5, 6, 8, 9");
+}
