@@ -323,17 +323,20 @@ pub(crate) fn serve(
         Need::Versions {
             actor, versions, ..
         } => {
+            let Some(start) = first_held(conn, replica, *actor, *versions) else {
+                return Ok((Vec::new(), None));
+            };
             let end = versions
                 .end
-                .min(versions.start.saturating_add(SERVE_VERSIONS_MAX - 1));
+                .min(start.saturating_add(SERVE_VERSIONS_MAX - 1));
             let rest = (end < versions.end).then(|| Need::Versions {
                 db,
                 actor: *actor,
                 versions: Span::new(end + 1, versions.end),
             });
             let mut chunks = Vec::new();
-            let mut by_version = group_by_version(conn.changes_of(*actor, versions.start..=end)?);
-            for v in versions.start..=end {
+            let mut by_version = group_by_version(conn.changes_of(*actor, start..=end)?);
+            for v in start..=end {
                 if !holds(conn, replica, *actor, v) {
                     continue;
                 }
@@ -365,7 +368,10 @@ pub(crate) fn serve(
                 .max()
                 .unwrap_or(0);
             let mut chunks = Vec::new();
-            for span in seqs.iter().take(wire::FRAME_BYTES_MAX / 64) {
+            // An inverted span (never checked by `Span::new` when it came
+            // from the network) asks for nothing.
+            let spans = seqs.iter().filter(|s| s.start <= s.end);
+            for span in spans.take(wire::FRAME_BYTES_MAX / 64) {
                 let part: Vec<Change> = changes
                     .iter()
                     .filter(|c| c.seq >= 0 && span.contains(c.seq as u64))
@@ -379,6 +385,28 @@ pub(crate) fn serve(
             Ok((chunks, None))
         }
     }
+}
+
+/// The first version of `actor` in `span` this database holds. Serving
+/// starts there, so a need reaching far past what is held (a confused or
+/// hostile peer pulling `1..=u64::MAX`) ends after one call instead of
+/// walking the whole span [`SERVE_VERSIONS_MAX`] versions per call on the
+/// writer thread. `None` for an inverted span too: spans from the network
+/// were never checked by `Span::new`.
+fn first_held(conn: &CrrConn, replica: &Replica, actor: ActorId, span: Span) -> Option<u64> {
+    if span.start > span.end {
+        return None;
+    }
+    if actor == conn.site_id() {
+        let first = span.start.max(1);
+        return (first <= span.end.min(conn.db_version())).then_some(first);
+    }
+    replica
+        .bookie
+        .applied(kind(replica.db), actor)?
+        .overlapping(span)
+        .next()
+        .map(|held| held.start.max(span.start))
 }
 
 fn holds(conn: &CrrConn, replica: &Replica, actor: ActorId, version: u64) -> bool {

@@ -9,48 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agent::replicator::ReplicatorConfig;
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
-use support::{Options, TestCluster};
+use support::{random_writes, Options, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// `writes` random statements per node, all nodes at once, on overlapping
-/// keys (inserts, updates, deletes, upserts, re-inserts).
-async fn random_writes(cluster: &TestCluster, writes: usize, seed: u64) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..cluster.nodes.len() {
-        let node = cluster.nodes[i].node.clone();
-        tasks.spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (i as u64) << 32);
-            for w in 0..writes {
-                let id = rng.random_range(0..40);
-                let sql = match rng.random_range(0..6) {
-                    0 | 1 => format!(
-                        "INSERT INTO machines VALUES ({id}, 'app{}', 'started', {w}) \
-                         ON CONFLICT(id) DO UPDATE SET n = excluded.n, state = 'restarted'",
-                        id % 5
-                    ),
-                    2 => format!(
-                        "UPDATE machines SET state = 'stopped-{i}', n = n + 1 WHERE id = {id}"
-                    ),
-                    3 => format!("DELETE FROM machines WHERE id = {id}"),
-                    4 => format!(
-                        "INSERT OR REPLACE INTO apps VALUES ('app{}', 'owner-{i}-{w}')",
-                        id % 7
-                    ),
-                    _ => format!("DELETE FROM apps WHERE name = 'app{}'", id % 7),
-                };
-                node.transact(vec![agent::Statement::new(&sql)])
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-}
 
 async fn converges(nodes: usize, writes: usize, options: Options) {
     let seed = options.replicator.seed;

@@ -2,14 +2,16 @@
 //! ways, isolation by cluster name, hostile input, mutual TLS, and delivery
 //! through injected faults.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::transport::{
     FaultySocket, Inbound, StatsSnapshot, TlsFiles, Transport, TransportConfig,
 };
+use support::tls::{node_tls, Ca};
 use tokio::sync::mpsc;
 use wire::{ActorId, ClusterName, Message};
 
@@ -222,55 +224,11 @@ async fn truncated_and_oversized_frames_are_refused_and_counted() {
     }
 }
 
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("CA cert");
-    Ca {
-        pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    }
-}
-
-/// Writes a node cert signed by `ca` plus `trust`'s certificate as the CA
-/// file; returns the TLS config.
-fn node_tls(dir: &Path, name: &str, ca: &Ca, trust: &Ca) -> TlsFiles {
-    let key = rcgen::KeyPair::generate().expect("node key");
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).expect("sign node cert");
-    let path = |suffix: &str| -> PathBuf { dir.join(format!("{name}.{suffix}")) };
-    std::fs::write(path("pem"), cert.pem()).expect("write cert");
-    std::fs::write(path("key"), key.serialize_pem()).expect("write key");
-    std::fs::write(path("ca.pem"), &trust.pem).expect("write ca");
-    TlsFiles {
-        cert_file: path("pem"),
-        key_file: path("key"),
-        ca_file: Some(path("ca.pem")),
-    }
-}
-
 #[tokio::test]
 async fn mutual_tls_admits_the_cas_nodes_and_refuses_others() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = new_ca("patina test CA");
-    let other_ca = new_ca("some other CA");
+    let ca = Ca::new("patina test CA");
+    let other_ca = Ca::new("some other CA");
 
     let tls_a = node_tls(dir.path(), "a", &ca, &ca);
     let tls_b = node_tls(dir.path(), "b", &ca, &ca);

@@ -144,3 +144,135 @@ impl foca::Codec<SwimId> for WireCodec {
         Ok(member)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use foca::Codec;
+
+    use super::*;
+
+    fn identity(cluster: &str, port: u16) -> SwimId {
+        SwimId(NodeIdentity {
+            actor: ActorId::random(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            cluster: ClusterName::new(cluster).unwrap(),
+            generation: 3,
+        })
+    }
+
+    fn header(cluster: &str) -> Header<SwimId> {
+        Header {
+            src: identity(cluster, 1),
+            src_incarnation: 7,
+            dst: identity(cluster, 2),
+            message: foca::Message::Ping(9),
+        }
+    }
+
+    fn codec() -> WireCodec {
+        WireCodec::new(ClusterName::new("ams").unwrap(), ActorId::random())
+    }
+
+    fn encoded(h: &Header<SwimId>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        codec().encode_header(h, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn headers_and_members_round_trip() {
+        let h = header("ams");
+        let bytes = encoded(&h);
+        let mut buf = &bytes[..];
+        assert_eq!(codec().decode_header(&mut buf).unwrap(), h);
+        assert!(buf.is_empty(), "the decoder consumed the whole header");
+
+        let member = Member::alive(identity("ams", 4));
+        let mut bytes = Vec::new();
+        codec().encode_member(&member, &mut bytes).unwrap();
+        assert_eq!(codec().decode_member(&bytes[..]).unwrap(), member);
+    }
+
+    #[test]
+    fn every_truncation_of_a_header_is_an_error() {
+        let bytes = encoded(&header("ams"));
+        for len in 0..bytes.len() {
+            assert!(
+                codec().decode_header(&bytes[..len]).is_err(),
+                "a header cut to {len} of {} bytes decoded",
+                bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut byte = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        };
+        let valid = encoded(&header("ams"));
+        for round in 0..2000 {
+            let bytes: Vec<u8> = if round % 2 == 0 {
+                (0..round % 300).map(|_| byte()).collect()
+            } else {
+                // A valid header with a few bytes flipped.
+                let mut b = valid.clone();
+                for _ in 0..1 + round % 4 {
+                    let i = byte() as usize % b.len();
+                    b[i] ^= byte() | 1;
+                }
+                b
+            };
+            let _ = codec().decode_header(&bytes[..]);
+            let _ = codec().decode_member(&bytes[..]);
+        }
+    }
+
+    #[test]
+    fn identities_of_another_cluster_are_refused() {
+        let bytes = encoded(&header("fra"));
+        assert!(matches!(
+            codec().decode_header(&bytes[..]),
+            Err(CodecError::WrongCluster(c)) if c == "fra"
+        ));
+        let mut bytes = Vec::new();
+        codec()
+            .encode_member(&Member::alive(identity("fra", 4)), &mut bytes)
+            .unwrap();
+        assert!(matches!(
+            codec().decode_member(&bytes[..]),
+            Err(CodecError::WrongCluster(_))
+        ));
+    }
+
+    #[test]
+    fn no_room_leaves_the_buffer_untouched() {
+        let mut space = [0xaau8; 8];
+        let err = codec()
+            .encode_header(&header("ams"), &mut space[..])
+            .unwrap_err();
+        assert!(matches!(err, CodecError::NoSpace(_)));
+        assert_eq!(space, [0xaa; 8]);
+    }
+
+    #[test]
+    fn an_announce_to_a_bootstrap_address_is_addressed_to_us() {
+        let mut codec = codec();
+        let h = Header {
+            src: identity("ams", 1),
+            src_incarnation: 0,
+            dst: SwimId::unknown_at(
+                SocketAddr::from(([127, 0, 0, 1], 2)),
+                ClusterName::new("ams").unwrap(),
+            ),
+            message: foca::Message::Announce,
+        };
+        let bytes = encoded(&h);
+        let decoded = codec.decode_header(&bytes[..]).unwrap();
+        assert_eq!(decoded.dst.0.actor, codec.actor);
+    }
+}

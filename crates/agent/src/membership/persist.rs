@@ -101,3 +101,94 @@ pub(crate) fn store_members(members_file: &Path, members: &[NodeIdentity]) -> Re
     bytes.extend(wire::encode_value(&members).map_err(|e| e.to_string())?);
     write_atomic(members_file, &bytes).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use wire::{ActorId, ClusterName};
+
+    use super::*;
+
+    fn members(n: u16) -> Vec<NodeIdentity> {
+        (0..n)
+            .map(|i| NodeIdentity {
+                actor: ActorId::random(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 4000 + i)),
+                cluster: ClusterName::new("ams").unwrap(),
+                generation: u64::from(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn members_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members-ams");
+        assert!(load_members(&file).is_empty(), "no file: no members");
+        let stored = members(5);
+        store_members(&file, &stored).unwrap();
+        assert_eq!(load_members(&file), stored);
+        store_members(&file, &[]).unwrap();
+        assert!(load_members(&file).is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_members_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members-ams");
+        store_members(&file, &members(3)).unwrap();
+        let good = std::fs::read(&file).unwrap();
+        let mut bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![MEMBERS_FILE_VERSION],
+            vec![MEMBERS_FILE_VERSION + 1],
+            b"not a members file at all".to_vec(),
+            vec![0xff; 4096],
+        ];
+        bad.extend((1..good.len()).map(|len| good[..len].to_vec()));
+        let mut other_version = good.clone();
+        other_version[0] = 9;
+        bad.push(other_version);
+        for bytes in bad {
+            std::fs::write(&file, &bytes).unwrap();
+            assert!(
+                load_members(&file).is_empty(),
+                "{} bytes of a corrupt file gave members",
+                bytes.len()
+            );
+        }
+        // A directory where the file should be: unreadable, still no crash.
+        let dir_file = dir.path().join("members-dir");
+        std::fs::create_dir(&dir_file).unwrap();
+        assert!(load_members(&dir_file).is_empty());
+    }
+
+    #[test]
+    fn members_past_the_limit_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members-ams");
+        let many = members(PERSISTED_MEMBERS_MAX as u16 + 10);
+        store_members(&file, &many).unwrap();
+        assert_eq!(load_members(&file), many[..PERSISTED_MEMBERS_MAX]);
+    }
+
+    #[test]
+    fn generations_increase_and_survive_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members-ams");
+        assert_eq!(next_generation(&file, 0), 0);
+        assert_eq!(next_generation(&file, 0), 1);
+        assert_eq!(next_generation(&file, 10), 10, "at_least wins");
+        assert_eq!(next_generation(&file, 0), 11);
+        std::fs::write(generation_path(&file), "eleven").unwrap();
+        assert_eq!(
+            next_generation(&file, 4),
+            4,
+            "a corrupt file counts as none"
+        );
+        assert_eq!(next_generation(&file, 0), 5, "and is replaced");
+        std::fs::write(generation_path(&file), u64::MAX.to_string()).unwrap();
+        assert_eq!(next_generation(&file, 0), u64::MAX, "saturates");
+    }
+}
