@@ -72,11 +72,37 @@ pub struct NodeIdentity {
     pub generation: u64,
 }
 
-/// An inclusive range `start..=end` of versions or of seqs.
+/// An inclusive range `start..=end` of versions or of seqs; never empty
+/// (`start <= end`, which decoding enforces: a peer cannot hand us a
+/// backwards span).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawSpan")]
 pub struct Span {
     pub start: u64,
     pub end: u64,
+}
+
+/// A span as decoded, before its order is checked (same layout as `Span`).
+#[derive(Deserialize)]
+struct RawSpan {
+    start: u64,
+    end: u64,
+}
+
+impl TryFrom<RawSpan> for Span {
+    type Error = WireError;
+    fn try_from(raw: RawSpan) -> Result<Span, WireError> {
+        if raw.start > raw.end {
+            return Err(WireError::Invalid(format!(
+                "span {}..={} runs backwards",
+                raw.start, raw.end
+            )));
+        }
+        Ok(Span {
+            start: raw.start,
+            end: raw.end,
+        })
+    }
 }
 
 impl Span {
@@ -85,8 +111,10 @@ impl Span {
         Span { start, end }
     }
 
+    /// How many numbers the span holds (saturating: `0..=u64::MAX` holds
+    /// one more than a u64 counts).
     pub fn len(&self) -> u64 {
-        self.end - self.start + 1
+        (self.end - self.start).saturating_add(1)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -251,3 +251,16 @@ fn a_large_transaction_travels_in_several_chunks_under_the_target() {
     let total: usize = chunks.iter().map(|c| c.changes.len()).sum();
     assert_eq!(total, 5_000);
 }
+
+#[test]
+fn a_backwards_span_does_not_decode() {
+    let actor = SiteId([6; 16]);
+    let need = Need::Versions {
+        db: DbKind::Regional,
+        actor,
+        versions: Span { start: 9, end: 3 },
+    };
+    let bytes = encode_frame(&envelope(Message::Pull(vec![need]))).unwrap();
+    assert!(matches!(decode(&bytes), Err(WireError::Malformed(m)) if m.contains("backwards")));
+    assert_eq!(Span::new(0, u64::MAX).len(), u64::MAX);
+}

@@ -26,6 +26,10 @@ pub(super) const SERVING_PULLS_MAX: usize = 32;
 const PULL_NEEDS_MAX: usize = 4096;
 /// A peer that sends nothing for this long is given up on for this round.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that has not answered a summary request in this long is left out
+/// of the round: a round waits for every summary, and an unreachable peer
+/// not yet declared down must not stall it (a LAN answers in milliseconds).
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pulled chunks merged per writer job.
 const PULL_APPLY_CHUNKS_MAX: usize = 128;
 
@@ -52,7 +56,13 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
     let mut asking = JoinSet::new();
     for peer in peers {
         let transport = shared.transport.clone();
-        asking.spawn(async move { (peer, ask_summary(&transport, peer).await) });
+        asking.spawn(async move {
+            let asked = tokio::time::timeout(SUMMARY_TIMEOUT, ask_summary(&transport, peer)).await;
+            (
+                peer,
+                asked.unwrap_or(Err(SyncError::Timeout(SUMMARY_TIMEOUT))),
+            )
+        });
     }
     let mut opened: Vec<Opened> = Vec::new();
     while let Some(Ok((peer, result))) = asking.join_next().await {
