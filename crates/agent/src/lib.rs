@@ -1,9 +1,11 @@
 //! `agent`: one Patina node — its two CRR databases (`regional.db`,
 //! `global.db`), the write path (one writer thread per database), a pool of
-//! read connections, schema files. Membership, transport, broadcast and sync
-//! plug in at two seams: committed changesets leave through
-//! [`Node::subscribe_changesets`], and remote changesets will enter through
-//! the writers the same way local ones are applied.
+//! read connections, schema files, subscriptions — and its presence in a
+//! cluster ([`ClusterRuntime`]): QUIC [`transport`], SWIM [`membership`],
+//! and the [`replicator`] that moves changes, deciding with the sans-I/O
+//! values of [`cluster`]. Committed changesets leave through
+//! [`Node::subscribe_changesets`]; remote chunks enter through
+//! [`Node::apply_remote`] on the same writer threads.
 
 mod bookstore;
 mod classify;

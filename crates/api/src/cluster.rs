@@ -1,8 +1,9 @@
 //! The seam through which the API learns cluster facts: who the members
-//! are, which regions exist, and the numbers health reports. The agent
-//! will implement [`ClusterView`] once it has membership and sync; until
-//! then [`LoneNode`] answers for a node that knows only itself — and for
-//! such a node its answers are the true ones, not placeholders.
+//! are, which regions exist, and the numbers health reports.
+//! [`RegionView`] answers for a node in a regional cluster (what
+//! `patina agent` runs); [`LoneNode`] for a node that knows only itself
+//! (tests of the API alone) — for such a node its answers are the true
+//! ones, not placeholders.
 
 use std::collections::BTreeMap;
 
