@@ -21,12 +21,15 @@ CREATE TABLE IF NOT EXISTS patina_partials(
     have BLOB NOT NULL,
     PRIMARY KEY (actor, version)
 ) WITHOUT ROWID;
+-- Several changes of a version may share a seq (a sentinel created while
+-- merging carries the seq of the change that created it): the change
+-- itself is part of the key.
 CREATE TABLE IF NOT EXISTS patina_buffered_changes(
     actor BLOB NOT NULL,
     version INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     change BLOB NOT NULL,
-    PRIMARY KEY (actor, version, seq)
+    PRIMARY KEY (actor, version, seq, change)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS patina_parked(
     actor BLOB NOT NULL,

@@ -206,8 +206,11 @@ fn try_batch(
                     changes.extend(pending.remove(&key).unwrap_or_default());
                 }
                 changes.extend(chunk.changes.iter().cloned());
-                changes.sort_by_key(|c| c.seq);
-                changes.dedup_by_key(|c| c.seq);
+                // The same change may be buffered and arrive again; several
+                // distinct changes may share a seq (see wire::chunk_changes),
+                // so only exact repeats of a cell's change are dropped.
+                changes.sort_by(|a, b| cell_order(a).cmp(&cell_order(b)));
+                changes.dedup_by(|a, b| cell_order(a) == cell_order(b));
                 replica
                     .bookie
                     .record_applied(db, chunk.actor, chunk.version);
@@ -437,6 +440,10 @@ fn parked_changes(
         changes,
     };
     Ok(Some(chunk.to_changes()))
+}
+
+fn cell_order(c: &WireChange) -> (i64, &str, &[u8], &str) {
+    (c.seq, &c.table, &c.pk, &c.cid)
 }
 
 fn group_by_version(changes: Vec<Change>) -> HashMap<u64, Vec<Change>> {

@@ -213,3 +213,155 @@ async fn a_relay_serves_other_actors_versions_and_a_bad_chunk_costs_only_itself(
         Some(DbKind::Regional)
     );
 }
+
+mod relaying {
+    //! Convergence when versions travel through relays at random moments:
+    //! a relay serves what it holds *now* (entries replaced by later writes
+    //! are gone from the old version), so this checks that the union of
+    //! what arrives, in any order, still converges.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write {
+            node: usize,
+            kind: u8,
+            id: u8,
+            n: u8,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+            first_only: bool,
+        },
+    }
+
+    const NODES: usize = 4;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..NODES, 0u8..5, 0u8..4, any::<u8>()).prop_map(|(node, kind, id, n)| Op::Write { node, kind, id, n }),
+            2 => (0..NODES, 0..NODES, any::<bool>()).prop_map(|(from, to, first_only)| Op::Sync { from, to, first_only }),
+        ]
+    }
+
+    fn sql(kind: u8, id: u8, n: u8, node: usize) -> String {
+        match kind {
+            0 => format!("INSERT INTO machines VALUES ({id}, 'a{n}', 's{node}') ON CONFLICT(id) DO UPDATE SET app = excluded.app"),
+            1 => format!("UPDATE machines SET state = 'u{n}' WHERE id = {id}"),
+            2 => format!("DELETE FROM machines WHERE id = {id}"),
+            3 => format!("INSERT OR REPLACE INTO machines VALUES ({id}, 'r{n}', NULL)"),
+            _ => format!("INSERT INTO machines(id, state) VALUES ({id}, 'p{n}') ON CONFLICT(id) DO UPDATE SET state = excluded.state"),
+        }
+    }
+
+    async fn sync(from: &Node, to: &Node, first_only: bool) -> usize {
+        let mut chunks = served(from, to).await;
+        if first_only {
+            chunks.truncate(1);
+        }
+        let n = chunks.len();
+        apply(to, chunks).await;
+        n
+    }
+
+    async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Node> = dirs
+            .iter()
+            .map(|d| Node::open(options(d.path(), SCHEMA)).unwrap())
+            .collect();
+        for op in ops {
+            match op {
+                Op::Write { node, kind, id, n } => {
+                    // A statement that changes nothing commits no version.
+                    let _ = nodes[node]
+                        .transact(vec![Statement::new(sql(kind, id, n, node))])
+                        .await
+                        .unwrap();
+                }
+                Op::Sync {
+                    from,
+                    to,
+                    first_only,
+                } if from != to => {
+                    sync(&nodes[from], &nodes[to], first_only).await;
+                }
+                Op::Sync { .. } => {}
+            }
+        }
+        // Anti-entropy to a fixpoint, every pair.
+        for _round in 0..4 {
+            let mut moved = 0;
+            for from in 0..NODES {
+                for to in 0..NODES {
+                    if from != to {
+                        moved += sync(&nodes[from], &nodes[to], false).await;
+                    }
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+        }
+        let want = rows(&nodes[0], ALL).await;
+        for (i, node) in nodes.iter().enumerate().skip(1) {
+            let got = rows(node, ALL).await;
+            if got != want && std::env::var("DUMP").is_ok() {
+                for (j, n) in [(0, &nodes[0]), (i, node)] {
+                    eprintln!("--- node {j} ({})", n.actor_id());
+                    for c in all_changes(n).await {
+                        eprintln!(
+                            "  {:?} pk={:?} {}={:?} colv={} dbv={} site={} cl={} seq={}",
+                            c.table,
+                            c.pk,
+                            c.cid,
+                            c.val,
+                            c.col_version,
+                            c.db_version,
+                            &c.site_id.to_hex()[..4],
+                            c.cl,
+                            c.seq
+                        );
+                    }
+                }
+            }
+            prop_assert_eq!(&got, &want, "node {} differs from node 0", i);
+        }
+        Ok(())
+    }
+
+    async fn all_changes(n: &Node) -> Vec<crr::Change> {
+        let mut out = Vec::new();
+        let s = summary(n);
+        for a in s.actors {
+            for span in a.applied {
+                let mut next = Some(Need::Versions {
+                    db: DbKind::Regional,
+                    actor: a.actor,
+                    versions: span,
+                });
+                while let Some(need) = next.take() {
+                    let (chunks, rest) = n.serve(Db::Regional, need).await.unwrap();
+                    for c in chunks {
+                        out.extend(c.to_changes());
+                    }
+                    next = rest;
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.pk, &a.cid).cmp(&(&b.pk, &b.cid)));
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn versions_relayed_at_random_moments_converge(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(run(ops))?;
+        }
+    }
+}

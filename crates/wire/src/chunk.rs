@@ -22,8 +22,9 @@ pub fn change_bytes_max(c: &WireChange) -> usize {
     c.table.len() + c.pk.len() + c.cid.len() + val + 4 * 10 + 3 * 10
 }
 
-/// Splits the changes of transaction (`actor`, `version`), ordered by seq,
-/// into chunks whose seq spans tile `0..=last_seq` without overlap.
+/// Splits the changes of transaction (`actor`, `version`), ordered by seq
+/// (several may share a seq), into chunks whose seq spans tile
+/// `0..=last_seq` without overlap.
 /// `last_seq` is the transaction's last seq as the caller knows it (at
 /// least the largest seq in `changes`); no changes gives one empty chunk.
 pub fn chunk_changes(
@@ -76,7 +77,12 @@ pub fn chunk_changes_in(
             seq: c.seq,
         };
         let size = change_bytes_max(&wc);
-        if !current.is_empty() && bytes + size > CHUNK_BYTES_TARGET {
+        // Seqs need not be unique within a version: a replica that created
+        // a row's sentinel while merging a column change tags it with that
+        // change's seq. Changes sharing a seq stay in one chunk, since a
+        // chunk claims whole seqs.
+        let seq_advances = current.last().is_some_and(|l: &WireChange| l.seq < wc.seq);
+        if seq_advances && bytes + size > CHUNK_BYTES_TARGET {
             // Changes are ordered by seq, so the chunk ends just before this one.
             let end = (wc.seq as u64).saturating_sub(1).max(start);
             chunks.push(chunk(

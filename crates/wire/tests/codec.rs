@@ -264,3 +264,35 @@ fn a_backwards_span_does_not_decode() {
     assert!(matches!(decode(&bytes), Err(WireError::Malformed(m)) if m.contains("backwards")));
     assert_eq!(Span::new(0, u64::MAX).len(), u64::MAX);
 }
+
+/// Changes sharing a seq (a sentinel a replica created while merging is
+/// tagged with the seq of the change that created it) never straddle two
+/// chunks: each chunk claims whole seqs.
+#[test]
+fn changes_sharing_a_seq_stay_in_one_chunk() {
+    let actor = SiteId([8; 16]);
+    let changes: Vec<Change> = (0..4_000)
+        .map(|i| Change {
+            table: "machines".into(),
+            pk: vec![0x01, 0x09, (i % 256) as u8],
+            cid: if i % 2 == 0 {
+                "-1".into()
+            } else {
+                "state".into()
+            },
+            val: Value::Text("y".repeat(60)),
+            col_version: 1,
+            db_version: 4,
+            site_id: actor,
+            cl: 1,
+            seq: i / 2,
+        })
+        .collect();
+    let chunks = chunk_changes(DbKind::Regional, actor, 4, 0, &changes);
+    assert!(chunks.len() > 1);
+    for c in &chunks {
+        c.validate().unwrap();
+    }
+    let total: usize = chunks.iter().map(|c| c.changes.len()).sum();
+    assert_eq!(total, 4_000);
+}
