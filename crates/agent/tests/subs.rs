@@ -429,3 +429,74 @@ async fn subscriptions_survive_restarts_and_stale_stores() {
     );
     let _ = &mut old;
 }
+
+/// A subscription of the old layout (`data/subs/<id>.db`, one file per
+/// subscription) is moved into the workers' stores at start: same id, same
+/// change ids, its retained events still resumable, the file removed.
+#[tokio::test]
+async fn subscriptions_of_the_old_layout_are_moved_in() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Node::open(options(dir.path())).unwrap());
+    let id = "0a1b2c3d-0000-4000-8000-000000000001";
+    let old = dir.path().join(format!("data/subs/{id}.db"));
+    {
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        // The old schema and a subscription to FILTER whose row (1, 'x', 5)
+        // was inserted (change 1) then deleted (change 2).
+        conn.execute_batch(
+            "CREATE TABLE meta (id TEXT NOT NULL, sql TEXT NOT NULL, params_kind INTEGER NOT NULL,
+                 hash TEXT NOT NULL, next_row_id INTEGER NOT NULL, last_change_id INTEGER NOT NULL);
+             CREATE TABLE params (idx INTEGER PRIMARY KEY, name TEXT, value ANY);
+             CREATE TABLE rows (row_id INTEGER PRIMARY KEY, cells BLOB NOT NULL);
+             CREATE TABLE events (change_id INTEGER PRIMARY KEY, kind INTEGER NOT NULL,
+                 row_id INTEGER NOT NULL, cells BLOB NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO meta VALUES (?1, ?2, 0, '0123456789abcdef', 2, 2)",
+            [id, FILTER],
+        )
+        .unwrap();
+        // codec: tag 1 = integer (8 bytes LE), tag 3 = text (u32 LE length).
+        let mut cells = vec![1u8];
+        cells.extend_from_slice(&1i64.to_le_bytes());
+        cells.push(3);
+        cells.extend_from_slice(&1u32.to_le_bytes());
+        cells.push(b'x');
+        cells.push(1);
+        cells.extend_from_slice(&5i64.to_le_bytes());
+        for (change, kind) in [(1, 0), (2, 2)] {
+            conn.execute(
+                "INSERT INTO events VALUES (?1, ?2, 1, ?3)",
+                rusqlite::params![change, kind, cells],
+            )
+            .unwrap();
+        }
+    }
+    let node = Node::open(options(dir.path())).unwrap();
+    let from = |n| Attach {
+        from: Some(n),
+        skip_rows: false,
+    };
+    let mut s = node.attach_subscription(id, from(1)).await.unwrap();
+    let SubItem::Change(e) = s.next().await.unwrap() else {
+        panic!("a change")
+    };
+    assert_eq!((e.kind, e.row_id, e.change_id), (ChangeKind::Delete, 1, 2));
+    assert_eq!(e.cells[1], Value::Text("x".into()));
+    assert!(!old.exists(), "the old file is removed once moved");
+    let same = subscribe(&node, FILTER).await;
+    assert_eq!((same.id.as_str(), same.change_id), (id, 2));
+    node.transact(vec![Op::UpsertA(7, "y", 9).statement()])
+        .await
+        .unwrap();
+    let SubItem::Change(e) = s.next().await.unwrap() else {
+        panic!("a change")
+    };
+    assert_eq!((e.kind, e.row_id, e.change_id), (ChangeKind::Insert, 2, 3));
+    drop((s, same, node));
+    // And it stays moved across a restart.
+    let node = Node::open(options(dir.path())).unwrap();
+    let s = node.attach_subscription(id, from(0)).await.unwrap();
+    assert_eq!(s.change_id, 3);
+}
