@@ -172,7 +172,7 @@ fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Re
             .filter(|&i| origins[i].is_some())
             .collect();
     }
-    let restricted = if row_local(&st.sql, &seen.functions) {
+    let restricted = if row_local(&st.sql, &seen.functions) && one_instance_each(&st.sql, &reads) {
         restricted_columns(&pks, &origins)
     } else {
         None
@@ -278,6 +278,30 @@ fn row_local(sql: &str, functions: &HashSet<String>) -> bool {
         .collect();
     words.iter().filter(|w| **w == "select").count() == 1
         && !words.iter().any(|w| NON_LOCAL_WORDS.contains(w))
+}
+
+/// Whether every source table is named once (qualifiers like `t.col` do
+/// not count): the authorizer reports tables, not their instances, and a
+/// self-join (`FROM t a JOIN t b`) whose result carries only one side's
+/// key is not row-local by that key — a change of the other side's row
+/// changes result rows keyed otherwise. Counting names errs towards "more
+/// than once" (a column named like its table), i.e. towards a full re-run.
+fn one_instance_each(sql: &str, reads: &HashSet<Table>) -> bool {
+    let Some(toks) = tokens(sql) else {
+        return false;
+    };
+    reads.iter().all(|(_, table)| {
+        let table = table.to_ascii_lowercase();
+        let named = toks.iter().enumerate().filter(|(i, t)| {
+            let name = match t {
+                Token::Word(w) => w.clone(),
+                Token::Name(n) => n.to_ascii_lowercase(),
+                _ => return false,
+            };
+            name == table && toks.get(i + 1) != Some(&Token::Op(".".into()))
+        });
+        named.count() <= 1
+    })
 }
 
 /// For every source table, the result columns of its pk (each exactly
@@ -819,6 +843,20 @@ mod tests {
             "the key is not in the result: not row-local by key"
         );
         assert_eq!(pinned("SELECT count(*) FROM t WHERE id = ?", text), None);
+        let restricted = |conn: &mut Connection, sql: &str| {
+            analyze(conn, &Statement::new(sql))
+                .unwrap()
+                .restricted
+                .is_some()
+        };
+        assert!(restricted(
+            &mut conn,
+            "SELECT t.id, n.id FROM t JOIN n ON n.a = t.a"
+        ));
+        assert!(
+            !restricted(&mut conn, "SELECT x.id, x.a FROM t x JOIN t y ON y.a = x.a"),
+            "a self-join carrying one side's key is not row-local by that key"
+        );
     }
 
     #[test]
