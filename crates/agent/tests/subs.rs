@@ -437,6 +437,12 @@ async fn subscriptions_survive_restarts_and_stale_stores() {
 async fn subscriptions_of_the_old_layout_are_moved_in() {
     let dir = tempfile::tempdir().unwrap();
     drop(Node::open(options(dir.path())).unwrap());
+    let subs_dir = dir.path().join("data/subs");
+    assert_eq!(
+        std::fs::read_dir(&subs_dir).unwrap().count(),
+        0,
+        "no subscription, no store file"
+    );
     let id = "0a1b2c3d-0000-4000-8000-000000000001";
     let old = dir.path().join(format!("data/subs/{id}.db"));
     {

@@ -52,9 +52,13 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 ";
 
-/// One worker's store.
+/// One worker's store. Its file is opened at start only if it exists, and
+/// created with the worker's first subscription otherwise: a node without
+/// subscriptions does not pay for 4 connections at idle (page-cache bulk,
+/// lookaside, schema).
 pub(crate) struct Store {
-    conn: Connection,
+    path: PathBuf,
+    conn: Option<Connection>,
 }
 
 /// A subscription's number in its worker's store.
@@ -89,29 +93,47 @@ pub(crate) fn path_of(dir: &Path, worker: usize) -> PathBuf {
 }
 
 impl Store {
-    /// Opens (or creates) worker `worker`'s store under `dir` and reads
+    /// Opens worker `worker`'s store under `dir`, if it exists, and reads
     /// every subscription it holds.
     pub fn open(dir: &Path, worker: usize) -> rusqlite::Result<(Store, Vec<Stored>)> {
-        let conn = Connection::open(path_of(dir, worker))?;
-        // WAL + NORMAL: a commit survives a crash of the process (kill -9)
-        // without an fsync per batch; a power loss may lose the last batches.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        let store = Store { conn };
+        let mut store = Store {
+            path: path_of(dir, worker),
+            conn: None,
+        };
+        if !store.path.exists() {
+            return Ok((store, Vec::new()));
+        }
         let stored = store.read_all()?;
         Ok((store, stored))
     }
 
-    fn read_all(&self) -> rusqlite::Result<Vec<Stored>> {
+    fn conn(&mut self) -> rusqlite::Result<&mut Connection> {
+        if self.conn.is_none() {
+            let conn = Connection::open(&self.path)?;
+            // WAL + NORMAL: a commit survives a crash of the process
+            // (kill -9) without an fsync per batch; a power loss may lose
+            // the last batches.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.execute_batch(SCHEMA)?;
+            self.conn = Some(conn);
+        }
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            None => unreachable!("opened above"),
+        }
+    }
+
+    fn read_all(&mut self) -> rusqlite::Result<Vec<Stored>> {
+        let conn = self.conn()?;
         let mut subs = Vec::new();
-        let mut stmt = self.conn.prepare(
+        let mut stmt = conn.prepare(
             "SELECT n, id, sql, params_kind, hash, next_row_id, last_change_id FROM subs ORDER BY n",
         )?;
         let mut q = stmt.query([])?;
         while let Some(r) = q.next()? {
             let no: SubNo = r.get(0)?;
-            let params = self.read_params(no, r.get(3)?)?;
+            let params = read_params(conn, no, r.get(3)?)?;
             subs.push(Stored {
                 no: Some(no),
                 id: r.get(1)?,
@@ -128,22 +150,12 @@ impl Store {
         }
         for s in &mut subs {
             s.rows = read_cells(
-                &self.conn,
+                conn,
                 "SELECT row_id, cells FROM rows WHERE sub = ?1 ORDER BY row_id",
                 s.no.unwrap_or_default(),
             )?;
         }
         Ok(subs)
-    }
-
-    fn read_params(&self, no: SubNo, kind: i64) -> rusqlite::Result<Params> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, value FROM params WHERE sub = ?1 ORDER BY idx")?;
-        let values: Vec<(Option<String>, Value)> = stmt
-            .query_map([no], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(params_of(kind, values))
     }
 
     /// Stores a new subscription with its initial result (and, for one
@@ -157,7 +169,7 @@ impl Store {
         state: &ResultState,
         events: &[ChangeEvent],
     ) -> rusqlite::Result<SubNo> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn()?.transaction()?;
         let (kind, params): (i64, Vec<(Option<&str>, &Value)>) = match &st.params {
             Params::None => (0, vec![]),
             Params::Positional(v) => (1, v.iter().map(|v| (None, v)).collect()),
@@ -205,7 +217,7 @@ impl Store {
     /// Writes the processed batches of several subscriptions, in one
     /// transaction: their events and their effect on the rows.
     pub fn save(&mut self, batches: &[Batch<'_>]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn()?.transaction()?;
         {
             let mut upsert =
                 tx.prepare_cached("INSERT OR REPLACE INTO rows VALUES (?1, ?2, ?3)")?;
@@ -247,13 +259,16 @@ impl Store {
         no: SubNo,
         from: u64,
     ) -> rusqlite::Result<(Vec<ChangeEvent>, Option<u64>)> {
-        let oldest: Option<i64> = self
-            .conn
+        // No file yet: no subscription has stored anything.
+        let Some(conn) = &self.conn else {
+            return Ok((Vec::new(), None));
+        };
+        let oldest: Option<i64> = conn
             .prepare_cached("SELECT min(change_id) FROM events WHERE sub = ?1")?
             .query_row([no], |r| r.get(0))
             .optional()?
             .flatten();
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "SELECT change_id, kind, row_id, cells FROM events
              WHERE sub = ?1 AND change_id > ?2 ORDER BY change_id",
         )?;
@@ -264,6 +279,15 @@ impl Store {
         }
         Ok((events, oldest.map(|o| o as u64)))
     }
+}
+
+fn read_params(conn: &Connection, no: SubNo, kind: i64) -> rusqlite::Result<Params> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, value FROM params WHERE sub = ?1 ORDER BY idx")?;
+    let values: Vec<(Option<String>, Value)> = stmt
+        .query_map([no], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(params_of(kind, values))
 }
 
 fn event_of(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ChangeEvent> {
