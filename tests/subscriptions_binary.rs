@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use client::{ChangeKind, Client, Statement, SubEvent, Subscription};
 use serde_json::{json, Value as Json};
-use support::{free_addr, runtime, setup, setup_on, Agent, BIN};
+use support::{runtime, setup, setup_on, Agent, BIN};
 
 const SQL: &str = "SELECT id, app FROM machines WHERE app IS NOT NULL";
 
@@ -262,10 +262,14 @@ async fn write(c: &Client, round: u32) {
 #[test]
 fn subscriptions_survive_kill_9_with_contiguous_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup_on(dir.path(), &free_addr());
+    let config = setup(dir.path());
     let rt = runtime();
     rt.block_on(async {
         let agent = Agent::start(&config);
+        // The restart listens where the first start did, so that the
+        // subscriber re-attaches by itself: the port the kernel gave the
+        // first start (port 0), not one guessed free beforehand.
+        let config = setup_on(dir.path(), &agent.addr);
         let c = agent.client();
         write(&c, 0).await;
         let mut sub = c.subscribe(&Statement::from(SQL)).await.unwrap();

@@ -85,7 +85,9 @@ pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
     config
 }
 
-/// As [`setup`], with the API on `api_addr` (a fixed port survives restarts).
+/// As [`setup`], with the API on `api_addr`: a test restarting an agent
+/// whose clients must find it again rewrites the config with the address
+/// the first start bound (port 0 first: no guessed free port).
 pub fn setup_on(dir: &Path, api_addr: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("schema")).unwrap();
     std::fs::write(dir.join("schema/machines.sql"), SCHEMA).unwrap();
@@ -108,11 +110,4 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A port that was free a moment ago, for an API address that stays the
-/// same across restarts.
-pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }

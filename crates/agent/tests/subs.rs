@@ -23,6 +23,8 @@ const FILTER: &str = "SELECT id, g, v FROM a WHERE v > 3";
 const JOIN: &str = "SELECT a.id, b.id, a.g, b.w FROM a JOIN b ON b.a_id = a.id WHERE b.w >= 0";
 const GROUP: &str = "SELECT g, count(*), sum(v) FROM a GROUP BY g";
 const COUNT_B: &str = "SELECT count(*), total(w) FROM b";
+/// Pinned to one key: routed by that key, not by its table.
+const PINNED: &str = "SELECT id, g, v FROM a WHERE id = 2 AND v > 0";
 
 fn options(dir: &Path) -> NodeOptions {
     std::fs::create_dir_all(dir.join("schema")).unwrap();
@@ -178,7 +180,7 @@ proptest! {
                 node.transact(vec![o.statement()]).await.unwrap();
             }
             let mut subs = Vec::new();
-            for sql in [FILTER, JOIN, GROUP, COUNT_B] {
+            for sql in [FILTER, JOIN, GROUP, COUNT_B, PINNED] {
                 let s = subscribe(&node, sql).await;
                 let m = Model::from_snapshot(&s);
                 assert_eq!(m.sorted(), sorted(rerun(&node, sql).await), "{sql}: snapshot");
@@ -266,6 +268,66 @@ async fn writes_to_unread_tables_cost_nothing_and_errors_are_refused() {
     assert_eq!(e, Some(SubError::NotFound("nope".into())));
 }
 
+async fn next(s: &mut SubStream) -> (ChangeKind, Vec<Value>, u64) {
+    match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+        Ok(Some(SubItem::Change(e))) => (e.kind, e.cells, e.change_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Subscriptions pinned to a key by a parameter get the changes of their
+/// key only, whatever else the commit changed.
+#[tokio::test]
+async fn pinned_subscriptions_see_their_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let sql = "SELECT id, v FROM a WHERE id = ?";
+    let mut subs = Vec::new();
+    for id in 1..=3 {
+        let st = Statement::with_params(sql, vec![Value::Integer(id)]);
+        subs.push(node.subscribe(st, true, Attach::default()).await.unwrap());
+    }
+    node.transact(vec![
+        Op::UpsertA(2, "x", 20).statement(),
+        Op::UpsertA(4, "x", 40).statement(),
+    ])
+    .await
+    .unwrap();
+    node.transact(vec![Op::UpsertA(1, "x", 10).statement()])
+        .await
+        .unwrap();
+    node.transact(vec![Op::SetV(2, 21).statement()])
+        .await
+        .unwrap();
+    use Value::Integer as I;
+    assert_eq!(
+        next(&mut subs[0]).await,
+        (ChangeKind::Insert, vec![I(1), I(10)], 1)
+    );
+    assert_eq!(
+        next(&mut subs[1]).await,
+        (ChangeKind::Insert, vec![I(2), I(20)], 1)
+    );
+    assert_eq!(
+        next(&mut subs[1]).await,
+        (ChangeKind::Update, vec![I(2), I(21)], 2)
+    );
+    // Key 3 never changed: after one more commit that does change it, its
+    // first event is that one.
+    node.transact(vec![Op::UpsertA(3, "x", 30).statement()])
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut subs[2]).await,
+        (ChangeKind::Insert, vec![I(3), I(30)], 1)
+    );
+    // A text parameter against an INTEGER key is not pinned (SQLite
+    // converts '1' to 1 for the comparison) and still sees its row.
+    let st = Statement::with_params(sql, vec![Value::Text("1".into())]);
+    let s = node.subscribe(st, true, Attach::default()).await.unwrap();
+    assert_eq!(s.rows.as_deref().map(<[_]>::len), Some(1));
+}
+
 #[tokio::test]
 async fn subscriptions_survive_restarts_and_stale_stores() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,10 +348,17 @@ async fn subscriptions_survive_restarts_and_stale_stores() {
         (s.id.clone(), m.last)
     };
     assert_eq!(last, 2);
-    // The store as it is now; restored later to play a store that missed
-    // commits (a crash between a commit and the subscription's write).
-    let store = dir.path().join(format!("data/subs/{id}.db"));
-    let stale = std::fs::read(&store).unwrap();
+    // The stores as they are now (the node closed them: no WAL left);
+    // restored later to play stores that missed commits (a crash between a
+    // commit and the subscription's write).
+    let stores = dir.path().join("data/subs");
+    let stale: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&stores)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert!(!stale.is_empty());
     {
         let node = Node::open(options(dir.path())).unwrap();
         let mut s = node
@@ -325,9 +394,11 @@ async fn subscriptions_survive_restarts_and_stale_stores() {
         converge(&node, JOIN, &mut s2, &mut full).await;
         assert!(full.last >= 4);
     }
-    std::fs::write(&store, &stale).unwrap();
-    for ext in ["db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(store.with_extension(ext));
+    for (path, bytes) in &stale {
+        std::fs::write(path, bytes).unwrap();
+        for ext in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(path.with_extension(ext));
+        }
     }
     let node = Node::open(options(dir.path())).unwrap();
     let mut s = node
@@ -357,4 +428,81 @@ async fn subscriptions_survive_restarts_and_stale_stores() {
         "from=0 is still retained"
     );
     let _ = &mut old;
+}
+
+/// A subscription of the old layout (`data/subs/<id>.db`, one file per
+/// subscription) is moved into the workers' stores at start: same id, same
+/// change ids, its retained events still resumable, the file removed.
+#[tokio::test]
+async fn subscriptions_of_the_old_layout_are_moved_in() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Node::open(options(dir.path())).unwrap());
+    let subs_dir = dir.path().join("data/subs");
+    assert_eq!(
+        std::fs::read_dir(&subs_dir).unwrap().count(),
+        0,
+        "no subscription, no store file"
+    );
+    let id = "0a1b2c3d-0000-4000-8000-000000000001";
+    let old = dir.path().join(format!("data/subs/{id}.db"));
+    {
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        // The old schema and a subscription to FILTER whose row (1, 'x', 5)
+        // was inserted (change 1) then deleted (change 2).
+        conn.execute_batch(
+            "CREATE TABLE meta (id TEXT NOT NULL, sql TEXT NOT NULL, params_kind INTEGER NOT NULL,
+                 hash TEXT NOT NULL, next_row_id INTEGER NOT NULL, last_change_id INTEGER NOT NULL);
+             CREATE TABLE params (idx INTEGER PRIMARY KEY, name TEXT, value ANY);
+             CREATE TABLE rows (row_id INTEGER PRIMARY KEY, cells BLOB NOT NULL);
+             CREATE TABLE events (change_id INTEGER PRIMARY KEY, kind INTEGER NOT NULL,
+                 row_id INTEGER NOT NULL, cells BLOB NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO meta VALUES (?1, ?2, 0, '0123456789abcdef', 2, 2)",
+            [id, FILTER],
+        )
+        .unwrap();
+        // codec: tag 1 = integer (8 bytes LE), tag 3 = text (u32 LE length).
+        let mut cells = vec![1u8];
+        cells.extend_from_slice(&1i64.to_le_bytes());
+        cells.push(3);
+        cells.extend_from_slice(&1u32.to_le_bytes());
+        cells.push(b'x');
+        cells.push(1);
+        cells.extend_from_slice(&5i64.to_le_bytes());
+        for (change, kind) in [(1, 0), (2, 2)] {
+            conn.execute(
+                "INSERT INTO events VALUES (?1, ?2, 1, ?3)",
+                rusqlite::params![change, kind, cells],
+            )
+            .unwrap();
+        }
+    }
+    let node = Node::open(options(dir.path())).unwrap();
+    let from = |n| Attach {
+        from: Some(n),
+        skip_rows: false,
+    };
+    let mut s = node.attach_subscription(id, from(1)).await.unwrap();
+    let SubItem::Change(e) = s.next().await.unwrap() else {
+        panic!("a change")
+    };
+    assert_eq!((e.kind, e.row_id, e.change_id), (ChangeKind::Delete, 1, 2));
+    assert_eq!(e.cells[1], Value::Text("x".into()));
+    assert!(!old.exists(), "the old file is removed once moved");
+    let same = subscribe(&node, FILTER).await;
+    assert_eq!((same.id.as_str(), same.change_id), (id, 2));
+    node.transact(vec![Op::UpsertA(7, "y", 9).statement()])
+        .await
+        .unwrap();
+    let SubItem::Change(e) = s.next().await.unwrap() else {
+        panic!("a change")
+    };
+    assert_eq!((e.kind, e.row_id, e.change_id), (ChangeKind::Insert, 2, 3));
+    drop((s, same, node));
+    // And it stays moved across a restart.
+    let node = Node::open(options(dir.path())).unwrap();
+    let s = node.attach_subscription(id, from(0)).await.unwrap();
+    assert_eq!(s.change_id, 3);
 }

@@ -7,7 +7,7 @@
 //!   client learns the columns and the change id it starts after.
 //! - `from=N` sends change lines only (no `columns`/`eoq`). `from=N` beyond
 //!   the last change id waits for N+1.
-//! - A subscriber more than 1,024 events behind gets
+//! - A subscriber more than 128 events behind (`SUBSCRIBER_EVENTS_BUFFERED`) gets
 //!   `{"error":"… re-attach with from=<last id it got>"}` and the stream ends.
 
 use agent::{Attach, ChangeEvent, SubError, SubItem, SubStream};

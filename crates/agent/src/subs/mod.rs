@@ -4,7 +4,7 @@
 //!
 //! - `diff`: the result state and the diff, plain values.
 //! - `plan`: what a statement reads, its row key, restricted re-runs.
-//! - `store`: the per-subscription SQLite file under `data_dir/subs/`.
+//! - `store`: one SQLite file per worker under `data_dir/subs/`.
 //! - `worker`: threads owning the states; [`Subscriptions`] routes commits
 //!   and requests to them.
 
@@ -43,7 +43,7 @@ const WORKER_QUEUE_MAX: usize = 4096;
 /// Events buffered per attached subscriber; one that falls further behind
 /// gets an error event and is disconnected.
 pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 128;
-/// Subscriptions one node keeps (each holds a file and its result in memory).
+/// Subscriptions one node keeps (each holds its result in memory).
 const SUBSCRIPTIONS_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +170,14 @@ impl Dispatch {
         }
     }
 
+    /// Records which worker owns a stored subscription (its tables are
+    /// registered when the worker has analyzed it).
+    fn register_owner(&self, id: &str, key: &str, worker: usize) {
+        let mut r = self.registry();
+        r.by_key.insert(key.to_owned(), id.to_owned());
+        r.worker_of.insert(id.to_owned(), worker);
+    }
+
     fn unregister(&self, id: &str, key: &str) {
         let mut r = self.registry();
         r.by_key.remove(key);
@@ -243,10 +251,23 @@ impl Subscriptions {
         let mut threads = Vec::new();
         for (no, rx) in receivers.into_iter().enumerate() {
             let conn = open_reader().map_err(std::io::Error::other)?;
+            let (store, stored) = store::Store::open(dir, no).map_err(|e| {
+                std::io::Error::other(format!(
+                    "subscription store {}: {e}",
+                    store::path_of(dir, no).display()
+                ))
+            })?;
+            // Registered before `open` returns, so that an attach by id
+            // right after start finds its worker; the worker restores the
+            // subscription before it reads the attach (same queue).
+            for s in stored {
+                dispatch.register_owner(&s.id, &key_of(&s.statement), no);
+                let _ = dispatch.workers[no].send(Msg::Restore(Box::new(s), None));
+            }
             let worker = Worker::new(
                 no,
                 conn,
-                dir.to_owned(),
+                store,
                 Arc::clone(&dispatch),
                 Arc::clone(&dispatch.overflow[no]),
             );
@@ -257,11 +278,15 @@ impl Subscriptions {
             );
         }
         let subs = Subscriptions { dispatch, threads };
-        subs.restore_all(dir)?;
+        subs.move_legacy(dir)?;
         Ok(subs)
     }
 
-    fn restore_all(&self, dir: &Path) -> std::io::Result<()> {
+    /// Moves the subscriptions of the old layout (one `<id>.db` per
+    /// subscription) into the workers' stores; each file is removed once
+    /// its content is stored (a crash in between finds it again, and a
+    /// subscription already moved is not moved twice).
+    fn move_legacy(&self, dir: &Path) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path: PathBuf = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -270,22 +295,23 @@ impl Subscriptions {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            if !name.ends_with(".db") {
+            if !name.ends_with(".db") || name.starts_with("worker-") {
                 continue;
             }
-            match store::Store::open(&path) {
-                Ok((store, stored)) => {
+            match store::read_legacy(&path) {
+                Ok(stored) => {
                     let key = key_of(&stored.statement);
-                    let no = worker_of_key(&key);
-                    {
-                        let mut r = self.dispatch.registry();
-                        r.by_key.insert(key, stored.id.clone());
-                        r.worker_of.insert(stored.id.clone(), no);
+                    if self.dispatch.id_of(&key).is_some() {
+                        worker::remove_legacy(&path);
+                        continue;
                     }
-                    let _ = self.dispatch.workers[no].send(Msg::Restore(Box::new((store, stored))));
+                    let no = worker_of_key(&key);
+                    self.dispatch.register_owner(&stored.id, &key, no);
+                    let _ =
+                        self.dispatch.workers[no].send(Msg::Restore(Box::new(stored), Some(path)));
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "a stored subscription cannot be read; it is skipped (remove the file to drop it)")
+                    tracing::error!(path = %path.display(), error = %e, "a stored subscription of the old layout cannot be read; it is skipped (remove the file to drop it)")
                 }
             }
         }
@@ -305,13 +331,22 @@ impl Subscriptions {
         attach: Attach,
     ) -> Result<SubStream, SubError> {
         let key = key_of(&statement);
-        if create
-            && self.dispatch.id_of(&key).is_none()
-            && self.dispatch.registry().worker_of.len() >= SUBSCRIPTIONS_MAX
-        {
-            return Err(SubError::TooMany);
-        }
-        let no = worker_of_key(&key);
+        // An existing subscription is asked of the worker whose store holds
+        // it; a new one goes to the worker its statement hashes to, so
+        // that two creations of the same statement are serialized there.
+        let owner = {
+            let r = self.dispatch.registry();
+            let owner = r
+                .by_key
+                .get(&key)
+                .and_then(|id| r.worker_of.get(id))
+                .copied();
+            if create && owner.is_none() && r.worker_of.len() >= SUBSCRIPTIONS_MAX {
+                return Err(SubError::TooMany);
+            }
+            owner
+        };
+        let no = owner.unwrap_or_else(|| worker_of_key(&key));
         self.ask(no, |reply| Msg::Subscribe {
             statement,
             key,

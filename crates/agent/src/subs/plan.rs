@@ -12,7 +12,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
 
 use crate::node::Db;
-use crate::statement::{with_params, Statement};
+use crate::statement::{with_params, Params, Statement};
 
 use super::codec;
 
@@ -80,6 +80,12 @@ pub(crate) struct Plan {
     /// primary-key order), when every table's key is in the result and the
     /// statement is row-local: changes can be recomputed by key.
     pub restricted: Option<HashMap<Table, Vec<usize>>>,
+    /// When the result can only hold the row of one primary key of its
+    /// only table (a row-local statement whose WHERE has a top-level
+    /// conjunct `pk_col = value` for every primary-key column, after
+    /// binding): that table and key (encoded as commits carry them). A
+    /// commit that did not change that key cannot change the result.
+    pub pinned: Option<(Table, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -166,17 +172,78 @@ fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Re
             .filter(|&i| origins[i].is_some())
             .collect();
     }
-    let restricted = if row_local(&st.sql, &seen.functions) {
+    let restricted = if row_local(&st.sql, &seen.functions) && one_instance_each(&st.sql, &reads) {
         restricted_columns(&pks, &origins)
     } else {
         None
+    };
+    let pinned = match (&restricted, pks.iter().next()) {
+        (Some(_), Some((table, pk))) if pks.len() == 1 => {
+            let schema = match table.0 {
+                Db::Regional => "main",
+                Db::Global => "global",
+            };
+            pinned_key(&st.sql, &st.params, pk, |column, value| {
+                exact_equality(conn, schema, &table.1, column, value)
+            })
+            .map(|key| (table.clone(), key))
+        }
+        _ => None,
     };
     Ok(Plan {
         columns,
         reads,
         key_columns,
         restricted,
+        pinned,
     })
+}
+
+/// Whether `column = value` holds exactly for the stored values equal to
+/// `value` (so that the encoded `value` is the key a commit carries): the
+/// column compares with BINARY collation and its affinity leaves `value`
+/// as it is (a text in a TEXT column, an integer in an INTEGER or NUMERIC
+/// one). Anything else (e.g. the integer 5 against a TEXT column, which
+/// SQLite compares as '5') is not pinned.
+fn exact_equality(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    column: &str,
+    value: &Value,
+) -> bool {
+    let Ok((declared, collation, ..)) = conn.column_metadata(Some(schema), table, column) else {
+        return false;
+    };
+    let binary = collation
+        .as_ref()
+        .is_none_or(|c| c.to_bytes().eq_ignore_ascii_case(b"binary"));
+    let declared = declared
+        .map(|d| d.to_string_lossy().to_ascii_uppercase())
+        .unwrap_or_default();
+    // SQLite's affinity rules (datatype3.html, 3.1), in their order.
+    let affinity = if declared.contains("INT") {
+        "integer"
+    } else if ["CHAR", "CLOB", "TEXT"]
+        .iter()
+        .any(|t| declared.contains(t))
+    {
+        "text"
+    } else if declared.contains("BLOB") || declared.is_empty() {
+        "blob"
+    } else if ["REAL", "FLOA", "DOUB"]
+        .iter()
+        .any(|t| declared.contains(t))
+    {
+        "real"
+    } else {
+        "numeric"
+    };
+    binary
+        && matches!(
+            (affinity, value),
+            ("text", Value::Text(_)) | ("integer" | "numeric", Value::Integer(_))
+        )
 }
 
 /// The primary-key columns of a replicated table, in primary-key order.
@@ -211,6 +278,30 @@ fn row_local(sql: &str, functions: &HashSet<String>) -> bool {
         .collect();
     words.iter().filter(|w| **w == "select").count() == 1
         && !words.iter().any(|w| NON_LOCAL_WORDS.contains(w))
+}
+
+/// Whether every source table is named once (qualifiers like `t.col` do
+/// not count): the authorizer reports tables, not their instances, and a
+/// self-join (`FROM t a JOIN t b`) whose result carries only one side's
+/// key is not row-local by that key — a change of the other side's row
+/// changes result rows keyed otherwise. Counting names errs towards "more
+/// than once" (a column named like its table), i.e. towards a full re-run.
+fn one_instance_each(sql: &str, reads: &HashSet<Table>) -> bool {
+    let Some(toks) = tokens(sql) else {
+        return false;
+    };
+    reads.iter().all(|(_, table)| {
+        let table = table.to_ascii_lowercase();
+        let named = toks.iter().enumerate().filter(|(i, t)| {
+            let name = match t {
+                Token::Word(w) => w.clone(),
+                Token::Name(n) => n.to_ascii_lowercase(),
+                _ => return false,
+            };
+            name == table && toks.get(i + 1) != Some(&Token::Op(".".into()))
+        });
+        named.count() <= 1
+    })
 }
 
 /// For every source table, the result columns of its pk (each exactly
@@ -400,4 +491,407 @@ fn json_value(out: &mut String, v: &Value) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// A token of SQL, as far as [`pinned_key`] needs to tell them apart.
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    /// A bare word (keyword or name), lowercased.
+    Word(String),
+    /// A quoted name ("x", `x`, [x]).
+    Name(String),
+    Text(String),
+    Number(String),
+    /// `?`, `?NNN`, `:a`, `@a`, `$a`.
+    Param(String),
+    Open,
+    Close,
+    /// Any other operator or punctuation.
+    Op(String),
+}
+
+/// Splits SQL into tokens; `None` for anything it does not understand
+/// (then nothing is pinned).
+fn tokens(sql: &str) -> Option<Vec<Token>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        match c {
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let end = sql[i + 2..].find("*/")?;
+                i += end + 4;
+            }
+            b'\'' | b'"' | b'`' | b'[' => {
+                let close = if c == b'[' { b']' } else { c };
+                let mut text = Vec::new();
+                i += 1;
+                loop {
+                    let &d = b.get(i)?;
+                    i += 1;
+                    if d == close {
+                        if close != b']' && b.get(i) == Some(&close) {
+                            text.push(d);
+                            i += 1;
+                            continue;
+                        }
+                        break;
+                    }
+                    text.push(d);
+                }
+                let text = String::from_utf8(text).ok()?;
+                out.push(if c == b'\'' {
+                    Token::Text(text)
+                } else {
+                    Token::Name(text)
+                });
+            }
+            b'?' | b':' | b'@' | b'$' => {
+                i += 1;
+                while i < b.len() && word(b[i]) {
+                    i += 1;
+                }
+                out.push(Token::Param(sql[start..i].to_owned()));
+            }
+            b'(' => {
+                i += 1;
+                out.push(Token::Open);
+            }
+            b')' => {
+                i += 1;
+                out.push(Token::Close);
+            }
+            c if c.is_ascii_digit() => {
+                while i < b.len() && (word(b[i]) || b[i] == b'.') {
+                    i += 1;
+                }
+                out.push(Token::Number(sql[start..i].to_owned()));
+            }
+            c if word(c) => {
+                while i < b.len() && word(b[i]) {
+                    i += 1;
+                }
+                out.push(Token::Word(sql[start..i].to_ascii_lowercase()));
+            }
+            _ => {
+                i += 1;
+                while i < b.len() && b"=<>!|-".contains(&b[i]) && b"=<>!|-".contains(&c) {
+                    i += 1;
+                }
+                out.push(Token::Op(sql[start..i].to_owned()));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The encoded primary key the statement's WHERE pins, in `pk` order: a
+/// top-level conjunct `col = value` (or `value = col`, `==` too) for every
+/// pk column, `value` a bound parameter or a text or integer literal, and
+/// `exact(col, value)` true. `None` whenever the SQL is of another shape:
+/// only one source table with an optional alias, no OR at the top level,
+/// no BETWEEN or CASE (their AND is not a conjunction).
+fn pinned_key(
+    sql: &str,
+    params: &Params,
+    pk: &[String],
+    exact: impl Fn(&str, &Value) -> bool,
+) -> Option<Vec<u8>> {
+    let mut toks = tokens(sql)?;
+    while toks.last() == Some(&Token::Op(";".into())) {
+        toks.pop();
+    }
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x == w);
+    // Top-level FROM and WHERE, and where the WHERE clause ends.
+    let mut depth = 0i32;
+    let (mut from, mut wher, mut end) = (None, None, toks.len());
+    for (i, t) in toks.iter().enumerate() {
+        match t {
+            Token::Open => depth += 1,
+            Token::Close => depth -= 1,
+            _ if depth != 0 => {}
+            // A second FROM or WHERE at the top level: not the one shape.
+            t if word(t, "from") && from.replace(i).is_some() => return None,
+            t if word(t, "where") && wher.replace(i).is_some() => return None,
+            t if word(t, "order") && wher.is_some() => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (from, wher) = (from?, wher?);
+    if from > wher {
+        return None;
+    }
+    // FROM [schema.]table [[AS] alias]: one table, nothing joined.
+    let mut source = &toks[from + 1..wher];
+    let is_name = |t: &Token| matches!(t, Token::Word(_) | Token::Name(_));
+    if source.len() >= 3 && source[1] == Token::Op(".".into()) {
+        source = &source[2..];
+    }
+    let one_table = match source {
+        [t] => is_name(t),
+        [t, a] => is_name(t) && is_name(a) && !word(a, "join") && !word(a, "natural"),
+        [t, as_, a] => is_name(t) && word(as_, "as") && is_name(a),
+        _ => false,
+    };
+    if !one_table {
+        return None;
+    }
+    let clause = &toks[wher + 1..end];
+    if clause.iter().any(|t| word(t, "between") || word(t, "case")) {
+        return None;
+    }
+    // Parameters numbered the way SQLite numbers them, for the simple
+    // cases only: all `?`, all `?NNN`, or all named.
+    let all: Vec<&String> = toks
+        .iter()
+        .filter_map(|t| match t {
+            Token::Param(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let value_of = |at: usize| -> Option<Value> {
+        match &toks[at] {
+            Token::Text(t) => Some(Value::Text(t.clone())),
+            Token::Number(n) => n.parse::<i64>().ok().map(Value::Integer),
+            Token::Param(p) => match params {
+                Params::Positional(values) if p == "?" => {
+                    if all.iter().any(|q| *q != "?") {
+                        return None;
+                    }
+                    let ordinal = toks[..at]
+                        .iter()
+                        .filter(|t| matches!(t, Token::Param(_)))
+                        .count();
+                    values.get(ordinal).cloned()
+                }
+                Params::Positional(values) if p.starts_with('?') => {
+                    if all.iter().any(|q| !q.starts_with('?') || q.len() == 1) {
+                        return None;
+                    }
+                    let n: usize = p[1..].parse().ok()?;
+                    values.get(n.checked_sub(1)?).cloned()
+                }
+                Params::Named(values) if !p.starts_with('?') => {
+                    values.iter().find(|(n, _)| n == p).map(|(_, v)| v.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let column_at = |range: &[Token]| -> Option<String> {
+        let name = match range {
+            [c] => c,
+            [_, dot, c] if *dot == Token::Op(".".into()) => c,
+            _ => return None,
+        };
+        match name {
+            Token::Word(c) | Token::Name(c) => Some(c.clone()),
+            _ => None,
+        }
+    };
+    let mut pins: HashMap<String, Value> = HashMap::new();
+    let mut depth = 0i32;
+    let mut start = wher + 1;
+    for i in wher + 1..=end {
+        let t = toks.get(i).filter(|_| i < end);
+        match t {
+            Some(Token::Open) => depth += 1,
+            Some(Token::Close) => depth -= 1,
+            Some(t) if depth == 0 && word(t, "or") => return None,
+            Some(t) if !(depth == 0 && word(t, "and")) => {}
+            _ => {
+                // A conjunct: toks[start..i].
+                let piece = &toks[start..i];
+                let eq = piece
+                    .iter()
+                    .position(|t| matches!(t, Token::Op(o) if o == "=" || o == "=="));
+                if let Some(eq) = eq {
+                    let (left, right) = (&piece[..eq], &piece[eq + 1..]);
+                    let pin = match (column_at(left), column_at(right)) {
+                        (Some(c), None) if right.len() == 1 => {
+                            value_of(start + eq + 1).map(|v| (c, v))
+                        }
+                        (None, Some(c)) if left.len() == 1 => value_of(start).map(|v| (c, v)),
+                        _ => None,
+                    };
+                    if let Some((column, value)) = pin {
+                        if let Some(pk_col) = pk.iter().find(|p| p.eq_ignore_ascii_case(&column)) {
+                            pins.entry(pk_col.clone()).or_insert(value);
+                        }
+                    }
+                }
+                start = i + 1;
+            }
+        }
+    }
+    let mut key = Vec::with_capacity(pk.len());
+    for c in pk {
+        let v = pins.remove(c)?;
+        if !exact(c, &v) {
+            return None;
+        }
+        key.push(v);
+    }
+    Some(codec::encode(&key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(sql: &str, params: Params, pk: &[&str]) -> Option<Vec<Value>> {
+        let pk: Vec<String> = pk.iter().map(|s| s.to_string()).collect();
+        pinned_key(sql, &params, &pk, |_, v| !matches!(v, Value::Null))
+            .map(|k| codec::decode(&k).unwrap())
+    }
+
+    fn pos(v: &[Value]) -> Params {
+        Params::Positional(v.to_vec())
+    }
+
+    #[test]
+    fn pinned_keys_of_simple_filters() {
+        let t = |s: &str| Value::Text(s.into());
+        let five = [Value::Integer(5)];
+        assert_eq!(
+            pin("SELECT id, a FROM bench WHERE id = ?", pos(&five), &["id"]),
+            Some(five.to_vec())
+        );
+        assert_eq!(
+            pin(
+                "select * from main.bench b where a > 1 and b.\"id\" == 'x''y';",
+                Params::None,
+                &["id"]
+            ),
+            Some(vec![t("x'y")])
+        );
+        assert_eq!(
+            pin(
+                "SELECT * FROM t AS x WHERE (a = 1) AND :k = k2 AND k1 = ?2 ORDER BY a",
+                Params::Named(vec![(":k".into(), t("b"))]),
+                &["k1", "k2"]
+            ),
+            None,
+            "named and numbered parameters mixed"
+        );
+        assert_eq!(
+            pin(
+                "SELECT * FROM t WHERE ?2 = k2 AND k1 = ?1",
+                pos(&[t("a"), t("b")]),
+                &["k1", "k2"]
+            ),
+            Some(vec![t("a"), t("b")])
+        );
+        assert_eq!(
+            pin(
+                "SELECT * FROM t WHERE a = ? AND id = ?",
+                pos(&[t("a"), t("b")]),
+                &["id"]
+            ),
+            Some(vec![t("b")]),
+            "plain ? are numbered in order"
+        );
+    }
+
+    /// Through `analyze`, against real columns: affinity and collation
+    /// decide whether a bound value pins the key.
+    #[test]
+    fn analyze_pins_by_affinity_and_collation() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE crr_tables (name TEXT);
+             INSERT INTO crr_tables VALUES ('t'), ('n');
+             CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, a INTEGER);
+             CREATE TABLE n (id TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, a INTEGER);",
+        )
+        .unwrap();
+        let mut pinned = |sql: &str, v: Value| {
+            analyze(&mut conn, &Statement::with_params(sql, vec![v]))
+                .unwrap()
+                .pinned
+                .map(|(t, k)| (t.1, codec::decode(&k).unwrap()))
+        };
+        let text = Value::Text("k".into());
+        assert_eq!(
+            pinned("SELECT id, a FROM t WHERE id = ?", text.clone()),
+            Some(("t".into(), vec![text.clone()]))
+        );
+        assert_eq!(
+            pinned("SELECT id, a FROM t WHERE id = ?", Value::Integer(1)),
+            None
+        );
+        assert_eq!(
+            pinned("SELECT id, a FROM n WHERE id = ?", text.clone()),
+            None
+        );
+        assert_eq!(
+            pinned("SELECT a FROM t WHERE id = ?", text.clone()),
+            None,
+            "the key is not in the result: not row-local by key"
+        );
+        assert_eq!(pinned("SELECT count(*) FROM t WHERE id = ?", text), None);
+        let restricted = |conn: &mut Connection, sql: &str| {
+            analyze(conn, &Statement::new(sql))
+                .unwrap()
+                .restricted
+                .is_some()
+        };
+        assert!(restricted(
+            &mut conn,
+            "SELECT t.id, n.id FROM t JOIN n ON n.a = t.a"
+        ));
+        assert!(
+            !restricted(&mut conn, "SELECT x.id, x.a FROM t x JOIN t y ON y.a = x.a"),
+            "a self-join carrying one side's key is not row-local by that key"
+        );
+    }
+
+    #[test]
+    fn no_pin_unless_every_pk_column_is_pinned_by_a_top_level_conjunct() {
+        let one = [Value::Integer(1)];
+        for sql in [
+            "SELECT * FROM t WHERE id = ? OR a = 1",
+            "SELECT * FROM t WHERE a = 1 OR id = ?",
+            "SELECT * FROM t WHERE (id = ? OR a = 2)",
+            "SELECT * FROM t WHERE NOT id = ?",
+            "SELECT * FROM t WHERE id = ? + 1",
+            "SELECT * FROM t WHERE id = ? COLLATE nocase",
+            "SELECT * FROM t WHERE id != ?",
+            "SELECT * FROM t WHERE id IS ?",
+            "SELECT * FROM t WHERE a BETWEEN 0 AND id = ?",
+            "SELECT * FROM t WHERE CASE WHEN a THEN 1 ELSE 0 END AND id = ?",
+            "SELECT * FROM t, u WHERE t.id = ?",
+            "SELECT * FROM t JOIN u ON u.x = t.id WHERE t.id = ?",
+            "SELECT * FROM t",
+            "SELECT * FROM t WHERE a = ?",
+            "SELECT * FROM t WHERE id = a",
+            "SELECT * FROM t WHERE id = ?1 AND a = ?",
+            "SELECT * FROM t WHERE id = 1.5",
+        ] {
+            assert_eq!(pin(sql, pos(&one), &["id"]), None, "{sql}");
+        }
+        assert_eq!(
+            pin("SELECT * FROM t WHERE k1 = ?", pos(&one), &["k1", "k2"]),
+            None,
+            "part of a composite key"
+        );
+        assert_eq!(
+            pin("SELECT * FROM t WHERE id = ?", pos(&[]), &["id"]),
+            None,
+            "unbound"
+        );
+    }
 }

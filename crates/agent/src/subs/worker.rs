@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::diff::{ChangeEvent, ResultState};
 use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
-use super::store::{Store, Stored, EVENTS_RETAINED};
+use super::store::{Batch, Store, Stored, SubNo};
 use super::{codec, Attach, Dispatch, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
 use crate::statement::Statement;
 
@@ -40,7 +40,9 @@ pub(crate) enum Msg {
         reply: Reply,
     },
     /// A subscription found on disk at start: rebuilt by a full re-run.
-    Restore(Box<(Store, Stored)>),
+    /// With a path, it was read from that file of the old layout and is
+    /// moved into the worker's store (then the file is removed).
+    Restore(Box<Stored>, Option<PathBuf>),
     Stop,
 }
 
@@ -55,8 +57,8 @@ struct Sub {
     statement: Statement,
     plan: Plan,
     state: ResultState,
-    store: Store,
-    log: VecDeque<ChangeEvent>,
+    /// Its number in the worker's store.
+    no: SubNo,
     live: broadcast::Sender<ChangeEvent>,
     /// Set when the state could not be stored: the subscription serves no
     /// more (a restart rebuilds it).
@@ -66,11 +68,16 @@ struct Sub {
 pub(crate) struct Worker {
     pub no: usize,
     pub conn: Connection,
-    pub dir: PathBuf,
+    pub store: Store,
     pub dispatch: Arc<Dispatch>,
     pub overflow: Arc<AtomicBool>,
     subs: HashMap<String, Sub>,
+    /// Subscriptions that may change on any change of a table.
     by_table: HashMap<Table, Vec<String>>,
+    /// Subscriptions whose result can only hold the row of one primary
+    /// key of one table (`plan::Plan::pinned`): a commit reaches them only
+    /// when it changed that key.
+    by_key: HashMap<(Table, Vec<u8>), Vec<String>>,
     pending: HashMap<String, Pending>,
 }
 
@@ -78,18 +85,19 @@ impl Worker {
     pub fn new(
         no: usize,
         conn: Connection,
-        dir: PathBuf,
+        store: Store,
         dispatch: Arc<Dispatch>,
         overflow: Arc<AtomicBool>,
     ) -> Worker {
         Worker {
             no,
             conn,
-            dir,
+            store,
             dispatch,
             overflow,
             subs: HashMap::new(),
             by_table: HashMap::new(),
+            by_key: HashMap::new(),
             pending: HashMap::new(),
         }
     }
@@ -125,28 +133,30 @@ impl Worker {
 
     fn note(&mut self, touched: &Touched) {
         for (table, keys) in touched {
-            let Some(ids) = self.by_table.get(table) else {
+            if let Some(ids) = self.by_table.get(table) {
+                for id in ids {
+                    let restricted = self
+                        .subs
+                        .get(id)
+                        .is_some_and(|s| s.plan.restricted.is_some());
+                    note_keys(&mut self.pending, id, table, keys, restricted);
+                }
+            }
+            if self.by_key.is_empty() {
                 continue;
-            };
-            for id in ids {
-                let restricted = self
-                    .subs
-                    .get(id)
-                    .is_some_and(|s| s.plan.restricted.is_some());
-                let entry = self
-                    .pending
-                    .entry(id.clone())
-                    .or_insert_with(|| Pending::Keys(Touched::new(), 0));
-                if let Pending::Keys(t, n) = entry {
-                    let set = t.entry(table.clone()).or_default();
-                    for k in keys {
-                        if set.insert(k.clone()) {
-                            *n += 1;
-                        }
-                    }
-                    if !restricted || *n > RESTRICTED_KEYS_MAX {
-                        *entry = Pending::Full;
-                    }
+            }
+            // One lookup per changed key, whatever the number of pinned
+            // subscriptions: the common `WHERE pk = ?` subscription costs a
+            // commit nothing unless the commit changed its row.
+            let mut lookup = (table.clone(), Vec::new());
+            for key in keys {
+                lookup.1.clone_from(key);
+                let Some(ids) = self.by_key.get(&lookup) else {
+                    continue;
+                };
+                let one = HashSet::from([key.clone()]);
+                for id in ids {
+                    note_keys(&mut self.pending, id, table, &one, true);
                 }
             }
         }
@@ -161,16 +171,70 @@ impl Worker {
         // the same snapshot, and the file locks are taken once, not once per
         // subscription (~12% of a worker's time with 1,000 subscriptions).
         let snapshot = self.conn.execute_batch("BEGIN DEFERRED");
-        for (id, pending) in pending {
-            if let Some(sub) = self.subs.get_mut(&id) {
-                if sub.failed.is_none() {
-                    let events = recompute(&self.conn, sub, pending);
-                    publish(sub, events);
+        // Restricted re-runs first, stored and published before the full
+        // re-runs start: a `WHERE id = ?` subscription's event does not wait
+        // for the aggregates of the same worker (≈ 1 ms each on a 10k-row
+        // table). Two store transactions per batch instead of one.
+        let (cheap, full): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(id, p)| {
+            matches!(p, Pending::Keys(..))
+                && self
+                    .subs
+                    .get(id)
+                    .is_some_and(|s| s.plan.restricted.is_some())
+        });
+        for part in [cheap, full] {
+            let mut changed = Vec::new();
+            for (id, pending) in part {
+                if let Some(sub) = self.subs.get_mut(&id) {
+                    if sub.failed.is_none() {
+                        let events = recompute(&self.conn, sub, pending);
+                        if !events.is_empty() {
+                            changed.push((id, events));
+                        }
+                    }
                 }
             }
+            self.publish(changed);
         }
         if snapshot.is_ok() {
             let _ = self.conn.execute_batch("COMMIT");
+        }
+    }
+
+    /// Stores the events of a batch (one transaction for all the worker's
+    /// subscriptions), then hands them to the subscribers.
+    fn publish(&mut self, changed: Vec<(String, Vec<ChangeEvent>)>) {
+        if changed.is_empty() {
+            return;
+        }
+        let saved = {
+            let batches: Vec<Batch<'_>> = changed
+                .iter()
+                .filter_map(|(id, events)| {
+                    let sub = self.subs.get(id)?;
+                    Some(Batch {
+                        no: sub.no,
+                        state: &sub.state,
+                        events,
+                    })
+                })
+                .collect();
+            self.store.save(&batches)
+        };
+        for (id, events) in changed {
+            let Some(sub) = self.subs.get_mut(&id) else {
+                continue;
+            };
+            if let Err(e) = &saved {
+                tracing::error!(id = sub.id, error = %e, "could not store subscription events; the subscription stops serving until a restart rebuilds it");
+                sub.failed = Some(format!("could not store its events: {e}"));
+                // Subscribers see the channel close.
+                sub.live = broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0;
+                continue;
+            }
+            for e in events {
+                let _ = sub.live.send(e);
+            }
         }
     }
 
@@ -187,12 +251,12 @@ impl Worker {
             }
             Msg::Attach { id, attach, reply } => {
                 let answer = match self.subs.get(&id) {
-                    Some(sub) => attach_to(sub, attach),
+                    Some(sub) => attach_to(sub, &self.store, attach),
                     None => Err(SubError::NotFound(id)),
                 };
                 let _ = reply.send(answer);
             }
-            Msg::Restore(stored) => self.restore(*stored),
+            Msg::Restore(stored, legacy) => self.restore(*stored, legacy),
             Msg::Commit(_) | Msg::Stop => {}
         }
     }
@@ -206,7 +270,7 @@ impl Worker {
     ) -> Result<SubStream, SubError> {
         if let Some(id) = self.dispatch.id_of(&key) {
             return match self.subs.get(&id) {
-                Some(sub) => attach_to(sub, attach),
+                Some(sub) => attach_to(sub, &self.store, attach),
                 None => Err(SubError::NotFound(id)),
             };
         }
@@ -224,13 +288,14 @@ impl Worker {
             .map_err(|e| SubError::Invalid(e.to_string()))
             .and_then(|rows| {
                 let state = ResultState::initial(plan.key_columns.clone(), rows);
-                Store::create(&self.dir, &id, &statement, &hash, &state)
-                    .map(|store| (state, store))
+                self.store
+                    .create(&id, &statement, &hash, &state, &[])
+                    .map(|no| (state, no))
                     .map_err(|e| {
                         SubError::Internal(format!("could not store the subscription: {e}"))
                     })
             });
-        let (state, store) = match created {
+        let (state, no) = match created {
             Ok(x) => x,
             Err(e) => {
                 self.dispatch.unregister(&id, &key);
@@ -238,21 +303,23 @@ impl Worker {
             }
         };
         tracing::debug!(id, hash, rows = state.len(), elapsed = ?started.elapsed(), "subscription created");
-        let sub = self.insert(Sub {
+        self.insert(Sub {
             id: id.clone(),
             hash,
             statement,
             plan,
             state,
-            store,
-            log: VecDeque::new(),
+            no,
             live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
             failed: None,
         });
-        attach_to(sub, attach)
+        match self.subs.get(&id) {
+            Some(sub) => attach_to(sub, &self.store, attach),
+            None => Err(SubError::NotFound(id)),
+        }
     }
 
-    fn restore(&mut self, (store, stored): (Store, Stored)) {
+    fn restore(&mut self, stored: Stored, legacy: Option<PathBuf>) {
         let plan = match plan::analyze(&mut self.conn, &stored.statement) {
             Ok(plan) => plan,
             Err(e) => {
@@ -262,6 +329,7 @@ impl Worker {
                     reads: HashSet::new(),
                     key_columns: Vec::new(),
                     restricted: None,
+                    pinned: None,
                 }
             }
         };
@@ -269,22 +337,42 @@ impl Worker {
             .columns
             .is_empty()
             .then(|| "its statement no longer prepares against the schema".to_owned());
-        self.dispatch.register(
-            &stored.id,
-            &super::key_of(&stored.statement),
-            self.no,
-            &plan.reads,
-        );
         let state = ResultState::restore(
             plan.key_columns.clone(),
             stored.rows,
             stored.next_row_id,
             stored.last_change_id,
         );
-        let mut log: VecDeque<ChangeEvent> = stored.events.into();
-        while log.len() as u64 > EVENTS_RETAINED {
-            log.pop_front();
-        }
+        let no = match (stored.no, &legacy) {
+            (Some(no), _) => no,
+            (None, Some(path)) => {
+                match self.store.create(
+                    &stored.id,
+                    &stored.statement,
+                    &stored.hash,
+                    &state,
+                    &stored.events,
+                ) {
+                    Ok(no) => {
+                        remove_legacy(path);
+                        no
+                    }
+                    Err(e) => {
+                        tracing::error!(id = stored.id, path = %path.display(), error = %e, "could not move a subscription of the old layout into the worker's store; it is skipped until the next start");
+                        self.dispatch
+                            .unregister(&stored.id, &super::key_of(&stored.statement));
+                        return;
+                    }
+                }
+            }
+            (None, None) => return,
+        };
+        self.dispatch.register(
+            &stored.id,
+            &super::key_of(&stored.statement),
+            self.no,
+            &plan.reads,
+        );
         let id = stored.id.clone();
         let sub = self.insert(Sub {
             id: stored.id,
@@ -292,8 +380,7 @@ impl Worker {
             statement: stored.statement,
             plan,
             state,
-            store,
-            log,
+            no,
             live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
             failed,
         });
@@ -305,11 +392,20 @@ impl Worker {
     }
 
     fn insert(&mut self, sub: Sub) -> &Sub {
-        for table in &sub.plan.reads {
-            self.by_table
-                .entry(table.clone())
+        match &sub.plan.pinned {
+            Some(pinned) => self
+                .by_key
+                .entry(pinned.clone())
                 .or_default()
-                .push(sub.id.clone());
+                .push(sub.id.clone()),
+            None => {
+                for table in &sub.plan.reads {
+                    self.by_table
+                        .entry(table.clone())
+                        .or_default()
+                        .push(sub.id.clone());
+                }
+            }
         }
         let id = sub.id.clone();
         self.subs.entry(id).or_insert(sub)
@@ -347,32 +443,41 @@ fn recompute(conn: &Connection, sub: &mut Sub, pending: Pending) -> Vec<ChangeEv
     }
 }
 
-/// Stores the events, then hands them to the subscribers.
-fn publish(sub: &mut Sub, events: Vec<ChangeEvent>) {
-    if events.is_empty() {
-        return;
-    }
-    if let Err(e) = sub.store.save(&sub.state, &events) {
-        tracing::error!(id = sub.id, error = %e, "could not store subscription events; the subscription stops serving until a restart rebuilds it");
-        sub.failed = Some(format!("could not store its events: {e}"));
-        // Subscribers see the channel close.
-        sub.live = broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0;
-        return;
-    }
-    for e in events {
-        debug_assert_eq!(
-            sub.log.back().map_or(e.change_id - 1, |l| l.change_id),
-            e.change_id - 1
-        );
-        if sub.log.len() as u64 >= EVENTS_RETAINED {
-            sub.log.pop_front();
+/// Adds `keys` of `table` to what `id` recomputes at the next flush.
+fn note_keys(
+    pending: &mut HashMap<String, Pending>,
+    id: &str,
+    table: &Table,
+    keys: &HashSet<Vec<u8>>,
+    restricted: bool,
+) {
+    let entry = pending
+        .entry(id.to_owned())
+        .or_insert_with(|| Pending::Keys(Touched::new(), 0));
+    if let Pending::Keys(t, n) = entry {
+        let set = t.entry(table.clone()).or_default();
+        for k in keys {
+            if set.insert(k.clone()) {
+                *n += 1;
+            }
         }
-        sub.log.push_back(e.clone());
-        let _ = sub.live.send(e);
+        if !restricted || *n > RESTRICTED_KEYS_MAX {
+            *entry = Pending::Full;
+        }
     }
 }
 
-fn attach_to(sub: &Sub, attach: Attach) -> Result<SubStream, SubError> {
+/// Removes a subscription file of the old layout once its content is in a
+/// worker's store.
+pub(crate) fn remove_legacy(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubError> {
     if let Some(why) = &sub.failed {
         return Err(SubError::Internal(format!(
             "subscription {} failed: {why}",
@@ -396,7 +501,12 @@ fn attach_to(sub: &Sub, attach: Attach) -> Result<SubStream, SubError> {
     };
     match attach.from {
         Some(from) => {
-            let oldest = sub.log.front().map_or(last + 1, |e| e.change_id);
+            // The log is read from the store: keeping 10,000 events per
+            // subscription in memory would dominate the node's RSS.
+            let (backlog, oldest) = store
+                .events_after(sub.no, from)
+                .map_err(|e| SubError::Internal(format!("could not read the event log: {e}")))?;
+            let oldest = oldest.unwrap_or(last + 1);
             if from < last && from + 1 < oldest {
                 stream.error = Some(format!(
                     "change id {from} is older than what subscription {} retains (its oldest \
@@ -404,12 +514,7 @@ fn attach_to(sub: &Sub, attach: Attach) -> Result<SubStream, SubError> {
                     sub.id
                 ));
             } else {
-                stream.backlog = sub
-                    .log
-                    .iter()
-                    .filter(|e| e.change_id > from)
-                    .cloned()
-                    .collect();
+                stream.backlog = backlog.into();
                 stream.delivered = from.min(last);
             }
         }
