@@ -357,14 +357,31 @@ async fn hostile_pulls_are_answered_in_bounded_time() {
     let owner = actor(&cluster.nodes[0]);
     let (raw, _raw_rx) = raw_peer("ams");
     let span = |start, end| Span { start, end };
-    let needs = [
+    // Well-formed but enormous: answered, and in bounded time.
+    let huge = [
         // Every version there could be, of an actor the node holds.
         Need::Versions {
             db: DbKind::Regional,
             actor: owner,
             versions: span(1, u64::MAX),
         },
-        // An inverted span, which `Span::new` would refuse.
+        Need::Seqs {
+            db: DbKind::Regional,
+            actor: owner,
+            version: 1,
+            seqs: vec![span(0, u64::MAX)],
+        },
+    ];
+    for need in huge {
+        let what = format!("{need:?}");
+        let chunks = pull(&raw, target, vec![need])
+            .await
+            .unwrap_or_else(|e| panic!("pull {what}: {e}"));
+        println!("pull {what}: {chunks} chunks");
+    }
+    // Inverted spans (which `Span::new` refuses) do not even decode: the
+    // node refuses the frame and stops the stream, counted as malformed.
+    let inverted = [
         Need::Versions {
             db: DbKind::Regional,
             actor: owner,
@@ -376,19 +393,16 @@ async fn hostile_pulls_are_answered_in_bounded_time() {
             version: 1,
             seqs: vec![span(5, 2)],
         },
-        Need::Seqs {
-            db: DbKind::Regional,
-            actor: owner,
-            version: 1,
-            seqs: vec![span(0, u64::MAX)],
-        },
     ];
-    for need in needs {
+    for need in inverted {
+        let before = cluster.nodes[0].runtime().transport_stats().malformed;
         let what = format!("{need:?}");
-        let chunks = pull(&raw, target, vec![need])
-            .await
-            .unwrap_or_else(|e| panic!("pull {what}: {e}"));
-        println!("pull {what}: {chunks} chunks");
+        assert!(
+            pull(&raw, target, vec![need]).await.is_err(),
+            "pull {what} was answered"
+        );
+        let after = cluster.nodes[0].runtime().transport_stats().malformed;
+        assert!(after > before, "pull {what} was not counted as malformed");
     }
     // The node is still whole: it replicates, and serves a normal pull.
     insert(&cluster, 0, 600, "after hostile pulls").await;

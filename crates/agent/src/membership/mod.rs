@@ -62,6 +62,9 @@ pub const LEAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// are dropped (SWIM tolerates loss).
 pub const DATAGRAM_QUEUE_CAPACITY: usize = 1024;
 
+/// How often announces go to members held as down (partition healing).
+const DOWN_MEMBERS_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A bootstrap host name that does not resolve within this is skipped
 /// until the next retry.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -129,17 +132,7 @@ impl Membership {
             ..identity
         };
         let persisted = persist::load_members(&members_file);
-        let mut config = foca::Config::new_lan(
-            NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN),
-        );
-        config.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).unwrap_or(NonZeroUsize::MIN);
-        let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
-        let foca = Foca::new(
-            SwimId(identity.clone()),
-            config,
-            StdRng::from_rng(&mut rand::rng()),
-            codec,
-        );
+        let foca = new_foca(identity.clone());
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(1);
         let swim = Swim {
@@ -251,8 +244,33 @@ impl Effects {
     }
 }
 
+type SwimFoca = Foca<SwimId, WireCodec, StdRng, NoCustomBroadcast>;
+
+/// A foca for `identity` with Patina's settings.
+fn new_foca(identity: NodeIdentity) -> SwimFoca {
+    let mut config =
+        foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN));
+    config.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).unwrap_or(NonZeroUsize::MIN);
+    // After a partition heals, each side holds the other as down and
+    // SWIM never probes down members: only these announces reconnect
+    // them. The LAN profile's 65 s leaves a healed region split for a
+    // minute; 2 s costs two small packets per node every 2 s, and only
+    // while some member is down.
+    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: DOWN_MEMBERS_ANNOUNCE_INTERVAL,
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
+    let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
+    Foca::new(
+        SwimId(identity.clone()),
+        config,
+        StdRng::from_rng(&mut rand::rng()),
+        codec,
+    )
+}
+
 struct Swim {
-    foca: Foca<SwimId, WireCodec, StdRng, NoCustomBroadcast>,
+    foca: SwimFoca,
     transport: Transport,
     members_file: PathBuf,
     members_tx: watch::Sender<Vec<Member>>,
@@ -318,6 +336,28 @@ impl Swim {
         }
     }
 
+    /// Starts a fresh foca as `id` and announces to every member the old one
+    /// knew. foca's own rejoin keeps the member list but invalidates every
+    /// pending timer, so a member that was suspect at that moment stays
+    /// suspect forever (seen after a partition healed); a fresh foca has no
+    /// such state and relearns the cluster from the announces.
+    fn restart_as(&mut self, id: SwimId) {
+        let known: Vec<SwimId> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().clone())
+            .filter(|m| m.0.actor != id.0.actor)
+            .collect();
+        self.foca = new_foca(id.0);
+        // Timers of the old foca must not reach the new one.
+        self.effects.timers.clear();
+        for member in known {
+            if let Err(e) = self.foca.announce(member, &mut self.effects) {
+                tracing::debug!(error = %e, "announce after rejoin failed");
+            }
+        }
+    }
+
     /// Announces to every bootstrap address and persisted member but us.
     async fn announce(&mut self, bootstrap: &[String], persisted: &[NodeIdentity]) {
         let me = self.foca.identity().0.clone();
@@ -344,7 +384,8 @@ impl Swim {
     /// Acts on what foca asked for: notifications, member list, sends.
     fn after_call(&mut self) {
         let mut changed = false;
-        for note in self.effects.notes.drain(..) {
+        let mut rejoined = None;
+        for note in std::mem::take(&mut self.effects.notes) {
             match note {
                 OwnedNotification::MemberUp(_)
                 | OwnedNotification::MemberDown(_)
@@ -355,12 +396,17 @@ impl Swim {
                         "declared down by the cluster; rejoined as a new generation"
                     );
                     persist::store_generation(&self.members_file, id.0.generation);
+                    rejoined = Some(id);
                 }
                 OwnedNotification::Defunct => {
                     tracing::warn!("declared down by the cluster and cannot rejoin");
                 }
                 OwnedNotification::Active | OwnedNotification::Idle => {}
             }
+        }
+        if let Some(id) = rejoined {
+            self.restart_as(id);
+            changed = true;
         }
         if changed {
             self.dirty = true;
