@@ -317,8 +317,8 @@ impl std::fmt::Display for Summary {
         writeln!(f, "{} nodes:", self.nodes)?;
         writeln!(
             f,
-            "  replication latency (ack → visible on all {} others), {} writes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missed {}",
-            self.nodes - 1, l.writes, l.p50_ms, l.p99_ms, l.max_ms, l.missed
+            "  replication latency (ack → visible on all {} others), {} writes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missed {}; {} over 50 ms, {} pulls served",
+            self.nodes - 1, l.writes, l.p50_ms, l.p99_ms, l.max_ms, l.missed, l.over_50ms, l.pulls_served
         )?;
         writeln!(
             f,
@@ -327,8 +327,9 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  bytes out during the burst: {:.0} B per change received ({:.1} changes per row, {:.0} B per row per peer)",
-            b.bytes_per_change, b.changes_per_row, b.bytes_per_row_per_peer
+            "  bytes out during the burst: {:.0} B per change received ({:.1} changes per row, {:.0} B per row per peer); {} chunks pushed for {} needed, {} of them duplicates",
+            b.bytes_per_change, b.changes_per_row, b.bytes_per_row_per_peer,
+            b.chunks_pushed, b.writes * (self.nodes - 1), b.chunks_duplicate
         )?;
         writeln!(
             f,
@@ -440,6 +441,12 @@ struct Latency {
     p99_ms: f64,
     max_ms: f64,
     ack_p50_ms: f64,
+    /// Writes visible everywhere only after 50 ms: a push on loopback takes
+    /// a few ms, so these were most likely delivered by sync (every 200 ms).
+    over_50ms: u64,
+    /// Pulls the nodes served during the phase (sync fetching what
+    /// broadcast did not deliver).
+    pulls_served: u64,
 }
 
 impl Latency {
@@ -451,6 +458,8 @@ impl Latency {
             "p99_ms": round3(self.p99_ms),
             "max_ms": round3(self.max_ms),
             "ack_p50_ms": round3(self.ack_p50_ms),
+            "over_50ms": self.over_50ms,
+            "pulls_served": self.pulls_served,
             "poll_interval_ms": LATENCY_POLL.as_secs_f64() * 1000.0,
         })
     }
@@ -464,6 +473,7 @@ async fn replication_latency(cluster: &Cluster, writes: usize, rng: &mut Rng) ->
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut acks = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut missed = 0;
+    let pulls0 = sum_metric(cluster, "patina_replication_pulls_served_total").await;
     for i in 0..writes {
         let writer = rng.below(cluster.len());
         let id = format!("lat-{i:05}");
@@ -488,8 +498,11 @@ async fn replication_latency(cluster: &Cluster, writes: usize, rng: &mut Rng) ->
             None => missed += 1,
         }
     }
+    let pulls_served = sum_metric(cluster, "patina_replication_pulls_served_total").await - pulls0;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Latency {
+        over_50ms: hist.count_between(50_001, u64::MAX),
+        pulls_served,
         writes,
         missed,
         p50_ms: ms(&hist, 0.5),
@@ -529,6 +542,10 @@ struct Burst {
     bytes_per_change: f64,
     changes_per_row: f64,
     bytes_per_row_per_peer: f64,
+    /// Chunk pushes during the burst, and how many arrived at a node that
+    /// already had the version (forwards of forwards).
+    chunks_pushed: u64,
+    chunks_duplicate: u64,
 }
 
 impl Burst {
@@ -543,6 +560,8 @@ impl Burst {
             "bytes_per_change": round2(self.bytes_per_change),
             "changes_per_row": round3(self.changes_per_row),
             "bytes_per_row_per_peer": round2(self.bytes_per_row_per_peer),
+            "chunks_pushed": self.chunks_pushed,
+            "chunks_duplicate": self.chunks_duplicate,
         })
     }
 }
@@ -576,6 +595,8 @@ async fn sum_metric(cluster: &Cluster, name: &str) -> u64 {
 async fn burst(cluster: &Cluster, writes: usize) -> Burst {
     let bytes0 = sum_metric(cluster, "patina_transport_bytes_out_total").await;
     let changes0 = sum_metric(cluster, "patina_replication_changes_received_total").await;
+    let pushed0 = sum_metric(cluster, "patina_replication_broadcast_chunks_sent_total").await;
+    let dup0 = sum_metric(cluster, "patina_replication_chunks_duplicate_total").await;
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..CLIENTS {
@@ -616,8 +637,14 @@ async fn burst(cluster: &Cluster, writes: usize) -> Burst {
     let bytes_out = sum_metric(cluster, "patina_transport_bytes_out_total").await - bytes0;
     let changes_received =
         sum_metric(cluster, "patina_replication_changes_received_total").await - changes0;
+    let chunks_pushed =
+        sum_metric(cluster, "patina_replication_broadcast_chunks_sent_total").await - pushed0;
+    let chunks_duplicate =
+        sum_metric(cluster, "patina_replication_chunks_duplicate_total").await - dup0;
     let peers = (cluster.len() - 1) as f64;
     Burst {
+        chunks_pushed,
+        chunks_duplicate,
         writes,
         acked_ms: (last_ack - started).as_secs_f64() * 1000.0,
         converged_ms: (converged - started).as_secs_f64() * 1000.0,
