@@ -104,7 +104,12 @@ fn main() {
         std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
     }
     println!();
-    println!("lone node, {CLIENTS} clients: {:.0} tx/s", lone.tx_per_s);
+    println!(
+        "lone node, {CLIENTS} clients: {:.0} tx/s, CPU {:.2} cores ({:.0} µs per tx)",
+        lone.tx_per_s,
+        lone.writer_cores,
+        lone.writer_us_per_tx()
+    );
     for s in &summaries {
         println!("{s}");
     }
@@ -333,8 +338,9 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  write load on node 0, {CLIENTS} clients: {:.0} tx/s = {:.2} × lone node; caught up {:.0} ms after the last ack; CPU: node 0 {:.2} cores, others {:.2} cores",
-            self.load.tx_per_s, self.ratio, self.catch_up_ms, self.load.writer_cores, self.load.others_cores
+            "  write load on node 0, {CLIENTS} clients: {:.0} tx/s = {:.2} × lone node; caught up {:.0} ms after the last ack; CPU: node 0 {:.2} cores ({:.0} µs per tx), others {:.2} cores",
+            self.load.tx_per_s, self.ratio, self.catch_up_ms, self.load.writer_cores,
+            self.load.writer_us_per_tx(), self.load.others_cores
         )?;
         write!(
             f,
@@ -669,6 +675,12 @@ struct Load {
 }
 
 impl Load {
+    /// CPU the writing node spent per committed transaction: unlike tx/s,
+    /// it does not depend on how much CPU the other agents took.
+    fn writer_us_per_tx(&self) -> f64 {
+        self.writer_cores * self.secs * 1e6 / self.txs.max(1) as f64
+    }
+
     fn to_json(&self) -> Json {
         json!({
             "clients": CLIENTS,
@@ -679,6 +691,7 @@ impl Load {
             "p50_ms": round3(self.p50_ms),
             "p99_ms": round3(self.p99_ms),
             "writer_cpu_cores": round2(self.writer_cores),
+            "writer_cpu_us_per_tx": round2(self.writer_us_per_tx()),
             "others_cpu_cores": round2(self.others_cores),
         })
     }
