@@ -37,23 +37,48 @@ pub fn setup(dir: &Path) -> PathBuf {
     config
 }
 
+/// As [`setup`], for a node that joins the region through `bootstrap`
+/// (gossip addresses of nodes already running).
+pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
+    let config = setup(dir);
+    let list: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_bootstrap = text.replace(
+        "[gossip]\naddr = \"127.0.0.1:0\"\n",
+        &format!(
+            "[gossip]\naddr = \"127.0.0.1:0\"\nbootstrap = [{}]\n",
+            list.join(", ")
+        ),
+    );
+    assert_ne!(
+        text, with_bootstrap,
+        "setup's [gossip] section changed shape"
+    );
+    std::fs::write(&config, with_bootstrap).unwrap();
+    config
+}
+
 pub struct Agent {
     pub child: Child,
     pub addr: String,
+    /// Its regional gossip address (what peers bootstrap to).
+    pub gossip: String,
     stopped: bool,
 }
 
 impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" line.
     pub fn start(config: &Path) -> Agent {
-        let (child, addr) = spawn::spawn_agent(BIN, config);
+        let (child, addrs) = spawn::spawn_agent_with_addrs(BIN, config);
         assert!(
-            addr.starts_with("127.0.0.1:"),
-            "agent listens on {addr:?}, not on 127.0.0.1"
+            addrs.api.starts_with("127.0.0.1:"),
+            "agent listens on {:?}, not on 127.0.0.1",
+            addrs.api
         );
         Agent {
             child,
-            addr,
+            addr: addrs.api,
+            gossip: addrs.gossip,
             stopped: false,
         }
     }

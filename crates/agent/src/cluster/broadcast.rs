@@ -49,6 +49,20 @@ impl Default for BroadcastConfig {
     }
 }
 
+impl BroadcastConfig {
+    /// Whether a version new to this node, just applied, is worth
+    /// forwarding to `peers` (this node's live peers). Not when it came
+    /// straight from its origin and the origin had at most `fanout` other
+    /// members (this node's peers, the origin among them, and this node,
+    /// less the origin: `peers` again): [`BroadcastQueue::on_commit`] then
+    /// pushed it to every one of them, so every forward would be a
+    /// duplicate. Should the origin's view of the members differ, sync
+    /// delivers to whoever it missed.
+    pub fn forwards(&self, from_origin: bool, peers: usize) -> bool {
+        !(from_origin && peers <= self.fanout)
+    }
+}
+
 #[derive(Debug)]
 struct Send<P> {
     peer: P,
@@ -200,6 +214,19 @@ mod tests {
         std::iter::from_fn(|| queue.next())
             .map(|(p, c)| (p, c.version))
             .collect()
+    }
+
+    #[test]
+    fn a_version_is_not_forwarded_where_its_origin_reached_everyone() {
+        let config = BroadcastConfig::default();
+        // 3 nodes, received from the origin: the origin pushed to both.
+        assert!(!config.forwards(true, 2));
+        assert!(!config.forwards(true, config.fanout));
+        // Larger: the origin reached only `fanout` of them.
+        assert!(config.forwards(true, config.fanout + 1));
+        // Relayed (or pulled by sync from someone else): the origin may
+        // not have reached everyone.
+        assert!(config.forwards(false, 2));
     }
 
     #[test]

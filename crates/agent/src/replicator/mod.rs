@@ -121,6 +121,14 @@ impl Shared {
             .collect()
     }
 
+    /// Whether the peer at `from` is the actor whose version `chunk` is.
+    fn is_origin(&self, from: SocketAddr, chunk: &ChangeChunk) -> bool {
+        self.members
+            .borrow()
+            .iter()
+            .any(|m| m.identity.addr == from && m.identity.actor == chunk.actor)
+    }
+
     fn carries(&self, db: DbKind) -> Option<Db> {
         let db = match db {
             DbKind::Regional => Db::Regional,
@@ -159,7 +167,7 @@ impl Replicator {
             shared.clone(),
             apply_rx,
             push_tx.clone(),
-            config.broadcast,
+            config.broadcast.then(|| config.broadcast_queue.clone()),
         ));
         if config.broadcast {
             tasks.spawn(local_commits(shared.clone(), push_tx));
@@ -235,11 +243,12 @@ fn enqueue(shared: &Shared, apply: &mpsc::Sender<Arrived>, from: SocketAddr, chu
 
 /// Drains arrived chunks into writer jobs: one SQLite transaction per
 /// batch and database, as many chunks as are waiting (up to a bound).
+/// Versions new here are forwarded as `forward` says (`None`: never).
 async fn apply_loop(
     shared: Shared,
     mut arrived: mpsc::Receiver<Arrived>,
     push: mpsc::Sender<broadcast::Push>,
-    forward: bool,
+    forward: Option<crate::cluster::BroadcastConfig>,
 ) {
     let mut batch = Vec::with_capacity(APPLY_BATCH_CHUNKS_MAX);
     while arrived.recv_many(&mut batch, APPLY_BATCH_CHUNKS_MAX).await > 0 {
@@ -257,9 +266,10 @@ async fn apply_loop(
                 return;
             };
             record(&shared.stats, &chunks, &outcome);
-            if forward {
+            if let Some(forward) = &forward {
+                let peers = shared.peers().len();
                 for ((chunk, from), fresh) in chunks.into_iter().zip(from).zip(&outcome.fresh) {
-                    if *fresh {
+                    if *fresh && forward.forwards(shared.is_origin(from, &chunk), peers) {
                         let _ = push.try_send(broadcast::Push {
                             chunks: vec![chunk],
                             exclude: Some(from),
