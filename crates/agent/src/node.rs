@@ -48,6 +48,8 @@ pub struct Changeset {
     pub db: Db,
     pub actor: SiteId,
     pub version: u64,
+    /// When the origin committed it, Unix milliseconds (0: unknown).
+    pub committed_ms: u64,
     pub changes: Arc<[Change]>,
 }
 
@@ -57,6 +59,13 @@ pub struct Changeset {
 pub struct RowChange {
     pub pk: Vec<crr::Value>,
     pub deleted: bool,
+}
+
+/// Now, as Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Changeset {

@@ -161,7 +161,7 @@ fn try_batch(
     let mut pending: HashMap<(ActorId, u64), Vec<WireChange>> = HashMap::new();
     let mut writes = Vec::new();
     let mut merge: Vec<Change> = Vec::new();
-    let mut applied: Vec<(ActorId, u64, std::ops::Range<usize>)> = Vec::new();
+    let mut applied: Vec<(ActorId, u64, u64, std::ops::Range<usize>)> = Vec::new();
     let mut touched = BTreeSet::new();
     for chunk in chunks {
         let key = (chunk.actor, chunk.version);
@@ -226,7 +226,12 @@ fn try_batch(
                 {
                     let start = merge.len();
                     merge.extend(whole.to_changes());
-                    applied.push((chunk.actor, chunk.version, start..merge.len()));
+                    applied.push((
+                        chunk.actor,
+                        chunk.version,
+                        chunk.committed_ms,
+                        start..merge.len(),
+                    ));
                     writes.push(Write::Clear(chunk.actor, chunk.version));
                 } else {
                     out.versions_parked += 1;
@@ -268,11 +273,12 @@ fn try_batch(
     })?;
     out.changes_merged = merge.len();
     out.versions_applied = applied.len();
-    for (actor, version, range) in applied {
+    for (actor, version, committed_ms, range) in applied {
         on_applied(Changeset {
             db: replica.db,
             actor,
             version,
+            committed_ms,
             changes: merge[range].to_vec().into(),
         });
     }
@@ -298,6 +304,7 @@ pub(crate) fn retry_parked(
             version,
             seqs: Span::new(0, 0),
             last_seq: 0,
+            committed_ms: 0,
             changes,
         };
         let merged = chunk.to_changes();
@@ -306,6 +313,7 @@ pub(crate) fn retry_parked(
             db: replica.db,
             actor,
             version,
+            committed_ms: 0,
             changes: merged.into(),
         });
         done += 1;
@@ -437,6 +445,7 @@ fn parked_changes(
         version,
         seqs: Span::new(0, 0),
         last_seq: 0,
+        committed_ms: 0,
         changes,
     };
     Ok(Some(chunk.to_changes()))

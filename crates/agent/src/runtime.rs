@@ -154,6 +154,21 @@ impl ClusterCounters {
         self.cluster.as_str()
     }
 
+    /// The 99th percentile of the last minute's replication lag (origin
+    /// commit → applied here) of broadcast versions, seconds; 0 without
+    /// samples.
+    pub fn p99_lag_secs(&self) -> f64 {
+        self.p99_lag_ms().map_or(0.0, |ms| ms as f64 / 1000.0)
+    }
+
+    fn p99_lag_ms(&self) -> Option<u64> {
+        self.replicator
+            .lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .p99_ms(std::time::Instant::now())
+    }
+
     /// Chunks received and waiting to be merged.
     pub fn apply_queue_chunks(&self) -> u64 {
         ReplicatorStats::get(&self.replicator.apply_queue_chunks)
@@ -244,6 +259,12 @@ impl ClusterCounters {
                 name: "replication_apply_queue_chunks",
                 help: "Chunks waiting to be merged.",
                 value: g(&r.apply_queue_chunks),
+                gauge: true,
+            },
+            ClusterMetric {
+                name: "replication_lag_p99_ms",
+                help: "99th percentile of the last minute's commit-to-applied lag of broadcast versions, ms.",
+                value: self.p99_lag_ms().unwrap_or(0),
                 gauge: true,
             },
             c(

@@ -191,6 +191,7 @@ fn transact(
                     db,
                     actor,
                     version: v,
+                    committed_ms: crate::node::unix_ms(),
                     changes: changes.into(),
                 },
                 Origin::Local,

@@ -531,3 +531,24 @@ async fn mutual_tls_cluster_converges_and_refuses_another_cas_node() {
     );
     outsider.runtime.expect("running").shutdown().await;
 }
+
+/// `p99_lag` (health) measures commit → applied: with 60 ms added to every
+/// packet node 0 sends, node 1 reports at least that for node 0's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_lag_is_measured_from_the_origin_commit() {
+    let seed = test_seed("replication_lag_is_measured_from_the_origin_commit");
+    let cluster = TestCluster::start(2, options(seed)).await;
+    let lag = |i: usize| cluster.nodes[i].runtime().counters().p99_lag_secs();
+    insert(&cluster, 0, 1, "fast").await;
+    cluster.wait_machine_everywhere(1, WAIT).await;
+    assert!(lag(1) < 0.06, "loopback lag {} s", lag(1));
+    cluster
+        .faults(0)
+        .set_delay(Duration::from_millis(60), Duration::ZERO);
+    for id in 2..12 {
+        insert(&cluster, 0, id, "delayed").await;
+    }
+    cluster.wait_machine_everywhere(11, WAIT).await;
+    assert!(lag(1) >= 0.06, "p99 lag {} s with a 60 ms link", lag(1));
+    assert_eq!(lag(0), 0.0, "node 0 received no broadcast version");
+}

@@ -195,7 +195,7 @@ impl ClusterView for RegionView {
         HealthReport {
             gaps,
             members: alive + 1,
-            p99_lag: 0.0,
+            p99_lag: self.counters.p99_lag_secs(),
             queue_size: self.counters.apply_queue_chunks(),
             region: self.node.region().to_owned(),
             global_member: self.node.is_global_member(),

@@ -125,6 +125,7 @@ fn chunk(
         version,
         seqs,
         last_seq,
+        committed_ms: 0,
         changes,
     }
 }

@@ -155,6 +155,10 @@ pub struct ChangeChunk {
     pub version: u64,
     pub seqs: Span,
     pub last_seq: u64,
+    /// When the origin committed the transaction, Unix milliseconds; 0 when
+    /// unknown (chunks read back from storage for sync). Receivers measure
+    /// replication lag with it.
+    pub committed_ms: u64,
     pub changes: Vec<WireChange>,
 }
 

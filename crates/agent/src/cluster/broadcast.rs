@@ -217,6 +217,7 @@ mod tests {
             version,
             seqs: Span::new(0, 0),
             last_seq: 0,
+            committed_ms: 0,
             changes: vec![change],
         })
     }

@@ -6,6 +6,7 @@
 
 mod bookie;
 mod broadcast;
+mod lag;
 mod planner;
 mod ranges;
 #[cfg(test)]
@@ -13,5 +14,6 @@ mod sim;
 
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
 pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
+pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
 pub use ranges::RangeSet;

@@ -65,6 +65,7 @@ impl Node {
                 version: self.own_version,
                 seqs: Span::new(start, end),
                 last_seq,
+                committed_ms: 0,
                 changes: Vec::new(),
             }));
             start = end + 1;

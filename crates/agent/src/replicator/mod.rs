@@ -79,6 +79,9 @@ pub struct ReplicatorStats {
     pub broadcast_shed: AtomicU64,
     /// Gauge: chunks waiting in the apply queue.
     pub apply_queue_chunks: AtomicU64,
+    /// Commit-to-applied lag of broadcast versions (their chunks carry the
+    /// origin's commit time; versions fetched by sync do not).
+    pub lag: std::sync::Mutex<crate::cluster::LagWindow>,
 }
 
 impl ReplicatorStats {
@@ -283,6 +286,7 @@ async fn apply_loop(
 }
 
 fn record(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], outcome: &crate::RemoteOutcome) {
+    record_lag(stats, chunks, &outcome.fresh);
     let fresh_changes: usize = chunks
         .iter()
         .zip(&outcome.fresh)
@@ -294,6 +298,21 @@ fn record(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], outcome: &crate:
     bump(&stats.chunks_failed, outcome.failed as u64);
     bump(&stats.versions_applied, outcome.versions_applied as u64);
     bump(&stats.versions_parked, outcome.versions_parked as u64);
+}
+
+/// Samples the lag of fresh chunks that carry their commit time. Hosts'
+/// clocks differ a little; a chunk "from the future" counts as no lag.
+fn record_lag(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], fresh: &[bool]) {
+    let now_ms = crate::node::unix_ms();
+    let now = std::time::Instant::now();
+    let mut lag = stats.lag.lock().unwrap_or_else(|e| e.into_inner());
+    for (chunk, _) in chunks
+        .iter()
+        .zip(fresh)
+        .filter(|(c, f)| **f && c.committed_ms > 0)
+    {
+        lag.record(now, now_ms.saturating_sub(chunk.committed_ms));
+    }
 }
 
 /// This node's commits, chunked, into the broadcast queue. A lagging
@@ -323,7 +342,15 @@ async fn local_commits(shared: Shared, push: mpsc::Sender<broadcast::Push>) {
             &cs.changes,
         );
         let push_one = broadcast::Push {
-            chunks: chunks.into_iter().map(Arc::new).collect(),
+            chunks: chunks
+                .into_iter()
+                .map(|c| {
+                    Arc::new(ChangeChunk {
+                        committed_ms: cs.committed_ms,
+                        ..c
+                    })
+                })
+                .collect(),
             exclude: None,
         };
         if push.send(push_one).await.is_err() {

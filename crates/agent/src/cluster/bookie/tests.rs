@@ -21,6 +21,7 @@ fn chunk(actor: ActorId, version: u64, seqs: (u64, u64), last_seq: u64) -> Chang
         version,
         seqs: Span::new(seqs.0, seqs.1),
         last_seq,
+        committed_ms: 0,
         changes: Vec::new(),
     }
 }
