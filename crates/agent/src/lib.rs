@@ -28,7 +28,7 @@ pub use crr::{SiteId, Value};
 pub use error::{AgentError, QueryError, TxError};
 pub use node::{Changeset, Db, Node, NodeOptions, RowChange};
 pub use reader::{QueryStream, RowEvent};
-pub use remote::RemoteOutcome;
+pub use remote::{RemoteOutcome, PARTIAL_VERSIONS_MAX};
 pub use runtime::{ClusterCounters, ClusterMetric, ClusterOptions, ClusterRuntime};
 pub use statement::{Params, Statement};
 pub use subs::{

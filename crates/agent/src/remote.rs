@@ -15,6 +15,12 @@ use crate::bookstore;
 use crate::cluster::{Bookkeeper, ChunkFate};
 use crate::node::{Changeset, Db};
 
+/// Incomplete transactions buffered at most (per database). Each holds
+/// only the chunks received so far, on disk; the bound keeps the
+/// bookkeeping's memory and summaries small when a peer sends the start of
+/// many large transactions and never their ends.
+pub const PARTIAL_VERSIONS_MAX: usize = 1024;
+
 /// Versions one serve call reads at most; a larger need is answered in
 /// several calls so the writer is never blocked for long.
 pub(crate) const SERVE_VERSIONS_MAX: u64 = 256;
@@ -33,6 +39,9 @@ pub struct RemoteOutcome {
     pub duplicates: usize,
     /// Chunks refused because merging them failed (bad content).
     pub failed: usize,
+    /// Chunks of new incomplete transactions refused because
+    /// `PARTIAL_VERSIONS_MAX` are buffered already.
+    pub refused_partials_full: usize,
 }
 
 /// A database's replication state on its writer thread.
@@ -136,6 +145,7 @@ fn add(all: &mut RemoteOutcome, one: RemoteOutcome) {
     all.versions_parked += one.versions_parked;
     all.duplicates += one.duplicates;
     all.failed += one.failed;
+    all.refused_partials_full += one.refused_partials_full;
 }
 
 /// The bookkeeping records a batch as it goes (later chunks of the batch
@@ -173,6 +183,19 @@ fn try_batch(
         match fate {
             ChunkFate::Duplicate => {
                 out.duplicates += 1;
+                out.fresh.push(false);
+                continue;
+            }
+            ChunkFate::Buffer
+                if replica
+                    .bookie
+                    .partial(db, chunk.actor, chunk.version)
+                    .is_none()
+                    && replica.bookie.partials().count() >= PARTIAL_VERSIONS_MAX =>
+            {
+                // Bounded: a new incomplete transaction is refused while
+                // this many are buffered; sync fetches it again later.
+                out.refused_partials_full += 1;
                 out.fresh.push(false);
                 continue;
             }

@@ -211,6 +211,11 @@ impl ClusterCounters {
                 g(&r.chunks_failed),
             ),
             c(
+                "replication_chunks_refused_partials_full_total",
+                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again).",
+                g(&r.chunks_refused_partials_full),
+            ),
+            c(
                 "replication_versions_applied_total",
                 "Remote transactions applied whole.",
                 g(&r.versions_applied),

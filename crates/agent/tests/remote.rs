@@ -365,3 +365,40 @@ mod relaying {
         }
     }
 }
+
+/// At most `PARTIAL_VERSIONS_MAX` incomplete transactions are buffered; the
+/// chunk of one more is refused (counted), a chunk of a buffered one is not.
+#[tokio::test]
+async fn buffered_incomplete_transactions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), SCHEMA)).unwrap();
+    let stranger = agent::SiteId([0x42; 16]);
+    let start = |version: u64| ChangeChunk {
+        db: DbKind::Regional,
+        actor: stranger,
+        version,
+        seqs: wire::Span::new(0, 0),
+        last_seq: 9,
+        committed_ms: 0,
+        changes: Vec::new(),
+    };
+    let max = agent::PARTIAL_VERSIONS_MAX as u64;
+    let outcome = apply(&node, (1..=max).map(start).collect()).await;
+    assert_eq!(
+        (
+            outcome.refused_partials_full,
+            outcome.fresh.iter().filter(|f| **f).count()
+        ),
+        (0, max as usize)
+    );
+    let more = apply(&node, vec![start(max + 1)]).await;
+    assert_eq!(more.refused_partials_full, 1);
+    // The next chunk of a version already buffered is still taken.
+    let next = ChangeChunk {
+        seqs: wire::Span::new(1, 1),
+        ..start(1)
+    };
+    assert_eq!(apply(&node, vec![next]).await.fresh, vec![true]);
+    let partials: usize = summary(&node).actors.iter().map(|a| a.partial.len()).sum();
+    assert_eq!(partials, agent::PARTIAL_VERSIONS_MAX);
+}

@@ -67,6 +67,8 @@ pub struct ReplicatorStats {
     pub chunks_duplicate: AtomicU64,
     pub chunks_dropped_queue_full: AtomicU64,
     pub chunks_failed: AtomicU64,
+    /// Chunks of new incomplete transactions refused: too many buffered.
+    pub chunks_refused_partials_full: AtomicU64,
     pub versions_applied: AtomicU64,
     pub versions_parked: AtomicU64,
     pub broadcast_chunks_sent: AtomicU64,
@@ -296,6 +298,10 @@ fn record(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], outcome: &crate:
     bump(&stats.changes_received, fresh_changes as u64);
     bump(&stats.chunks_duplicate, outcome.duplicates as u64);
     bump(&stats.chunks_failed, outcome.failed as u64);
+    bump(
+        &stats.chunks_refused_partials_full,
+        outcome.refused_partials_full as u64,
+    );
     bump(&stats.versions_applied, outcome.versions_applied as u64);
     bump(&stats.versions_parked, outcome.versions_parked as u64);
 }
