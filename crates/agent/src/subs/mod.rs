@@ -10,6 +10,7 @@
 
 mod codec;
 mod diff;
+mod pin;
 mod plan;
 mod store;
 mod worker;
