@@ -112,12 +112,7 @@ fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> 
     let region = &config.node.region;
     let cluster = wire::ClusterName::new(region.clone())
         .map_err(|e| anyhow::anyhow!("node.region {region:?} cannot name a cluster: {e}"))?;
-    if g.tls.is_none() {
-        tracing::warn!(
-            "gossip: no [gossip.tls]; using a generated self-signed certificate and NOT verifying peers \
-             (fine for a dev cluster; set gossip.tls.cert_file, key_file and ca_file in production)"
-        );
-    }
+    // The transport itself warns at start when [gossip.tls] is missing.
     let runtime = ClusterRuntime::start(
         node.clone(),
         ClusterOptions {
