@@ -1,10 +1,13 @@
 //! A node through its public API: schema files, the write path and its
 //! routing, reads, schema reload, the changeset seam, restarts.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
-use agent::{Db, Node, NodeOptions, Params, QueryStream, RowEvent, Statement, TxError, Value};
+use agent::{Db, Node, NodeOptions, Params, Statement, TxError, Value};
+use support::rows;
 
 const REGIONAL: &str = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, state TEXT);";
 const GLOBAL: &str = "CREATE TABLE app_regions(app TEXT NOT NULL, region TEXT NOT NULL, machines INTEGER, PRIMARY KEY (app, region));";
@@ -23,18 +26,6 @@ fn options(dir: &Path) -> NodeOptions {
         schema_paths: vec![dir.join("schema")],
         global_schema_paths: vec![dir.join("global/app_regions.sql")],
     }
-}
-
-async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
-    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(event) = rows.recv().await {
-        match event {
-            RowEvent::Row(r) => out.push(r),
-            RowEvent::Error(e) => panic!("query failed: {e}"),
-        }
-    }
-    out
 }
 
 fn text(s: &str) -> Value {

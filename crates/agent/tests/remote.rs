@@ -4,10 +4,13 @@
 //! parked until it arrives and can still be relayed; relays serve other
 //! actors' versions; duplicates cost nothing.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use agent::{Db, Node, NodeOptions, QueryStream, RowEvent, Statement, Value};
+use agent::{Db, Node, NodeOptions, Statement};
+use support::rows;
 use wire::{ChangeChunk, DbKind, Need, Summary};
 
 const SCHEMA: &str =
@@ -25,18 +28,6 @@ fn options(dir: &Path, schema: &str) -> NodeOptions {
         schema_paths: vec![dir.join("schema")],
         global_schema_paths: vec![],
     }
-}
-
-async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
-    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(event) = rows.recv().await {
-        match event {
-            RowEvent::Row(r) => out.push(r),
-            RowEvent::Error(e) => panic!("query failed: {e}"),
-        }
-    }
-    out
 }
 
 async fn exec(node: &Node, sql: &str) -> u64 {

@@ -3,15 +3,17 @@
 //! two tables, for a filter, a join and a GROUP BY), incremental routing,
 //! errors, and restarts (including a store that fell behind).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use agent::{
-    Attach, ChangeKind, Node, NodeOptions, QueryStream, RowEvent, Statement, SubError, SubItem,
-    SubStream, Value,
+    Attach, ChangeKind, Node, NodeOptions, Statement, SubError, SubItem, SubStream, Value,
 };
 use proptest::prelude::*;
+use support::rows;
 
 const SCHEMA: &str = "
 CREATE TABLE a (id INTEGER PRIMARY KEY NOT NULL, g TEXT, v INTEGER);
@@ -36,18 +38,6 @@ fn options(dir: &Path) -> NodeOptions {
         schema_paths: vec![dir.join("schema")],
         global_schema_paths: vec![],
     }
-}
-
-async fn rerun(node: &Node, sql: &str) -> Vec<Vec<Value>> {
-    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(event) = rows.recv().await {
-        match event {
-            RowEvent::Row(r) => out.push(r),
-            RowEvent::Error(e) => panic!("query failed: {e}"),
-        }
-    }
-    out
 }
 
 /// A subscriber's view: the snapshot with the events applied.
@@ -101,7 +91,7 @@ fn sorted(rows: Vec<Vec<Value>>) -> Vec<String> {
 /// Applies events until the model equals a re-run of `sql` (the re-run is
 /// taken after the last write, so the events must get there).
 async fn converge(node: &Node, sql: &str, stream: &mut SubStream, model: &mut Model) {
-    let want = sorted(rerun(node, sql).await);
+    let want = sorted(rows(node, sql).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while model.sorted() != want {
         match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -183,7 +173,7 @@ proptest! {
             for sql in [FILTER, JOIN, GROUP, COUNT_B, PINNED] {
                 let s = subscribe(&node, sql).await;
                 let m = Model::from_snapshot(&s);
-                assert_eq!(m.sorted(), sorted(rerun(&node, sql).await), "{sql}: snapshot");
+                assert_eq!(m.sorted(), sorted(rows(&node, sql).await), "{sql}: snapshot");
                 subs.push((sql, s, m));
             }
             for tx in &txs {
@@ -199,7 +189,7 @@ proptest! {
                 }
                 assert_eq!(again.change_id, m.last);
                 assert_eq!(Model::from_snapshot(&again).rows, m.rows);
-                assert_eq!(m.sorted(), sorted(rerun(&node, sql).await), "{sql}: after all events");
+                assert_eq!(m.sorted(), sorted(rows(&node, sql).await), "{sql}: after all events");
             }
         });
     }
