@@ -105,10 +105,11 @@ fn main() {
     }
     println!();
     println!(
-        "lone node, {CLIENTS} clients: {:.0} tx/s, CPU {:.2} cores ({:.0} µs per tx)",
+        "lone node, {CLIENTS} clients: {:.0} tx/s, CPU {:.2} cores ({:.0} µs per tx), {:.2} tx per commit",
         lone.tx_per_s,
         lone.writer_cores,
-        lone.writer_us_per_tx()
+        lone.writer_us_per_tx(),
+        lone.group_size
     );
     for s in &summaries {
         println!("{s}");
@@ -338,9 +339,9 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  write load on node 0, {CLIENTS} clients: {:.0} tx/s = {:.2} × lone node; caught up {:.0} ms after the last ack; CPU: node 0 {:.2} cores ({:.0} µs per tx), others {:.2} cores",
+            "  write load on node 0, {CLIENTS} clients: {:.0} tx/s = {:.2} × lone node; caught up {:.0} ms after the last ack; CPU: node 0 {:.2} cores ({:.0} µs per tx), others {:.2} cores; {:.2} tx per commit",
             self.load.tx_per_s, self.ratio, self.catch_up_ms, self.load.writer_cores,
-            self.load.writer_us_per_tx(), self.load.others_cores
+            self.load.writer_us_per_tx(), self.load.others_cores, self.load.group_size
         )?;
         write!(
             f,
@@ -574,25 +575,29 @@ impl Burst {
 
 /// Sums a counter of the region's cluster over every node's `/metrics`.
 async fn sum_metric(cluster: &Cluster, name: &str) -> u64 {
-    let key = format!("{name}{{cluster=\"{CLUSTER}\"}} ");
+    let key = format!("{name}{{cluster=\"{CLUSTER}\"}}");
     let mut sum = 0;
     for a in &cluster.agents {
-        let text = cluster
-            .http
-            .get(format!("http://{}/metrics", a.addr))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .unwrap_or_else(|| panic!("no {key} in /metrics of {}", a.addr));
-        sum += value.trim().parse::<u64>().expect("a counter value");
+        sum += metric(&cluster.http, &a.addr, &key).await;
     }
     sum
+}
+
+/// One counter (`name{labels}`) from `addr`'s `/metrics`.
+async fn metric(http: &reqwest::Client, addr: &str, key: &str) -> u64 {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {key} in /metrics of {addr}"));
+    value.trim().parse::<u64>().expect("a counter value")
 }
 
 /// `writes` inserts from `CLIENTS` clients at once (client c on node
@@ -672,6 +677,8 @@ struct Load {
     writer_cores: f64,
     /// CPU of all other agents together during the phase.
     others_cores: f64,
+    /// Client transactions per SQLite commit on the writing node.
+    group_size: f64,
 }
 
 impl Load {
@@ -693,6 +700,7 @@ impl Load {
             "writer_cpu_cores": round2(self.writer_cores),
             "writer_cpu_us_per_tx": round2(self.writer_us_per_tx()),
             "others_cpu_cores": round2(self.others_cores),
+            "txs_per_commit": round2(self.group_size),
         })
     }
 }
@@ -717,6 +725,19 @@ async fn lone_node_load(duration: Duration) -> Load {
 /// single-row inserts to `addr` back to back for `duration`.
 async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Duration) -> Load {
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    let http = http_client();
+    let writes = |key: &'static str| {
+        let http = http.clone();
+        async move {
+            metric(
+                &http,
+                addr,
+                &format!("patina_writer_{key}_total{{db=\"regional\"}}"),
+            )
+            .await
+        }
+    };
+    let (txs0, commits0) = (writes("transactions").await, writes("commits").await);
     let (writer0, others0) = (cpu_secs(pid), cpu(others));
     let started = Instant::now();
     let deadline = started + duration;
@@ -763,6 +784,12 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
     }
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(errors, 0, "writes failed under load");
+    let (writer_cores, others_cores) = (
+        (cpu_secs(pid) - writer0) / secs,
+        (cpu(others) - others0) / secs,
+    );
+    let group_size = (writes("transactions").await - txs0) as f64
+        / (writes("commits").await - commits0).max(1) as f64;
     Load {
         secs,
         txs: hist.len(),
@@ -770,7 +797,8 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
         tx_per_s: hist.len() as f64 / secs,
         p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        writer_cores: (cpu_secs(pid) - writer0) / secs,
-        others_cores: (cpu(others) - others0) / secs,
+        writer_cores,
+        others_cores,
+        group_size,
     }
 }

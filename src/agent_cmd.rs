@@ -59,6 +59,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let api_addr = listener.local_addr()?;
     let mut metrics = api::Metrics::new();
     metrics.register_cluster(region.counters());
+    metrics.register_node(node.clone());
     let state = api::ApiState::new(
         node.clone(),
         api::ApiConfig {

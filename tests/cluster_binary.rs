@@ -46,14 +46,28 @@ fn two_agents_form_a_region_and_replicate() {
     });
 
     let rt = runtime();
-    let metrics = rt
-        .block_on(async {
-            reqwest::get(format!("http://{}/metrics", b.addr))
+    let metrics_of = |agent: &Agent| {
+        rt.block_on(async {
+            reqwest::get(format!("http://{}/metrics", agent.addr))
                 .await?
                 .text()
                 .await
         })
-        .unwrap();
+        .unwrap()
+    };
+    let metrics = metrics_of(&a);
+    for line in [
+        r#"patina_writer_transactions_total{db="regional"} 1"#,
+        r#"patina_writer_commits_total{db="regional"} 1"#,
+        r#"patina_writer_transactions_total{db="global"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
+    let metrics = metrics_of(&b);
+    assert!(
+        metrics.contains(r#"patina_writer_transactions_total{db="regional"} 0"#),
+        "merges are not client transactions:\n{metrics}"
+    );
     let applied = metrics
         .lines()
         .find(|l| l.starts_with("patina_replication_versions_applied_total{cluster=\"test\"}"))

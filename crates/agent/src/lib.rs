@@ -34,4 +34,4 @@ pub use statement::{Params, Statement};
 pub use subs::{
     new_id as new_subscription_id, Attach, ChangeEvent, ChangeKind, SubError, SubItem, SubStream,
 };
-pub use writer::{StatementResult, TxOutcome};
+pub use writer::{StatementResult, TxOutcome, WriteStats};

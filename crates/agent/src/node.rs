@@ -195,6 +195,14 @@ impl Node {
         self.inner.options.global_member
     }
 
+    /// What `db`'s writer has committed so far (group commit's effect).
+    pub fn write_stats(&self, db: Db) -> crate::writer::WriteStats {
+        match db {
+            Db::Regional => self.inner.regional.stats(),
+            Db::Global => self.inner.global.stats(),
+        }
+    }
+
     /// Runs `statements` as one transaction on the database they write.
     pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
         if statements.is_empty() {

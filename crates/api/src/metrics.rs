@@ -13,6 +13,9 @@
 //! - `patina_api_query_stream_errors_total`
 //! - `patina_api_bad_requests_total{kind}` — json, shape, content_type,
 //!   body_size, auth, query_string, route
+//! - `patina_writer_transactions_total{db}`, `patina_writer_commits_total{db}`
+//!   — client transactions committed and the SQLite commits (groups) that
+//!   carried them (`Metrics::register_node`)
 //! - per cluster (label `cluster`): `patina_replication_*` and
 //!   `patina_transport_*` counters (`Metrics::register_cluster`, listed in
 //!   `agent::ClusterCounters::read`)
@@ -345,7 +348,64 @@ impl prometheus_client::collector::Collector for ClusterCollector {
     }
 }
 
+/// A node's writer counters, read at each scrape, labelled with the db.
+struct WriterCollector(agent::Node);
+
+impl std::fmt::Debug for WriterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbLabels {
+    db: &'static str,
+}
+
+impl prometheus_client::collector::Collector for WriterCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let stats = [agent::Db::Regional, agent::Db::Global].map(|db| (db, self.0.write_stats(db)));
+        type Read = fn(&agent::WriteStats) -> u64;
+        let metrics: [(&str, &str, Read); 2] = [
+            (
+                "writer_transactions",
+                "Client transactions committed, by database",
+                |s| s.transactions,
+            ),
+            (
+                "writer_commits",
+                "SQLite commits carrying client transactions (group commit), by database",
+                |s| s.commits,
+            ),
+        ];
+        for (name, help, value) in metrics {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (db, s) in &stats {
+                ConstCounter::new(value(s))
+                    .encode(family.encode_family(&DbLabels { db: db.name() })?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Adds `node`'s writer counters (`patina_writer_*`, label `db`).
+    pub fn register_node(&mut self, node: agent::Node) {
+        self.registry
+            .register_collector(Box::new(WriterCollector(node)));
+    }
+
     /// Adds a cluster's counters (`patina_replication_*`,
     /// `patina_transport_*`, label `cluster`) to what `/metrics` shows.
     pub fn register_cluster(&mut self, counters: agent::ClusterCounters) {

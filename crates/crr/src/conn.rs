@@ -476,6 +476,55 @@ impl CrrTx<'_> {
         result
     }
 
+    /// Runs `f` as one part of this transaction (group commit: several
+    /// clients' transactions share one SQLite transaction and one
+    /// db_version). If `f` fails, exactly what it wrote is undone — rows by
+    /// a savepoint, captured events by truncation — and the transaction
+    /// stays usable for other parts, unless SQLite rolled back the whole
+    /// transaction (an I/O error, a full disk): then
+    /// [`is_usable`](Self::is_usable) is false and only rollback remains.
+    /// On success, also says whether the part wrote anything replicated.
+    pub fn part<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<(T, bool)> {
+        if self.poisoned {
+            return Err(CrrError::TransactionPoisoned);
+        }
+        let mark = self.crr.capture.lock().events.len();
+        if let Err(e) = self.crr.conn.execute_batch("SAVEPOINT crr_part") {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        match f(self) {
+            Ok(value) => {
+                if let Err(e) = self.crr.conn.execute_batch("RELEASE crr_part") {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
+                let wrote = self.crr.capture.lock().events.len() > mark;
+                Ok((value, wrote))
+            }
+            Err(e) => {
+                let undone = !self.crr.conn.is_autocommit()
+                    && self
+                        .crr
+                        .conn
+                        .execute_batch("ROLLBACK TO crr_part; RELEASE crr_part")
+                        .is_ok();
+                if undone {
+                    self.crr.capture.lock().events.truncate(mark);
+                    self.poisoned = false;
+                } else {
+                    self.poisoned = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// False once a failure left the transaction unable to commit.
+    pub fn is_usable(&self) -> bool {
+        !self.poisoned
+    }
+
     /// Commits; returns the db_version the writes were recorded under, or
     /// `None` when nothing replicated changed.
     pub fn commit(mut self) -> Result<Option<u64>> {
