@@ -17,6 +17,13 @@
 //! the client share the machine's cores, so replicas compete with the
 //! writer for CPU here in a way they would not on separate hosts.
 //! Every wait is bounded; the agents are killed on any panic.
+//!
+//! The tx/s phases run twice. Shared: every process may use every core,
+//! so the replicas' work takes CPU from the writing node. Pinned (with 2
+//! or more cores): the writing node and the load generator get core 0,
+//! every other node the remaining cores (`taskset`), for the lone baseline
+//! and the cluster alike — one host per role, as in production, so the
+//! ratio shows what replicating costs the writing node itself.
 
 mod support;
 
@@ -78,16 +85,31 @@ fn main() {
 
     // The baseline first, with no other agent running: the cluster runs
     // below are compared with it.
-    let lone = rt.block_on(lone_node_load(settings.load));
+    let lone = rt.block_on(lone_node_load(settings.load, false));
     eprintln!("lone node: {:.0} tx/s", lone.tx_per_s);
     lines.push(
         json!({"bench": "cluster", "nodes": 1, "scenario": "write_tx_per_s_lone",
         "result": lone.to_json()}),
     );
+    let lone_pinned = pinning_possible().then(|| {
+        let l = rt.block_on(lone_node_load(settings.load, true));
+        eprintln!("lone node, pinned to core 0: {:.0} tx/s", l.tx_per_s);
+        lines.push(
+            json!({"bench": "cluster", "nodes": 1, "scenario": "write_tx_per_s_lone_pinned",
+            "result": l.to_json()}),
+        );
+        l
+    });
 
     let mut summaries = Vec::new();
     for &n in &sizes {
-        let s = rt.block_on(run_cluster(n, &settings, &lone, &mut lines));
+        let s = rt.block_on(run_cluster(
+            n,
+            &settings,
+            &lone,
+            lone_pinned.as_ref(),
+            &mut lines,
+        ));
         summaries.push(s);
     }
 
@@ -111,6 +133,15 @@ fn main() {
         lone.writer_us_per_tx(),
         lone.group_size
     );
+    if let Some(l) = &lone_pinned {
+        println!(
+            "lone node pinned to core 0 with its clients: {:.0} tx/s, CPU {:.2} cores ({:.0} µs per tx), {:.2} tx per commit",
+            l.tx_per_s,
+            l.writer_cores,
+            l.writer_us_per_tx(),
+            l.group_size
+        );
+    }
     for s in &summaries {
         println!("{s}");
     }
@@ -312,6 +343,8 @@ struct Summary {
     load: Load,
     ratio: f64,
     catch_up_ms: f64,
+    /// The pinned phase and its ratio to the pinned lone node.
+    pinned: Option<(Load, f64)>,
     rss_median_mib: f64,
     rss_max_mib: f64,
 }
@@ -343,6 +376,13 @@ impl std::fmt::Display for Summary {
             self.load.tx_per_s, self.ratio, self.catch_up_ms, self.load.writer_cores,
             self.load.writer_us_per_tx(), self.load.others_cores, self.load.group_size
         )?;
+        if let Some((p, ratio)) = &self.pinned {
+            writeln!(
+                f,
+                "  pinned (node 0 and clients on core 0, the others on the rest): {:.0} tx/s = {ratio:.2} × lone node pinned alike; node 0 {:.0} µs per tx; {:.2} tx per commit",
+                p.tx_per_s, p.writer_us_per_tx(), p.group_size
+            )?;
+        }
         write!(
             f,
             "  RSS per node after the runs: median {:.1} MiB, max {:.1} MiB",
@@ -351,7 +391,13 @@ impl std::fmt::Display for Summary {
     }
 }
 
-async fn run_cluster(n: usize, s: &Settings, lone: &Load, lines: &mut Vec<Json>) -> Summary {
+async fn run_cluster(
+    n: usize,
+    s: &Settings,
+    lone: &Load,
+    lone_pinned: Option<&Load>,
+    lines: &mut Vec<Json>,
+) -> Summary {
     let mut cluster = Cluster::start(n).await;
     let mut rng = Rng(s.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let line = |scenario: &str, result: Json| json!({"bench": "cluster", "nodes": n, "scenario": scenario, "result": result});
@@ -370,31 +416,7 @@ async fn run_cluster(n: usize, s: &Settings, lone: &Load, lines: &mut Vec<Json>)
     );
     lines.push(line("burst", burst.to_json()));
 
-    let others: Vec<u32> = cluster.agents[1..].iter().map(Agent::pid).collect();
-    let load = load(
-        &cluster.agents[0].addr,
-        "load",
-        cluster.agents[0].pid(),
-        &others,
-        s.load,
-    )
-    .await;
-    // Replication keeps up if every node holds the phase's rows soon after.
-    let caught = Instant::now();
-    for a in &cluster.agents {
-        loop {
-            if count_prefix(&cluster.http, &a.addr, "load-").await >= load.txs {
-                break;
-            }
-            assert!(
-                caught.elapsed() < CONVERGE_TIMEOUT,
-                "node {} did not catch up with the write load within {CONVERGE_TIMEOUT:?}",
-                a.addr
-            );
-            tokio::time::sleep(BURST_POLL).await;
-        }
-    }
-    let catch_up_ms = caught.elapsed().as_secs_f64() * 1000.0;
+    let (load, catch_up_ms) = write_load(&cluster, "load", s.load).await;
     let ratio = load.tx_per_s / lone.tx_per_s;
     eprintln!(
         "{n} nodes: {:.0} tx/s on node 0 ({ratio:.2} × lone), caught up in {catch_up_ms:.0} ms",
@@ -405,6 +427,7 @@ async fn run_cluster(n: usize, s: &Settings, lone: &Load, lines: &mut Vec<Json>)
     load_json["catch_up_ms"] = json!(round2(catch_up_ms));
     lines.push(line("write_tx_per_s", load_json));
 
+    // RSS before the pinned phase adds its rows: comparable across runs.
     let mut rss: Vec<f64> = cluster
         .agents
         .iter()
@@ -418,6 +441,38 @@ async fn run_cluster(n: usize, s: &Settings, lone: &Load, lines: &mut Vec<Json>)
         json!({"median_mib": round2(rss_median_mib), "max_mib": round2(rss_max_mib),
             "per_node_mib": rss.iter().map(|r| round2(*r)).collect::<Vec<_>>()}),
     ));
+    let pinned = match lone_pinned {
+        None => None,
+        Some(lone_pinned) => {
+            let rest = format!("1-{}", cores() - 1);
+            pin(cluster.agents[0].pid(), "0");
+            pin(std::process::id(), "0");
+            for a in &cluster.agents[1..] {
+                pin(a.pid(), &rest);
+            }
+            let (p, catch_up_ms) = write_load(&cluster, "pinned", s.load).await;
+            let all = format!("0-{}", cores() - 1);
+            for pid in cluster
+                .agents
+                .iter()
+                .map(Agent::pid)
+                .chain([std::process::id()])
+            {
+                pin(pid, &all);
+            }
+            let ratio = p.tx_per_s / lone_pinned.tx_per_s;
+            eprintln!(
+                "{n} nodes, pinned: {:.0} tx/s on node 0 ({ratio:.2} × lone pinned), caught up in {catch_up_ms:.0} ms",
+                p.tx_per_s
+            );
+            let mut json = p.to_json();
+            json["ratio_to_lone"] = json!(round3(ratio));
+            json["catch_up_ms"] = json!(round2(catch_up_ms));
+            lines.push(line("write_tx_per_s_pinned", json));
+            Some((p, ratio))
+        }
+    };
+
     cluster.assert_running();
     assert_eq!(latency.missed, 0, "some writes never became visible");
     Summary {
@@ -427,9 +482,68 @@ async fn run_cluster(n: usize, s: &Settings, lone: &Load, lines: &mut Vec<Json>)
         load,
         ratio,
         catch_up_ms,
+        pinned,
         rss_median_mib,
         rss_max_mib,
     }
+}
+
+/// The write load on node 0 (rows named `prefix-…`), then the time until
+/// every node holds its rows: replication keeps up if that is short.
+async fn write_load(cluster: &Cluster, prefix: &str, duration: Duration) -> (Load, f64) {
+    let others: Vec<u32> = cluster.agents[1..].iter().map(Agent::pid).collect();
+    let load = load(
+        &cluster.agents[0].addr,
+        prefix,
+        cluster.agents[0].pid(),
+        &others,
+        duration,
+    )
+    .await;
+    let caught = Instant::now();
+    let rows = format!("{prefix}-");
+    for a in &cluster.agents {
+        loop {
+            if count_prefix(&cluster.http, &a.addr, &rows).await >= load.txs {
+                break;
+            }
+            assert!(
+                caught.elapsed() < CONVERGE_TIMEOUT,
+                "node {} did not catch up with the write load within {CONVERGE_TIMEOUT:?}",
+                a.addr
+            );
+            tokio::time::sleep(BURST_POLL).await;
+        }
+    }
+    (load, caught.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Cores online (not the ones this process may use: it pins itself).
+fn cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+fn pinning_possible() -> bool {
+    cores() >= 2
+        && std::process::Command::new("taskset")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Restricts every thread of `pid` (and threads it starts later) to `cpus`.
+fn pin(pid: u32, cpus: &str) {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .expect("run taskset");
+    assert!(
+        out.status.success(),
+        "taskset -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -707,9 +821,13 @@ impl Load {
 
 /// A lone node (no peers, nothing else running): the baseline of the
 /// write load, after a 1 s warm-up like `http_load`'s.
-async fn lone_node_load(duration: Duration) -> Load {
+async fn lone_node_load(duration: Duration, pinned: bool) -> Load {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&setup(dir.path()));
+    if pinned {
+        pin(agent.pid(), "0");
+        pin(std::process::id(), "0");
+    }
     let _ = load(
         &agent.addr,
         "warm",
@@ -718,7 +836,11 @@ async fn lone_node_load(duration: Duration) -> Load {
         Duration::from_secs(1),
     )
     .await;
-    load(&agent.addr, "load", agent.pid(), &[], duration).await
+    let load = load(&agent.addr, "load", agent.pid(), &[], duration).await;
+    if pinned {
+        pin(std::process::id(), &format!("0-{}", cores() - 1));
+    }
+    load
 }
 
 /// `CLIENTS` clients, each on its own keep-alive connection, send

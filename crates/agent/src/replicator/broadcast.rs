@@ -14,6 +14,7 @@ use wire::{ChangeChunk, Message};
 
 use super::{bump, ReplicatorConfig, Shared};
 use crate::cluster::BroadcastQueue;
+use crate::transport::Frame;
 
 /// Pushes waiting for the broadcast task. Local commits wait when it is
 /// full; forwarded chunks are dropped (sync covers them).
@@ -48,7 +49,7 @@ pub(super) async fn run(
             }
             permit = Arc::clone(&in_flight).acquire_owned(), if !queue.is_empty() => {
                 let Ok(permit) = permit else { return };
-                let batch = take_batch(&mut queue);
+                let batch = take_batch(&shared, &mut queue);
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     send_batch(&shared, batch).await;
@@ -59,27 +60,46 @@ pub(super) async fn run(
     }
 }
 
-fn take_batch(queue: &mut BroadcastQueue<SocketAddr>) -> HashMap<SocketAddr, Vec<Message>> {
-    let mut by_peer: HashMap<SocketAddr, Vec<Message>> = HashMap::new();
+/// The next sends, by peer. A chunk going to several peers is encoded
+/// once; its frame's bytes are shared by every stream it goes out on.
+fn take_batch(
+    shared: &Shared,
+    queue: &mut BroadcastQueue<SocketAddr>,
+) -> HashMap<SocketAddr, Vec<Frame>> {
+    let mut by_peer: HashMap<SocketAddr, Vec<Frame>> = HashMap::new();
+    let mut encoded: HashMap<*const ChangeChunk, Frame> = HashMap::new();
     for _ in 0..SENDS_PER_BATCH_MAX {
         let Some((peer, chunk)) = queue.next() else {
             break;
         };
-        by_peer
-            .entry(peer)
-            .or_default()
-            .push(Message::Changes((*chunk).clone()));
+        let frame = match encoded.get(&Arc::as_ptr(&chunk)) {
+            Some(frame) => frame.clone(),
+            None => match shared.transport.encode(Message::Changes((*chunk).clone())) {
+                Ok(frame) => {
+                    encoded.insert(Arc::as_ptr(&chunk), frame.clone());
+                    frame
+                }
+                Err(e) => {
+                    // Chunks are bounded far below a frame's limit: this
+                    // is a bug, not input. Sync still repairs the peer.
+                    tracing::error!(actor = %chunk.actor, version = chunk.version, error = %e, "encoding a chunk failed");
+                    bump(&shared.stats.broadcast_send_failures, 1);
+                    continue;
+                }
+            },
+        };
+        by_peer.entry(peer).or_default().push(frame);
     }
     by_peer
 }
 
-async fn send_batch(shared: &Shared, batch: HashMap<SocketAddr, Vec<Message>>) {
+async fn send_batch(shared: &Shared, batch: HashMap<SocketAddr, Vec<Frame>>) {
     let mut sends = tokio::task::JoinSet::new();
-    for (peer, messages) in batch {
+    for (peer, frames) in batch {
         let shared = shared.clone();
         sends.spawn(async move {
-            let n = messages.len() as u64;
-            match shared.transport.send_frames(peer, messages).await {
+            let n = frames.len() as u64;
+            match shared.transport.send_encoded(peer, &frames).await {
                 Ok(()) => bump(&shared.stats.broadcast_chunks_sent, n),
                 Err(e) => {
                     bump(&shared.stats.broadcast_send_failures, n);

@@ -260,9 +260,8 @@ async fn apply_loop(
         for &db in shared.dbs {
             let kind = crate::remote::kind(db);
             let (from, chunks): (Vec<SocketAddr>, Vec<Arc<ChangeChunk>>) = batch
-                .iter()
-                .filter(|a| a.chunk.db == kind)
-                .map(|a| (a.from, Arc::new(a.chunk.clone())))
+                .extract_if(.., |a| a.chunk.db == kind)
+                .map(|a| (a.from, Arc::new(a.chunk)))
                 .unzip();
             if chunks.is_empty() {
                 continue;

@@ -138,14 +138,15 @@ impl FrameWriter {
     /// Sends one message; waits while the peer's flow control window is
     /// full (back-pressure from a slow reader).
     pub async fn send(&mut self, message: Message) -> Result<(), TransportError> {
-        let envelope = Envelope {
-            cluster: self.shared.cluster.clone(),
-            from: self.shared.actor,
-            message,
-        };
-        let frame = wire::encode_frame(&envelope).map_err(TransportError::Encode)?;
+        let frame = Frame::encode(&self.shared, message)?;
+        self.send_frame(&frame).await
+    }
+
+    /// Sends a frame encoded earlier (once for every peer it goes to).
+    pub async fn send_frame(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        // Bytes are shared, not copied: one encoding serves every stream.
         self.send
-            .write_all(&frame)
+            .write_chunk(frame.0.clone())
             .await
             .map_err(|e| TransportError::Stream {
                 addr: self.to,
@@ -155,7 +156,7 @@ impl FrameWriter {
         self.shared
             .stats
             .bytes_out
-            .fetch_add(frame.len() as u64, Relaxed);
+            .fetch_add(frame.0.len() as u64, Relaxed);
         Ok(())
     }
 
@@ -194,5 +195,22 @@ impl FrameWriter {
             Ok(Some(code)) => Err(err(&format!("peer stopped the stream (code {code})"))),
             Err(e) => Err(err(&e)),
         }
+    }
+}
+
+/// One message in its envelope (this node's cluster and actor), encoded:
+/// what a broadcast sends to several peers, encoded once.
+#[derive(Debug, Clone)]
+pub struct Frame(bytes::Bytes);
+
+impl Frame {
+    pub(crate) fn encode(shared: &Shared, message: Message) -> Result<Frame, TransportError> {
+        let envelope = Envelope {
+            cluster: shared.cluster.clone(),
+            from: shared.actor,
+            message,
+        };
+        let bytes = wire::encode_frame(&envelope).map_err(TransportError::Encode)?;
+        Ok(Frame(bytes.into()))
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use wire::{ActorId, ClusterName, Envelope, Message};
 
 pub use faults::{FaultHandle, FaultySocket, DELAYED_PACKETS_MAX};
-pub use frames::{FrameReader, FrameWriter, STREAM_REFUSED};
+pub use frames::{Frame, FrameReader, FrameWriter, STREAM_REFUSED};
 /// The socket seam [`Transport::bind`] accepts (e.g. a [`FaultySocket`]).
 pub use quinn::AsyncUdpSocket;
 pub use tls::{TlsFiles, ALPN};
@@ -428,14 +428,33 @@ impl Transport {
         to: SocketAddr,
         messages: Vec<Message>,
     ) -> Result<(), TransportError> {
+        let frames = messages
+            .into_iter()
+            .map(|m| self.encode(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.send_encoded(to, &frames).await
+    }
+
+    /// Encodes `message` in this node's envelope, for
+    /// [`send_encoded`](Self::send_encoded).
+    pub fn encode(&self, message: Message) -> Result<Frame, TransportError> {
+        Frame::encode(&self.inner.ctx.shared, message)
+    }
+
+    /// [`send_frames`](Self::send_frames) for frames already encoded.
+    pub async fn send_encoded(
+        &self,
+        to: SocketAddr,
+        frames: &[Frame],
+    ) -> Result<(), TransportError> {
         let conn = self.connection(to).await?;
         let send = conn.open_uni().await.map_err(|e| TransportError::Stream {
             addr: to,
             why: e.to_string(),
         })?;
         let mut writer = FrameWriter::new(send, to, self.inner.ctx.shared.clone());
-        for message in messages {
-            writer.send(message).await?;
+        for frame in frames {
+            writer.send_frame(frame).await?;
         }
         writer.finish()
     }
