@@ -23,21 +23,21 @@ pub fn chunk_bytes(chunk: &ChangeChunk) -> usize {
     CHUNK_OVERHEAD_BYTES + chunk.changes.iter().map(change_bytes_max).sum::<usize>()
 }
 
-/// Limits of the broadcast queue.
+/// Where versions go, and limits of the broadcast queue.
 #[derive(Debug, Clone)]
 pub struct BroadcastConfig {
-    /// Peers each chunk is pushed to; clusters of up to `fanout` other
-    /// members get it from the origin in one hop. 3: with forwarding of
-    /// new versions, a few hops reach hundreds of nodes, and sync repairs
-    /// the rest.
+    /// Peers a node pushes a version to itself. Clusters of up to
+    /// `fanout` other members get it from the origin in one hop. 3.
     pub fanout: usize,
-    /// A local commit goes straight to every peer when there are at most
-    /// this many, and nobody forwards it. Random forwarding with fanout 3
-    /// misses some node for ≈ 14 % of writes at 10 nodes (simulated, and
-    /// seen in the cluster bench as a 200 ms sync-bound p99); one hop to
-    /// everyone misses none and sends N−1 pushes instead of ≈ 3N. 15:
-    /// a 16-node region pays 15 small streams per commit.
-    pub direct_push_max_peers: usize,
+    /// Clusters of up to this many members besides the origin get a local
+    /// commit through a two-hop tree: the origin pushes to `fanout` relays,
+    /// each relay to its share of the rest; every member gets it once and
+    /// the origin pays `fanout` pushes, not N−1 (in a 10-node region, 3
+    /// instead of 9: pushes were most of what replication cost the writing
+    /// node). Beyond, infect-and-die gossip with `fanout`: random
+    /// forwarding misses some node for ≈ 14 % of writes already at 10
+    /// nodes (simulated), and sync repairs those. 15.
+    pub tree_max_peers: usize,
     /// Bytes of pending sends (by [`chunk_bytes`]). 8 MiB: about two
     /// seconds of pushes on a 32 Mbit/s link; beyond that a peer is
     /// better served by sync.
@@ -50,25 +50,94 @@ impl Default for BroadcastConfig {
     fn default() -> BroadcastConfig {
         BroadcastConfig {
             fanout: 3,
-            direct_push_max_peers: 15,
+            tree_max_peers: 15,
             queued_bytes_max: 8 * 1024 * 1024,
             queued_sends_max: 16_384,
         }
     }
 }
 
+/// How a version reached this node.
+#[derive(Debug, Clone, Copy)]
+pub enum Hop<'a, P> {
+    /// Committed here.
+    Local,
+    /// Received from `from` and new here; `from_origin` when `from` is the
+    /// version's own actor.
+    Received { from: &'a P, from_origin: bool },
+}
+
 impl BroadcastConfig {
-    /// Whether a version new to this node, just applied, is worth
-    /// forwarding to `peers` (this node's live peers). Not when it came
-    /// straight from its origin and the origin had at most
-    /// `direct_push_max_peers` peers (this node's `peers` again: the
-    /// origin among them, this node not): [`BroadcastQueue::on_commit`]
-    /// then pushed it to every one of them, so every forward would be a
-    /// duplicate. Should the origin's view of the members differ, sync
-    /// delivers to whoever it missed.
-    pub fn forwards(&self, from_origin: bool, peers: usize) -> bool {
-        !(from_origin && peers <= self.direct_push_max_peers.max(self.fanout))
+    /// The peers `me` pushes a version to, given how it got here and the
+    /// live `peers` (`me` not among them). `spread` (derived from the
+    /// version's actor and number) rotates relay duty between members.
+    ///
+    /// The tree needs no coordination: origin and relays order the same
+    /// members the same way. Should their views of the membership differ
+    /// for a moment, someone gets a duplicate (dropped, counted) or misses
+    /// the push (sync fetches it).
+    pub fn targets<P: Ord + Clone, R: Rng + ?Sized>(
+        &self,
+        me: &P,
+        hop: Hop<'_, P>,
+        peers: &[P],
+        spread: u64,
+        rng: &mut R,
+    ) -> Vec<P> {
+        match hop {
+            Hop::Local => {
+                if peers.len() <= self.fanout {
+                    peers.to_vec()
+                } else if peers.len() <= self.tree_max_peers {
+                    let order = tree_order(peers.to_vec(), spread);
+                    order[..self.fanout].to_vec()
+                } else {
+                    choose_peers(peers, self.fanout, rng)
+                }
+            }
+            Hop::Received { from, from_origin } => {
+                let others = peers.iter().filter(|p| *p != from);
+                // The origin's peers as seen here: everyone but the origin
+                // (this node included).
+                let origin_peers = others.clone().count() + 1;
+                if origin_peers <= self.fanout {
+                    // The origin pushed to everyone.
+                    Vec::new()
+                } else if origin_peers <= self.tree_max_peers {
+                    if !from_origin {
+                        // A relay's push: this node is a leaf of the tree.
+                        return Vec::new();
+                    }
+                    let members: Vec<P> = others.cloned().chain([me.clone()]).collect();
+                    let order = tree_order(members, spread);
+                    let Some(at) = order.iter().position(|p| p == me) else {
+                        return Vec::new();
+                    };
+                    if at >= self.fanout {
+                        return Vec::new();
+                    }
+                    order[self.fanout..]
+                        .iter()
+                        .skip(at)
+                        .step_by(self.fanout)
+                        .cloned()
+                        .collect()
+                } else {
+                    let candidates: Vec<P> = others.cloned().collect();
+                    choose_peers(&candidates, self.fanout, rng)
+                }
+            }
+        }
     }
+}
+
+/// The members of a two-hop tree in relay order: sorted, then rotated by
+/// `spread` so each member relays a fair share of versions.
+fn tree_order<P: Ord>(mut members: Vec<P>, spread: u64) -> Vec<P> {
+    members.sort();
+    let n = members.len().max(1) as u64;
+    members.rotate_left((spread % n) as usize);
+    members
 }
 
 #[derive(Debug)]
@@ -100,35 +169,15 @@ impl<P: Clone + PartialEq> BroadcastQueue<P> {
         }
     }
 
-    /// Queues `chunks` (one version's, in seq order) for the members other
-    /// than `exclude` (the peer they came from): all of them when they are
-    /// at most `fanout`, or when this is a local commit (`exclude` is
-    /// `None`) and they are at most `direct_push_max_peers`; else `fanout`
-    /// chosen with `rng`. All chunks go to
-    /// the same peers so each can complete the version. Sheds the oldest
-    /// sends to stay within bounds; a send larger than `queued_bytes_max`
-    /// alone is shed at once.
-    pub fn on_commit<R: Rng + ?Sized>(
-        &mut self,
-        chunks: Vec<Arc<ChangeChunk>>,
-        exclude: Option<&P>,
-        members: &[P],
-        rng: &mut R,
-    ) {
-        let candidates: Vec<P> = members
-            .iter()
-            .filter(|m| exclude != Some(*m))
-            .cloned()
-            .collect();
-        let direct = exclude.is_none() && candidates.len() <= self.config.direct_push_max_peers;
-        let targets = if direct || candidates.len() <= self.config.fanout {
-            candidates
-        } else {
-            choose_peers(&candidates, self.config.fanout, rng)
-        };
+    /// Queues `chunks` (one version's, in seq order) for `targets`
+    /// ([`BroadcastConfig::targets`]). All chunks go to the same peers so
+    /// each can complete the version. Sheds the oldest sends to stay
+    /// within bounds; a send larger than `queued_bytes_max` alone is shed
+    /// at once.
+    pub fn on_commit(&mut self, chunks: Vec<Arc<ChangeChunk>>, targets: &[P]) {
         for chunk in chunks {
             let bytes = chunk_bytes(&chunk);
-            for peer in &targets {
+            for peer in targets {
                 self.push(peer.clone(), Arc::clone(&chunk), bytes);
             }
         }
@@ -228,76 +277,113 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_version_is_not_forwarded_where_its_origin_reached_everyone() {
-        let config = BroadcastConfig::default();
-        // 3 nodes, received from the origin: the origin pushed to both.
-        assert!(!config.forwards(true, 2));
-        assert!(!config.forwards(true, config.fanout));
-        // Up to `direct_push_max_peers` peers the origin reached them all.
-        assert!(!config.forwards(true, config.direct_push_max_peers));
-        // Larger: the origin reached only `fanout` of them.
-        assert!(config.forwards(true, config.direct_push_max_peers + 1));
-        // Relayed (or pulled by sync from someone else): the origin may
-        // not have reached everyone.
-        assert!(config.forwards(false, 2));
+    fn targets(
+        config: &BroadcastConfig,
+        me: u32,
+        hop: Hop<'_, u32>,
+        peers: &[u32],
+        spread: u64,
+    ) -> Vec<u32> {
+        let mut rng = SmallRng::seed_from_u64(spread);
+        let mut t = config.targets(&me, hop, peers, spread, &mut rng);
+        t.sort();
+        t
     }
 
     #[test]
-    fn small_clusters_get_every_chunk_in_order() {
+    fn small_clusters_get_it_from_the_origin_and_nobody_forwards() {
+        let config = BroadcastConfig::default();
+        assert_eq!(
+            targets(&config, 0, Hop::Local, &[1, 2, 3], 7),
+            vec![1, 2, 3]
+        );
+        for from_origin in [true, false] {
+            let hop = Hop::Received {
+                from: &0,
+                from_origin,
+            };
+            assert!(targets(&config, 1, hop, &[0, 2, 3], 7).is_empty());
+        }
+    }
+
+    /// Every member of a tree-sized cluster gets a version exactly once,
+    /// for every size, rotation and origin; the origin pushes `fanout`.
+    #[test]
+    fn the_tree_reaches_everyone_once() {
+        let config = BroadcastConfig::default();
+        for n in (config.fanout + 2)..=(config.tree_max_peers + 1) {
+            let all: Vec<u32> = (0..n as u32).collect();
+            for origin in [0, n as u32 / 2, n as u32 - 1] {
+                for spread in 0..n as u64 + 2 {
+                    let peers_of =
+                        |m: u32| -> Vec<u32> { all.iter().copied().filter(|&p| p != m).collect() };
+                    let first = targets(&config, origin, Hop::Local, &peers_of(origin), spread);
+                    assert_eq!(first.len(), config.fanout);
+                    let mut got: Vec<u32> = first.clone();
+                    for &relay in &first {
+                        let hop = Hop::Received {
+                            from: &origin,
+                            from_origin: true,
+                        };
+                        let second = targets(&config, relay, hop, &peers_of(relay), spread);
+                        for &leaf in &second {
+                            let hop = Hop::Received {
+                                from: &relay,
+                                from_origin: false,
+                            };
+                            assert!(targets(&config, leaf, hop, &peers_of(leaf), spread).is_empty());
+                        }
+                        got.extend(second);
+                    }
+                    got.sort();
+                    assert_eq!(
+                        got,
+                        peers_of(origin),
+                        "n {n}, origin {origin}, spread {spread}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relay_duty_rotates_with_the_version() {
+        let config = BroadcastConfig::default();
+        let peers: Vec<u32> = (1..10).collect();
+        let mut relays = std::collections::BTreeSet::new();
+        for spread in 0..9 {
+            relays.extend(targets(&config, 0, Hop::Local, &peers, spread));
+        }
+        assert_eq!(relays.len(), 9, "every member relays some versions");
+    }
+
+    #[test]
+    fn large_clusters_gossip_with_fanout_never_back_to_the_sender() {
+        let config = BroadcastConfig::default();
+        let members: Vec<u32> = (1..=20).collect();
+        let local = targets(&config, 0, Hop::Local, &members, 3);
+        assert_eq!(local.len(), config.fanout);
+        for spread in 0..50 {
+            for from_origin in [true, false] {
+                let hop = Hop::Received {
+                    from: &5,
+                    from_origin,
+                };
+                let t = targets(&config, 0, hop, &members, spread);
+                assert_eq!(t.len(), config.fanout);
+                assert!(!t.contains(&5));
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_goes_whole_to_its_targets_in_order() {
         let mut queue = BroadcastQueue::new(BroadcastConfig::default());
-        let mut rng = SmallRng::seed_from_u64(1);
-        queue.on_commit(vec![chunk(1, 10), chunk(2, 10)], None, &[7, 8, 9], &mut rng);
+        queue.on_commit(vec![chunk(1, 10), chunk(2, 10)], &[7, 8, 9]);
         assert_eq!(queue.len(), 6);
         let sent = drain(&mut queue);
         assert_eq!(sent, vec![(7, 1), (8, 1), (9, 1), (7, 2), (8, 2), (9, 2)]);
         assert_eq!(queue.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn a_local_commit_goes_to_every_peer_up_to_the_direct_push_limit() {
-        let config = BroadcastConfig::default();
-        let mut rng = SmallRng::seed_from_u64(3);
-        let mut queue = BroadcastQueue::new(config.clone());
-        let ten: Vec<u32> = (0..10).collect();
-        queue.on_commit(vec![chunk(1, 10)], None, &ten, &mut rng);
-        assert_eq!(queue.len(), 10, "one hop to all of a 11-node region");
-        let mut queue = BroadcastQueue::new(config.clone());
-        let many: Vec<u32> = (0..config.direct_push_max_peers as u32 + 1).collect();
-        queue.on_commit(vec![chunk(1, 10)], None, &many, &mut rng);
-        assert_eq!(queue.len(), config.fanout, "beyond the limit: gossip");
-        // A forward (it came from a peer) always uses the fanout.
-        let mut queue = BroadcastQueue::new(config.clone());
-        queue.on_commit(vec![chunk(1, 10)], Some(&0), &ten, &mut rng);
-        assert_eq!(queue.len(), config.fanout);
-    }
-
-    #[test]
-    fn large_clusters_get_fanout_peers_never_the_sender() {
-        let mut queue = BroadcastQueue::new(BroadcastConfig::default());
-        let mut rng = SmallRng::seed_from_u64(2);
-        let members: Vec<u32> = (0..20).collect();
-        for _ in 0..50 {
-            queue.on_commit(
-                vec![chunk(1, 10), chunk(2, 10)],
-                Some(&5),
-                &members,
-                &mut rng,
-            );
-            let sent = drain(&mut queue);
-            assert_eq!(sent.len(), 6);
-            let first: Vec<u32> = sent.iter().filter(|s| s.1 == 1).map(|s| s.0).collect();
-            let second: Vec<u32> = sent.iter().filter(|s| s.1 == 2).map(|s| s.0).collect();
-            assert_eq!(first, second, "a version's chunks go to the same peers");
-            assert!(!first.contains(&5));
-        }
-        // Four members besides the sender: more than fanout, so three.
-        queue.on_commit(vec![chunk(1, 10)], Some(&0), &[0, 1, 2, 3, 4], &mut rng);
-        assert_eq!(queue.len(), 3);
-        // Exactly fanout besides the sender: all of them.
-        let mut queue = BroadcastQueue::new(BroadcastConfig::default());
-        queue.on_commit(vec![chunk(1, 10)], Some(&0), &[0, 1, 2, 3], &mut rng);
-        assert_eq!(drain(&mut queue), vec![(1, 1), (2, 1), (3, 1)]);
     }
 
     #[test]
@@ -307,9 +393,8 @@ mod tests {
             ..BroadcastConfig::default()
         };
         let mut queue = BroadcastQueue::new(config);
-        let mut rng = SmallRng::seed_from_u64(3);
         for v in 1..=3 {
-            queue.on_commit(vec![chunk(v, 10)], None, &[1, 2], &mut rng);
+            queue.on_commit(vec![chunk(v, 10)], &[1, 2]);
         }
         assert_eq!(queue.shed_total(), 2);
         assert_eq!(queue.enqueued_total(), 6);
@@ -324,13 +409,12 @@ mod tests {
             ..BroadcastConfig::default()
         };
         let mut queue = BroadcastQueue::new(config);
-        let mut rng = SmallRng::seed_from_u64(4);
         for v in 1..=5 {
-            queue.on_commit(vec![chunk(v, 1000)], None, &[1], &mut rng);
+            queue.on_commit(vec![chunk(v, 1000)], &[1]);
         }
         assert_eq!(queue.shed_total(), 2);
         assert_eq!(queue.queued_bytes(), per_send * 3);
-        queue.on_commit(vec![chunk(9, per_send * 4)], None, &[1], &mut rng);
+        queue.on_commit(vec![chunk(9, per_send * 4)], &[1]);
         assert_eq!(queue.shed_total(), 3);
         assert_eq!(drain(&mut queue), vec![(1, 3), (1, 4), (1, 5)]);
     }

@@ -13,7 +13,7 @@ mod ranges;
 mod sim;
 
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
-pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
+pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
 pub use ranges::RangeSet;

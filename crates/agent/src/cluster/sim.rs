@@ -17,7 +17,9 @@ const DB: DbKind = DbKind::Regional;
 type Key = (ActorId, u64);
 
 struct Node {
+    index: usize,
     actor: ActorId,
+    queue_config: BroadcastConfig,
     own_version: u64,
     book: Bookkeeper,
     planner: SyncPlanner<usize>,
@@ -30,8 +32,15 @@ struct Node {
 impl Node {
     fn new(i: usize) -> Node {
         let actor = crr::SiteId([i as u8 + 1; 16]);
+        let queue_config = BroadcastConfig {
+            fanout: 2,
+            queued_sends_max: 64,
+            ..BroadcastConfig::default()
+        };
         Node {
+            index: i,
             actor,
+            queue_config: queue_config.clone(),
             own_version: 0,
             book: Bookkeeper::new(actor),
             planner: SyncPlanner::new(PlannerConfig {
@@ -42,11 +51,7 @@ impl Node {
                 pull_timeout: Duration::from_secs(5),
                 ..PlannerConfig::default()
             }),
-            queue: BroadcastQueue::new(BroadcastConfig {
-                fanout: 2,
-                queued_sends_max: 64,
-                ..BroadcastConfig::default()
-            }),
+            queue: BroadcastQueue::new(queue_config),
             chunks: BTreeMap::new(),
             applied_count: BTreeMap::new(),
         }
@@ -73,7 +78,10 @@ impl Node {
         self.chunks
             .insert((self.actor, self.own_version), chunks.clone());
         self.book.set_own_version(DB, self.own_version);
-        self.queue.on_commit(chunks, None, members, rng);
+        let targets =
+            self.queue_config
+                .targets(&self.index, Hop::Local, members, self.own_version, rng);
+        self.queue.on_commit(chunks, &targets);
     }
 
     /// Returns whether the chunk completed a version new here.
@@ -131,6 +139,8 @@ struct Cluster {
     rng: SmallRng,
     loss: f64,
     now: Instant,
+    /// Chunks delivered by broadcast and pulls (lost ones not counted).
+    pushes: u64,
 }
 
 impl Cluster {
@@ -146,13 +156,21 @@ impl Cluster {
         if self.lost() {
             return;
         }
+        self.pushes += 1;
         if self.nodes[to].receive(Arc::clone(&chunk)) {
-            // A version new here is forwarded once, never back to its sender.
+            // A version new here goes on as the broadcast plan says.
             let members = self.others(to);
             let chunks = self.nodes[to].chunks[&(chunk.actor, chunk.version)].clone();
+            let from_origin = self.nodes[from].actor == chunk.actor;
             let node = &mut self.nodes[to];
-            node.queue
-                .on_commit(chunks, Some(&from), &members, &mut self.rng);
+            let hop = Hop::Received {
+                from: &from,
+                from_origin,
+            };
+            let targets =
+                node.queue_config
+                    .targets(&to, hop, &members, chunk.version, &mut self.rng);
+            node.queue.on_commit(chunks, &targets);
         }
     }
 
@@ -231,6 +249,7 @@ fn run(seed: u64, nodes: usize, loss: f64) {
         rng: SmallRng::seed_from_u64(seed),
         loss,
         now: Instant::now(),
+        pushes: 0,
     };
     for _ in 0..30 {
         for _ in 0..3 {
@@ -277,5 +296,38 @@ fn lossless_cluster_converges() {
 fn lossy_cluster_converges_through_sync() {
     for seed in 0..20 {
         run(seed, 7, 0.3);
+    }
+}
+
+/// In a lossless tree-sized cluster, broadcast alone delivers every
+/// version to every node, each chunk exactly once per node.
+#[test]
+fn tree_broadcast_alone_delivers_everything_once() {
+    for (seed, nodes) in [(1, 6), (2, 10), (3, 16)] {
+        let mut cluster = Cluster {
+            nodes: (0..nodes).map(Node::new).collect(),
+            rng: SmallRng::seed_from_u64(seed),
+            loss: 0.0,
+            now: Instant::now(),
+            pushes: 0,
+        };
+        let mut chunks = 0u64;
+        for _ in 0..40 {
+            let i = cluster.rng.random_range(0..nodes);
+            let members = cluster.others(i);
+            cluster.nodes[i].commit(&mut cluster.rng, &members);
+            let key = (cluster.nodes[i].actor, cluster.nodes[i].own_version);
+            chunks += cluster.nodes[i].chunks[&key].len() as u64;
+            cluster.flush_broadcasts();
+        }
+        assert!(
+            cluster.converged(),
+            "seed {seed}: {nodes} nodes without sync"
+        );
+        assert_eq!(
+            cluster.pushes,
+            chunks * (nodes as u64 - 1),
+            "seed {seed}: {nodes} nodes: no duplicate pushes"
+        );
     }
 }

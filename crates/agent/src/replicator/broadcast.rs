@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use wire::{ChangeChunk, Message};
 
 use super::{bump, ReplicatorConfig, Shared};
-use crate::cluster::BroadcastQueue;
+use crate::cluster::{BroadcastQueue, Hop};
 use crate::transport::Frame;
 
 /// Pushes waiting for the broadcast task. Local commits wait when it is
@@ -26,8 +26,9 @@ const SENDS_PER_BATCH_MAX: usize = 64;
 
 pub(super) struct Push {
     pub chunks: Vec<Arc<ChangeChunk>>,
-    /// The peer the chunks came from: not sent back to it.
-    pub exclude: Option<SocketAddr>,
+    /// `None`: a local commit. Else the peer the chunks came from, and
+    /// whether it is their version's origin.
+    pub received: Option<(SocketAddr, bool)>,
 }
 
 pub(super) async fn run(
@@ -38,13 +39,21 @@ pub(super) async fn run(
     let mut queue: BroadcastQueue<SocketAddr> = BroadcastQueue::new(config.broadcast_queue.clone());
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let in_flight = Arc::new(Semaphore::new(SEND_BATCHES_IN_FLIGHT_MAX));
+    // Peers see this node under its advertised address: the broadcast
+    // tree orders members by it.
+    let me = shared.transport.advertised_addr();
     loop {
         tokio::select! {
             biased;
             push = pushes.recv() => {
                 let Some(push) = push else { return };
-                let peers = shared.peers();
-                queue.on_commit(push.chunks, push.exclude.as_ref(), &peers, &mut rng);
+                let Some(first) = push.chunks.first() else { continue };
+                let hop = match &push.received {
+                    None => Hop::Local,
+                    Some((from, from_origin)) => Hop::Received { from, from_origin: *from_origin },
+                };
+                let targets = config.broadcast_queue.targets(&me, hop, &shared.peers(), spread(first), &mut rng);
+                queue.on_commit(push.chunks, &targets);
                 shared.stats.broadcast_shed.store(queue.shed_total(), std::sync::atomic::Ordering::Relaxed);
             }
             permit = Arc::clone(&in_flight).acquire_owned(), if !queue.is_empty() => {
@@ -58,6 +67,13 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// Rotates relay duty of the broadcast tree by version and actor.
+fn spread(chunk: &ChangeChunk) -> u64 {
+    let mut actor = [0u8; 8];
+    actor.copy_from_slice(&chunk.actor.0[..8]);
+    u64::from_le_bytes(actor) ^ chunk.version
 }
 
 /// The next sends, by peer. A chunk going to several peers is encoded

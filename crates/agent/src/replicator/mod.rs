@@ -172,7 +172,7 @@ impl Replicator {
             shared.clone(),
             apply_rx,
             push_tx.clone(),
-            config.broadcast.then(|| config.broadcast_queue.clone()),
+            config.broadcast,
         ));
         if config.broadcast {
             tasks.spawn(local_commits(shared.clone(), push_tx));
@@ -248,12 +248,12 @@ fn enqueue(shared: &Shared, apply: &mpsc::Sender<Arrived>, from: SocketAddr, chu
 
 /// Drains arrived chunks into writer jobs: one SQLite transaction per
 /// batch and database, as many chunks as are waiting (up to a bound).
-/// Versions new here are forwarded as `forward` says (`None`: never).
+/// Versions new here go to the broadcast task when `forward`.
 async fn apply_loop(
     shared: Shared,
     mut arrived: mpsc::Receiver<Arrived>,
     push: mpsc::Sender<broadcast::Push>,
-    forward: Option<crate::cluster::BroadcastConfig>,
+    forward: bool,
 ) {
     let mut batch = Vec::with_capacity(APPLY_BATCH_CHUNKS_MAX);
     while arrived.recv_many(&mut batch, APPLY_BATCH_CHUNKS_MAX).await > 0 {
@@ -270,13 +270,15 @@ async fn apply_loop(
                 return;
             };
             record(&shared.stats, &chunks, &outcome);
-            if let Some(forward) = &forward {
-                let peers = shared.peers().len();
+            if forward {
                 for ((chunk, from), fresh) in chunks.into_iter().zip(from).zip(&outcome.fresh) {
-                    if *fresh && forward.forwards(shared.is_origin(from, &chunk), peers) {
+                    if *fresh {
+                        let from_origin = shared.is_origin(from, &chunk);
+                        // The broadcast plan decides whether it goes on
+                        // (`BroadcastConfig::targets`); usually not.
                         let _ = push.try_send(broadcast::Push {
                             chunks: vec![chunk],
-                            exclude: Some(from),
+                            received: Some((from, from_origin)),
                         });
                     }
                 }
@@ -356,7 +358,7 @@ async fn local_commits(shared: Shared, push: mpsc::Sender<broadcast::Push>) {
                     })
                 })
                 .collect(),
-            exclude: None,
+            received: None,
         };
         if push.send(push_one).await.is_err() {
             return;
