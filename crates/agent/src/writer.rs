@@ -284,17 +284,13 @@ fn transact_group(
             }
         }
         if !lost {
-            break tx.commit();
+            break tx.commit_changes();
         }
     };
-    let version = match &committed {
-        Ok(Some(v)) => Some(*v),
-        _ => None,
-    };
-    if let Some(v) = version {
-        // The changes as committed: read back before anything else writes.
-        match conn.changes_of(actor, v..=v) {
-            Ok(changes) => on_commit(
+    // The changes come from the commit itself: nothing is read back.
+    let committed = committed.map(|done| {
+        done.map(|(v, changes)| {
+            on_commit(
                 Changeset {
                     db,
                     actor,
@@ -303,12 +299,11 @@ fn transact_group(
                     changes: changes.into(),
                 },
                 Origin::Local,
-            ),
-            Err(e) => {
-                tracing::error!(db = db.name(), version = v, error = %e, "reading a committed changeset failed")
-            }
-        }
-    }
+            );
+            v
+        })
+    });
+    let version = committed.as_ref().ok().copied().flatten();
     let time = started.elapsed();
     let replies = members
         .into_iter()

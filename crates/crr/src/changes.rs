@@ -81,6 +81,28 @@ pub(crate) fn read(
     Ok(out)
 }
 
+/// The changes `site` made under `db_version` in `rows` (keys and clocks
+/// a flush just wrote), ordered by seq.
+pub(crate) fn of_rows(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    sites: &Sites,
+    rows: &[((u32, Vec<u8>), RowClock)],
+    site: u32,
+    db_version: u64,
+) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    for ((tbl, pk), clock) in rows {
+        let table = tables.get(tbl).ok_or_else(|| {
+            CrrError::Corrupt(format!("a flushed clock names unknown table id {tbl}"))
+        })?;
+        let wanted = |e: &Entry| e.site == site && e.db_version == db_version;
+        emit_row(conn, table, sites, pk, clock, wanted, &mut out)?;
+    }
+    out.sort_by_key(|c| c.seq);
+    Ok(out)
+}
+
 fn emit_row(
     conn: &Connection,
     table: &CrrTable,

@@ -231,7 +231,7 @@ impl CrrConn {
         }
         drop(rows);
         drop(stmt);
-        self.record_events(&events)?;
+        self.record_events(&events, false)?;
         Ok(())
     }
 
@@ -286,8 +286,14 @@ impl CrrConn {
     }
 
     /// Turns recorded events into clock entries under the next db_version;
-    /// returns it, or `None` if nothing was recorded. Caller owns the tx.
-    fn record_events(&mut self, events: &[capture::Event]) -> Result<Option<u64>> {
+    /// returns it, or `None` if nothing was recorded, and with
+    /// `with_changes` the changes it made (what `changes_of` would read
+    /// back, without reading the clocks back). Caller owns the tx.
+    fn record_events(
+        &mut self,
+        events: &[capture::Event],
+        with_changes: bool,
+    ) -> Result<Option<(u64, Vec<Change>)>> {
         if events.is_empty() {
             return Ok(None);
         }
@@ -306,11 +312,23 @@ impl CrrConn {
             }
             self.conn.execute_batch("SAVEPOINT crr_flush")?;
             match cache.flush(&self.conn, &self.tables) {
-                Ok(()) => {
+                Ok(rows) => {
                     self.conn.execute_batch("RELEASE crr_flush")?;
                     self.sites.observe(0, db_version);
                     self.sites.save(&self.conn)?;
-                    return Ok(Some(db_version));
+                    let changes = if with_changes {
+                        changes::of_rows(
+                            &self.conn,
+                            &self.tables,
+                            &self.sites,
+                            &rows,
+                            0,
+                            db_version,
+                        )?
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(Some((db_version, changes)));
                 }
                 Err(Ok(Misspeculated(keys))) => {
                     self.conn
@@ -527,7 +545,19 @@ impl CrrTx<'_> {
 
     /// Commits; returns the db_version the writes were recorded under, or
     /// `None` when nothing replicated changed.
-    pub fn commit(mut self) -> Result<Option<u64>> {
+    pub fn commit(self) -> Result<Option<u64>> {
+        Ok(self.finish(false)?.map(|(v, _)| v))
+    }
+
+    /// Commits like [`commit`](Self::commit) and also returns the changes
+    /// the transaction made, ordered by seq: the same as
+    /// [`CrrConn::changes_of`] for this version right after the commit,
+    /// taken from the clocks just written instead of read back.
+    pub fn commit_changes(self) -> Result<Option<(u64, Vec<Change>)>> {
+        self.finish(true)
+    }
+
+    fn finish(mut self, with_changes: bool) -> Result<Option<(u64, Vec<Change>)>> {
         self.done = true;
         if self.poisoned {
             self.rollback_now();
@@ -538,7 +568,7 @@ impl CrrTx<'_> {
         let sites = self.crr.sites.clone();
         let result = self
             .crr
-            .record_events(&events)
+            .record_events(&events, with_changes)
             .and_then(|v| Ok(self.crr.conn.execute_batch("COMMIT").map(|_| v)?));
         if result.is_err() {
             self.crr.sites = sites;

@@ -325,14 +325,19 @@ impl ClockCache {
         Ok(())
     }
 
-    /// Writes every changed clock and the version index. Fails with
+    /// Writes every changed clock and the version index; returns the
+    /// changed rows' keys and clocks, in key order. Fails with
     /// `Err(Ok(Misspeculated))`, having written part of it, when an assumed
     /// new key was stored: the caller rolls back to before the flush.
+    #[allow(clippy::type_complexity)]
     pub fn flush(
         self,
         conn: &Connection,
         tables: &HashMap<u32, CrrTable>,
-    ) -> std::result::Result<(), std::result::Result<Misspeculated, CrrError>> {
+    ) -> std::result::Result<
+        Vec<((u32, Vec<u8>), RowClock)>,
+        std::result::Result<Misspeculated, CrrError>,
+    > {
         // Key order keeps B-tree writes local: far fewer pages touched than
         // the hash map's random order for large transactions.
         let mut rows: Vec<_> = self.rows.into_iter().filter(|(_, c)| c.dirty).collect();
@@ -361,7 +366,8 @@ impl ClockCache {
         if !misses.is_empty() {
             return Err(Ok(Misspeculated(misses)));
         }
-        versions.write(conn).map_err(Err)
+        versions.write(conn).map_err(Err)?;
+        Ok(rows.into_iter().map(|(key, c)| (key, c.clock)).collect())
     }
 }
 

@@ -26,7 +26,8 @@ fn dump(c: &CrrConn) -> Vec<Vec<Value>> {
 }
 
 /// Runs `parts` as a group; returns which parts succeeded, whether each
-/// wrote, and the group's version.
+/// wrote, and the group's version. Also checks that the changes the commit
+/// returns are what reading them back gives.
 fn run_group(c: &mut CrrConn, parts: &[Vec<String>]) -> (Vec<Option<bool>>, Option<u64>) {
     let mut tx = c.transaction().unwrap();
     let mut outcomes = Vec::new();
@@ -40,7 +41,12 @@ fn run_group(c: &mut CrrConn, parts: &[Vec<String>]) -> (Vec<Option<bool>>, Opti
         assert!(tx.is_usable(), "a failed statement must not lose the group");
         outcomes.push(r.ok().map(|((), wrote)| wrote));
     }
-    (outcomes, tx.commit().unwrap())
+    let committed = tx.commit_changes().unwrap();
+    if let Some((v, changes)) = &committed {
+        assert!(!changes.is_empty());
+        assert_eq!(changes, &c.changes_of(c.site_id(), *v..=*v).unwrap());
+    }
+    (outcomes, committed.map(|(v, _)| v))
 }
 
 /// The same successful parts as one plain transaction.
