@@ -251,11 +251,18 @@ fn transact_group(
             outcome: None,
         })
         .collect();
+    // A group of one needs no savepoint: if it fails, the transaction is
+    // rolled back whole, as without group commit.
+    let alone = members.len() == 1;
     let committed = loop {
         for m in &mut members {
             if matches!(m.outcome, Some(Ok(_))) {
                 m.outcome = None;
             }
+        }
+        if members.iter().all(|m| m.outcome.is_some()) {
+            // Every member failed: nothing to commit.
+            break Ok(None);
         }
         let mut tx = match conn.transaction() {
             Ok(tx) => tx,
@@ -264,7 +271,7 @@ fn transact_group(
         let mut lost = false;
         for m in members.iter_mut().filter(|m| m.outcome.is_none()) {
             let mut at = 0;
-            let result = tx.part(|tx| {
+            let mut run = |tx: &mut crr::CrrTx<'_>| {
                 let mut results = Vec::with_capacity(m.statements.len());
                 for (index, st) in m.statements.iter().enumerate() {
                     at = index;
@@ -276,7 +283,13 @@ fn transact_group(
                     });
                 }
                 Ok(results)
-            });
+            };
+            // Alone, "wrote" is whether the commit takes a version.
+            let result = if alone {
+                run(&mut tx).map(|results| (results, true))
+            } else {
+                tx.part(run)
+            };
             m.outcome = Some(result.map_err(|e| fail(at, e)));
             if !tx.is_usable() {
                 lost = true;

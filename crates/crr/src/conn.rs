@@ -259,10 +259,10 @@ impl CrrConn {
             self.by_name.clone(),
             self.sites.clone(),
         );
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        control(&self.conn, "BEGIN IMMEDIATE")?;
         match f(self) {
             Ok(v) => {
-                self.conn.execute_batch("COMMIT")?;
+                control(&self.conn, "COMMIT")?;
                 Ok(v)
             }
             Err(e) => {
@@ -276,7 +276,7 @@ impl CrrConn {
 
     /// Starts a local transaction whose writes to CRR tables are captured.
     pub fn transaction(&mut self) -> Result<CrrTx<'_>> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        control(&self.conn, "BEGIN IMMEDIATE")?;
         self.capture.set_mode(Mode::Capturing);
         Ok(CrrTx {
             crr: self,
@@ -310,10 +310,10 @@ impl CrrConn {
             if written == 0 {
                 return Ok(None);
             }
-            self.conn.execute_batch("SAVEPOINT crr_flush")?;
+            control(&self.conn, "SAVEPOINT crr_flush")?;
             match cache.flush(&self.conn, &self.tables) {
                 Ok(rows) => {
-                    self.conn.execute_batch("RELEASE crr_flush")?;
+                    control(&self.conn, "RELEASE crr_flush")?;
                     self.sites.observe(0, db_version);
                     self.sites.save(&self.conn)?;
                     let changes = if with_changes {
@@ -418,6 +418,13 @@ impl CrrConn {
     }
 }
 
+/// Runs a statement without parameters from the statement cache:
+/// transaction control runs several times per write, and parsing it every
+/// time showed in profiles.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// One local transaction. Statements run with [`execute`](Self::execute)
 /// and friends; [`commit`](Self::commit) turns what they wrote into clock
 /// entries under one new db_version. Dropped without commit: rolled back.
@@ -507,13 +514,13 @@ impl CrrTx<'_> {
             return Err(CrrError::TransactionPoisoned);
         }
         let mark = self.crr.capture.lock().events.len();
-        if let Err(e) = self.crr.conn.execute_batch("SAVEPOINT crr_part") {
+        if let Err(e) = control(&self.crr.conn, "SAVEPOINT crr_part") {
             self.poisoned = true;
             return Err(e.into());
         }
         match f(self) {
             Ok(value) => {
-                if let Err(e) = self.crr.conn.execute_batch("RELEASE crr_part") {
+                if let Err(e) = control(&self.crr.conn, "RELEASE crr_part") {
                     self.poisoned = true;
                     return Err(e.into());
                 }
@@ -569,7 +576,7 @@ impl CrrTx<'_> {
         let result = self
             .crr
             .record_events(&events, with_changes)
-            .and_then(|v| Ok(self.crr.conn.execute_batch("COMMIT").map(|_| v)?));
+            .and_then(|v| Ok(control(&self.crr.conn, "COMMIT").map(|_| v)?));
         if result.is_err() {
             self.crr.sites = sites;
             self.rollback_now();
