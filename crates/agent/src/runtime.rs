@@ -283,6 +283,11 @@ impl ClusterCounters {
                 t.malformed,
             ),
             c(
+                "transport_not_quic_total",
+                "UDP datagrams at the gossip port that cannot be QUIC, dropped.",
+                t.not_quic,
+            ),
+            c(
                 "transport_datagrams_dropped_total",
                 "Datagrams dropped because the inbound queue was full.",
                 t.datagrams_dropped_full,

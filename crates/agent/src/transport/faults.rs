@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
+
+use super::screen::keep_packets;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -214,7 +216,7 @@ impl AsyncUdpSocket for FaultySocket {
             let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
             let kept = {
                 let f = self.state.faults();
-                keep_packets(bufs, meta, n, |addr| !f.drop_from.contains(addr))
+                keep_packets(bufs, meta, n, |m, _| !f.drop_from.contains(&m.addr))
             };
             self.state.dropped.fetch_add((n - kept) as u64, Relaxed);
             if kept > 0 {
@@ -241,29 +243,4 @@ impl AsyncUdpSocket for FaultySocket {
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
     }
-}
-
-/// Compacts the first `n` received packets to those whose source passes
-/// `keep`, moving their bytes forward; returns how many were kept.
-fn keep_packets(
-    bufs: &mut [IoSliceMut<'_>],
-    meta: &mut [RecvMeta],
-    n: usize,
-    keep: impl Fn(&SocketAddr) -> bool,
-) -> usize {
-    let mut kept = 0;
-    for i in 0..n {
-        if !keep(&meta[i].addr) {
-            continue;
-        }
-        if kept != i {
-            let (front, back) = bufs.split_at_mut(i);
-            let len = meta[i].len.min(front[kept].len());
-            front[kept][..len].copy_from_slice(&back[0][..len]);
-            meta[kept] = meta[i];
-            meta[kept].len = len;
-        }
-        kept += 1;
-    }
-    kept
 }

@@ -22,6 +22,7 @@
 
 mod faults;
 mod frames;
+mod screen;
 mod tls;
 
 use std::collections::HashMap;
@@ -135,6 +136,9 @@ pub struct TransportStats {
     pub connections_accepted: AtomicU64,
     /// Streams we stopped because of a refused frame.
     pub streams_refused: AtomicU64,
+    /// UDP datagrams that cannot be QUIC packets for us, dropped before
+    /// quinn (`screen.rs`).
+    pub not_quic: AtomicU64,
 }
 
 /// A copy of [`TransportStats`] at one moment.
@@ -153,6 +157,7 @@ pub struct StatsSnapshot {
     pub connections_dialed: u64,
     pub connections_accepted: u64,
     pub streams_refused: u64,
+    pub not_quic: u64,
 }
 
 impl TransportStats {
@@ -168,6 +173,7 @@ impl TransportStats {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),
+            not_quic: self.not_quic.load(Relaxed),
             connections_dialed: self.connections_dialed.load(Relaxed),
             connections_accepted: self.connections_accepted.load(Relaxed),
             streams_refused: self.streams_refused.load(Relaxed),
@@ -309,25 +315,36 @@ impl Transport {
         client.transport_config(transport_config);
 
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let endpoint_config = quinn::EndpointConfig::default();
-        let mut endpoint = match socket {
-            Some(socket) => quinn::Endpoint::new_with_abstract_socket(
-                endpoint_config,
-                Some(server),
-                socket,
-                runtime,
-            )
-            .map_err(TransportError::Endpoint)?,
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Peers then always set the fixed bit, which lets `screen.rs` tell
+        // garbage from QUIC.
+        endpoint_config.grease_quic_bit(false);
+        let shared = Arc::new(Shared {
+            cluster: cfg.cluster,
+            actor: cfg.actor,
+            stats: TransportStats::default(),
+        });
+        let socket = match socket {
+            Some(socket) => socket,
             None => {
                 let udp =
                     std::net::UdpSocket::bind(cfg.bind).map_err(|source| TransportError::Bind {
                         addr: cfg.bind,
                         source,
                     })?;
-                quinn::Endpoint::new(endpoint_config, Some(server), udp, runtime)
+                runtime
+                    .wrap_udp_socket(udp)
                     .map_err(TransportError::Endpoint)?
             }
         };
+        let socket = Arc::new(screen::ScreeningSocket::new(socket, Arc::clone(&shared)));
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(TransportError::Endpoint)?;
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr().map_err(TransportError::Endpoint)?;
         let advertised = cfg.external_addr.unwrap_or(local);
@@ -337,11 +354,7 @@ impl Transport {
 
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
         let ctx = ConnCtx {
-            shared: Arc::new(Shared {
-                cluster: cfg.cluster,
-                actor: cfg.actor,
-                stats: TransportStats::default(),
-            }),
+            shared,
             inbound: tx,
         };
         tokio::spawn(accept_loop(endpoint.clone(), ctx.clone()));
