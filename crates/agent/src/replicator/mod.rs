@@ -167,7 +167,13 @@ impl Replicator {
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
         let (push_tx, push_rx) = mpsc::channel(broadcast::PUSH_QUEUE_MAX);
         let mut tasks = JoinSet::new();
-        tasks.spawn(dispatch(shared.clone(), inbound, datagrams, apply_tx));
+        tasks.spawn(dispatch(
+            shared.clone(),
+            inbound,
+            datagrams,
+            apply_tx,
+            config.broadcast.then(|| push_tx.clone()),
+        ));
         tasks.spawn(apply_loop(
             shared.clone(),
             apply_rx,
@@ -196,7 +202,7 @@ impl Replicator {
 /// A chunk that arrived, and from whom (not to send it back).
 struct Arrived {
     from: SocketAddr,
-    chunk: ChangeChunk,
+    chunk: Arc<ChangeChunk>,
 }
 
 async fn dispatch(
@@ -204,6 +210,7 @@ async fn dispatch(
     mut inbound: mpsc::Receiver<Inbound>,
     datagrams: mpsc::Sender<(SocketAddr, Bytes)>,
     apply: mpsc::Sender<Arrived>,
+    push: Option<mpsc::Sender<broadcast::Push>>,
 ) {
     let mut serving = JoinSet::new();
     while let Some(event) = inbound.recv().await {
@@ -213,7 +220,7 @@ async fn dispatch(
                 let _ = datagrams.try_send((from, payload));
             }
             Inbound::Frames { from, envelope } => match envelope.message {
-                Message::Changes(chunk) => enqueue(&shared, &apply, from, chunk),
+                Message::Changes(chunk) => enqueue(&shared, &apply, push.as_ref(), from, chunk),
                 other => {
                     tracing::debug!(%from, message = ?std::mem::discriminant(&other), "unexpected message on a broadcast stream")
                 }
@@ -235,11 +242,31 @@ async fn dispatch(
     }
 }
 
-fn enqueue(shared: &Shared, apply: &mpsc::Sender<Arrived>, from: SocketAddr, chunk: ChangeChunk) {
+/// Queues a pushed chunk for the writer. One that came straight from its
+/// origin is also handed to the broadcast plan at once — a relay of the
+/// tree forwards before it has applied, so leaves do not wait for the
+/// relay's commit; the origin pushes each chunk once, so it is new here.
+fn enqueue(
+    shared: &Shared,
+    apply: &mpsc::Sender<Arrived>,
+    push: Option<&mpsc::Sender<broadcast::Push>>,
+    from: SocketAddr,
+    chunk: ChangeChunk,
+) {
     bump(&shared.stats.chunks_received, 1);
     if shared.carries(chunk.db).is_none() {
         bump(&shared.stats.wrong_database, 1);
         return;
+    }
+    let chunk = Arc::new(chunk);
+    if let Some(push) = push {
+        if shared.is_origin(from, &chunk) {
+            // Full: dropped, sync covers it.
+            let _ = push.try_send(broadcast::Push {
+                chunks: vec![Arc::clone(&chunk)],
+                received: Some((from, true)),
+            });
+        }
     }
     if apply.try_send(Arrived { from, chunk }).is_err() {
         bump(&shared.stats.chunks_dropped_queue_full, 1);
@@ -261,7 +288,7 @@ async fn apply_loop(
             let kind = crate::remote::kind(db);
             let (from, chunks): (Vec<SocketAddr>, Vec<Arc<ChangeChunk>>) = batch
                 .extract_if(.., |a| a.chunk.db == kind)
-                .map(|a| (a.from, Arc::new(a.chunk)))
+                .map(|a| (a.from, a.chunk))
                 .unzip();
             if chunks.is_empty() {
                 continue;
@@ -272,13 +299,13 @@ async fn apply_loop(
             record(&shared.stats, &chunks, &outcome);
             if forward {
                 for ((chunk, from), fresh) in chunks.into_iter().zip(from).zip(&outcome.fresh) {
-                    if *fresh {
-                        let from_origin = shared.is_origin(from, &chunk);
+                    // Chunks from their origin went on at arrival.
+                    if *fresh && !shared.is_origin(from, &chunk) {
                         // The broadcast plan decides whether it goes on
-                        // (`BroadcastConfig::targets`); usually not.
+                        // (`BroadcastConfig::targets`); gossip only.
                         let _ = push.try_send(broadcast::Push {
                             chunks: vec![chunk],
-                            received: Some((from, from_origin)),
+                            received: Some((from, false)),
                         });
                     }
                 }
