@@ -16,6 +16,98 @@ fn is_secs(v: &Json) -> bool {
 
 // ---- transactions -------------------------------------------------------
 
+/// Many clients at once: the writer commits them in groups (one SQLite
+/// transaction, each client in a savepoint). Every client still gets its
+/// own outcome: a failing one is rolled back whole and alone, the others
+/// commit whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transactions_commit_or_fail_each_on_their_own() {
+    let s = Arc::new(start().await);
+    s.exec(json!([
+        "INSERT INTO machines (id, app) VALUES ('seed', 'x')"
+    ]))
+    .await;
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let s = Arc::clone(&s);
+        clients.spawn(async move {
+            let id = format!("m{i:02}");
+            // Every fifth writes its row, then collides with 'seed'.
+            let second = if i % 5 == 0 {
+                json!("INSERT INTO machines (id, app) VALUES ('seed', 'dup')")
+            } else {
+                json!([
+                    "UPDATE machines SET state = ? WHERE id = ?",
+                    [format!("s{i}"), id]
+                ])
+            };
+            let body = json!([
+                ["INSERT INTO machines (id, app) VALUES (?, 'web')", [id]],
+                second
+            ]);
+            (i, s.post_json("/v1/transactions", &body).await)
+        });
+    }
+    let mut committed = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        let (i, answer) = done.unwrap();
+        if i % 5 == 0 {
+            assert_eq!(
+                answer.status,
+                500,
+                "{i}: {}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            let body = answer.json();
+            let error = body["results"][0]["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("statement 2 of 2") && error.contains("UNIQUE"),
+                "{i}: {body}"
+            );
+            assert_eq!(body["version"], Json::Null);
+        } else {
+            assert_eq!(
+                answer.status,
+                200,
+                "{i}: {}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            let body = answer.json();
+            assert!(body["version"].as_u64().is_some_and(|v| v >= 2), "{body}");
+            let affected: Vec<_> = body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["rows_affected"].clone())
+                .collect();
+            assert_eq!(affected, vec![json!(1), json!(1)]);
+            committed.push(i);
+        }
+    }
+    committed.sort_unstable();
+    let mut expected = vec![json!(["seed", null])];
+    expected.extend(
+        committed
+            .iter()
+            .map(|i| json!([format!("m{i:02}"), format!("s{i}")])),
+    );
+    assert_eq!(
+        s.rows(json!(
+            "SELECT id, state FROM machines ORDER BY id = 'seed' DESC, id"
+        ))
+        .await,
+        expected,
+        "exactly the committed clients' rows, each whole"
+    );
+    let stats = s.node.write_stats(agent::Db::Regional);
+    assert_eq!(stats.transactions, committed.len() as u64 + 1);
+    assert!(stats.commits <= stats.transactions);
+    println!(
+        "{} transactions in {} commits",
+        stats.transactions, stats.commits
+    );
+}
+
 #[tokio::test]
 async fn transactions_take_all_four_statement_forms() {
     let s = start().await;
