@@ -55,6 +55,38 @@ fn stats(t: &Transport) -> StatsSnapshot {
     t.stats().snapshot()
 }
 
+/// A connection a peer opened to us also carries what we send back: two
+/// nodes hold one connection, not one per direction.
+#[tokio::test]
+async fn an_accepted_connection_carries_replies() {
+    let (a, mut a_rx) = start("ams");
+    let (b, mut b_rx) = start("ams");
+    a.send_frames(b.local_addr(), vec![Message::SummaryRequest])
+        .await
+        .expect("a sends");
+    assert!(matches!(next(&mut b_rx).await, Inbound::Frames { .. }));
+    b.send_frames(a.local_addr(), vec![Message::PullDone])
+        .await
+        .expect("b sends back");
+    match next(&mut a_rx).await {
+        Inbound::Frames { envelope, .. } => assert_eq!(envelope.message, Message::PullDone),
+        other => panic!("expected frames, got {other:?}"),
+    }
+    b.send_datagram(a.local_addr(), b"and a datagram")
+        .await
+        .expect("b sends a datagram");
+    assert!(matches!(next(&mut a_rx).await, Inbound::Datagram { .. }));
+    let (sa, sb) = (stats(&a), stats(&b));
+    assert_eq!((sa.connections_dialed, sa.connections_accepted), (1, 0));
+    assert_eq!(
+        (sb.connections_dialed, sb.connections_accepted),
+        (0, 1),
+        "b answered on the connection a opened"
+    );
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test]
 async fn frames_and_datagrams_flow_both_ways() {
     let (a, mut a_rx) = start("ams");

@@ -265,7 +265,56 @@ struct Inner {
     endpoint: quinn::Endpoint,
     advertised: SocketAddr,
     ctx: ConnCtx,
-    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    peers: Arc<Peers>,
+}
+
+/// The connection to use for each peer address: dialed by us, or accepted
+/// from a peer whose address it is (one connection per pair serves both
+/// directions).
+#[derive(Debug, Default)]
+struct Peers(Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>);
+
+impl Peers {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<PeerSlot>>> {
+        // A poisoned lock only means another thread panicked mid-insert;
+        // the map itself is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn slot(&self, to: SocketAddr) -> Arc<PeerSlot> {
+        let mut peers = self.map();
+        if peers.len() >= PEER_SLOTS_MAX && !peers.contains_key(&to) {
+            peers.retain(|_, slot| match slot.state.try_lock() {
+                Ok(state) => state
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.close_reason().is_none()),
+                Err(_) => true, // a dial in progress
+            });
+        }
+        peers.entry(to).or_default().clone()
+    }
+
+    /// Uses `conn`, accepted from `from`, for sending to `from` too, unless
+    /// a live connection is cached or a dial to it is under way.
+    fn offer_accepted(&self, from: SocketAddr, conn: &quinn::Connection) {
+        let slot = self.slot(from);
+        let Ok(mut state) = slot.state.try_lock() else {
+            return;
+        };
+        if state
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_none())
+        {
+            return;
+        }
+        state.conn = Some(conn.clone());
+        state.last_error = None;
+        state.empty_datagram_space = conn.datagram_send_buffer_space();
+    }
 }
 
 impl Drop for Inner {
@@ -357,12 +406,17 @@ impl Transport {
             shared,
             inbound: tx,
         };
-        tokio::spawn(accept_loop(endpoint.clone(), ctx.clone()));
+        let peers = Arc::new(Peers::default());
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            ctx.clone(),
+            Arc::clone(&peers),
+        ));
         let inner = Inner {
             endpoint,
             advertised,
             ctx,
-            peers: Mutex::new(HashMap::new()),
+            peers,
         };
         Ok((
             Transport {
@@ -504,10 +558,7 @@ impl Transport {
     /// a last word (SWIM's leave): closing discards queued datagrams.
     pub async fn flush_datagrams(&self, timeout: Duration) {
         const POLL: Duration = Duration::from_millis(5);
-        let slots: Vec<Arc<PeerSlot>> = {
-            let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.values().cloned().collect()
-        };
+        let slots: Vec<Arc<PeerSlot>> = { self.inner.peers.map().values().cloned().collect() };
         let deadline = tokio::time::Instant::now() + timeout;
         for slot in slots {
             let (conn, empty) = {
@@ -564,23 +615,7 @@ impl Transport {
     }
 
     fn slot(&self, to: SocketAddr) -> Arc<PeerSlot> {
-        // A poisoned lock only means another thread panicked mid-insert;
-        // the map itself is still consistent.
-        let mut peers = self
-            .inner
-            .peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if peers.len() >= PEER_SLOTS_MAX && !peers.contains_key(&to) {
-            peers.retain(|_, slot| match slot.state.try_lock() {
-                Ok(state) => state
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.close_reason().is_none()),
-                Err(_) => true, // a dial in progress
-            });
-        }
-        peers.entry(to).or_default().clone()
+        self.inner.peers.slot(to)
     }
 
     async fn dial(&self, to: SocketAddr) -> Result<quinn::Connection, TransportError> {
@@ -608,14 +643,16 @@ impl Transport {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx) {
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: Arc<Peers>) {
     while let Some(incoming) = endpoint.accept().await {
         let ctx = ctx.clone();
+        let peers = Arc::clone(&peers);
         tokio::spawn(async move {
             let from = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
                     ctx.shared.stats.connections_accepted.fetch_add(1, Relaxed);
+                    peers.offer_accepted(from, &conn);
                     serve_connection(conn, ctx).await;
                 }
                 Err(e) => {
