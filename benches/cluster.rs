@@ -379,8 +379,8 @@ impl std::fmt::Display for Summary {
         if let Some((p, ratio)) = &self.pinned {
             writeln!(
                 f,
-                "  pinned (node 0 and clients on core 0, the others on the rest): {:.0} tx/s = {ratio:.2} × lone node pinned alike; node 0 {:.0} µs per tx; {:.2} tx per commit",
-                p.tx_per_s, p.writer_us_per_tx(), p.group_size
+                "  pinned (node 0 and clients on core 0, the others on the rest): {:.0} tx/s = {ratio:.2} × lone node pinned alike; node 0 {:.0} µs per tx; {:.2} tx per commit; node 0 shed {} sends, served {} pulls",
+                p.tx_per_s, p.writer_us_per_tx(), p.group_size, p.shed, p.pulls_served
             )?;
         }
         write!(
@@ -491,6 +491,15 @@ async fn run_cluster(
 /// The write load on node 0 (rows named `prefix-…`), then the time until
 /// every node holds its rows: replication keeps up if that is short.
 async fn write_load(cluster: &Cluster, prefix: &str, duration: Duration) -> (Load, f64) {
+    const LOSSES: [&str; 3] = [
+        "patina_replication_chunks_dropped_total",
+        "patina_replication_forwards_dropped_total",
+        "patina_replication_broadcast_shed_total",
+    ];
+    let mut losses0 = Vec::new();
+    for name in LOSSES {
+        losses0.push(sum_metric(cluster, name).await);
+    }
     let others: Vec<u32> = cluster.agents[1..].iter().map(Agent::pid).collect();
     let load = load(
         &cluster.agents[0].addr,
@@ -515,7 +524,25 @@ async fn write_load(cluster: &Cluster, prefix: &str, duration: Duration) -> (Loa
             tokio::time::sleep(BURST_POLL).await;
         }
     }
-    (load, caught.elapsed().as_secs_f64() * 1000.0)
+    let caught_ms = caught.elapsed().as_secs_f64() * 1000.0;
+    let mut losses = Vec::new();
+    for (name, before) in LOSSES.iter().zip(losses0) {
+        let lost = sum_metric(cluster, name).await - before;
+        if lost > 0 {
+            losses.push(format!(
+                "{lost} {}",
+                name.trim_start_matches("patina_replication_")
+            ));
+        }
+    }
+    if !losses.is_empty() {
+        // Sync delivered these: replicas fell behind the write load.
+        eprintln!(
+            "  {prefix}: broadcast losses over the cluster: {}",
+            losses.join(", ")
+        );
+    }
+    (load, caught_ms)
 }
 
 /// Cores online (not the ones this process may use: it pins itself).
@@ -793,6 +820,10 @@ struct Load {
     others_cores: f64,
     /// Client transactions per SQLite commit on the writing node.
     group_size: f64,
+    /// Broadcast sends the writing node shed, and pulls it served, during
+    /// the phase: replicas falling behind cost the writer this.
+    shed: u64,
+    pulls_served: u64,
 }
 
 impl Load {
@@ -815,6 +846,8 @@ impl Load {
             "writer_cpu_us_per_tx": round2(self.writer_us_per_tx()),
             "others_cpu_cores": round2(self.others_cores),
             "txs_per_commit": round2(self.group_size),
+            "broadcast_shed": self.shed,
+            "pulls_served": self.pulls_served,
         })
     }
 }
@@ -860,6 +893,21 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
         }
     };
     let (txs0, commits0) = (writes("transactions").await, writes("commits").await);
+    let replication = |name: &'static str| {
+        let http = http.clone();
+        async move {
+            metric(
+                &http,
+                addr,
+                &format!("patina_replication_{name}_total{{cluster=\"{CLUSTER}\"}}"),
+            )
+            .await
+        }
+    };
+    let (shed0, served0) = (
+        replication("broadcast_shed").await,
+        replication("pulls_served").await,
+    );
     let (writer0, others0) = (cpu_secs(pid), cpu(others));
     let started = Instant::now();
     let deadline = started + duration;
@@ -912,6 +960,8 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
     );
     let group_size = (writes("transactions").await - txs0) as f64
         / (writes("commits").await - commits0).max(1) as f64;
+    let shed = replication("broadcast_shed").await - shed0;
+    let pulls_served = replication("pulls_served").await - served0;
     Load {
         secs,
         txs: hist.len(),
@@ -922,5 +972,7 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
         writer_cores,
         others_cores,
         group_size,
+        shed,
+        pulls_served,
     }
 }

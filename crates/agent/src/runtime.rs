@@ -241,6 +241,11 @@ impl ClusterCounters {
                 g(&r.broadcast_shed),
             ),
             c(
+                "replication_forwards_dropped_total",
+                "Versions not forwarded (relay or gossip) because the broadcast task's queue was full.",
+                g(&r.forwards_dropped),
+            ),
+            c(
                 "replication_sync_rounds_total",
                 "Anti-entropy rounds started.",
                 g(&r.sync_rounds),

@@ -79,6 +79,9 @@ pub struct ReplicatorStats {
     pub wrong_database: AtomicU64,
     /// Broadcast sends shed by the broadcast queue (a copy of its count).
     pub broadcast_shed: AtomicU64,
+    /// Chunks not handed to the broadcast task (its queue was full): a
+    /// relay's forwards, gossip of versions new here.
+    pub forwards_dropped: AtomicU64,
     /// Gauge: chunks waiting in the apply queue.
     pub apply_queue_chunks: AtomicU64,
     /// Commit-to-applied lag of broadcast versions (their chunks carry the
@@ -113,9 +116,29 @@ struct Shared {
     /// The databases this cluster carries: a region carries both, the
     /// global cluster only `global.db`.
     dbs: &'static [Db],
+    /// Versions with chunks waiting in the apply queue (count of chunks):
+    /// sync does not pull them again.
+    queued: Arc<std::sync::Mutex<QueuedVersions>>,
 }
 
+type QueuedVersions = std::collections::HashMap<(wire::DbKind, wire::ActorId, u64), u32>;
+
 impl Shared {
+    fn queued(&self) -> std::sync::MutexGuard<'_, QueuedVersions> {
+        // Counts only: a panic elsewhere cannot leave them unusable.
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn uncount_queued(&self, key: &(wire::DbKind, wire::ActorId, u64)) {
+        let mut queued = self.queued();
+        if let Some(n) = queued.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                queued.remove(key);
+            }
+        }
+    }
+
     /// Live peers' addresses.
     fn peers(&self) -> Vec<SocketAddr> {
         self.members
@@ -163,6 +186,7 @@ impl Replicator {
             members,
             stats: Arc::clone(&stats),
             dbs,
+            queued: Arc::default(),
         };
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
         let (push_tx, push_rx) = mpsc::channel(broadcast::PUSH_QUEUE_MAX);
@@ -261,15 +285,23 @@ fn enqueue(
     let chunk = Arc::new(chunk);
     if let Some(push) = push {
         if shared.is_origin(from, &chunk) {
-            // Full: dropped, sync covers it.
-            let _ = push.try_send(broadcast::Push {
+            let forward = broadcast::Push {
                 chunks: vec![Arc::clone(&chunk)],
                 received: Some((from, true)),
-            });
+            };
+            if push.try_send(forward).is_err() {
+                // Sync delivers it to whoever this relay would have served.
+                bump(&shared.stats.forwards_dropped, 1);
+            }
         }
     }
+    // Counted before the send, so the apply loop's uncount never comes
+    // first and leaves a stale entry that would hide the version from sync.
+    let key = (chunk.db, chunk.actor, chunk.version);
+    *shared.queued().entry(key).or_default() += 1;
     if apply.try_send(Arrived { from, chunk }).is_err() {
         bump(&shared.stats.chunks_dropped_queue_full, 1);
+        shared.uncount_queued(&key);
     }
 }
 
@@ -293,7 +325,11 @@ async fn apply_loop(
             if chunks.is_empty() {
                 continue;
             }
-            let Ok(outcome) = shared.node.apply_remote(db, chunks.clone()).await else {
+            let applied = shared.node.apply_remote(db, chunks.clone()).await;
+            for c in &chunks {
+                shared.uncount_queued(&(c.db, c.actor, c.version));
+            }
+            let Ok(outcome) = applied else {
                 return;
             };
             record(&shared.stats, &chunks, &outcome);
@@ -303,10 +339,13 @@ async fn apply_loop(
                     if *fresh && !shared.is_origin(from, &chunk) {
                         // The broadcast plan decides whether it goes on
                         // (`BroadcastConfig::targets`); gossip only.
-                        let _ = push.try_send(broadcast::Push {
+                        let forward = broadcast::Push {
                             chunks: vec![chunk],
                             received: Some((from, false)),
-                        });
+                        };
+                        if push.try_send(forward).is_err() {
+                            bump(&shared.stats.forwards_dropped, 1);
+                        }
                     }
                 }
             }
