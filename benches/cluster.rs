@@ -916,13 +916,7 @@ async fn load(addr: &str, prefix: &str, pid: u32, others: &[u32], duration: Dura
         let addr = addr.to_owned();
         let prefix = prefix.to_owned();
         clients.spawn(async move {
-            let http = reqwest::Client::builder()
-                .http1_only()
-                .no_proxy()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client");
+            let http = support::load_client();
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
             let mut seq = 0u64;

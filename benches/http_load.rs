@@ -228,13 +228,7 @@ async fn load(
 }
 
 async fn worker(url: String, run: usize, w: usize, rows: usize, deadline: Instant) -> WorkerResult {
-    let http = reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client");
+    let http = support::load_client();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let (mut txs, mut errors, mut first_error) = (0u64, 0u64, None);
     let mut seq = 0u64;

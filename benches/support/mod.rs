@@ -176,6 +176,17 @@ impl RssSampler {
     }
 }
 
+/// One load client's HTTP/1.1 connection, kept alive between requests.
+pub fn load_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

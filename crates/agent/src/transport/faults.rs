@@ -17,13 +17,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 
-use super::screen::keep_packets;
+use super::screen::poll_recv_kept;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -212,19 +212,13 @@ impl AsyncUdpSocket for FaultySocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
-            let kept = {
-                let f = self.state.faults();
-                keep_packets(bufs, meta, n, |m, _| !f.drop_from.contains(&m.addr))
-            };
-            self.state.dropped.fetch_add((n - kept) as u64, Relaxed);
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
+        poll_recv_kept(&*self.inner, cx, bufs, meta, |m, _| {
+            let keep = !self.state.faults().drop_from.contains(&m.addr);
+            if !keep {
+                self.state.dropped.fetch_add(1, Relaxed);
             }
-            // All dropped: poll again, which registers the waker if nothing
-            // else is ready.
-        }
+            keep
+        })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

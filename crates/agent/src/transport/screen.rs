@@ -83,36 +83,25 @@ impl AsyncUdpSocket for ScreeningSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
-            let mut refused = 0u64;
-            // A receive may hold several datagrams of one sender (GRO),
-            // `stride` bytes each; it is kept if any of them may be QUIC.
-            let kept = keep_packets(bufs, meta, n, |m, bytes| {
-                let mut any_quic = false;
-                for datagram in bytes.chunks(m.stride.max(1)) {
-                    if is_not_quic(datagram) {
-                        refused += 1;
-                        tracing::debug!(from = %m.addr, len = datagram.len(), "not a QUIC packet; dropped");
-                    } else {
-                        any_quic = true;
-                    }
-                }
-                // chunks() yields nothing for an empty datagram.
-                if bytes.is_empty() {
-                    refused += 1;
-                }
-                any_quic
-            });
-            if refused > 0 {
-                self.shared.stats.not_quic.fetch_add(refused, Relaxed);
+        let not_quic = &self.shared.stats.not_quic;
+        // A receive may hold several datagrams of one sender (GRO),
+        // `stride` bytes each; it is kept if any of them may be QUIC.
+        poll_recv_kept(&*self.inner, cx, bufs, meta, |m, bytes| {
+            if bytes.is_empty() {
+                not_quic.fetch_add(1, Relaxed);
+                return false;
             }
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
+            let mut any_quic = false;
+            for datagram in bytes.chunks(m.stride.max(1)) {
+                if is_not_quic(datagram) {
+                    not_quic.fetch_add(1, Relaxed);
+                    tracing::debug!(from = %m.addr, len = datagram.len(), "not a QUIC packet; dropped");
+                } else {
+                    any_quic = true;
+                }
             }
-            // All dropped: poll again, which registers the waker if nothing
-            // else is ready.
-        }
+            any_quic
+        })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -132,30 +121,37 @@ impl AsyncUdpSocket for ScreeningSocket {
     }
 }
 
-/// Compacts the first `n` received entries to those `keep` accepts (given
-/// each entry's meta and bytes); returns how many remain.
-pub(super) fn keep_packets(
+/// Receives from `inner`, keeping only the entries `keep` accepts (given
+/// each entry's meta and bytes); when it kept none, receives again, which
+/// registers the waker if nothing else is ready.
+pub(super) fn poll_recv_kept(
+    inner: &dyn AsyncUdpSocket,
+    cx: &mut Context<'_>,
     bufs: &mut [IoSliceMut<'_>],
     meta: &mut [RecvMeta],
-    n: usize,
     mut keep: impl FnMut(&RecvMeta, &[u8]) -> bool,
-) -> usize {
-    let mut kept = 0;
-    for i in 0..n {
-        let len = meta[i].len.min(bufs[i].len());
-        if !keep(&meta[i], &bufs[i][..len]) {
-            continue;
+) -> Poll<io::Result<usize>> {
+    loop {
+        let n = ready!(inner.poll_recv(cx, bufs, meta))?;
+        let mut kept = 0;
+        for i in 0..n {
+            let len = meta[i].len.min(bufs[i].len());
+            if !keep(&meta[i], &bufs[i][..len]) {
+                continue;
+            }
+            if kept != i {
+                let (front, back) = bufs.split_at_mut(i);
+                let len = len.min(front[kept].len());
+                front[kept][..len].copy_from_slice(&back[0][..len]);
+                meta[kept] = meta[i];
+                meta[kept].len = len;
+            }
+            kept += 1;
         }
-        if kept != i {
-            let (front, back) = bufs.split_at_mut(i);
-            let len = len.min(front[kept].len());
-            front[kept][..len].copy_from_slice(&back[0][..len]);
-            meta[kept] = meta[i];
-            meta[kept].len = len;
+        if kept > 0 {
+            return Poll::Ready(Ok(kept));
         }
-        kept += 1;
     }
-    kept
 }
 
 #[cfg(test)]
