@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use agent::replicator::ReplicatorConfig;
-use agent::transport::TlsFiles;
-use agent::{ClusterOptions, ClusterRuntime, Db, Node, NodeOptions};
 use anyhow::Context;
+use patina_node::{DbKind, Node, NodeOptions};
+use patina_replicator::ReplicatorConfig;
+use patina_replicator::{ClusterOptions, ClusterRuntime};
+use patina_subs::Subscriptions;
+use patina_transport::TlsFiles;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -50,6 +52,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         global_schema_paths: config.db.global_schema_paths.clone(),
     })
     .context("the node did not start")?;
+    let subs = Subscriptions::open_for(&node).context("the subscriptions did not start")?;
     tracing::info!(actor = %node.actor_id(), region = node.region(), data_dir = %config.node.data_dir.display(), "node started");
     let region = start_region(&config, &node)?;
 
@@ -57,25 +60,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on api.addr {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
-    let mut metrics = api::Metrics::new();
+    let mut metrics = patina_api::Metrics::new();
     metrics.register_cluster(region.counters());
     metrics.register_node(node.clone());
-    let state = api::ApiState::new(
+    let state = patina_api::ApiState::new(
         node.clone(),
-        api::ApiConfig {
+        subs,
+        patina_api::ApiConfig {
             bearer_token: config.api.authz.as_ref().map(|a| a.bearer_token.clone()),
             body_limit_bytes: usize::try_from(config.api.body_limit_bytes).unwrap_or(usize::MAX),
         },
     )
     .with_metrics(Arc::new(metrics))
-    .with_cluster_view(Arc::new(api::RegionView::new(node.clone(), &region)));
+    .with_cluster_view(Arc::new(patina_api::RegionView::new(node.clone(), &region)));
     let (stop, stopped) = watch::channel(false);
     if let Some(addr) = config.telemetry.prometheus_addr {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on telemetry.prometheus_addr {addr}"))?;
-        let router = api::metrics_router(state.metrics.clone());
-        tokio::spawn(api::serve_router(listener, router, wait(stopped.clone())));
+        let router = patina_api::metrics_router(state.metrics.clone());
+        tokio::spawn(patina_api::serve_router(
+            listener,
+            router,
+            wait(stopped.clone()),
+        ));
         tracing::info!(%addr, "metrics listening");
     }
     // Handlers are installed before the node says it is ready: a SIGTERM
@@ -85,7 +93,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %api_addr, "API listening");
     notify_systemd("READY=1");
 
-    let server = tokio::spawn(api::serve(listener, state, wait(stopped.clone())));
+    let server = tokio::spawn(patina_api::serve(listener, state, wait(stopped.clone())));
     wait(stopped).await;
     notify_systemd("STOPPING=1");
     tracing::info!("stopping");
@@ -111,7 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> {
     let g = &config.gossip;
     let region = &config.node.region;
-    let cluster = wire::ClusterName::new(region.clone())
+    let cluster = patina_wire::ClusterName::new(region.clone())
         .map_err(|e| anyhow::anyhow!("node.region {region:?} cannot name a cluster: {e}"))?;
     // The transport itself warns at start when [gossip.tls] is missing.
     let runtime = ClusterRuntime::start(
@@ -127,7 +135,7 @@ fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> 
                 ca_file: t.ca_file.clone(),
             }),
             members_file: config.node.data_dir.join(format!("members-{region}")),
-            dbs: &[Db::Regional, Db::Global],
+            dbs: &[DbKind::Regional, DbKind::Global],
             replicator: ReplicatorConfig::default(),
             socket: None,
         },

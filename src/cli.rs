@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use crr::SiteId;
+use patina_crr::SiteId;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use client::{Client, Statement, SubEvent, Subscription};
+use patina_client::{Client, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 
 use crate::cli::{ApiArgs, ExecArgs, MembersArgs, QueryArgs, ReloadArgs, SubArgs};
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn changes_print_on_one_line() {
         let event = SubEvent::Change {
-            kind: client::ChangeKind::Insert,
+            kind: patina_client::ChangeKind::Insert,
             row_id: 3,
             cells: vec!["m1".into(), "web".into()],
             change_id: 12,

@@ -6,8 +6,8 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use crr::schema::quote_ident;
-use crr::{Change, CrrConn, CrrError, SiteId, Value};
+use patina_crr::schema::quote_ident;
+use patina_crr::{Change, CrrConn, CrrError, SiteId, Value};
 
 use crate::cli::{ApplyArgs, ChangesArgs, DbCommand, DbExecArgs, DumpArgs};
 use crate::jsonl;

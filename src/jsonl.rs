@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use crr::{Change, SiteId, Value};
+use patina_crr::{Change, SiteId, Value};
 use serde_json::value::RawValue;
 
 /// The keys of a change line, in the order they are written.
@@ -66,7 +66,7 @@ pub fn push_value(out: &mut String, v: &Value) {
         Value::Text(t) => push_str(out, t),
         Value::Blob(b) => {
             out.push_str("{\"blob\":\"");
-            out.push_str(&crr::hex_encode(b));
+            out.push_str(&hex::encode(b));
             out.push_str("\"}");
         }
     }
@@ -78,7 +78,7 @@ pub fn change_line(c: &Change) -> String {
     out.push_str("{\"table\":");
     push_str(&mut out, &c.table);
     out.push_str(",\"pk\":\"");
-    out.push_str(&crr::hex_encode(&c.pk));
+    out.push_str(&hex::encode(&c.pk));
     out.push_str("\",\"cid\":");
     push_str(&mut out, &c.cid);
     out.push_str(",\"val\":");
@@ -129,7 +129,7 @@ pub fn parse_value(raw: &str) -> Result<Value> {
         serde_json::Value::String(s) => Ok(Value::Text(s)),
         serde_json::Value::Object(map) => match (map.len(), map.get("blob")) {
             (1, Some(serde_json::Value::String(hex))) => {
-                crr::hex_decode(hex).map(Value::Blob).ok_or_else(|| {
+                hex::decode(hex).map(Value::Blob).map_err(|_| {
                     anyhow!("blob {hex:?} is not hex: write an even number of hex digits")
                 })
             }
@@ -188,8 +188,8 @@ pub fn parse_change(line: &str) -> Result<Change> {
     };
     let hex = |key: &str| -> Result<Vec<u8>> {
         let s = string(key)?;
-        crr::hex_decode(&s)
-            .ok_or_else(|| anyhow!("{key} {s:?} is not hex: write an even number of hex digits"))
+        hex::decode(&s)
+            .map_err(|_| anyhow!("{key} {s:?} is not hex: write an even number of hex digits"))
     };
     let int = |key: &str| -> Result<i64> {
         let raw = get(key)?;

@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use client::{Client, Statement};
+use patina_client::{Client, Statement};
 use support::{runtime, setup, Agent, BIN};
 
 async fn ids(client: &Client) -> Vec<String> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use client::{Client, Statement};
+use patina_client::{Client, Statement};
 use support::{setup, setup_peer, Agent};
 
 const NODES: usize = 3;

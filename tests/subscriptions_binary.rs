@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use client::{ChangeKind, Client, Statement, SubEvent, Subscription};
+use patina_client::{ChangeKind, Client, Statement, SubEvent, Subscription};
 use serde_json::{json, Value as Json};
 use support::{runtime, setup, setup_on, Agent, BIN};
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-use client::Client;
+use patina_client::Client;
 
 #[path = "spawn.rs"]
 mod spawn;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use agent::{Node, SiteId};
+use patina_node::{Node, SiteId};
 use serde::{Serialize, Serializer};
 
 /// Cluster facts, read on every request: implementations should answer
@@ -155,13 +155,13 @@ impl ClusterView for LoneNode {
 /// bookkeeping of both databases, queue from the replicator.
 pub struct RegionView {
     node: Node,
-    me: wire::NodeIdentity,
-    members: tokio::sync::watch::Receiver<Vec<agent::membership::Member>>,
-    counters: agent::ClusterCounters,
+    me: patina_wire::NodeIdentity,
+    members: tokio::sync::watch::Receiver<Vec<patina_membership::Member>>,
+    counters: patina_replicator::ClusterCounters,
 }
 
 impl RegionView {
-    pub fn new(node: Node, runtime: &agent::ClusterRuntime) -> RegionView {
+    pub fn new(node: Node, runtime: &patina_replicator::ClusterRuntime) -> RegionView {
         RegionView {
             node,
             me: runtime.identity().clone(),
@@ -177,21 +177,21 @@ impl RegionView {
     }
 }
 
-fn member_state(s: agent::membership::MemberState) -> MemberState {
+fn member_state(s: patina_membership::MemberState) -> MemberState {
     match s {
-        agent::membership::MemberState::Alive => MemberState::Alive,
-        agent::membership::MemberState::Suspect => MemberState::Suspect,
-        agent::membership::MemberState::Down => MemberState::Down,
+        patina_membership::MemberState::Alive => MemberState::Alive,
+        patina_membership::MemberState::Suspect => MemberState::Suspect,
+        patina_membership::MemberState::Down => MemberState::Down,
     }
 }
 
 impl ClusterView for RegionView {
     fn health(&self) -> HealthReport {
-        let gaps = [agent::Db::Regional, agent::Db::Global]
+        let gaps = [patina_node::DbKind::Regional, patina_node::DbKind::Global]
             .iter()
             .map(|&db| self.node.bookkeeping(db).borrow().missing_versions())
             .sum();
-        let alive = agent::membership::alive(&self.members.borrow()).count() as u64;
+        let alive = patina_membership::alive(&self.members.borrow()).count() as u64;
         HealthReport {
             gaps,
             members: alive + 1,
@@ -205,7 +205,7 @@ impl ClusterView for RegionView {
     }
 
     fn members(&self) -> Vec<MemberInfo> {
-        let info = |id: &wire::NodeIdentity, state| MemberInfo {
+        let info = |id: &patina_wire::NodeIdentity, state| MemberInfo {
             actor_id: id.actor,
             addr: Some(id.addr.to_string()),
             region: id.cluster.as_str().to_owned(),

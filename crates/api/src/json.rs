@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use agent::{Params, Statement, Value};
+use patina_node::{Params, Statement, Value};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};

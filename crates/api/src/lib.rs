@@ -1,6 +1,6 @@
 //! `api`: Patina's HTTP API — Corrosion's v1 API, wire-compatible
 //! (`shared/docs/api.md`), plus Patina's own endpoints and Prometheus
-//! metrics. Only this crate knows HTTP and JSON; it calls an [`agent::Node`]
+//! metrics. Only this crate knows HTTP and JSON; it calls an [`patina_node::Node`]
 //! for everything else, and reads cluster facts (members, regions, health
 //! numbers) through the [`ClusterView`] seam.
 //!
@@ -152,7 +152,8 @@ impl Default for ApiConfig {
 /// What every handler sees; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
-    pub node: agent::Node,
+    pub node: patina_node::Node,
+    pub subs: Arc<patina_subs::Subscriptions>,
     pub config: Arc<ApiConfig>,
     pub metrics: Arc<Metrics>,
     /// Members, regions and health numbers. [`LoneNode`] until the agent
@@ -161,11 +162,17 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// State for `node` alone: fresh metrics, [`LoneNode`] as cluster view.
-    pub fn new(node: agent::Node, config: ApiConfig) -> ApiState {
+    /// State for `node` alone (with its subscriptions): fresh metrics,
+    /// [`LoneNode`] as cluster view.
+    pub fn new(
+        node: patina_node::Node,
+        subs: patina_subs::Subscriptions,
+        config: ApiConfig,
+    ) -> ApiState {
         ApiState {
             cluster: Arc::new(LoneNode::new(node.clone())),
             node,
+            subs: Arc::new(subs),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
         }

@@ -18,7 +18,7 @@
 //!   carried them (`Metrics::register_node`)
 //! - per cluster (label `cluster`): `patina_replication_*` and
 //!   `patina_transport_*` counters (`Metrics::register_cluster`, listed in
-//!   `agent::ClusterCounters::read`)
+//!   `patina_replicator::ClusterCounters::read`)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -313,7 +313,7 @@ pub(crate) async fn handle_alone(State(metrics): State<Arc<Metrics>>) -> Respons
 /// A cluster's replication and transport counters, read at each scrape,
 /// labelled with the cluster's name.
 #[derive(Debug)]
-struct ClusterCollector(agent::ClusterCounters);
+struct ClusterCollector(patina_replicator::ClusterCounters);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
@@ -349,7 +349,7 @@ impl prometheus_client::collector::Collector for ClusterCollector {
 }
 
 /// A node's writer counters, read at each scrape, labelled with the db.
-struct WriterCollector(agent::Node);
+struct WriterCollector(patina_node::Node);
 
 impl std::fmt::Debug for WriterCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -369,8 +369,9 @@ impl prometheus_client::collector::Collector for WriterCollector {
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
-        let stats = [agent::Db::Regional, agent::Db::Global].map(|db| (db, self.0.write_stats(db)));
-        type Read = fn(&agent::WriteStats) -> u64;
+        let stats = [patina_node::DbKind::Regional, patina_node::DbKind::Global]
+            .map(|db| (db, self.0.write_stats(db)));
+        type Read = fn(&patina_node::WriteStats) -> u64;
         let metrics: [(&str, &str, Read); 2] = [
             (
                 "writer_transactions",
@@ -401,14 +402,14 @@ impl prometheus_client::collector::Collector for WriterCollector {
 
 impl Metrics {
     /// Adds `node`'s writer counters (`patina_writer_*`, label `db`).
-    pub fn register_node(&mut self, node: agent::Node) {
+    pub fn register_node(&mut self, node: patina_node::Node) {
         self.registry
             .register_collector(Box::new(WriterCollector(node)));
     }
 
     /// Adds a cluster's counters (`patina_replication_*`,
     /// `patina_transport_*`, label `cluster`) to what `/metrics` shows.
-    pub fn register_cluster(&mut self, counters: agent::ClusterCounters) {
+    pub fn register_cluster(&mut self, counters: patina_replicator::ClusterCounters) {
         self.registry
             .register_collector(Box::new(ClusterCollector(counters)));
     }

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::{Db, QueryError, QueryStream, RowEvent, SiteId};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use patina_node::{DbKind, QueryError, QueryStream, RowEvent, SiteId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant as Deadline;
@@ -34,7 +34,7 @@ const NDJSON: &str = "application/x-ndjson";
 
 struct QueryParams {
     timeout: Duration,
-    after: Vec<(Db, SiteId, u64)>,
+    after: Vec<(DbKind, SiteId, u64)>,
 }
 
 pub(crate) async fn handle(
@@ -99,7 +99,7 @@ fn parse_query(raw: Option<&str>) -> Result<QueryParams, ApiError> {
 /// `ACTOR:VERSION` (a regional write: what Corrosion clients send) or
 /// `global:ACTOR:VERSION` (a write to a global table: global.db numbers its
 /// versions separately). ACTOR is 32 hex characters, VERSION ≥ 1.
-fn parse_after(value: &str) -> Result<(Db, SiteId, u64), ApiError> {
+fn parse_after(value: &str) -> Result<(DbKind, SiteId, u64), ApiError> {
     let bad = |why: String| {
         ApiError::QueryString(format!(
             "after={value:?} is not [global:]ACTOR:VERSION ({why}): use the actor_id and version a \
@@ -108,8 +108,8 @@ fn parse_after(value: &str) -> Result<(Db, SiteId, u64), ApiError> {
         ))
     };
     let (db, value) = match value.strip_prefix("global:") {
-        Some(rest) => (Db::Global, rest),
-        None => (Db::Regional, value),
+        Some(rest) => (DbKind::Global, rest),
+        None => (DbKind::Regional, value),
     };
     let (actor, version) = value
         .split_once(':')
@@ -259,10 +259,10 @@ mod tests {
         let (db, a, v) = parse_after(&format!("{actor}:42")).unwrap();
         assert_eq!(
             (db, a.to_string(), v),
-            (Db::Regional, actor.to_string(), 42)
+            (DbKind::Regional, actor.to_string(), 42)
         );
         let (db, _, v) = parse_after(&format!("global:{actor}:7")).unwrap();
-        assert_eq!((db, v), (Db::Global, 7));
+        assert_eq!((db, v), (DbKind::Global, 7));
         for bad in [
             actor.to_string(),
             format!("{actor}:"),

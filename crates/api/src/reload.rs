@@ -4,11 +4,11 @@
 //! non-additive change, a broken file) → 400 `{"error":"…"}` naming the
 //! table and the rule, with nothing changed; a stopping node → 503.
 
-use agent::AgentError;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use patina_node::NodeError;
 use serde_json::json;
 
 use crate::errors::{error_response, ApiError};
@@ -34,10 +34,8 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             let status = match &e {
-                AgentError::Schema { .. } | AgentError::SchemaPath { .. } => {
-                    StatusCode::BAD_REQUEST
-                }
-                AgentError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                NodeError::Schema { .. } | NodeError::SchemaPath { .. } => StatusCode::BAD_REQUEST,
+                NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(error = %e, "schema reload refused (POST /v1/reload)");

@@ -10,11 +10,11 @@
 //! - A subscriber more than 128 events behind (`SUBSCRIBER_EVENTS_BUFFERED`) gets
 //!   `{"error":"… re-attach with from=<last id it got>"}` and the stream ends.
 
-use agent::{Attach, ChangeEvent, SubError, SubItem, SubStream};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderValue;
 use axum::response::Response;
 use bytes::Bytes;
+use patina_subs::{Attach, ChangeEvent, SubError, SubItem, SubStream};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -74,7 +74,7 @@ pub(crate) async fn subscribe(
     let attach = parse_attach(raw.as_deref())?;
     let create = attach.from.is_none();
     Ok(
-        match state.node.subscribe(statement, create, attach).await {
+        match state.subs.subscribe(statement, create, attach).await {
             Ok(stream) => respond(stream),
             Err(e) => refused(e),
         },
@@ -87,7 +87,7 @@ pub(crate) async fn attach(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let attach = parse_attach(raw.as_deref())?;
-    Ok(match state.node.attach_subscription(&id, attach).await {
+    Ok(match state.subs.attach(&id, attach).await {
         Ok(stream) => respond(stream),
         Err(e) => refused(e),
     })
@@ -185,7 +185,7 @@ pub(crate) async fn updates(
         }
     });
     let mut response = ndjson(lines);
-    if let Ok(id) = HeaderValue::from_str(&agent::new_subscription_id()) {
+    if let Ok(id) = HeaderValue::from_str(&patina_subs::new_id()) {
         response.headers_mut().insert("corro-query-id", id);
     }
     Ok(response)

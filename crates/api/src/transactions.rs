@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use agent::{TxError, TxOutcome};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use patina_node::{TxError, TxOutcome};
 use serde::Serialize;
 
 use crate::body::{parse_timeout, query_pairs, JsonBody};

@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use api::{ApiConfig, ClusterView, HealthReport, MemberInfo, RegionInfo};
 use common::{start, start_with, Options};
+use patina_api::{ApiConfig, ClusterView, HealthReport, MemberInfo, RegionInfo};
 use serde_json::{json, Value as Json};
 
 fn is_secs(v: &Json) -> bool {
@@ -99,7 +99,7 @@ async fn concurrent_transactions_commit_or_fail_each_on_their_own() {
         expected,
         "exactly the committed clients' rows, each whole"
     );
-    let stats = s.node.write_stats(agent::Db::Regional);
+    let stats = s.node.write_stats(patina_node::DbKind::Regional);
     assert_eq!(stats.transactions, committed.len() as u64 + 1);
     assert!(stats.commits <= stats.transactions);
     println!(

@@ -4,8 +4,8 @@
 
 mod common;
 
-use api::ApiConfig;
 use common::{start, start_with, Options};
+use patina_api::ApiConfig;
 use serde_json::json;
 
 const POST_ROUTES: [&str; 3] = ["/v1/transactions", "/v1/queries", "/v1/table_stats"];

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::{ChangeKind, Client, ClientError, Statement, SubEvent, Subscription};
+use patina_client::{ChangeKind, Client, ClientError, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -15,7 +15,7 @@ CREATE TABLE vals (k INTEGER PRIMARY KEY NOT NULL, v);";
 
 struct Server {
     addr: String,
-    _node: agent::Node,
+    _node: patina_node::Node,
     _dir: tempfile::TempDir,
 }
 
@@ -25,7 +25,7 @@ async fn start() -> Server {
     let global = dir.path().join("global.sql");
     std::fs::write(&regional, SCHEMA).unwrap();
     std::fs::write(&global, "").unwrap();
-    let node = agent::Node::open(agent::NodeOptions {
+    let node = patina_node::Node::open(patina_node::NodeOptions {
         region: "ams".into(),
         global_member: false,
         data_dir: dir.path().join("data"),
@@ -35,8 +35,9 @@ async fn start() -> Server {
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let state = api::ApiState::new(node.clone(), api::ApiConfig::default());
-    tokio::spawn(api::serve(listener, state, std::future::pending()));
+    let subs = patina_subs::Subscriptions::open_for(&node).unwrap();
+    let state = patina_api::ApiState::new(node.clone(), subs, patina_api::ApiConfig::default());
+    tokio::spawn(patina_api::serve(listener, state, std::future::pending()));
     Server {
         addr,
         _node: node,
@@ -268,7 +269,7 @@ async fn a_vanished_server_is_given_up_on_after_bounded_retries() {
         .subscribe(&Statement::from(SQL))
         .await
         .unwrap()
-        .with_reconnect(client::Reconnect {
+        .with_reconnect(patina_client::Reconnect {
             attempts: 3,
             delay_first: Duration::from_millis(10),
             delay_max: Duration::from_millis(20),

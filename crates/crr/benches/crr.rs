@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use crr::{Change, CrrConn};
+use patina_crr::{Change, CrrConn};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
@@ -33,7 +33,7 @@ fn plain_db(dir: &TempDir) -> Connection {
     let conn = Connection::open(dir.path().join("plain.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-    conn.pragma_update(None, "cache_size", crr::CACHE_SIZE_PRAGMA)
+    conn.pragma_update(None, "cache_size", patina_crr::CACHE_SIZE_PRAGMA)
         .unwrap();
     conn.execute_batch(SCHEMA).unwrap();
     conn

@@ -7,7 +7,7 @@
 //! [`CrrConn::apply_changes`]. This crate does no I/O besides SQLite.
 //!
 //! ```
-//! use crr::CrrConn;
+//! use patina_crr::CrrConn;
 //!
 //! let schema = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, state TEXT);";
 //! let (mut a, mut b) = (CrrConn::open_in_memory()?, CrrConn::open_in_memory()?);
@@ -28,7 +28,7 @@
 //!     .connection()
 //!     .query_row("SELECT state FROM machines WHERE id = 'm1'", [], |r| r.get(0))?;
 //! assert_eq!(state, "started");
-//! # Ok::<(), crr::CrrError>(())
+//! # Ok::<(), patina_crr::CrrError>(())
 //! ```
 
 mod affinity;
@@ -44,7 +44,6 @@ pub mod migrate;
 pub mod pk;
 pub mod schema;
 mod schema_rules;
-mod site;
 mod store;
 mod value;
 mod versions;
@@ -53,5 +52,5 @@ pub use changes::{Change, SENTINEL};
 pub use conn::{CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
 pub use error::{CrrError, Result, SchemaViolation};
 pub use merge::MergeReport;
-pub use site::{hex_decode, hex_encode, ParseSiteIdError, SiteId};
-pub use value::{merge_order, same_value, Value};
+pub use patina_value::{ParseSiteIdError, SiteId, Value};
+pub use value::{merge_order, same_value};

@@ -160,10 +160,9 @@ fn be_uint(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::site::{hex_decode, hex_encode};
 
     fn packed(values: &[Value]) -> String {
-        hex_encode(&pack_values(values).unwrap())
+        hex::encode(pack_values(values).unwrap())
     }
 
     fn int(i: i64) -> String {
@@ -196,7 +195,7 @@ mod tests {
         ];
         for (i, hex) in cases {
             assert_eq!(int(*i), h(hex), "packing {i}");
-            let back = unpack(&hex_decode(&h(hex)).unwrap()).unwrap();
+            let back = unpack(&hex::decode(h(hex)).unwrap()).unwrap();
             assert_eq!(back, vec![Value::Integer(*i)], "unpacking {hex}");
         }
     }
@@ -233,7 +232,7 @@ mod tests {
 
     #[test]
     fn non_minimal_input_is_accepted() {
-        let v = unpack(&hex_decode("011100ff").unwrap()).unwrap();
+        let v = unpack(&hex::decode("011100ff").unwrap()).unwrap();
         assert_eq!(v, vec![Value::Integer(255)]);
     }
 

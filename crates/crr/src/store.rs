@@ -135,7 +135,7 @@ impl Sites {
             (Some(stored), Some(pinned)) if stored != pinned.0 => {
                 return Err(CrrError::Corrupt(format!(
                     "this database's site id is {}, not the requested {pinned}; a site id is fixed when the database is created",
-                    crate::hex_encode(&stored)
+                    hex::encode(&stored)
                 )));
             }
             _ => {}

@@ -1,66 +1,8 @@
-//! SQLite values as the merge sees them.
+//! The merge's order and equality of SQLite values.
 
 use std::cmp::Ordering;
 
-use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use serde::{Deserialize, Serialize};
-
-/// One SQLite value, owned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl Value {
-    pub fn from_ref(v: ValueRef<'_>) -> Value {
-        match v {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(i) => Value::Integer(i),
-            ValueRef::Real(f) => Value::Real(f),
-            // SQLite hands back whatever bytes were stored; invalid UTF-8 is
-            // kept lossily rather than refused so a read never fails on it.
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        }
-    }
-
-    pub fn as_ref(&self) -> ValueRef<'_> {
-        match self {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(t) => ValueRef::Text(t.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }
-    }
-
-    /// The storage class name, as SQLite's `typeof()` spells it.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Integer(_) => "integer",
-            Value::Real(_) => "real",
-            Value::Text(_) => "text",
-            Value::Blob(_) => "blob",
-        }
-    }
-}
-
-impl ToSql for Value {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(self.as_ref()))
-    }
-}
-
-impl FromSql for Value {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        Ok(Value::from_ref(value))
-    }
-}
+use rusqlite::types::ValueRef;
 
 fn class_rank(v: &ValueRef<'_>) -> u8 {
     // crr-model.md 7.1: INTEGER > REAL > TEXT > BLOB > NULL, class first.
@@ -102,6 +44,7 @@ pub fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Value;
     use Ordering::*;
 
     fn cmp(a: Value, b: Value) -> Ordering {

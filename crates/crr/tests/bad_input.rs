@@ -6,7 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-use crr::{pk, Change, CrrConn, CrrError, SiteId, Value};
+use patina_crr::{pk, Change, CrrConn, CrrError, SiteId, Value};
 use proptest::prelude::*;
 
 const SCHEMA: &str = "

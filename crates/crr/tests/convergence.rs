@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crr::{Change, CrrConn, SiteId, Value};
+use patina_crr::{Change, CrrConn, SiteId, Value};
 use proptest::prelude::*;
 
 const SCHEMA: &str = "

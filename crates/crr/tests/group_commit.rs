@@ -3,7 +3,7 @@
 //! would have committed as one plain transaction: same rows, same clocks,
 //! same seqs — a failed part leaves no trace, not even a captured event.
 
-use crr::{CrrConn, SiteId, Value};
+use patina_crr::{CrrConn, SiteId, Value};
 use proptest::prelude::*;
 
 const T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER CHECK (b IS NULL OR b >= 0));";

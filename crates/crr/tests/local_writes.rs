@@ -1,7 +1,7 @@
 //! Local-write capture rules (crr-model.md 4 and 5), checked on the
 //! changes each statement leaves behind.
 
-use crr::{pk, Change, CrrConn, CrrError, SiteId, Value};
+use patina_crr::{pk, Change, CrrConn, CrrError, SiteId, Value};
 
 fn site(byte: u8) -> SiteId {
     SiteId([byte; 16])

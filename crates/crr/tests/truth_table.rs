@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use crr::{Change, CrrError, SiteId, Value};
+use patina_crr::{Change, CrrError, SiteId, Value};
 
 fn cl_of(s: &Site, table: &str, pk: &[u8]) -> Option<i64> {
     s.changes()
@@ -631,7 +631,9 @@ fn section_12_truncated_pk_fails_the_batch() {
 
 #[test]
 fn section_12_text_pk_for_integer_primary_key_fails_the_batch() {
-    assert_batch_refused(|c| c.pk = crr::pk::pack_values(&[Value::Text("two".into())]).unwrap());
+    assert_batch_refused(|c| {
+        c.pk = patina_crr::pk::pack_values(&[Value::Text("two".into())]).unwrap()
+    });
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Splitting one transaction's changes into chunks of at most
 //! [`CHUNK_BYTES_TARGET`] encoded bytes.
 
-use crr::{Change, Value};
+use patina_value::Value;
 
 use crate::{ActorId, ChangeChunk, DbKind, Span, WireChange};
 
@@ -32,7 +32,7 @@ pub fn chunk_changes(
     actor: ActorId,
     version: u64,
     last_seq: u64,
-    changes: &[Change],
+    changes: Vec<WireChange>,
 ) -> Vec<ChangeChunk> {
     let last_seq = changes
         .iter()
@@ -58,24 +58,14 @@ pub fn chunk_changes_in(
     version: u64,
     cover: Span,
     last_seq: u64,
-    changes: &[Change],
+    changes: Vec<WireChange>,
 ) -> Vec<ChangeChunk> {
     debug_assert!(cover.end <= last_seq);
     let mut chunks = Vec::new();
     let mut current: Vec<WireChange> = Vec::new();
     let mut bytes = 0usize;
     let mut start = cover.start;
-    for c in changes {
-        debug_assert!(c.site_id == actor && c.db_version as u64 == version);
-        let wc = WireChange {
-            table: c.table.clone(),
-            pk: c.pk.clone(),
-            cid: c.cid.clone(),
-            val: c.val.clone(),
-            col_version: c.col_version,
-            cl: c.cl,
-            seq: c.seq,
-        };
+    for wc in changes {
         let size = change_bytes_max(&wc);
         // Seqs need not be unique within a version: a replica that created
         // a row's sentinel while merging a column change tags it with that

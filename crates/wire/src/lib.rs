@@ -7,7 +7,7 @@
 //! [`CHUNK_BYTES_TARGET`] bytes. Decoders return [`WireError`], never panic.
 //!
 //! ```
-//! use wire::*;
+//! use patina_wire::*;
 //! let cluster = ClusterName::new("ams")?;
 //! let env = Envelope { cluster, from: ActorId::random(), message: Message::SummaryRequest };
 //! let bytes = encode_frame(&env)?;
@@ -30,6 +30,7 @@ pub use message::{
     ActorId, ActorSummary, ChangeChunk, ClusterName, DbKind, Envelope, Message, Need, NodeIdentity,
     PartialVersion, Span, Summary, WireChange, CLUSTER_NAME_BYTES_MAX,
 };
+pub use patina_value::Value;
 
 /// Why bytes could not be encoded or decoded. None of these changes any
 /// state; the receiver drops the frame (or stream) and counts it.

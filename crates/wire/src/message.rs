@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 
-use crr::{SiteId, Value};
+use patina_value::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::WireError;
 
 /// A node's actor id: its site id in both databases.
-pub type ActorId = SiteId;
+pub use patina_value::SiteId as ActorId;
 
 /// Cluster names are region names or `global`; short by configuration.
 pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
@@ -59,6 +59,19 @@ impl std::fmt::Display for ClusterName {
 pub enum DbKind {
     Regional,
     Global,
+}
+
+impl DbKind {
+    /// Both, regional first.
+    pub const ALL: [DbKind; 2] = [DbKind::Regional, DbKind::Global];
+
+    /// "regional" or "global", as logs, metrics and file names spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbKind::Regional => "regional",
+            DbKind::Global => "global",
+        }
+    }
 }
 
 /// Who a node is in SWIM: foca's identity. A restarted node keeps its actor
@@ -166,25 +179,6 @@ impl ChangeChunk {
     /// Is this chunk the whole transaction?
     pub fn is_complete(&self) -> bool {
         self.seqs.start == 0 && self.seqs.end >= self.last_seq
-    }
-
-    /// The chunk's changes as `crr` changes (site id and db_version filled
-    /// in from the chunk).
-    pub fn to_changes(&self) -> Vec<crr::Change> {
-        self.changes
-            .iter()
-            .map(|c| crr::Change {
-                table: c.table.clone(),
-                pk: c.pk.clone(),
-                cid: c.cid.clone(),
-                val: c.val.clone(),
-                col_version: c.col_version,
-                db_version: self.version as i64,
-                site_id: self.actor,
-                cl: c.cl,
-                seq: c.seq,
-            })
-            .collect()
     }
 
     /// Checks what a decoder cannot: the spans are ordered, every change

@@ -1,8 +1,8 @@
 //! Round trips, garbage, and chunk tiling.
 
-use crr::{Change, SiteId, Value};
+use patina_value::{SiteId, Value};
+use patina_wire::*;
 use proptest::prelude::*;
-use wire::*;
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -16,7 +16,7 @@ fn value() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn changes(actor: SiteId, version: u64) -> impl Strategy<Value = Vec<Change>> {
+fn changes() -> impl Strategy<Value = Vec<WireChange>> {
     proptest::collection::vec(
         (
             "[a-z]{1,8}",
@@ -32,14 +32,12 @@ fn changes(actor: SiteId, version: u64) -> impl Strategy<Value = Vec<Change>> {
         rows.into_iter()
             .map(|(table, pk, val, col_version, gap)| {
                 seq += 1 + i64::from(gap % 3);
-                Change {
+                WireChange {
                     table,
                     pk,
                     cid: "c".into(),
                     val,
                     col_version,
-                    db_version: version as i64,
-                    site_id: actor,
                     cl: 1,
                     seq,
                 }
@@ -72,15 +70,11 @@ proptest! {
     fn chunks_round_trip_and_tile_the_transaction(
         version in 1u64..1000,
         extra_last in 0u64..3,
-        changes in changes(SiteId([1; 16]), 1),
+        changes in changes(),
     ) {
         let actor = SiteId([1; 16]);
-        let changes: Vec<Change> = changes
-            .into_iter()
-            .map(|c| Change { db_version: version as i64, ..c })
-            .collect();
         let last = changes.last().map_or(0, |c| c.seq as u64) + extra_last;
-        let chunks = chunk_changes(DbKind::Regional, actor, version, last, &changes);
+        let chunks = chunk_changes(DbKind::Regional, actor, version, last, changes.clone());
         // Spans tile 0..=last_seq in order.
         let mut next = 0u64;
         for c in &chunks {
@@ -95,7 +89,7 @@ proptest! {
             prop_assert_eq!(decode(&bytes).unwrap().message, Message::Changes(c.clone()));
         }
         prop_assert_eq!(next, last + 1);
-        let back: Vec<Change> = chunks.iter().flat_map(|c| c.to_changes()).collect();
+        let back: Vec<WireChange> = chunks.into_iter().flat_map(|c| c.changes).collect();
         prop_assert_eq!(back, changes);
     }
 
@@ -110,11 +104,11 @@ proptest! {
 
     #[test]
     fn truncated_and_flipped_frames_are_errors_or_valid(
-        changes in changes(SiteId([2; 16]), 3),
+        changes in changes(),
         cut in any::<prop::sample::Index>(),
         flip in any::<prop::sample::Index>(),
     ) {
-        let chunk = chunk_changes(DbKind::Global, SiteId([2; 16]), 3, 0, &changes).remove(0);
+        let chunk = chunk_changes(DbKind::Global, SiteId([2; 16]), 3, 0, changes).remove(0);
         let bytes = encode_frame(&envelope(Message::Changes(chunk))).unwrap();
         let cut = cut.index(bytes.len());
         prop_assert!(decode(&bytes[..cut]).is_err());
@@ -207,7 +201,7 @@ fn datagrams_carry_their_cluster() {
 #[test]
 fn a_chunk_with_a_change_outside_its_span_is_invalid() {
     let actor = SiteId([4; 16]);
-    let mut chunk = chunk_changes(DbKind::Regional, actor, 1, 0, &[]).remove(0);
+    let mut chunk = chunk_changes(DbKind::Regional, actor, 1, 0, Vec::new()).remove(0);
     chunk.changes.push(WireChange {
         table: "t".into(),
         pk: vec![1],
@@ -224,20 +218,18 @@ fn a_chunk_with_a_change_outside_its_span_is_invalid() {
 #[test]
 fn a_large_transaction_travels_in_several_chunks_under_the_target() {
     let actor = SiteId([5; 16]);
-    let changes: Vec<Change> = (0..5_000)
-        .map(|i| Change {
+    let changes: Vec<WireChange> = (0..5_000)
+        .map(|i| WireChange {
             table: "machines".into(),
             pk: vec![0x01, 0x09, (i % 256) as u8],
             cid: "state".into(),
             val: Value::Text("x".repeat(100)),
             col_version: 1,
-            db_version: 9,
-            site_id: actor,
             cl: 1,
             seq: i,
         })
         .collect();
-    let chunks = chunk_changes(DbKind::Regional, actor, 9, 4_999, &changes);
+    let chunks = chunk_changes(DbKind::Regional, actor, 9, 4_999, changes);
     assert!(chunks.len() >= 8, "{} chunks", chunks.len());
     for c in &chunks {
         let bytes = encode_frame(&envelope(Message::Changes(c.clone()))).unwrap();
@@ -271,8 +263,8 @@ fn a_backwards_span_does_not_decode() {
 #[test]
 fn changes_sharing_a_seq_stay_in_one_chunk() {
     let actor = SiteId([8; 16]);
-    let changes: Vec<Change> = (0..4_000)
-        .map(|i| Change {
+    let changes: Vec<WireChange> = (0..4_000)
+        .map(|i| WireChange {
             table: "machines".into(),
             pk: vec![0x01, 0x09, (i % 256) as u8],
             cid: if i % 2 == 0 {
@@ -282,13 +274,11 @@ fn changes_sharing_a_seq_stay_in_one_chunk() {
             },
             val: Value::Text("y".repeat(60)),
             col_version: 1,
-            db_version: 4,
-            site_id: actor,
             cl: 1,
             seq: i / 2,
         })
         .collect();
-    let chunks = chunk_changes(DbKind::Regional, actor, 4, 0, &changes);
+    let chunks = chunk_changes(DbKind::Regional, actor, 4, 0, changes);
     assert!(chunks.len() > 1);
     for c in &chunks {
         c.validate().unwrap();

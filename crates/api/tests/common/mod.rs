@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use api::{ApiConfig, ApiState, ClusterView};
+use patina_api::{ApiConfig, ApiState, ClusterView};
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ CREATE TABLE app_regions (
 
 pub struct TestServer {
     pub base: String,
-    pub node: agent::Node,
+    pub node: patina_node::Node,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -57,7 +57,7 @@ pub async fn start_with(options: Options) -> TestServer {
     let global = dir.path().join("global.sql");
     std::fs::write(&regional, REGIONAL_SCHEMA).expect("write schema");
     std::fs::write(&global, GLOBAL_SCHEMA).expect("write schema");
-    let node = agent::Node::open(agent::NodeOptions {
+    let node = patina_node::Node::open(patina_node::NodeOptions {
         region: "ams".into(),
         global_member: options.global_member,
         data_dir: dir.path().join("data"),
@@ -65,7 +65,8 @@ pub async fn start_with(options: Options) -> TestServer {
         global_schema_paths: vec![global],
     })
     .expect("open node");
-    let mut state = ApiState::new(node.clone(), options.config);
+    let subs = patina_subs::Subscriptions::open_for(&node).expect("open subscriptions");
+    let mut state = ApiState::new(node.clone(), subs, options.config);
     if let Some(cluster) = options.cluster {
         state = state.with_cluster_view(cluster);
     }
@@ -74,7 +75,7 @@ pub async fn start_with(options: Options) -> TestServer {
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (shutdown, stop) = oneshot::channel::<()>();
-    let task = tokio::spawn(api::serve(listener, state, async {
+    let task = tokio::spawn(patina_api::serve(listener, state, async {
         let _ = stop.await;
     }));
     TestServer {

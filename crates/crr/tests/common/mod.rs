@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crr::{Change, CrrConn, MergeReport, SiteId, Value};
+use patina_crr::{Change, CrrConn, MergeReport, SiteId, Value};
 
 pub const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c);
 CREATE TABLE p(k TEXT PRIMARY KEY NOT NULL);";
@@ -104,11 +104,11 @@ impl Site {
 }
 
 pub fn t_pk(id: i64) -> Vec<u8> {
-    crr::pk::pack_values(&[Value::Integer(id)]).unwrap()
+    patina_crr::pk::pack_values(&[Value::Integer(id)]).unwrap()
 }
 
 pub fn p_pk(k: &str) -> Vec<u8> {
-    crr::pk::pack_values(&[Value::Text(k.into())]).unwrap()
+    patina_crr::pk::pack_values(&[Value::Text(k.into())]).unwrap()
 }
 
 /// Three sites; s0 runs `init` as one transaction and the others merge it.

@@ -1,0 +1,73 @@
+//! The data dir: the two databases and the node's actor id.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use patina_crr::SiteId;
+
+use crate::error::NodeError;
+
+pub(crate) struct DataDir {
+    pub path: PathBuf,
+}
+
+impl DataDir {
+    pub fn create(path: &Path) -> Result<DataDir, NodeError> {
+        fs::create_dir_all(path).map_err(|source| NodeError::DataDir {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(DataDir {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn regional_db(&self) -> PathBuf {
+        self.path.join("regional.db")
+    }
+
+    pub fn global_db(&self) -> PathBuf {
+        self.path.join("global.db")
+    }
+
+    /// The node's actor id: read from `actor_id`, or created (random) and
+    /// written durably on first start. Both databases use it as site id.
+    pub fn actor_id(&self) -> Result<SiteId, NodeError> {
+        let file = self.path.join("actor_id");
+        match fs::read_to_string(&file) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|e: patina_crr::ParseSiteIdError| NodeError::ActorId {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = SiteId::random();
+                write_durably(&file, format!("{id}\n").as_bytes()).map_err(|source| {
+                    NodeError::DataDir {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
+                Ok(id)
+            }
+            Err(source) => Err(NodeError::DataDir { path: file, source }),
+        }
+    }
+}
+
+/// Write to a temp file, fsync, rename, fsync the dir: a crash leaves the
+/// old content or the new, never half of it.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

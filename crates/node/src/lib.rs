@@ -1,0 +1,33 @@
+//! `patina-node`: one node's storage — its two CRR databases (`regional.db`,
+//! `global.db`), the write path (one writer thread per database, group
+//! commit), a pool of read connections, schema files, and the seams the
+//! rest of the daemon plugs into: [`Node::apply_remote`] / [`Node::serve`] /
+//! [`Node::bookkeeping`] for replication, [`Node::subscribe_changesets`] for
+//! local commits, [`CommitObserver`] for every commit.
+//!
+//! It never opens a socket and knows nothing of HTTP, JSON, membership or
+//! subscriptions; only its writer threads write the database files.
+
+mod bookstore;
+mod changeset;
+mod chunks;
+mod classify;
+mod datadir;
+mod error;
+mod node;
+mod reader;
+mod remote;
+mod schema_files;
+mod statement;
+mod writer;
+
+pub use changeset::{unix_ms, Changeset, CommitObserver, Origin, RowChange};
+pub use chunks::{chunk_changes, wire_changes};
+pub use error::{NodeError, QueryError, TxError};
+pub use node::{Node, NodeOptions};
+pub use patina_crr::{SiteId, Value};
+pub use patina_wire::DbKind;
+pub use reader::{QueryStream, RowEvent};
+pub use remote::{RemoteOutcome, PARTIAL_VERSIONS_MAX};
+pub use statement::{Params, Statement};
+pub use writer::{StatementResult, TxOutcome, WriteStats};

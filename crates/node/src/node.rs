@@ -1,0 +1,372 @@
+//! [`Node`]: what `patina agent` runs — the databases, their writers, the
+//! read pool, and the seams replication plugs into.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use patina_crr::{CrrConn, SiteId};
+use patina_proto::Bookkeeper;
+use patina_wire::DbKind;
+use tokio::sync::{broadcast, watch};
+
+use crate::changeset::{Changeset, CommitObserver, Origin};
+use crate::classify::{Classifier, Writes};
+use crate::datadir::DataDir;
+use crate::error::{NodeError, QueryError, TxError};
+use crate::reader::{open_reader, QueryStream, ReadPool};
+use crate::remote::RemoteOutcome;
+use crate::schema_files;
+use crate::statement::Statement;
+use crate::writer::{TxOutcome, WriteStats, Writer};
+
+/// Committed changesets buffered for slow seam listeners; a listener that
+/// falls further behind misses some (and sync, later, re-fetches them).
+const CHANGESETS_BUFFERED_MAX: usize = 4096;
+/// Read connections: queries running at once.
+const READERS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub region: String,
+    pub global_member: bool,
+    pub data_dir: PathBuf,
+    pub schema_paths: Vec<PathBuf>,
+    pub global_schema_paths: Vec<PathBuf>,
+}
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: NodeOptions,
+    actor: SiteId,
+    regional: Writer,
+    global: Writer,
+    reads: Arc<ReadPool>,
+    classifier: Mutex<Classifier>,
+    changesets: broadcast::Sender<Changeset>,
+    observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>>,
+    dir: DataDir,
+}
+
+impl Node {
+    /// Opens the data dir, applies the schema files (both databases are
+    /// checked before either changes: a refused schema leaves the node
+    /// unstarted and the files untouched), starts the writers.
+    pub fn open(options: NodeOptions) -> Result<Node, NodeError> {
+        let dir = DataDir::create(&options.data_dir)?;
+        let actor = dir.actor_id()?;
+        let open = |db: DbKind, path: PathBuf| {
+            CrrConn::open_with_site_id(path, Some(actor)).map_err(|source| NodeError::Database {
+                db: db.name(),
+                source,
+            })
+        };
+        let mut regional = open(DbKind::Regional, dir.regional_db())?;
+        let mut global = open(DbKind::Global, dir.global_db())?;
+        let schemas = read_schemas(&options)?;
+        apply_schemas(&mut regional, &mut global, &schemas)?;
+        let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
+        let observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>> = Arc::default();
+        let writer = |conn: CrrConn, db: DbKind| {
+            let changesets = changesets.clone();
+            let observers = Arc::clone(&observers);
+            Writer::spawn(conn, db, move |cs: Changeset, origin: Origin| {
+                for o in observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                    o.on_commit(&cs, origin);
+                }
+                if origin == Origin::Local {
+                    let _ = changesets.send(cs);
+                }
+            })
+            .map_err(|source| NodeError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            })
+        };
+        let regional = writer(regional, DbKind::Regional)?;
+        let global = writer(global, DbKind::Global)?;
+        let reads = Arc::new(ReadPool::open(
+            &dir.regional_db(),
+            &dir.global_db(),
+            READERS,
+        )?);
+        let classifier = Classifier::open(&dir.regional_db(), &dir.global_db()).map_err(|e| {
+            NodeError::Database {
+                db: "classifier",
+                source: e.into(),
+            }
+        })?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                options,
+                actor,
+                regional,
+                global,
+                reads,
+                classifier: Mutex::new(classifier),
+                changesets,
+                observers,
+                dir,
+            }),
+        })
+    }
+
+    pub fn actor_id(&self) -> SiteId {
+        self.inner.actor
+    }
+
+    pub fn region(&self) -> &str {
+        &self.inner.options.region
+    }
+
+    pub fn is_global_member(&self) -> bool {
+        self.inner.options.global_member
+    }
+
+    /// What `db`'s writer has committed so far (group commit's effect).
+    pub fn write_stats(&self, db: DbKind) -> WriteStats {
+        match db {
+            DbKind::Regional => self.inner.regional.stats(),
+            DbKind::Global => self.inner.global.stats(),
+        }
+    }
+
+    /// Runs `statements` as one transaction on the database they write.
+    pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
+        if statements.is_empty() {
+            return Err(TxError::Empty);
+        }
+        let writes = {
+            let mut classifier = self
+                .inner
+                .classifier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            classifier.classify(statements.iter().map(|s| s.sql.as_str()))
+        };
+        match writes {
+            Writes::Both => Err(TxError::MixedDatabases),
+            Writes::Global => self.inner.global.transact(statements).await,
+            Writes::Regional | Writes::Nothing => self.inner.regional.transact(statements).await,
+        }
+    }
+
+    /// Starts a read-only query over both databases.
+    pub async fn query(&self, statement: Statement) -> Result<QueryStream, QueryError> {
+        self.inner.reads.query(statement).await
+    }
+
+    /// Rows in `tables` (regional or global CRR tables) and the names that
+    /// are not tables.
+    pub async fn table_row_count(
+        &self,
+        tables: Vec<String>,
+    ) -> Result<(u64, Vec<String>), QueryError> {
+        self.inner
+            .reads
+            .run(move |conn| {
+                let mut total = 0u64;
+                let mut invalid = Vec::new();
+                for t in tables {
+                    let is_crr = |schema: &str| -> bool {
+                        let sql = format!("SELECT 1 FROM {schema}.crr_tables WHERE name = ?1");
+                        conn.query_row(&sql, [&t], |_| Ok(())).is_ok()
+                    };
+                    let schema = if is_crr("main") {
+                        "main"
+                    } else if is_crr("global") {
+                        "global"
+                    } else {
+                        invalid.push(t);
+                        continue;
+                    };
+                    let quoted = format!("\"{}\"", t.replace('"', "\"\""));
+                    let sql = format!("SELECT count(*) FROM {schema}.{quoted}");
+                    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
+                        Ok(n) => total += n.max(0) as u64,
+                        Err(_) => invalid.push(t),
+                    }
+                }
+                (total, invalid)
+            })
+            .await
+    }
+
+    /// Re-reads the schema files and applies them to both databases;
+    /// refused whole (and the running schema kept) if either is refused.
+    pub async fn reload_schema(&self) -> Result<(), NodeError> {
+        let (regional_sql, global_sql) = read_schemas(&self.inner.options)?;
+        // Plan both first: neither database changes unless both can.
+        self.on_writer(DbKind::Regional, regional_sql.clone(), |conn, sql| {
+            patina_crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
+        })
+        .await?;
+        self.on_writer(DbKind::Global, global_sql.clone(), |conn, sql| {
+            patina_crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
+        })
+        .await?;
+        self.on_writer(DbKind::Regional, regional_sql, |conn, sql| {
+            conn.apply_schema(&sql)
+        })
+        .await?;
+        self.on_writer(DbKind::Global, global_sql, |conn, sql| {
+            conn.apply_schema(&sql)
+        })
+        .await?;
+        // Versions that arrived before their tables or columns may apply now.
+        self.inner.regional.retry_parked().await;
+        self.inner.global.retry_parked().await;
+        self.inner
+            .classifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget();
+        Ok(())
+    }
+
+    async fn on_writer(
+        &self,
+        db: DbKind,
+        sql: String,
+        f: fn(&mut CrrConn, String) -> patina_crr::Result<()>,
+    ) -> Result<(), NodeError> {
+        self.writer(db)
+            .with(move |conn| f(conn, sql))
+            .await
+            .ok_or(NodeError::ShuttingDown)?
+            .map_err(|source| NodeError::Schema {
+                db: db.name(),
+                source,
+            })
+    }
+
+    /// Committed changesets of this node, as they commit (the seam
+    /// broadcast and subscriptions read).
+    pub fn subscribe_changesets(&self) -> broadcast::Receiver<Changeset> {
+        self.inner.changesets.subscribe()
+    }
+
+    /// Adds a consumer of every commit, local and remote. Commits made
+    /// before it is added are not shown to it: add observers before the
+    /// node is handed to the API and the replicator.
+    pub fn add_commit_observer(&self, observer: Arc<dyn CommitObserver>) {
+        self.inner
+            .observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
+    }
+
+    /// The node's data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.dir.path
+    }
+
+    /// A new read-only connection to both databases (`global.db` attached
+    /// as `global`), configured as the read pool's are.
+    pub fn open_reader(&self) -> rusqlite::Result<rusqlite::Connection> {
+        open_reader(&self.inner.dir.regional_db(), &self.inner.dir.global_db())
+    }
+
+    /// Whether this node has applied `version` of `actor` in `db` (each
+    /// database numbers its versions separately).
+    pub fn has_applied(&self, db: DbKind, actor: SiteId, version: u64) -> bool {
+        let bookie = self.writer(db).bookkeeping();
+        let applied = bookie.borrow().holds(db, actor, version);
+        applied
+    }
+
+    /// Waits until [`has_applied`](Self::has_applied), up to `timeout`.
+    pub async fn wait_applied(
+        &self,
+        db: DbKind,
+        actor: SiteId,
+        version: u64,
+        timeout: Duration,
+    ) -> bool {
+        let mut rx = self.writer(db).bookkeeping();
+        let kind = db;
+        let done = |b: &Arc<Bookkeeper>| b.holds(kind, actor, version);
+        tokio::time::timeout(timeout, rx.wait_for(done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn writer(&self, db: DbKind) -> &Writer {
+        match db {
+            DbKind::Regional => &self.inner.regional,
+            DbKind::Global => &self.inner.global,
+        }
+    }
+
+    /// Merges chunks peers sent into `db`.
+    pub async fn apply_remote(
+        &self,
+        db: DbKind,
+        chunks: Vec<Arc<patina_wire::ChangeChunk>>,
+    ) -> Result<RemoteOutcome, NodeError> {
+        self.writer(db)
+            .apply_remote(chunks)
+            .await
+            .ok_or(NodeError::ShuttingDown)
+    }
+
+    /// Reads (part of) what a peer asked for from `db`; returns the chunks
+    /// and what is left of the need.
+    pub async fn serve(
+        &self,
+        db: DbKind,
+        need: patina_wire::Need,
+    ) -> Result<(Vec<patina_wire::ChangeChunk>, Option<patina_wire::Need>), NodeError> {
+        self.writer(db)
+            .serve(need)
+            .await
+            .ok_or(NodeError::ShuttingDown)?
+            .map_err(|source| NodeError::Database {
+                db: db.name(),
+                source,
+            })
+    }
+
+    /// `db`'s bookkeeping, updated after every commit and merge.
+    pub fn bookkeeping(&self, db: DbKind) -> watch::Receiver<Arc<Bookkeeper>> {
+        self.writer(db).bookkeeping()
+    }
+}
+
+fn read_schemas(options: &NodeOptions) -> Result<(String, String), NodeError> {
+    Ok((
+        schema_files::read_all(&options.schema_paths)?,
+        schema_files::read_all(&options.global_schema_paths)?,
+    ))
+}
+
+fn apply_schemas(
+    regional: &mut CrrConn,
+    global: &mut CrrConn,
+    (regional_sql, global_sql): &(String, String),
+) -> Result<(), NodeError> {
+    let plan = |db: DbKind, conn: &CrrConn, sql: &str| {
+        patina_crr::migrate::plan(conn.connection(), "main", sql).map_err(|source| {
+            NodeError::Schema {
+                db: db.name(),
+                source,
+            }
+        })
+    };
+    plan(DbKind::Regional, regional, regional_sql)?;
+    plan(DbKind::Global, global, global_sql)?;
+    let apply = |db: DbKind, conn: &mut CrrConn, sql: &str| {
+        conn.apply_schema(sql).map_err(|source| NodeError::Schema {
+            db: db.name(),
+            source,
+        })
+    };
+    apply(DbKind::Regional, regional, regional_sql)?;
+    apply(DbKind::Global, global, global_sql)
+}

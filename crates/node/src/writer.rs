@@ -1,0 +1,494 @@
+//! The write path of one database: a thread that owns its `CrrConn` and runs
+//! jobs one at a time. SQLite allows one writer per file anyway; owning the
+//! connection in one thread keeps the CRR state free of locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use patina_crr::{CrrConn, SiteId};
+use patina_wire::{ChangeChunk, Need};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::changeset::{unix_ms, Changeset, Origin};
+use crate::error::TxError;
+use crate::remote::{self, RemoteOutcome, Replica};
+use crate::statement::Statement;
+use crate::with_params;
+use patina_proto::Bookkeeper;
+use patina_wire::DbKind;
+
+/// Jobs waiting for a writer; senders wait when it is full (back-pressure).
+const QUEUE_JOBS_MAX: usize = 1024;
+/// Client transactions committed together at most (group commit).
+const GROUP_TXS_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementResult {
+    pub rows_affected: usize,
+    pub time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxOutcome {
+    pub results: Vec<StatementResult>,
+    pub time: Duration,
+    /// The version this transaction was booked under for this node's actor
+    /// in `db`; `None` when nothing replicated changed.
+    pub version: Option<u64>,
+    pub db: DbKind,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Job {
+    Transact(Vec<Statement>, Reply<Result<TxOutcome, TxError>>),
+    /// Merges chunks from peers.
+    Remote(Vec<Arc<ChangeChunk>>, Reply<RemoteOutcome>),
+    /// Reads what a peer asked for.
+    Serve(
+        Need,
+        Reply<patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)>>,
+    ),
+    /// Applies parked versions whose schema arrived.
+    RetryParked(Reply<()>),
+    /// Runs a closure on the connection (schema changes, stats).
+    With(Box<dyn FnOnce(&mut CrrConn) + Send>),
+}
+
+/// What one writer committed: client transactions, and the SQLite commits
+/// that carried them (their ratio is the mean group size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub transactions: u64,
+    pub commits: u64,
+}
+
+#[derive(Debug, Default)]
+struct WriteCounters {
+    transactions: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// Handle to one database's writer thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    bookkeeping: watch::Receiver<Arc<Bookkeeper>>,
+    counters: Arc<WriteCounters>,
+}
+
+impl Writer {
+    pub fn spawn(
+        mut conn: CrrConn,
+        db: DbKind,
+        on_commit: impl Fn(Changeset, Origin) + Send + 'static,
+    ) -> std::io::Result<Writer> {
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_JOBS_MAX);
+        let mut replica = Replica::open(&conn, db).map_err(std::io::Error::other)?;
+        let bookkeeping = replica.published.subscribe();
+        let counters = Arc::new(WriteCounters::default());
+        let count = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name(format!("patina-{}-writer", db.name()))
+            .spawn(move || {
+                let remote_commit = |cs: Changeset| on_commit(cs, Origin::Remote);
+                // A job taken while gathering a group that is not a local
+                // transaction: it runs next, so jobs keep their order.
+                let mut next: Option<Job> = None;
+                while let Some(job) = next.take().or_else(|| rx.blocking_recv()) {
+                    match job {
+                        Job::Transact(statements, reply) => {
+                            let mut group = vec![(statements, reply)];
+                            while group.len() < GROUP_TXS_MAX {
+                                match rx.try_recv() {
+                                    Ok(Job::Transact(statements, reply)) => group.push((statements, reply)),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            let (version, replies) = transact_group(&mut conn, db, group, &on_commit);
+                            if let Some(v) = version {
+                                replica.on_local_commit(v);
+                                replica.publish();
+                            }
+                            let committed = replies.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+                            if committed > 0 {
+                                count.transactions.fetch_add(committed, Ordering::Relaxed);
+                                count.commits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            for (reply, result) in replies {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Job::Remote(chunks, reply) => {
+                            let _ = reply.send(remote::apply(&mut conn, &mut replica, &chunks, &remote_commit));
+                        }
+                        Job::Serve(need, reply) => {
+                            let _ = reply.send(remote::serve(&conn, &replica, &need));
+                        }
+                        Job::RetryParked(reply) => {
+                            match remote::retry_parked(&mut conn, &mut replica, &remote_commit) {
+                                Ok(0) => {}
+                                Ok(n) => tracing::info!(db = db.name(), versions = n, "applied parked versions after a schema change"),
+                                Err(e) => tracing::warn!(db = db.name(), error = %e, "applying parked versions failed"),
+                            }
+                            let _ = reply.send(());
+                        }
+                        Job::With(f) => f(&mut conn),
+                    }
+                }
+            })?;
+        Ok(Writer {
+            jobs: tx,
+            bookkeeping,
+            counters,
+        })
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Merges chunks that peers sent.
+    pub async fn apply_remote(&self, chunks: Vec<Arc<ChangeChunk>>) -> Option<RemoteOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job::Remote(chunks, reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Reads (part of) what a peer asked for; the second value is what is
+    /// left of the need.
+    pub async fn serve(
+        &self,
+        need: Need,
+    ) -> Option<patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)>> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job::Serve(need, reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Applies parked versions whose tables and columns now exist; returns
+    /// when done.
+    pub async fn retry_parked(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Job::RetryParked(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// The bookkeeping as of the last commit or merge.
+    pub fn bookkeeping(&self) -> watch::Receiver<Arc<Bookkeeper>> {
+        self.bookkeeping.clone()
+    }
+
+    pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Transact(statements, reply))
+            .await
+            .map_err(|_| TxError::ShuttingDown)?;
+        answer.await.map_err(|_| TxError::ShuttingDown)?
+    }
+
+    /// Runs `f` on the writer's connection and returns its result.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut CrrConn) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::With(Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        }));
+        self.jobs.send(job).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// One client transaction of a group, and what became of it.
+struct Member {
+    statements: Vec<Statement>,
+    reply: Reply<Result<TxOutcome, TxError>>,
+    /// Statement results and whether it wrote anything replicated; final
+    /// when `Err`, redone when the group restarts.
+    outcome: Option<Result<(Vec<StatementResult>, bool), TxError>>,
+}
+
+/// Group commit: the client transactions that queued up while the previous
+/// commit ran share one SQLite transaction and one version, each in a
+/// savepoint, so one client's failing statement undoes only its own writes.
+/// Commits (and WAL frames, and replication messages) per transaction fall
+/// as load rises; a lone transaction is a group of one. If SQLite loses the
+/// whole transaction (I/O error), the members that had succeeded are run
+/// again without the one that failed: nothing was acknowledged yet.
+/// Returns the version and each member's reply, to send once the caller's
+/// bookkeeping knows the version.
+#[allow(clippy::type_complexity)]
+fn transact_group(
+    conn: &mut CrrConn,
+    db: DbKind,
+    group: Vec<(Vec<Statement>, Reply<Result<TxOutcome, TxError>>)>,
+    on_commit: &impl Fn(Changeset, Origin),
+) -> (
+    Option<u64>,
+    Vec<(
+        Reply<Result<TxOutcome, TxError>>,
+        Result<TxOutcome, TxError>,
+    )>,
+) {
+    let started = Instant::now();
+    let actor: SiteId = conn.site_id();
+    let mut members: Vec<Member> = group
+        .into_iter()
+        .map(|(statements, reply)| Member {
+            statements,
+            reply,
+            outcome: None,
+        })
+        .collect();
+    // A group of one needs no savepoint: if it fails, the transaction is
+    // rolled back whole, as without group commit.
+    let alone = members.len() == 1;
+    let committed = loop {
+        for m in &mut members {
+            if matches!(m.outcome, Some(Ok(_))) {
+                m.outcome = None;
+            }
+        }
+        if members.iter().all(|m| m.outcome.is_some()) {
+            // Every member failed: nothing to commit.
+            break Ok(None);
+        }
+        let mut tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => break Err(e),
+        };
+        let mut lost = false;
+        for m in members.iter_mut().filter(|m| m.outcome.is_none()) {
+            let mut at = 0;
+            let mut run = |tx: &mut patina_crr::CrrTx<'_>| {
+                let mut results = Vec::with_capacity(m.statements.len());
+                for (index, st) in m.statements.iter().enumerate() {
+                    at = index;
+                    let t0 = Instant::now();
+                    let rows_affected = with_params!(st, |p| tx.execute(&st.sql, p))?;
+                    results.push(StatementResult {
+                        rows_affected,
+                        time: t0.elapsed(),
+                    });
+                }
+                Ok(results)
+            };
+            // Alone, "wrote" is whether the commit takes a version.
+            let result = if alone {
+                run(&mut tx).map(|results| (results, true))
+            } else {
+                tx.part(run)
+            };
+            m.outcome = Some(result.map_err(|e| fail(at, e)));
+            if !tx.is_usable() {
+                lost = true;
+                break;
+            }
+        }
+        if !lost {
+            break tx.commit_changes();
+        }
+    };
+    // The changes come from the commit itself: nothing is read back.
+    let committed = committed.map(|done| {
+        done.map(|(v, changes)| {
+            on_commit(
+                Changeset {
+                    db,
+                    actor,
+                    version: v,
+                    committed_ms: unix_ms(),
+                    changes: changes.into(),
+                },
+                Origin::Local,
+            );
+            v
+        })
+    });
+    let version = committed.as_ref().ok().copied().flatten();
+    let time = started.elapsed();
+    let replies = members
+        .into_iter()
+        .map(|m| {
+            let last = m.statements.len().saturating_sub(1);
+            let result = match (m.outcome, &committed) {
+                (Some(Err(e)), _) => Err(e),
+                (_, Err(e)) => Err(TxError::Statement {
+                    index: last,
+                    message: e.to_string(),
+                }),
+                (Some(Ok((results, wrote))), Ok(_)) => Ok(TxOutcome {
+                    results,
+                    time,
+                    version: if wrote { version } else { None },
+                    db,
+                }),
+                // Unreachable: the group commits only after every member ran.
+                (None, Ok(_)) => Err(fail(0, patina_crr::CrrError::TransactionPoisoned)),
+            };
+            (m.reply, result)
+        })
+        .collect();
+    (version, replies)
+}
+
+fn fail(index: usize, e: patina_crr::CrrError) -> TxError {
+    TxError::Statement {
+        index,
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patina_crr::Value;
+
+    /// A writer on a fresh file with `t(id, v)`, and the changesets it
+    /// reported.
+    fn writer() -> (
+        Writer,
+        tempfile::TempDir,
+        std::sync::mpsc::Receiver<Changeset>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = CrrConn::open(dir.path().join("regional.db")).unwrap();
+        conn.apply_schema("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, v TEXT);")
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = Writer::spawn(conn, DbKind::Regional, move |cs, _| {
+            let _ = tx.send(cs);
+        })
+        .unwrap();
+        (w, dir, rx)
+    }
+
+    fn insert(id: i64) -> Vec<Statement> {
+        vec![Statement::with_params(
+            "INSERT INTO t (id, v) VALUES (?, 'x')",
+            vec![Value::Integer(id)],
+        )]
+    }
+
+    /// Blocks the writer thread until the returned sender is dropped or
+    /// sent to; returns once the writer is blocked.
+    async fn block(w: &Writer) -> std::sync::mpsc::Sender<()> {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (blocked, is_blocked) = oneshot::channel();
+        let w2 = w.clone();
+        tokio::spawn(async move {
+            w2.with(move |_| {
+                let _ = blocked.send(());
+                let _ = gate.recv();
+            })
+            .await
+        });
+        is_blocked.await.unwrap();
+        release
+    }
+
+    /// Waits until `n` more jobs sit in the writer's queue.
+    async fn queued(w: &Writer, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.jobs.capacity() > QUEUE_JOBS_MAX - n {
+            assert!(Instant::now() < deadline, "jobs never reached the queue");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_transactions_commit_as_one_group() {
+        let (w, _dir, changesets) = writer();
+        let release = block(&w).await;
+        let mut txs = tokio::task::JoinSet::new();
+        for id in 0..20 {
+            let w2 = w.clone();
+            // id 7 twice: the second one fails alone.
+            let id = if id == 19 { 7 } else { id };
+            txs.spawn(async move { (id, w2.transact(insert(id)).await) });
+            queued(&w, txs.len()).await;
+        }
+        drop(release);
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(done) = txs.join_next().await {
+            match done.unwrap() {
+                (id, Ok(outcome)) => ok.push((id, outcome.version)),
+                (id, Err(e)) => failed.push((id, e.to_string())),
+            }
+        }
+        assert_eq!(ok.len(), 19);
+        assert!(ok.iter().all(|(_, v)| *v == Some(1)), "{ok:?}");
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].1.contains("UNIQUE"), "{failed:?}");
+        assert_eq!(
+            w.stats(),
+            WriteStats {
+                transactions: 19,
+                commits: 1
+            }
+        );
+        let cs = changesets.recv().unwrap();
+        assert_eq!(cs.version, 1);
+        // 19 rows, one change for `v` each: nothing of the failed member.
+        assert_eq!(cs.changes.len(), 19);
+        let rows: i64 = w
+            .with(|c| {
+                c.connection()
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 19);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_between_transactions_keeps_its_place() {
+        let (w, _dir, _changesets) = writer();
+        let release = block(&w).await;
+        let w1 = w.clone();
+        let first = tokio::spawn(async move { w1.transact(insert(1)).await });
+        queued(&w, 1).await;
+        let w2 = w.clone();
+        let seen = tokio::spawn(async move {
+            w2.with(|c| {
+                c.connection()
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .unwrap()
+            })
+            .await
+        });
+        queued(&w, 2).await;
+        let w3 = w.clone();
+        let second = tokio::spawn(async move { w3.transact(insert(2)).await });
+        queued(&w, 3).await;
+        drop(release);
+        assert_eq!(first.await.unwrap().unwrap().version, Some(1));
+        assert_eq!(
+            seen.await.unwrap(),
+            Some(1),
+            "ran after the first insert only"
+        );
+        assert_eq!(second.await.unwrap().unwrap().version, Some(2));
+        assert_eq!(
+            w.stats(),
+            WriteStats {
+                transactions: 2,
+                commits: 2
+            }
+        );
+    }
+}

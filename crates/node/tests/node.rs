@@ -1,0 +1,296 @@
+//! A node through its public API: schema files, the write path and its
+//! routing, reads, schema reload, the changeset seam, restarts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use patina_node::{DbKind, Node, NodeOptions, Params, Statement, TxError, Value};
+use patina_testkit::rows;
+
+const REGIONAL: &str = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, state TEXT);";
+const GLOBAL: &str = "CREATE TABLE app_regions(app TEXT NOT NULL, region TEXT NOT NULL, machines INTEGER, PRIMARY KEY (app, region));";
+
+fn options(dir: &Path) -> NodeOptions {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::create_dir_all(dir.join("global")).unwrap();
+    if !dir.join("schema/machines.sql").exists() {
+        std::fs::write(dir.join("schema/machines.sql"), REGIONAL).unwrap();
+        std::fs::write(dir.join("global/app_regions.sql"), GLOBAL).unwrap();
+    }
+    NodeOptions {
+        region: "ams".into(),
+        global_member: false,
+        data_dir: dir.join("data"),
+        schema_paths: vec![dir.join("schema")],
+        global_schema_paths: vec![dir.join("global/app_regions.sql")],
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+#[tokio::test]
+async fn writes_route_to_their_database_and_reads_see_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let out = node
+        .transact(vec![
+            Statement::with_params(
+                "INSERT INTO machines VALUES (?, ?, ?)",
+                vec![text("m1"), text("web"), text("started")],
+            ),
+            Statement {
+                sql: "INSERT INTO machines VALUES (:id, :app, 'created')".into(),
+                params: Params::Named(vec![
+                    (":id".into(), text("m2")),
+                    (":app".into(), text("web")),
+                ]),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.db, out.version, out.results.len()),
+        (DbKind::Regional, Some(1), 2)
+    );
+    assert_eq!(out.results[0].rows_affected, 1);
+
+    let out = node
+        .transact(vec![Statement::new(
+            "INSERT INTO app_regions VALUES ('web', 'ams', 2)",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.db, out.version),
+        (DbKind::Global, Some(1)),
+        "global.db has its own versions"
+    );
+
+    let joined = rows(
+        &node,
+        "SELECT m.id, g.region FROM machines m JOIN global.app_regions g ON g.app = m.app ORDER BY m.id",
+    )
+    .await;
+    assert_eq!(
+        joined,
+        vec![vec![text("m1"), text("ams")], vec![text("m2"), text("ams")]]
+    );
+    assert_eq!(
+        node.table_row_count(vec!["machines".into(), "app_regions".into(), "nope".into()])
+            .await
+            .unwrap(),
+        (3, vec!["nope".into()])
+    );
+}
+
+#[tokio::test]
+async fn bad_transactions_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.transact(vec![]).await.unwrap_err(), TxError::Empty);
+    let mixed = node
+        .transact(vec![
+            Statement::new("INSERT INTO machines VALUES ('m1', 'web', 'x')"),
+            Statement::new("INSERT INTO app_regions VALUES ('web', 'ams', 1)"),
+        ])
+        .await;
+    assert_eq!(mixed.unwrap_err(), TxError::MixedDatabases);
+    let failing = node
+        .transact(vec![
+            Statement::new("INSERT INTO machines VALUES ('m1', 'web', 'x')"),
+            Statement::new("INSERT INTO nope VALUES (1)"),
+        ])
+        .await;
+    assert!(
+        matches!(failing, Err(TxError::Statement { index: 1, ref message }) if message.contains("nope")),
+        "{failing:?}"
+    );
+    let params = node
+        .transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, ?, ?)",
+            vec![text("m1")],
+        )])
+        .await;
+    assert!(
+        matches!(params, Err(TxError::Statement { index: 0, .. })),
+        "{params:?}"
+    );
+    assert!(rows(&node, "SELECT * FROM machines").await.is_empty());
+    let out = node
+        .transact(vec![Statement::new(
+            "INSERT INTO machines VALUES ('m1', 'web', 'x')",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out.version, Some(1), "failed transactions took no version");
+}
+
+#[tokio::test]
+async fn queries_are_read_only_and_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    assert!(matches!(
+        node.query(Statement::new("DELETE FROM machines")).await,
+        Err(patina_node::QueryError::NotReadOnly)
+    ));
+    assert!(matches!(
+        node.query(Statement::new("SELEC 1")).await,
+        Err(patina_node::QueryError::Prepare(_))
+    ));
+    let values: Vec<String> = (0..1000)
+        .map(|i| format!("('m{i:04}', 'app', 'x')"))
+        .collect();
+    node.transact(vec![Statement::new(format!(
+        "INSERT INTO machines VALUES {}",
+        values.join(",")
+    ))])
+    .await
+    .unwrap();
+    let got = rows(&node, "SELECT id FROM machines ORDER BY id").await;
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got[999], vec![text("m0999")]);
+}
+
+#[tokio::test]
+async fn committed_changesets_leave_through_the_seam() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let mut seam = node.subscribe_changesets();
+    node.transact(vec![Statement::new(
+        "INSERT INTO machines VALUES ('m1', 'web', 'x')",
+    )])
+    .await
+    .unwrap();
+    let cs = seam.recv().await.unwrap();
+    assert_eq!(
+        (cs.db, cs.actor, cs.version, cs.changes.len()),
+        (DbKind::Regional, node.actor_id(), 1, 2)
+    );
+    assert!(node.has_applied(DbKind::Regional, node.actor_id(), 1));
+    assert!(
+        !node.has_applied(DbKind::Global, node.actor_id(), 1),
+        "versions are per database"
+    );
+    assert!(
+        !node
+            .wait_applied(
+                DbKind::Regional,
+                node.actor_id(),
+                2,
+                Duration::from_millis(20)
+            )
+            .await
+    );
+    let waiter = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.wait_applied(
+                DbKind::Regional,
+                node.actor_id(),
+                2,
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    node.transact(vec![Statement::new("UPDATE machines SET state = 'y'")])
+        .await
+        .unwrap();
+    assert!(waiter.await.unwrap());
+}
+
+#[tokio::test]
+async fn schema_reload_is_additive_and_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    let node = Node::open(opts.clone()).unwrap();
+    std::fs::write(
+        dir.path().join("schema/machines.sql"),
+        REGIONAL.replace("state TEXT", "state TEXT, cpus INTEGER"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("schema/services.sql"),
+        "CREATE TABLE services(app TEXT NOT NULL PRIMARY KEY, port INTEGER);",
+    )
+    .unwrap();
+    node.reload_schema().await.unwrap();
+    node.transact(vec![Statement::new(
+        "INSERT INTO machines (id, cpus) VALUES ('m1', 4)",
+    )])
+    .await
+    .unwrap();
+    node.transact(vec![Statement::new(
+        "INSERT INTO services VALUES ('web', 80)",
+    )])
+    .await
+    .unwrap();
+
+    // A bad global schema refuses the whole reload: the regional change too.
+    std::fs::write(
+        dir.path().join("schema/more.sql"),
+        "CREATE TABLE more(k TEXT NOT NULL PRIMARY KEY);",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("global/app_regions.sql"),
+        GLOBAL.replace("machines INTEGER", "machines TEXT"),
+    )
+    .unwrap();
+    let err = node.reload_schema().await.unwrap_err().to_string();
+    assert!(err.contains("global") && err.contains("machines"), "{err}");
+    let more = node
+        .transact(vec![Statement::new("INSERT INTO more VALUES ('k')")])
+        .await;
+    assert!(
+        more.is_err(),
+        "a refused reload must not create regional tables"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_schema_keeps_the_node_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    std::fs::write(
+        dir.path().join("schema/bad.sql"),
+        "CREATE TABLE bad(id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    )
+    .unwrap();
+    let err = Node::open(opts).err().expect("must refuse").to_string();
+    assert!(err.contains("bad") && err.contains("NOT NULL"), "{err}");
+    let missing = NodeOptions {
+        schema_paths: vec![dir.path().join("nowhere.sql")],
+        ..options(dir.path())
+    };
+    let err = Node::open(missing).err().expect("must refuse").to_string();
+    assert!(err.contains("nowhere.sql"), "{err}");
+}
+
+#[tokio::test]
+async fn restarts_keep_the_actor_and_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (actor, version) = {
+        let node = Node::open(options(dir.path())).unwrap();
+        let out = node
+            .transact(vec![Statement::new(
+                "INSERT INTO machines VALUES ('m1', 'web', 'x')",
+            )])
+            .await
+            .unwrap();
+        (node.actor_id(), out.version)
+    };
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.actor_id(), actor);
+    assert_eq!(
+        rows(&node, "SELECT id FROM machines").await,
+        vec![vec![text("m1")]]
+    );
+    let out = node
+        .transact(vec![Statement::new("UPDATE machines SET state = 'y'")])
+        .await
+        .unwrap();
+    assert_eq!(out.version, version.map(|v| v + 1));
+}

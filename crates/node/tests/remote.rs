@@ -1,0 +1,393 @@
+//! Remote changes through the node's API, without a network: what one node
+//! serves, another applies. Incomplete transactions stay buffered (also
+//! across a restart) and apply whole; versions for a schema a node lacks are
+//! parked until it arrives and can still be relayed; relays serve other
+//! actors' versions; duplicates cost nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use patina_node::{DbKind, Node, NodeOptions, Statement};
+use patina_testkit::rows;
+use patina_wire::{ChangeChunk, Need, Summary};
+
+const SCHEMA: &str =
+    "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT);";
+const SCHEMA_V2: &str =
+    "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, region TEXT);";
+
+fn options(dir: &Path, schema: &str) -> NodeOptions {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::write(dir.join("schema/machines.sql"), schema).unwrap();
+    NodeOptions {
+        region: "ams".into(),
+        global_member: false,
+        data_dir: dir.join("data"),
+        schema_paths: vec![dir.join("schema")],
+        global_schema_paths: vec![],
+    }
+}
+
+async fn exec(node: &Node, sql: &str) -> u64 {
+    node.transact(vec![Statement::new(sql)])
+        .await
+        .unwrap()
+        .version
+        .expect("a replicated change")
+}
+
+fn summary(node: &Node) -> Summary {
+    node.bookkeeping(DbKind::Regional).borrow().summary(4096)
+}
+
+/// Everything `from` serves of what `to` lacks, as chunks.
+async fn served(from: &Node, to: &Node) -> Vec<ChangeChunk> {
+    let needs = to
+        .bookkeeping(DbKind::Regional)
+        .borrow()
+        .needs(&summary(from), 10_000);
+    let mut chunks = Vec::new();
+    for need in needs {
+        let mut next = Some(need);
+        while let Some(n) = next.take() {
+            let (c, rest) = from.serve(DbKind::Regional, n).await.unwrap();
+            chunks.extend(c);
+            next = rest;
+        }
+    }
+    chunks
+}
+
+async fn apply(node: &Node, chunks: Vec<ChangeChunk>) -> patina_node::RemoteOutcome {
+    node.apply_remote(DbKind::Regional, chunks.into_iter().map(Arc::new).collect())
+        .await
+        .unwrap()
+}
+
+const ALL: &str = "SELECT id, app, state FROM machines ORDER BY id";
+
+#[tokio::test]
+async fn served_versions_apply_once_and_converge() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), SCHEMA)).unwrap();
+    let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+    exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started'), (2, 'db', 'created')",
+    )
+    .await;
+    exec(&a, "UPDATE machines SET state = 'stopped' WHERE id = 2").await;
+    let v3 = exec(&a, "DELETE FROM machines WHERE id = 1").await;
+    exec(&b, "INSERT INTO machines VALUES (3, 'api', 'started')").await;
+
+    let chunks = served(&a, &b).await;
+    assert_eq!(chunks.len(), 3, "one chunk per version");
+    let outcome = apply(&b, chunks.clone()).await;
+    assert_eq!((outcome.versions_applied, outcome.duplicates), (3, 0));
+    assert!(b.has_applied(DbKind::Regional, a.actor_id(), v3));
+    let again = apply(&b, chunks).await;
+    assert_eq!((again.versions_applied, again.duplicates), (0, 3));
+    assert!(served(&a, &b).await.is_empty(), "nothing left to pull");
+
+    apply(&a, served(&b, &a).await).await;
+    assert_eq!(rows(&a, ALL).await, rows(&b, ALL).await);
+    assert_eq!(rows(&a, ALL).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_chunked_transaction_applies_whole_also_across_a_restart() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), SCHEMA)).unwrap();
+    let v = exec(
+        &a,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO machines SELECT i, 'app-' || (i % 7), printf('%.60d', i) FROM n",
+    )
+    .await;
+    let chunks = {
+        let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+        served(&a, &b).await
+    };
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let (first, rest) = chunks.split_at(chunks.len() / 2);
+    {
+        let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+        // Last chunks first: order does not matter.
+        let mut reversed = first.to_vec();
+        reversed.reverse();
+        let outcome = apply(&b, reversed).await;
+        assert_eq!(outcome.versions_applied, 0);
+        assert!(
+            rows(&b, ALL).await.is_empty(),
+            "nothing visible before the transaction is whole"
+        );
+        let s = summary(&b);
+        assert_eq!(s.actors.iter().map(|a| a.partial.len()).sum::<usize>(), 1);
+    }
+    // Restarted: the buffered half is still there; only the rest is asked for.
+    let b = Node::open(options(db.path(), SCHEMA)).unwrap();
+    let needs = b
+        .bookkeeping(DbKind::Regional)
+        .borrow()
+        .needs(&summary(&a), 10_000);
+    assert!(
+        matches!(needs.as_slice(), [Need::Seqs { version, .. }] if *version == v),
+        "{needs:?}"
+    );
+    let outcome = apply(&b, rest.to_vec()).await;
+    assert_eq!(outcome.versions_applied, 1);
+    assert!(b.has_applied(DbKind::Regional, a.actor_id(), v));
+    assert_eq!(rows(&b, ALL).await, rows(&a, ALL).await);
+    assert_eq!(rows(&b, ALL).await.len(), 3000);
+}
+
+#[tokio::test]
+async fn a_version_for_a_schema_not_here_yet_is_parked_relayed_and_applied_after_reload() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::open(options(dirs[0].path(), SCHEMA_V2)).unwrap();
+    let b = Node::open(options(dirs[1].path(), SCHEMA)).unwrap();
+    let c = Node::open(options(dirs[2].path(), SCHEMA_V2)).unwrap();
+    exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started', 'ams')",
+    )
+    .await;
+
+    let outcome = apply(&b, served(&a, &b).await).await;
+    assert_eq!((outcome.versions_parked, outcome.versions_applied), (1, 0));
+    assert!(rows(&b, ALL).await.is_empty(), "parked, not applied");
+    assert!(
+        served(&a, &b).await.is_empty(),
+        "a parked version is not asked for again"
+    );
+
+    // b relays what it parked to c, which has the new column.
+    let outcome = apply(&c, served(&b, &c).await).await;
+    assert_eq!(outcome.versions_applied, 1);
+    let with_region = "SELECT id, region FROM machines";
+    assert_eq!(rows(&c, with_region).await, rows(&a, with_region).await);
+
+    std::fs::write(dirs[1].path().join("schema/machines.sql"), SCHEMA_V2).unwrap();
+    b.reload_schema().await.unwrap();
+    assert_eq!(rows(&b, with_region).await, rows(&a, with_region).await);
+}
+
+#[tokio::test]
+async fn a_relay_serves_other_actors_versions_and_a_bad_chunk_costs_only_itself() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::open(options(dirs[0].path(), SCHEMA)).unwrap();
+    let b = Node::open(options(dirs[1].path(), SCHEMA)).unwrap();
+    let c = Node::open(options(dirs[2].path(), SCHEMA)).unwrap();
+    exec(&a, "INSERT INTO machines VALUES (1, 'web', 'started')").await;
+    exec(&a, "INSERT INTO machines VALUES (2, 'web', 'started')").await;
+    apply(&b, served(&a, &b).await).await;
+
+    let mut chunks = served(&b, &c).await;
+    assert_eq!(chunks.len(), 2);
+    // Corrupt the second version's pk: it is refused, the first applies.
+    chunks[1].changes[0].pk = vec![0xff];
+    let outcome = apply(&c, chunks).await;
+    assert_eq!((outcome.versions_applied, outcome.failed), (1, 1));
+    assert!(c.has_applied(DbKind::Regional, a.actor_id(), 1));
+    assert!(!c.has_applied(DbKind::Regional, a.actor_id(), 2));
+    // The refused version is asked for again and applies.
+    apply(&c, served(&b, &c).await).await;
+    assert_eq!(rows(&c, ALL).await, rows(&a, ALL).await);
+    assert_eq!(
+        summary(&c)
+            .actors
+            .iter()
+            .find(|s| s.actor == a.actor_id())
+            .map(|s| s.db),
+        Some(DbKind::Regional)
+    );
+}
+
+mod relaying {
+    //! Convergence when versions travel through relays at random moments:
+    //! a relay serves what it holds *now* (entries replaced by later writes
+    //! are gone from the old version), so this checks that the union of
+    //! what arrives, in any order, still converges.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write {
+            node: usize,
+            kind: u8,
+            id: u8,
+            n: u8,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+            first_only: bool,
+        },
+    }
+
+    const NODES: usize = 4;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..NODES, 0u8..5, 0u8..4, any::<u8>()).prop_map(|(node, kind, id, n)| Op::Write { node, kind, id, n }),
+            2 => (0..NODES, 0..NODES, any::<bool>()).prop_map(|(from, to, first_only)| Op::Sync { from, to, first_only }),
+        ]
+    }
+
+    fn sql(kind: u8, id: u8, n: u8, node: usize) -> String {
+        match kind {
+            0 => format!("INSERT INTO machines VALUES ({id}, 'a{n}', 's{node}') ON CONFLICT(id) DO UPDATE SET app = excluded.app"),
+            1 => format!("UPDATE machines SET state = 'u{n}' WHERE id = {id}"),
+            2 => format!("DELETE FROM machines WHERE id = {id}"),
+            3 => format!("INSERT OR REPLACE INTO machines VALUES ({id}, 'r{n}', NULL)"),
+            _ => format!("INSERT INTO machines(id, state) VALUES ({id}, 'p{n}') ON CONFLICT(id) DO UPDATE SET state = excluded.state"),
+        }
+    }
+
+    async fn sync(from: &Node, to: &Node, first_only: bool) -> usize {
+        let mut chunks = served(from, to).await;
+        if first_only {
+            chunks.truncate(1);
+        }
+        let n = chunks.len();
+        apply(to, chunks).await;
+        n
+    }
+
+    async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Node> = dirs
+            .iter()
+            .map(|d| Node::open(options(d.path(), SCHEMA)).unwrap())
+            .collect();
+        for op in ops {
+            match op {
+                Op::Write { node, kind, id, n } => {
+                    // A statement that changes nothing commits no version.
+                    let _ = nodes[node]
+                        .transact(vec![Statement::new(sql(kind, id, n, node))])
+                        .await
+                        .unwrap();
+                }
+                Op::Sync {
+                    from,
+                    to,
+                    first_only,
+                } if from != to => {
+                    sync(&nodes[from], &nodes[to], first_only).await;
+                }
+                Op::Sync { .. } => {}
+            }
+        }
+        // Anti-entropy to a fixpoint, every pair.
+        for _round in 0..4 {
+            let mut moved = 0;
+            for from in 0..NODES {
+                for to in 0..NODES {
+                    if from != to {
+                        moved += sync(&nodes[from], &nodes[to], false).await;
+                    }
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+        }
+        let want = rows(&nodes[0], ALL).await;
+        for (i, node) in nodes.iter().enumerate().skip(1) {
+            let got = rows(node, ALL).await;
+            if got != want && std::env::var("DUMP").is_ok() {
+                for (j, n) in [(0, &nodes[0]), (i, node)] {
+                    eprintln!("--- node {j} ({})", n.actor_id());
+                    for c in all_changes(n).await {
+                        eprintln!(
+                            "  {:?} pk={:?} {}={:?} colv={} dbv={} site={} cl={} seq={}",
+                            c.table,
+                            c.pk,
+                            c.cid,
+                            c.val,
+                            c.col_version,
+                            c.db_version,
+                            &c.site_id.to_hex()[..4],
+                            c.cl,
+                            c.seq
+                        );
+                    }
+                }
+            }
+            prop_assert_eq!(&got, &want, "node {} differs from node 0", i);
+        }
+        Ok(())
+    }
+
+    async fn all_changes(n: &Node) -> Vec<patina_crr::Change> {
+        let mut out = Vec::new();
+        let s = summary(n);
+        for a in s.actors {
+            for span in a.applied {
+                let mut next = Some(Need::Versions {
+                    db: DbKind::Regional,
+                    actor: a.actor,
+                    versions: span,
+                });
+                while let Some(need) = next.take() {
+                    let (chunks, rest) = n.serve(DbKind::Regional, need).await.unwrap();
+                    for c in chunks {
+                        out.extend(patina_node::chunk_changes(&c));
+                    }
+                    next = rest;
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.pk, &a.cid).cmp(&(&b.pk, &b.cid)));
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn versions_relayed_at_random_moments_converge(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(run(ops))?;
+        }
+    }
+}
+
+/// At most `PARTIAL_VERSIONS_MAX` incomplete transactions are buffered; the
+/// chunk of one more is refused (counted), a chunk of a buffered one is not.
+#[tokio::test]
+async fn buffered_incomplete_transactions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path(), SCHEMA)).unwrap();
+    let stranger = patina_node::SiteId([0x42; 16]);
+    let start = |version: u64| ChangeChunk {
+        db: DbKind::Regional,
+        actor: stranger,
+        version,
+        seqs: patina_wire::Span::new(0, 0),
+        last_seq: 9,
+        committed_ms: 0,
+        changes: Vec::new(),
+    };
+    let max = patina_node::PARTIAL_VERSIONS_MAX as u64;
+    let outcome = apply(&node, (1..=max).map(start).collect()).await;
+    assert_eq!(
+        (
+            outcome.refused_partials_full,
+            outcome.fresh.iter().filter(|f| **f).count()
+        ),
+        (0, max as usize)
+    );
+    let more = apply(&node, vec![start(max + 1)]).await;
+    assert_eq!(more.refused_partials_full, 1);
+    // The next chunk of a version already buffered is still taken.
+    let next = ChangeChunk {
+        seqs: patina_wire::Span::new(1, 1),
+        ..start(1)
+    };
+    assert_eq!(apply(&node, vec![next]).await.fresh, vec![true]);
+    let partials: usize = summary(&node).actors.iter().map(|a| a.partial.len()).sum();
+    assert_eq!(partials, patina_node::PARTIAL_VERSIONS_MAX);
+}

@@ -1,0 +1,486 @@
+//! The in-process cluster harness every multi-node test uses: N nodes on
+//! 127.0.0.1 port 0 with their own temp dirs, joined through the first
+//! node; waiting on conditions with a timeout; comparing table contents by
+//! hash; nodes outside the cluster (another cluster name, an untrusted
+//! certificate) that try to join it; mutual TLS with a generated CA.
+
+pub mod tls;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use patina_membership::{alive, Member};
+use patina_node::{DbKind, Node, NodeOptions, QueryStream, RowEvent, Statement, Value};
+use patina_replicator::{ClusterOptions, ClusterRuntime, ReplicatorConfig};
+use patina_subs::Subscriptions;
+use patina_transport::{AsyncUdpSocket, FaultHandle, FaultySocket, TlsFiles};
+use patina_wire::{ActorId, ClusterName};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use self::tls::Ca;
+
+pub const SCHEMA: &str = "
+CREATE TABLE machines (id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, n INTEGER);
+CREATE TABLE apps (name TEXT PRIMARY KEY NOT NULL, owner TEXT);
+";
+pub const TABLES: &[&str] = &["machines", "apps"];
+
+#[derive(Clone)]
+pub struct Options {
+    pub replicator: ReplicatorConfig,
+    /// Wrap every node's UDP socket in a `FaultySocket` with this seed.
+    pub faults_seed: Option<u64>,
+    pub cluster: String,
+    /// Mutual TLS: the cluster gets a CA of its own, each node a
+    /// certificate it signs (written into the node's temp dir).
+    pub tls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replicator: ReplicatorConfig {
+                sync_interval: Duration::from_millis(100),
+                seed: 7,
+                ..ReplicatorConfig::default()
+            },
+            faults_seed: None,
+            cluster: "ams".into(),
+            tls: false,
+        }
+    }
+}
+
+pub struct TestNode {
+    pub node: Node,
+    pub subs: Subscriptions,
+    pub runtime: Option<ClusterRuntime>,
+    pub faults: Option<FaultHandle>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn runtime(&self) -> &ClusterRuntime {
+        self.runtime.as_ref().expect("node is running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.runtime().addr()
+    }
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub options: Options,
+    /// Where nodes join: the first node's address.
+    seed_addr: Option<SocketAddr>,
+    /// The cluster's CA when `options.tls`.
+    pub ca: Option<Ca>,
+}
+
+/// How a node is launched: which cluster it thinks it is in, its TLS files.
+struct Launch<'a> {
+    index: usize,
+    cluster: &'a str,
+    tls: Option<TlsFiles>,
+}
+
+fn node_options(dir: &Path) -> NodeOptions {
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    if !dir.join("schema/s.sql").exists() {
+        std::fs::write(dir.join("schema/s.sql"), SCHEMA).unwrap();
+    }
+    NodeOptions {
+        region: "ams".into(),
+        global_member: false,
+        data_dir: dir.join("data"),
+        schema_paths: vec![dir.join("schema")],
+        global_schema_paths: vec![],
+    }
+}
+
+impl TestCluster {
+    pub async fn start(n: usize, options: Options) -> TestCluster {
+        let ca = options.tls.then(|| Ca::new("patina test cluster CA"));
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            options,
+            seed_addr: None,
+            ca,
+        };
+        for _ in 0..n {
+            cluster.add_node().await;
+        }
+        cluster.wait_members(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Starts one more node (joining through the first); returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(node_options(dir.path())).unwrap();
+        let subs = Subscriptions::open_for(&node).unwrap();
+        let index = self.nodes.len();
+        let (runtime, faults) =
+            self.launch(&node, dir.path(), self.member_launch(dir.path(), index));
+        self.seed_addr.get_or_insert(runtime.addr());
+        self.nodes.push(TestNode {
+            node,
+            subs,
+            runtime: Some(runtime),
+            faults,
+            dir,
+        });
+        index
+    }
+
+    /// How node `index` of the cluster itself is launched.
+    fn member_launch(&self, dir: &Path, index: usize) -> Launch<'_> {
+        Launch {
+            index,
+            cluster: &self.options.cluster,
+            tls: self
+                .ca
+                .as_ref()
+                .map(|ca| tls::node_tls(dir, "node", ca, ca)),
+        }
+    }
+
+    /// Starts a node that is not part of `nodes` (not waited on, not
+    /// compared) and bootstraps at the first node: of cluster `cluster`,
+    /// and, when the cluster uses TLS, with a certificate signed by
+    /// `signed_by` (trusting the cluster's CA). Stop it with
+    /// `runtime.shutdown()`.
+    pub fn outsider(&self, cluster: &str, signed_by: Option<&Ca>) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(node_options(dir.path())).unwrap();
+        let subs = Subscriptions::open_for(&node).unwrap();
+        let tls = self.ca.as_ref().map(|ca| {
+            let signer = signed_by.unwrap_or(ca);
+            tls::node_tls(dir.path(), "outsider", signer, ca)
+        });
+        let launch = Launch {
+            index: 1000 + self.nodes.len(),
+            cluster,
+            tls,
+        };
+        let (runtime, faults) = self.launch(&node, dir.path(), launch);
+        TestNode {
+            node,
+            subs,
+            runtime: Some(runtime),
+            faults,
+            dir,
+        }
+    }
+
+    fn launch(
+        &self,
+        node: &Node,
+        dir: &Path,
+        launch: Launch<'_>,
+    ) -> (ClusterRuntime, Option<FaultHandle>) {
+        let Launch {
+            index,
+            cluster,
+            tls,
+        } = launch;
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (socket, faults) = match self.options.faults_seed {
+            Some(seed) => {
+                let (s, h) = FaultySocket::bind(bind, seed ^ index as u64).unwrap();
+                (Some(s as Arc<dyn AsyncUdpSocket>), Some(h))
+            }
+            None => (None, None),
+        };
+        let runtime = ClusterRuntime::start(
+            node.clone(),
+            ClusterOptions {
+                cluster: ClusterName::new(cluster).unwrap(),
+                bind,
+                external_addr: None,
+                bootstrap: self.seed_addr.iter().map(|a| a.to_string()).collect(),
+                tls,
+                members_file: dir.join(format!("data/members-{cluster}")),
+                dbs: &[DbKind::Regional, DbKind::Global],
+                replicator: ReplicatorConfig {
+                    seed: self.options.replicator.seed ^ index as u64,
+                    ..self.options.replicator.clone()
+                },
+                socket,
+            },
+        )
+        .unwrap();
+        (runtime, faults)
+    }
+
+    /// Stops node `i` (leaves the cluster; its databases stay on disk).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(rt) = self.nodes[i].runtime.take() {
+            rt.shutdown().await;
+        }
+    }
+
+    /// Reopens node `i`'s data dir and rejoins.
+    pub async fn restart(&mut self, i: usize) {
+        self.stop(i).await;
+        let dir = self.nodes[i].dir.path().to_path_buf();
+        let node = Node::open(node_options(&dir)).unwrap();
+        let subs = Subscriptions::open_for(&node).unwrap();
+        let (runtime, faults) = self.launch(&node, &dir, self.member_launch(&dir, i));
+        let t = &mut self.nodes[i];
+        (t.node, t.subs, t.runtime, t.faults) = (node, subs, Some(runtime), faults);
+    }
+
+    fn running(&self) -> impl Iterator<Item = &TestNode> {
+        self.nodes.iter().filter(|n| n.runtime.is_some())
+    }
+
+    /// Waits until every running node sees every other running node alive.
+    pub async fn wait_members(&self, timeout: Duration) {
+        let want = self.running().count() - 1;
+        for (i, t) in self.nodes.iter().enumerate() {
+            let Some(rt) = &t.runtime else { continue };
+            let mut rx = rt.members();
+            let ok = tokio::time::timeout(
+                timeout,
+                rx.wait_for(|m: &Vec<Member>| alive(m).count() >= want),
+            )
+            .await
+            .is_ok();
+            assert!(
+                ok,
+                "node {i} sees {} of {want} peers alive",
+                alive(&rx.borrow()).count()
+            );
+        }
+    }
+
+    pub async fn exec(&self, i: usize, sql: &str) -> Option<u64> {
+        self.nodes[i]
+            .node
+            .transact(vec![Statement::new(sql)])
+            .await
+            .unwrap_or_else(|e| panic!("node {i}: {sql}: {e}"))
+            .version
+    }
+
+    /// A hash of `table`'s rows (ordered) on node `i`, and the row count.
+    pub async fn table_hash(&self, i: usize, table: &str) -> (u64, usize) {
+        let rows = rows(
+            &self.nodes[i].node,
+            &format!("SELECT * FROM {table} ORDER BY 1"),
+        )
+        .await;
+        let mut h = DefaultHasher::new();
+        for r in &rows {
+            format!("{r:?}").hash(&mut h);
+        }
+        (h.finish(), rows.len())
+    }
+
+    async fn hashes(&self) -> Vec<Vec<(u64, usize)>> {
+        let mut out = Vec::new();
+        for (i, t) in self.nodes.iter().enumerate() {
+            if t.runtime.is_none() {
+                continue;
+            }
+            let mut per = Vec::new();
+            for table in TABLES {
+                per.push(self.table_hash(i, table).await);
+            }
+            out.push(per);
+        }
+        out
+    }
+
+    /// Waits until every running node holds identical tables; returns the
+    /// row counts.
+    pub async fn wait_converged(&self, timeout: Duration) -> Vec<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let hashes = self.hashes().await;
+            if hashes.windows(2).all(|w| w[0] == w[1]) {
+                return hashes[0].iter().map(|(_, n)| *n).collect();
+            }
+            if tokio::time::Instant::now() > deadline {
+                let diff = self.first_difference().await;
+                panic!("not converged after {timeout:?}: {hashes:?}\n{diff}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl TestCluster {
+    /// The rows in which the first node that differs from node 0 differs.
+    async fn first_difference(&self) -> String {
+        for table in TABLES {
+            let sql = format!("SELECT * FROM {table} ORDER BY 1");
+            let base = rows(&self.nodes[0].node, &sql).await;
+            for (i, t) in self.nodes.iter().enumerate().skip(1) {
+                let other = rows(&t.node, &sql).await;
+                if other != base {
+                    let only_0: Vec<_> = base.iter().filter(|r| !other.contains(r)).collect();
+                    let only_i: Vec<_> = other.iter().filter(|r| !base.contains(r)).collect();
+                    return format!("{table}: node 0 only {only_0:?}; node {i} only {only_i:?}");
+                }
+            }
+        }
+        String::new()
+    }
+}
+
+pub async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
+    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(event) = rows.recv().await {
+        match event {
+            RowEvent::Row(r) => out.push(r),
+            RowEvent::Error(e) => panic!("query failed: {e}"),
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds, polling, up to `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A seed for a randomized test: `PATINA_TEST_SEED` if set (to replay a
+/// failure), else a random one; printed either way.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var("PATINA_TEST_SEED") {
+        Ok(s) => s.parse().expect("PATINA_TEST_SEED is a u64"),
+        Err(_) => rand::random(),
+    };
+    println!("{test}: seed {seed} (replay with PATINA_TEST_SEED={seed})");
+    seed
+}
+
+/// `writes` random statements per node of `nodes`, all at once, on
+/// overlapping keys (inserts, updates, deletes, upserts, re-inserts).
+/// Rows `id < 40` of `machines` and `app0..app6` of `apps` only.
+pub async fn random_writes_on(cluster: &TestCluster, nodes: &[usize], writes: usize, seed: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for &i in nodes {
+        let node = cluster.nodes[i].node.clone();
+        tasks.spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed ^ (i as u64) << 32);
+            for w in 0..writes {
+                let sql = random_statement(&mut rng, i, w);
+                node.transact(vec![Statement::new(&sql)])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// [`random_writes_on`] every node.
+pub async fn random_writes(cluster: &TestCluster, writes: usize, seed: u64) {
+    let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+    random_writes_on(cluster, &all, writes, seed).await;
+}
+
+fn random_statement(rng: &mut SmallRng, i: usize, w: usize) -> String {
+    let id = rng.random_range(0..40);
+    match rng.random_range(0..6) {
+        0 | 1 => format!(
+            "INSERT INTO machines VALUES ({id}, 'app{}', 'started', {w}) \
+             ON CONFLICT(id) DO UPDATE SET n = excluded.n, state = 'restarted'",
+            id % 5
+        ),
+        2 => format!("UPDATE machines SET state = 'stopped-{i}', n = n + 1 WHERE id = {id}"),
+        3 => format!("DELETE FROM machines WHERE id = {id}"),
+        4 => format!(
+            "INSERT OR REPLACE INTO apps VALUES ('app{}', 'owner-{i}-{w}')",
+            id % 7
+        ),
+        _ => format!("DELETE FROM apps WHERE name = 'app{}'", id % 7),
+    }
+}
+
+/// Whether `node` has a row of `machines` with this id.
+pub async fn has_machine(node: &Node, id: i64) -> bool {
+    !rows(node, &format!("SELECT id FROM machines WHERE id = {id}"))
+        .await
+        .is_empty()
+}
+
+impl TestCluster {
+    /// Waits until every running node has machine `id`.
+    pub async fn wait_machine_everywhere(&self, id: i64, timeout: Duration) {
+        for (i, t) in self.nodes.iter().enumerate() {
+            if t.runtime.is_none() {
+                continue;
+            }
+            let what = format!("machine {id} on node {i}");
+            eventually(&what, timeout, || has_machine(&t.node, id)).await;
+        }
+    }
+
+    /// Waits until each of `nodes` has completed `rounds` more sync rounds
+    /// than now: the bounded wait before asserting that something did not
+    /// arrive.
+    pub async fn wait_sync_rounds(&self, nodes: &[usize], rounds: u64, timeout: Duration) {
+        for &i in nodes {
+            let stats = self.nodes[i].runtime().stats();
+            let target = stats.sync_rounds.load(Ordering::Relaxed) + rounds;
+            let what = format!("{rounds} sync rounds on node {i}");
+            eventually(&what, timeout, || {
+                let done = stats.sync_rounds.load(Ordering::Relaxed) >= target;
+                async move { done }
+            })
+            .await;
+        }
+    }
+
+    /// The fault handle of node `i` (the cluster needs `faults_seed`).
+    pub fn faults(&self, i: usize) -> &FaultHandle {
+        self.nodes[i]
+            .faults
+            .as_ref()
+            .expect("start the cluster with Options::faults_seed")
+    }
+}
+
+impl TestNode {
+    /// The actors this node currently sees alive.
+    pub fn alive_actors(&self) -> Vec<ActorId> {
+        alive(&self.runtime().members().borrow())
+            .map(|m| m.actor)
+            .collect()
+    }
+
+    /// Every actor this node knows of, in any state.
+    pub fn known_actors(&self) -> Vec<ActorId> {
+        self.runtime()
+            .members()
+            .borrow()
+            .iter()
+            .map(|m| m.identity.actor)
+            .collect()
+    }
+}
