@@ -1,8 +1,9 @@
-//! `api`: Patina's HTTP API — Corrosion's v1 API, wire-compatible
-//! (`shared/docs/api.md`), plus Patina's own endpoints and Prometheus
-//! metrics. Only this crate knows HTTP and JSON; it calls an [`patina_node::Node`]
-//! for everything else, and reads cluster facts (members, regions, health
-//! numbers) through the [`ClusterView`] seam.
+//! `patina-api`: Patina's HTTP API — Corrosion's v1 API, wire-compatible,
+//! plus Patina's own endpoints and Prometheus metrics. Only this crate
+//! knows HTTP; it calls a [`patina_node::Node`] and
+//! [`patina_subs::Subscriptions`] for everything else, and reads cluster
+//! facts (members, regions, health numbers) through the [`ClusterView`] seam.
+//! It never writes a database except through `Node::transact`.
 //!
 //! [`router`] builds the routes; [`serve`] runs them on one listener that
 //! speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c) alike.
