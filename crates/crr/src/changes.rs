@@ -9,11 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Entry, RowClock};
 use crate::error::{CrrError, Result};
+use crate::schema::SENTINEL;
 use crate::store::{load_clock, CrrTable, Sites};
 use crate::{pk, versions, SiteId, Value};
-
-/// The column name of a row's sentinel entry.
-pub const SENTINEL: &str = "-1";
 
 /// One change: a clock entry and what it says about one cell (or, for the
 /// sentinel `cid = "-1"`, about the row's existence).

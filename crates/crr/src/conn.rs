@@ -13,6 +13,7 @@ use crate::changes::{self, Change, Filter};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
 use crate::schema::{self, TableInfo};
+use crate::schema_rules;
 use crate::store::{ClockCache, CrrTable, Misspeculated, Sites, BOOTSTRAP_SQL};
 use crate::versions;
 use crate::{migrate, SiteId};
@@ -172,7 +173,7 @@ impl CrrConn {
     }
 
     fn as_crr_inner(&mut self, name: &str) -> Result<()> {
-        let violations = schema::validate(&self.conn, "main", name)?;
+        let violations = schema_rules::validate(&self.conn, "main", name)?;
         if !violations.is_empty() {
             return Err(CrrError::Schema(violations));
         }
@@ -414,7 +415,7 @@ impl CrrConn {
         let Some(t) = self.by_name.get(table).and_then(|id| self.tables.get(id)) else {
             return false;
         };
-        cid == crate::SENTINEL || t.info.columns.iter().any(|c| c.name == cid)
+        cid == crate::schema::SENTINEL || t.info.columns.iter().any(|c| c.name == cid)
     }
 }
 

@@ -48,9 +48,10 @@ mod store;
 mod value;
 mod versions;
 
-pub use changes::{Change, SENTINEL};
+pub use changes::Change;
 pub use conn::{CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
 pub use error::{CrrError, Result, SchemaViolation};
 pub use merge::MergeReport;
 pub use patina_value::{ParseSiteIdError, SiteId, Value};
+pub use schema::SENTINEL;
 pub use value::{merge_order, same_value};

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use rusqlite::Connection;
 
 use crate::affinity::{self, Affinity};
-use crate::changes::{read_values, Change, SENTINEL};
+use crate::changes::{read_values, Change};
 use crate::clock::{Entry, RowClock};
 use crate::error::{CrrError, Result};
 use crate::schema::quote_ident;
+use crate::schema::SENTINEL;
 use crate::store::{table_of, ClockCache, CrrTable, Sites};
 use crate::value::{merge_order, same_value};
 use crate::{pk, Value};

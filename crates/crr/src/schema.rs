@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use crate::error::{Result, SchemaViolation};
+use crate::error::Result;
 
 /// One column of a table, as SQLite reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,8 +92,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Checks cr-sqlite's rules for making `table` a CRR; every violation found
-/// is returned, not only the first.
-pub fn validate(conn: &Connection, schema: &str, table: &str) -> Result<Vec<SchemaViolation>> {
-    crate::schema_rules::validate(conn, schema, table)
-}
+/// The column id of a row's sentinel (cr-sqlite's `-1`): the clock entry that
+/// records the row's existence and causal length rather than a column.
+pub const SENTINEL: &str = "-1";

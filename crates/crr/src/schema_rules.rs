@@ -92,13 +92,17 @@ fn reserved_names(info: &TableInfo) -> Vec<SchemaViolation> {
             "names starting with crr_ or containing __crr_ are reserved for Patina's bookkeeping",
         ));
     }
-    for c in info.columns.iter().filter(|c| c.name == crate::SENTINEL) {
+    for c in info
+        .columns
+        .iter()
+        .filter(|c| c.name == crate::schema::SENTINEL)
+    {
         out.push(violation(
             &info.name,
             Some(&c.name),
             format!(
                 "the column name {} is reserved: changes use it to name a row's existence",
-                crate::SENTINEL
+                crate::schema::SENTINEL
             ),
         ));
     }

@@ -3,7 +3,7 @@
 
 use patina_value::Value;
 
-use crate::{ActorId, ChangeChunk, DbKind, Span, WireChange};
+use crate::message::{ActorId, ChangeChunk, DbKind, Span, WireChange};
 
 /// What a chunk's changes should weigh, encoded. A single change larger
 /// than this travels alone in its own chunk.

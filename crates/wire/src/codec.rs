@@ -10,20 +10,9 @@
 
 use bincode::config::{Configuration, LittleEndian, Varint};
 
-use crate::{ClusterName, Envelope, WireError};
-
-/// The encoding version this build writes and reads. A peer sending any
-/// other version is refused frame by frame (counted), not misread.
-pub const WIRE_VERSION: u8 = 1;
-
-/// The largest stream frame, header excluded. Change chunks aim at
-/// [`crate::CHUNK_BYTES_TARGET`] but one change travels whole, so this is
-/// also the largest replicable cell value (a bit under 4 MiB); it bounds
-/// what a peer can make us buffer per stream.
-pub const FRAME_BYTES_MAX: usize = 4 << 20;
-
-/// Stream frame header: the little-endian u32 length.
-pub const FRAME_HEADER_BYTES: usize = 4;
+use crate::error::WireError;
+use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, WIRE_VERSION};
+use crate::message::{ClusterName, Envelope};
 
 fn config() -> Configuration<LittleEndian, Varint, bincode::config::Limit<FRAME_BYTES_MAX>> {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
@@ -67,7 +56,7 @@ pub fn decode_frame_body(body: &[u8]) -> Result<Envelope, WireError> {
     if used != rest.len() {
         return Err(WireError::TrailingBytes(rest.len() - used));
     }
-    if let crate::Message::Changes(chunk) = &envelope.message {
+    if let crate::message::Message::Changes(chunk) = &envelope.message {
         chunk.validate()?;
     }
     Ok(envelope)

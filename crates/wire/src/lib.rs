@@ -18,38 +18,19 @@
 
 mod chunk;
 mod codec;
+mod error;
+mod limits;
 mod message;
 
 pub use chunk::{change_bytes_max, chunk_changes, chunk_changes_in, CHUNK_BYTES_TARGET};
 pub use codec::{
     datagram_overhead, decode_datagram, decode_frame_body, decode_value, encode_datagram,
-    encode_frame, encode_value, frame_body_len, Datagram, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
-    WIRE_VERSION,
+    encode_frame, encode_value, frame_body_len, Datagram,
 };
+pub use error::WireError;
+pub use limits::{CLUSTER_NAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, WIRE_VERSION};
 pub use message::{
     ActorId, ActorSummary, ChangeChunk, ClusterName, DbKind, Envelope, Message, Need, NodeIdentity,
-    PartialVersion, Span, Summary, WireChange, CLUSTER_NAME_BYTES_MAX,
+    PartialVersion, Span, Summary, WireChange,
 };
 pub use patina_value::Value;
-
-/// Why bytes could not be encoded or decoded. None of these changes any
-/// state; the receiver drops the frame (or stream) and counts it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("wire version {0} is not supported (this build speaks {WIRE_VERSION}); upgrade the older node")]
-    Version(u8),
-    #[error("frame of {0} bytes exceeds the {FRAME_BYTES_MAX}-byte limit")]
-    FrameTooLarge(usize),
-    #[error("message ends early")]
-    Truncated,
-    #[error("{0} bytes after the end of the message")]
-    TrailingBytes(usize),
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    #[error("invalid message: {0}")]
-    Invalid(String),
-    #[error("cluster names are 1 to {CLUSTER_NAME_BYTES_MAX} bytes, got {0}")]
-    ClusterName(usize),
-    #[error("cannot encode: {0}")]
-    Encode(String),
-}

@@ -7,13 +7,11 @@ use std::net::SocketAddr;
 use patina_value::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::WireError;
+use crate::error::WireError;
+use crate::limits::CLUSTER_NAME_BYTES_MAX;
 
 /// A node's actor id: its site id in both databases.
 pub use patina_value::SiteId as ActorId;
-
-/// Cluster names are region names or `global`; short by configuration.
-pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
 
 /// The name of the cluster a message belongs to: a region, or `global`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
