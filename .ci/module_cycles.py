@@ -23,39 +23,33 @@ def module_path(src: Path, file: Path) -> tuple:
     return tuple(parts)
 
 
-def strip_tests(text: str) -> str:
-    """Drops `#[cfg(test)] mod x { ... }` blocks (brace-matched)."""
+def rewrite_blocks(text: str, opening: str, body) -> str:
+    """Replaces the body of each brace block opened by regex `opening` with
+    `body(original_body)` (brace-matched, so nested blocks stay whole)."""
     out, i = [], 0
-    pattern = re.compile(r"#\[cfg\(test\)\]\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{")
+    pattern = re.compile(opening)
     while True:
         m = pattern.search(text, i)
         if not m:
             out.append(text[i:])
             return "".join(out)
-        out.append(text[i : m.start()])
         depth, j = 1, m.end()
         while j < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[j], 0)
             j += 1
+        out.append(text[i : m.end()])
+        out.append(body(text[m.end() : j]))
         i = j
+
+
+def strip_tests(text: str) -> str:
+    """Empties `#[cfg(test)] mod x { ... }` blocks: tests may use anything."""
+    return rewrite_blocks(text, r"#\[cfg\(test\)\]\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{", lambda b: "}")
 
 
 def inline_modules_as_self(text: str) -> str:
     """Inside an inline `mod x { ... }`, `super::` is this file: say `self::`."""
-    out, i = [], 0
-    pattern = re.compile(r"\bmod\s+\w+\s*\{")
-    while True:
-        m = pattern.search(text, i)
-        if not m:
-            out.append(text[i:])
-            return "".join(out)
-        out.append(text[i : m.end()])
-        depth, j = 1, m.end()
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        out.append(text[m.end() : j].replace("super::", "self::"))
-        i = j
+    return rewrite_blocks(text, r"\bmod\s+\w+\s*\{", lambda b: b.replace("super::", "self::"))
 
 
 def strip_comments(text: str) -> str:
