@@ -1,8 +1,8 @@
-//! `client`: a Rust client of Patina's HTTP API (the Corrosion v1 shapes of
-//! `shared/docs/api.md`): transactions, queries streamed row by row,
+//! `patina-client`: a Rust client of Patina's HTTP API (Corrosion's v1
+//! shapes): transactions, queries streamed row by row,
 //! resumable subscriptions ([`Subscription`]), schema reload, health.
 //! The CLI and the tests use it; so can edge proxies. It depends on nothing
-//! of the daemon: values are plain JSON.
+//! of the daemon (it must never: edge proxies link it): values are plain JSON.
 
 mod subscription;
 

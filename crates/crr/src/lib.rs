@@ -1,7 +1,8 @@
-//! `crr`: cr-sqlite's replication model, native on rusqlite.
+//! `patina-crr`: cr-sqlite's replication model, native on rusqlite. It must
+//! never do I/O besides SQLite, and knows nothing of the network, HTTP or JSON.
 //!
 //! Tables made CRRs merge as CRDTs: per-column last-writer-wins with a causal
-//! length per row for deletes, exactly as `shared/docs/crr-model.md` specifies.
+//! length per row for deletes, as cr-sqlite does it (`docs/crr.md`).
 //! Local writes are ordinary SQL run inside a [`CrrTx`]; their changes are
 //! read back with [`CrrConn::changes_since`] and merged elsewhere with
 //! [`CrrConn::apply_changes`]. This crate does no I/O besides SQLite.

@@ -1,5 +1,6 @@
-//! SWIM membership of one cluster: foca driven by one tokio task, its
-//! packets carried as transport datagrams.
+//! `patina-membership`: SWIM membership of one cluster — foca driven by one
+//! tokio task, its packets carried as transport datagrams. It never touches
+//! databases or replication; it only says who is alive at which address.
 //!
 //! The task owns foca (no shared state): it feeds it datagrams and fired
 //! timers, sends what foca asks through [`Transport::send_datagram`]

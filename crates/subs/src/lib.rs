@@ -1,6 +1,9 @@
-//! Subscriptions (`docs/subscriptions.md`): a bound SELECT whose result is
-//! kept current as commits arrive, streamed as a snapshot then change
-//! events with contiguous change ids.
+//! `patina-subs`: subscriptions (`docs/subscriptions.md`) — a bound SELECT
+//! whose result is kept current as commits arrive (local or merged from a
+//! peer: it is a [`CommitObserver`] of the node), streamed as a snapshot
+//! then change events with contiguous change ids. It never writes the node's
+//! databases and never blocks a writer thread: commits are handed to worker
+//! queues without waiting.
 //!
 //! - `diff`: the result state and the diff, plain values.
 //! - `plan`: what a statement reads, its row key, restricted re-runs.

@@ -1,4 +1,6 @@
-//! The QUIC transport of one cluster on one node: one [`quinn::Endpoint`],
+//! `patina-transport`: the QUIC transport of one cluster on one node. It
+//! knows frames and datagrams, never what they mean (no protocol decisions,
+//! no databases). One cluster on one node: one [`quinn::Endpoint`],
 //! connections cached per peer address, stream frames and datagrams in and
 //! out, all tagged with the cluster name.
 //!

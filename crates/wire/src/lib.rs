@@ -1,4 +1,5 @@
-//! `wire`: every byte layout Patina puts on the network.
+//! `patina-wire`: every byte layout Patina puts on the network. It must never
+//! do I/O, and its decoders never panic: they return [`WireError`].
 //!
 //! Messages ([`Message`] in an [`Envelope`] that names the sender's cluster)
 //! travel as length-prefixed stream frames; SWIM packets travel as
