@@ -10,6 +10,7 @@ use std::sync::Arc;
 use patina_wire::{change_bytes_max, ChangeChunk};
 use rand::Rng;
 
+use super::forward::{ForwardPolicy, Hop, Role};
 use super::planner::choose_peers;
 
 /// Bytes a chunk costs in the queue besides its changes: the chunk header
@@ -57,17 +58,13 @@ impl Default for BroadcastConfig {
     }
 }
 
-/// How a version reached this node.
-#[derive(Debug, Clone, Copy)]
-pub enum Hop<'a, P> {
-    /// Committed here.
-    Local,
-    /// Received from `from` and new here; `from_origin` when `from` is the
-    /// version's own actor.
-    Received { from: &'a P, from_origin: bool },
-}
-
 impl BroadcastConfig {
+    /// Whether and when received chunks go on to [`targets`](Self::targets);
+    /// `enabled`: broadcast is on.
+    pub fn forward_policy(&self, enabled: bool) -> ForwardPolicy {
+        ForwardPolicy::new(enabled, self.fanout, self.tree_max_peers)
+    }
+
     /// The peers `me` pushes a version to, given how it got here and the
     /// live `peers` (`me` not among them). `spread` (derived from the
     /// version's actor and number) rotates relay duty between members.
@@ -79,7 +76,7 @@ impl BroadcastConfig {
     pub fn targets<P: Ord + Clone, R: Rng + ?Sized>(
         &self,
         me: &P,
-        hop: Hop<'_, P>,
+        hop: &Hop<P>,
         peers: &[P],
         spread: u64,
         rng: &mut R,
@@ -97,34 +94,28 @@ impl BroadcastConfig {
             }
             Hop::Received { from, from_origin } => {
                 let others = peers.iter().filter(|p| *p != from);
-                // The origin's peers as seen here: everyone but the origin
-                // (this node included).
-                let origin_peers = others.clone().count() + 1;
-                if origin_peers <= self.fanout {
-                    // The origin pushed to everyone.
-                    Vec::new()
-                } else if origin_peers <= self.tree_max_peers {
-                    if !from_origin {
-                        // A relay's push: this node is a leaf of the tree.
-                        return Vec::new();
+                match self.forward_policy(true).role(from, *from_origin, peers) {
+                    Role::ReachedByOrigin | Role::Leaf => Vec::new(),
+                    Role::Relay => {
+                        let members: Vec<P> = others.cloned().chain([me.clone()]).collect();
+                        let order = tree_order(members, spread);
+                        let Some(at) = order.iter().position(|p| p == me) else {
+                            return Vec::new();
+                        };
+                        if at >= self.fanout {
+                            return Vec::new();
+                        }
+                        order[self.fanout..]
+                            .iter()
+                            .skip(at)
+                            .step_by(self.fanout)
+                            .cloned()
+                            .collect()
                     }
-                    let members: Vec<P> = others.cloned().chain([me.clone()]).collect();
-                    let order = tree_order(members, spread);
-                    let Some(at) = order.iter().position(|p| p == me) else {
-                        return Vec::new();
-                    };
-                    if at >= self.fanout {
-                        return Vec::new();
+                    Role::Gossip => {
+                        let candidates: Vec<P> = others.cloned().collect();
+                        choose_peers(&candidates, self.fanout, rng)
                     }
-                    order[self.fanout..]
-                        .iter()
-                        .skip(at)
-                        .step_by(self.fanout)
-                        .cloned()
-                        .collect()
-                } else {
-                    let candidates: Vec<P> = others.cloned().collect();
-                    choose_peers(&candidates, self.fanout, rng)
                 }
             }
         }
@@ -249,6 +240,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::forward::Forward;
 
     fn chunk(version: u64, payload_bytes: usize) -> Arc<ChangeChunk> {
         let change = WireChange {
@@ -280,12 +272,12 @@ mod tests {
     fn targets(
         config: &BroadcastConfig,
         me: u32,
-        hop: Hop<'_, u32>,
+        hop: Hop<u32>,
         peers: &[u32],
         spread: u64,
     ) -> Vec<u32> {
         let mut rng = SmallRng::seed_from_u64(spread);
-        let mut t = config.targets(&me, hop, peers, spread, &mut rng);
+        let mut t = config.targets(&me, &hop, peers, spread, &mut rng);
         t.sort();
         t
     }
@@ -299,7 +291,7 @@ mod tests {
         );
         for from_origin in [true, false] {
             let hop = Hop::Received {
-                from: &0,
+                from: 0,
                 from_origin,
             };
             assert!(targets(&config, 1, hop, &[0, 2, 3], 7).is_empty());
@@ -322,13 +314,13 @@ mod tests {
                     let mut got: Vec<u32> = first.clone();
                     for &relay in &first {
                         let hop = Hop::Received {
-                            from: &origin,
+                            from: origin,
                             from_origin: true,
                         };
                         let second = targets(&config, relay, hop, &peers_of(relay), spread);
                         for &leaf in &second {
                             let hop = Hop::Received {
-                                from: &relay,
+                                from: relay,
                                 from_origin: false,
                             };
                             assert!(targets(&config, leaf, hop, &peers_of(leaf), spread).is_empty());
@@ -341,6 +333,29 @@ mod tests {
                         peers_of(origin),
                         "n {n}, origin {origin}, spread {spread}"
                     );
+                }
+            }
+        }
+    }
+
+    /// What the forward policy keeps at arrival and after merging would
+    /// have had no targets anyway, whatever the cluster size.
+    #[test]
+    fn a_chunk_the_forward_policy_keeps_has_no_targets() {
+        let config = BroadcastConfig::default();
+        let policy = config.forward_policy(true);
+        for n in 1..=20u32 {
+            let peers: Vec<u32> = (1..=n).collect();
+            for from_origin in [true, false] {
+                for spread in 0..n as u64 {
+                    let forward = policy.on_arrival(1, from_origin, &peers);
+                    let hop = Hop::Received {
+                        from: 1,
+                        from_origin,
+                    };
+                    if forward == Forward::Never {
+                        assert!(targets(&config, 0, hop, &peers, spread).is_empty());
+                    }
                 }
             }
         }
@@ -366,7 +381,7 @@ mod tests {
         for spread in 0..50 {
             for from_origin in [true, false] {
                 let hop = Hop::Received {
-                    from: &5,
+                    from: 5,
                     from_origin,
                 };
                 let t = targets(&config, 0, hop, &members, spread);

@@ -1,19 +1,38 @@
-//! The cluster protocol core, sans-I/O: which versions this node holds
-//! ([`Bookkeeper`]), what to ask which peer during sync ([`SyncPlanner`]) and
-//! what to push to whom after a commit ([`BroadcastQueue`]). These are plain
-//! values fed with messages and `Instant`s; they never touch a socket, a
-//! clock, SQLite or a thread. The protocol is `docs/replication.md`.
+//! `patina-proto`: Patina's replication protocol as sans-I/O values
+//! (`docs/replication.md`). Which versions this node holds
+//! ([`Bookkeeper`]) and which of them wait to be merged
+//! ([`QueuedVersions`]); the sync conversation with one peer
+//! ([`PullSession`], [`ServeSession`], bounded by [`SyncLimits`]) and what
+//! to ask which peer ([`SyncPlanner`]); where a commit or a received chunk
+//! goes ([`BroadcastConfig::targets`], [`ForwardPolicy`]) and the bounded
+//! queue of those sends ([`BroadcastQueue`]).
+//!
+//! Every one is a plain value: fed messages, outcomes and `Instant`s, it
+//! answers with decisions and actions for the shell (`patina-replicator`)
+//! to perform. This crate must never touch a socket, a clock (time comes
+//! in as `Instant` arguments), SQLite, a thread or an async runtime, nor
+//! depend on a crate that does: that keeps every protocol decision unit
+//! testable and replayable, and the simulated cluster (`sim.rs`)
+//! deterministic.
 
 mod bookie;
 mod broadcast;
+mod forward;
 mod lag;
 mod planner;
+mod queued;
 mod ranges;
+mod session;
 #[cfg(test)]
 mod sim;
 
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
-pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue, Hop};
+pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
+pub use forward::{Forward, ForwardPolicy, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
+pub use queued::QueuedVersions;
 pub use ranges::RangeSet;
+pub use session::{
+    PullAction, PullSession, ServeAction, ServeSession, SyncCount, SyncFailure, SyncLimits,
+};

@@ -11,7 +11,10 @@ use patina_wire::{ActorId, ChangeChunk, DbKind, Need, Span};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::*;
+use crate::bookie::{Bookkeeper, ChunkFate, SUMMARY_SPANS_MAX};
+use crate::broadcast::{BroadcastConfig, BroadcastQueue};
+use crate::forward::Hop;
+use crate::planner::{choose_peers, PlannerConfig, SyncPlanner};
 
 const DB: DbKind = DbKind::Regional;
 type Key = (ActorId, u64);
@@ -80,7 +83,7 @@ impl Node {
         self.book.set_own_version(DB, self.own_version);
         let targets =
             self.queue_config
-                .targets(&self.index, Hop::Local, members, self.own_version, rng);
+                .targets(&self.index, &Hop::Local, members, self.own_version, rng);
         self.queue.on_commit(chunks, &targets);
     }
 
@@ -163,13 +166,10 @@ impl Cluster {
             let chunks = self.nodes[to].chunks[&(chunk.actor, chunk.version)].clone();
             let from_origin = self.nodes[from].actor == chunk.actor;
             let node = &mut self.nodes[to];
-            let hop = Hop::Received {
-                from: &from,
-                from_origin,
-            };
+            let hop = Hop::Received { from, from_origin };
             let targets =
                 node.queue_config
-                    .targets(&to, hop, &members, chunk.version, &mut self.rng);
+                    .targets(&to, &hop, &members, chunk.version, &mut self.rng);
             node.queue.on_commit(chunks, &targets);
         }
     }

@@ -12,26 +12,28 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{bump, ReplicatorConfig, Shared};
 use patina_proto::{BroadcastQueue, Hop};
 use patina_transport::Frame;
 
+use crate::config::ReplicatorConfig;
+use crate::shared::Shared;
+use crate::stats::bump;
+
 /// Pushes waiting for the broadcast task. Local commits wait when it is
 /// full; forwarded chunks are dropped (sync covers them).
-pub(super) const PUSH_QUEUE_MAX: usize = 1024;
+pub(crate) const PUSH_QUEUE_MAX: usize = 1024;
 /// Batches of sends in flight at once (each batch: one stream per peer).
 const SEND_BATCHES_IN_FLIGHT_MAX: usize = 16;
 /// Sends taken from the queue per batch.
 const SENDS_PER_BATCH_MAX: usize = 64;
 
-pub(super) struct Push {
+/// One version's chunks (or one chunk of it) for the broadcast plan.
+pub(crate) struct Push {
     pub chunks: Vec<Arc<ChangeChunk>>,
-    /// `None`: a local commit. Else the peer the chunks came from, and
-    /// whether it is their version's origin.
-    pub received: Option<(SocketAddr, bool)>,
+    pub hop: Hop<SocketAddr>,
 }
 
-pub(super) async fn run(
+pub(crate) async fn run(
     shared: Shared,
     mut pushes: mpsc::Receiver<Push>,
     config: ReplicatorConfig,
@@ -48,11 +50,7 @@ pub(super) async fn run(
             push = pushes.recv() => {
                 let Some(push) = push else { return };
                 let Some(first) = push.chunks.first() else { continue };
-                let hop = match &push.received {
-                    None => Hop::Local,
-                    Some((from, from_origin)) => Hop::Received { from, from_origin: *from_origin },
-                };
-                let targets = config.broadcast_queue.targets(&me, hop, &shared.peers(), spread(first), &mut rng);
+                let targets = config.broadcast_queue.targets(&me, &push.hop, &shared.peers(), spread(first), &mut rng);
                 queue.on_commit(push.chunks, &targets);
                 shared.stats.broadcast_shed.store(queue.shed_total(), std::sync::atomic::Ordering::Relaxed);
             }

@@ -13,7 +13,10 @@ use patina_membership::{Member, Membership, DATAGRAM_QUEUE_CAPACITY};
 use patina_transport::{StatsSnapshot, TlsFiles, Transport, TransportConfig, TransportError};
 use patina_wire::DbKind;
 
-use crate::{Replica, Replicator, ReplicatorConfig, ReplicatorStats};
+use crate::config::ReplicatorConfig;
+use crate::replica::Replica;
+use crate::replicator::Replicator;
+use crate::stats::ReplicatorStats;
 
 /// How to join one cluster.
 #[derive(Clone)]

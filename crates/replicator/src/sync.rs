@@ -1,39 +1,35 @@
 //! Anti-entropy: periodic rounds that ask a few peers for their summaries,
 //! let the [`SyncPlanner`] decide what to pull from whom, and merge what
-//! arrives; and the serving side of those pulls.
+//! arrives; and the serving side of those pulls. The conversation itself
+//! (message order, deadlines, limits) is [`PullSession`] and
+//! [`ServeSession`]; this file moves their frames and performs their
+//! actions.
 //!
 //! Pulled chunks are merged by the pulling task itself (not through the
 //! broadcast apply queue), so when a pull is done its versions are applied
 //! and the next round's plan sees them. They are not forwarded: every node
 //! runs its own rounds.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use patina_wire::{ChangeChunk, DbKind, Envelope, Message, Need, Summary};
+use patina_proto::{
+    PlannerConfig, PullAction, PullSession, ServeAction, ServeSession, SyncFailure, SyncPlanner,
+    SUMMARY_SPANS_MAX,
+};
+use patina_transport::{FrameReader, FrameWriter};
+use patina_wire::{ChangeChunk, Envelope, Message, Need, Summary};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::task::JoinSet;
 
-use super::{bump, record, ReplicatorConfig, Shared};
-use patina_proto::{Bookkeeper, PlannerConfig, SyncPlanner, SUMMARY_SPANS_MAX};
-use patina_transport::{FrameReader, FrameWriter};
+use crate::config::ReplicatorConfig;
+use crate::shared::Shared;
+use crate::stats::{bump, count, record};
 
-/// Pulls served at once; more are refused (the puller retries next round).
-pub(super) const SERVING_PULLS_MAX: usize = 32;
-/// Needs read from one pull at most.
-const PULL_NEEDS_MAX: usize = 4096;
-/// A peer that sends nothing for this long is given up on for this round.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// A peer that has not answered a summary request in this long is left out
-/// of the round: a round waits for every summary, and an unreachable peer
-/// not yet declared down must not stall it (a LAN answers in milliseconds).
-const SUMMARY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pulled chunks merged per writer job.
-const PULL_APPLY_CHUNKS_MAX: usize = 128;
-
-pub(super) async fn run(shared: Shared, config: ReplicatorConfig) {
+pub(crate) async fn run(shared: Shared, config: ReplicatorConfig) {
     let mut planner: SyncPlanner<SocketAddr> = SyncPlanner::new(PlannerConfig::default());
     let mut rng = SmallRng::seed_from_u64(config.seed.rotate_left(17) ^ 0x5eed);
     let mut tick = tokio::time::interval(config.sync_interval);
@@ -49,25 +45,26 @@ pub(super) async fn run(shared: Shared, config: ReplicatorConfig) {
     }
 }
 
-type Opened = (SocketAddr, Summary, FrameWriter, FrameReader);
+/// A peer that answered with its summary, and the stream to pull on.
+struct Asked {
+    peer: SocketAddr,
+    summary: Summary,
+    session: PullSession,
+    writer: FrameWriter,
+    reader: FrameReader,
+}
 
 async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Vec<SocketAddr>) {
     bump(&shared.stats.sync_rounds, 1);
     let mut asking = JoinSet::new();
     for peer in peers {
-        let transport = shared.transport.clone();
-        asking.spawn(async move {
-            let asked = tokio::time::timeout(SUMMARY_TIMEOUT, ask_summary(&transport, peer)).await;
-            (
-                peer,
-                asked.unwrap_or(Err(SyncError::Timeout(SUMMARY_TIMEOUT))),
-            )
-        });
+        let shared = shared.clone();
+        asking.spawn(async move { (peer, ask_summary(&shared, peer).await) });
     }
-    let mut opened: Vec<Opened> = Vec::new();
+    let mut asked: Vec<Asked> = Vec::new();
     while let Some(Ok((peer, result))) = asking.join_next().await {
         match result {
-            Ok((summary, w, r)) => opened.push((peer, summary, w, r)),
+            Ok(a) => asked.push(a),
             Err(e) => {
                 bump(&shared.stats.sync_failures, 1);
                 tracing::debug!(%peer, error = %e, "sync: no summary");
@@ -75,22 +72,30 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
         }
     }
     let summaries: Vec<(SocketAddr, Summary)> =
-        opened.iter().map(|(p, s, _, _)| (*p, s.clone())).collect();
-    let local = combined(shared);
-    let plan = planner.plan(Instant::now(), &local, &summaries);
+        asked.iter().map(|a| (a.peer, a.summary.clone())).collect();
+    let plan = planner.plan(Instant::now(), &shared.held(), &summaries);
     let mut pulls = JoinSet::new();
-    for (peer, _, writer, reader) in opened {
+    for a in asked {
         let needs = plan
             .iter()
-            .find(|(p, _)| *p == peer)
+            .find(|(p, _)| *p == a.peer)
             .map(|(_, n)| n.clone())
             .unwrap_or_default();
         if needs.is_empty() {
-            let _ = writer.finish();
+            // Nothing to pull: the session finishes the stream at once.
+            let Asked {
+                mut session,
+                mut writer,
+                ..
+            } = a;
+            let actions = session.pull(needs, Instant::now());
+            if let Ok(Next::Done) = perform(shared, &mut session, &mut writer, actions).await {
+                let _ = writer.finish();
+            }
             continue;
         }
         let shared = shared.clone();
-        pulls.spawn(async move { (peer, pull(&shared, needs, writer, reader).await) });
+        pulls.spawn(async move { (a.peer, pull(&shared, a, needs).await) });
     }
     while let Some(Ok((peer, result))) = pulls.join_next().await {
         match result {
@@ -104,92 +109,121 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
     }
 }
 
-/// Both databases' bookkeeping (of the databases this cluster carries),
-/// counting versions waiting in the apply queue as held: broadcast already
-/// delivered them, and a node behind on merging would otherwise pull again
-/// what it is about to apply (in a 10-node bench with replicas starved of
-/// CPU, serving such pulls was 15 % of the writing node's CPU). Should one
-/// of them fail to apply, the next round sees it missing.
-fn combined(shared: &Shared) -> Bookkeeper {
-    let mut dbs = shared.dbs.iter();
-    let first = dbs.next().copied().unwrap_or(DbKind::Regional);
-    let mut all = (**shared.node.bookkeeping(first).borrow()).clone();
-    for &db in dbs {
-        all.absorb(&shared.node.bookkeeping(db).borrow());
-    }
-    for &(db, actor, version) in shared.queued().keys() {
-        all.record_applied(db, actor, version);
-    }
-    all
-}
-
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
     #[error(transparent)]
     Transport(#[from] patina_transport::TransportError),
-    #[error("peer sent nothing for {0:?}")]
-    Timeout(Duration),
-    #[error("peer closed the stream early")]
-    Closed,
-    #[error("unexpected message: {0}")]
-    Unexpected(&'static str),
+    #[error(transparent)]
+    Protocol(#[from] SyncFailure),
     #[error("node is shutting down")]
     ShuttingDown,
 }
 
-async fn next_frame(reader: &mut FrameReader) -> Result<Envelope, SyncError> {
-    match tokio::time::timeout(FRAME_TIMEOUT, reader.next()).await {
-        Err(_) => Err(SyncError::Timeout(FRAME_TIMEOUT)),
-        Ok(Err(e)) => Err(e.into()),
-        Ok(Ok(None)) => Err(SyncError::Closed),
-        Ok(Ok(Some(env))) => Ok(env),
-    }
+/// Where a puller's conversation stands after performing some actions.
+enum Next {
+    Read,
+    Plan(Summary),
+    /// Over: finish the stream.
+    Done,
 }
 
-async fn ask_summary(
-    transport: &patina_transport::Transport,
-    peer: SocketAddr,
-) -> Result<(Summary, FrameWriter, FrameReader), SyncError> {
-    let (mut writer, mut reader) = transport.open_bi(peer).await?;
-    writer.send(Message::SummaryRequest).await?;
-    match next_frame(&mut reader).await?.message {
-        Message::Summary(s) => Ok((s, writer, reader)),
-        _ => Err(SyncError::Unexpected("expected a summary")),
-    }
-}
-
-async fn pull(
-    shared: &Shared,
-    needs: Vec<Need>,
-    mut writer: FrameWriter,
-    mut reader: FrameReader,
-) -> Result<(), SyncError> {
-    writer.send(Message::Pull(needs)).await?;
-    let mut pending: Vec<ChangeChunk> = Vec::new();
+async fn ask_summary(shared: &Shared, peer: SocketAddr) -> Result<Asked, SyncError> {
+    let mut session = PullSession::new(shared.dbs, shared.sync_limits.clone(), Instant::now());
+    let (mut writer, mut reader) = within(&mut session, shared.transport.open_bi(peer)).await??;
+    let mut actions = session.open();
     loop {
-        match next_frame(&mut reader).await?.message {
-            Message::Changes(chunk) => {
-                bump(&shared.stats.chunks_received, 1);
-                if shared.carries(chunk.db).is_none() {
-                    bump(&shared.stats.wrong_database, 1);
-                    continue;
-                }
-                pending.push(chunk);
-                if pending.len() >= PULL_APPLY_CHUNKS_MAX {
-                    apply(shared, std::mem::take(&mut pending)).await?;
-                }
+        match perform(shared, &mut session, &mut writer, actions).await? {
+            Next::Plan(summary) => {
+                return Ok(Asked {
+                    peer,
+                    summary,
+                    session,
+                    writer,
+                    reader,
+                })
             }
-            Message::PullDone => break,
-            _ => {
-                return Err(SyncError::Unexpected(
-                    "expected changes or the end of a pull",
-                ))
+            Next::Read => actions = read(&mut session, &mut reader).await?,
+            Next::Done => return Err(SyncFailure::Closed.into()),
+        }
+    }
+}
+
+async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), SyncError> {
+    let Asked {
+        mut session,
+        mut writer,
+        mut reader,
+        ..
+    } = asked;
+    let mut actions = session.pull(needs, Instant::now());
+    loop {
+        match perform(shared, &mut session, &mut writer, actions).await? {
+            Next::Done => {
+                let _ = writer.finish();
+                return Ok(());
+            }
+            Next::Read | Next::Plan(_) => actions = read(&mut session, &mut reader).await?,
+        }
+    }
+}
+
+/// The next frame (or the stream's end), fed to the session.
+async fn read(
+    session: &mut PullSession,
+    reader: &mut FrameReader,
+) -> Result<Vec<PullAction>, SyncError> {
+    let frame = within(session, reader.next()).await??;
+    Ok(match frame {
+        Some(envelope) => session.on_frame(envelope.message, Instant::now()),
+        None => session.on_closed(),
+    })
+}
+
+/// Runs `io` until the session's deadline, which the session judges.
+async fn within<T>(
+    session: &mut PullSession,
+    io: impl Future<Output = T>,
+) -> Result<T, SyncFailure> {
+    let mut io = std::pin::pin!(io);
+    loop {
+        let Some(deadline) = session.deadline() else {
+            return Ok(io.await);
+        };
+        match tokio::time::timeout_at(deadline.into(), &mut io).await {
+            Ok(out) => return Ok(out),
+            Err(_) => {
+                if let Some(failure) = session.on_timeout(Instant::now()) {
+                    return Err(failure);
+                }
             }
         }
     }
-    apply(shared, pending).await?;
-    let _ = writer.finish();
-    Ok(())
+}
+
+async fn perform(
+    shared: &Shared,
+    session: &mut PullSession,
+    writer: &mut FrameWriter,
+    actions: Vec<PullAction>,
+) -> Result<Next, SyncError> {
+    let mut next = Next::Read;
+    for action in actions {
+        match action {
+            // Under the session's deadline too: the summary's covers the
+            // whole exchange.
+            PullAction::Send(message) => within(session, writer.send(message)).await??,
+            PullAction::Plan(summary) => next = Next::Plan(summary),
+            PullAction::Count(event) => count(&shared.stats, event),
+            PullAction::Apply(chunks) => {
+                apply(shared, chunks).await?;
+                session.on_applied(Instant::now());
+            }
+            // The caller owns the writer and finishes it.
+            PullAction::Finish => next = Next::Done,
+            PullAction::Fail(failure) => return Err(failure.into()),
+        }
+    }
+    Ok(next)
 }
 
 async fn apply(shared: &Shared, chunks: Vec<ChangeChunk>) -> Result<(), SyncError> {
@@ -213,14 +247,15 @@ async fn apply(shared: &Shared, chunks: Vec<ChangeChunk>) -> Result<(), SyncErro
 }
 
 /// Answers one peer's sync stream: our summary, then what it pulls.
-pub(super) async fn serve(
+pub(crate) async fn serve(
     shared: Shared,
     from: SocketAddr,
     first: Envelope,
     mut writer: FrameWriter,
     mut reader: FrameReader,
 ) {
-    if let Err(e) = serve_inner(&shared, first, &mut writer, &mut reader).await {
+    let mut session = ServeSession::new(shared.dbs, shared.sync_limits.clone());
+    if let Err(e) = serve_inner(&shared, &mut session, first, &mut writer, &mut reader).await {
         tracing::debug!(%from, error = %e, "serving a sync pull failed");
     }
     let _ = writer.finish();
@@ -228,46 +263,57 @@ pub(super) async fn serve(
 
 async fn serve_inner(
     shared: &Shared,
+    session: &mut ServeSession,
     first: Envelope,
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
 ) -> Result<(), SyncError> {
-    if first.message != Message::SummaryRequest {
-        return Err(SyncError::Unexpected(
-            "a sync stream starts with a summary request",
-        ));
-    }
-    let summary = combined(shared).summary(SUMMARY_SPANS_MAX);
-    writer.send(Message::Summary(summary)).await?;
-    let needs = match reader.next().await? {
-        // The peer needed nothing from us.
-        None => return Ok(()),
-        Some(env) => match env.message {
-            Message::Pull(needs) => needs,
-            _ => return Err(SyncError::Unexpected("expected a pull")),
-        },
-    };
-    bump(&shared.stats.pulls_served, 1);
-    for need in needs.into_iter().take(PULL_NEEDS_MAX) {
-        let db = match &need {
-            Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
-        };
-        let Some(db) = shared.carries(db) else {
-            continue;
-        };
-        let mut next = Some(need);
-        while let Some(need) = next.take() {
-            let (chunks, rest) = shared
-                .node
-                .serve(db, need)
-                .await
-                .ok_or(SyncError::ShuttingDown)?;
-            for chunk in chunks {
-                writer.send(Message::Changes(chunk)).await?;
+    let mut actions = session.on_frame(first.message);
+    loop {
+        for action in actions {
+            match action {
+                ServeAction::SendSummary => {
+                    let summary = shared.held().summary(SUMMARY_SPANS_MAX);
+                    writer.send(Message::Summary(summary)).await?;
+                }
+                ServeAction::Count(event) => count(&shared.stats, event),
+                ServeAction::Serve(needs) => {
+                    for need in needs {
+                        serve_need(shared, writer, need).await?;
+                    }
+                }
+                ServeAction::Send(message) => writer.send(message).await?,
+                ServeAction::Finish => return Ok(()),
+                ServeAction::Fail(failure) => return Err(failure.into()),
             }
-            next = rest;
         }
+        actions = match reader.next().await? {
+            Some(envelope) => session.on_frame(envelope.message),
+            None => session.on_closed(),
+        };
     }
-    writer.send(Message::PullDone).await?;
+}
+
+/// Streams the chunks answering `need`, read a writer job at a time.
+async fn serve_need(
+    shared: &Shared,
+    writer: &mut FrameWriter,
+    need: Need,
+) -> Result<(), SyncError> {
+    let db = match &need {
+        Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
+    };
+    let mut next = Some(need);
+    while let Some(need) = next.take() {
+        let (chunks, rest) = shared
+            .node
+            .serve(db, need)
+            .await
+            .ok_or(SyncError::ShuttingDown)?;
+        for chunk in chunks {
+            writer.send(Message::Changes(chunk)).await?;
+        }
+        next = rest;
+    }
     Ok(())
 }

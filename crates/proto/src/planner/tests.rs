@@ -6,7 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
-use crate::SUMMARY_SPANS_MAX;
+use crate::bookie::SUMMARY_SPANS_MAX;
 
 const REG: DbKind = DbKind::Regional;
 

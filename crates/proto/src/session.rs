@@ -1,0 +1,355 @@
+//! The sync conversation with one peer (`docs/replication.md`, Sync), both
+//! ends, as values fed messages and `Instant`s: a [`PullSession`] asks a
+//! peer for its summary and pulls what the plan assigns to it; a
+//! [`ServeSession`] answers one. They own the message order
+//! (`SummaryRequest` → `Summary` → `Pull(needs)` → `Changes`* → `PullDone`),
+//! the deadlines and the limits; the shell moves frames, reads the clock and
+//! performs the actions they return, in order.
+
+use std::time::{Duration, Instant};
+
+use patina_wire::{ChangeChunk, DbKind, Message, Need, Summary};
+
+/// Timeouts and bounds of sync conversations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// A peer that has not answered a summary request this long after we
+    /// started opening the stream is left out of the round: a round waits
+    /// for every summary, and an unreachable peer not yet declared down
+    /// must not stall it (a LAN answers in milliseconds). 2 s.
+    pub summary_timeout: Duration,
+    /// A peer that sends nothing for this long during a pull is given up on
+    /// for this round (the planner asks someone again). Time spent merging
+    /// on our side does not count. 10 s.
+    pub frame_timeout: Duration,
+    /// Pulled chunks merged per writer job: when that many wait, the puller
+    /// merges them before reading on (a hostile or huge pull never holds
+    /// more in memory). 128.
+    pub apply_chunks_max: usize,
+    /// Needs served from one pull; those beyond are ignored (the puller
+    /// asks again next round). 4,096.
+    pub needs_max: usize,
+    /// Pulls served at once; more are refused (the puller retries next
+    /// round). 32.
+    pub serving_max: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> SyncLimits {
+        SyncLimits {
+            summary_timeout: Duration::from_secs(2),
+            frame_timeout: Duration::from_secs(10),
+            apply_chunks_max: 128,
+            needs_max: 4096,
+            serving_max: 32,
+        }
+    }
+}
+
+impl SyncLimits {
+    /// Whether a new sync stream may be served while `serving` are.
+    pub fn admits(&self, serving: usize) -> bool {
+        serving < self.serving_max
+    }
+}
+
+/// Why a conversation with a peer ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncFailure {
+    #[error("peer sent nothing for {0:?}")]
+    Timeout(Duration),
+    #[error("peer closed the stream early")]
+    Closed,
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+/// Events the shell counts (`ReplicatorStats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncCount {
+    /// A pulled chunk arrived.
+    ChunkReceived,
+    /// A pulled chunk was for a database this cluster does not carry: it
+    /// was dropped.
+    WrongDatabase,
+    /// A peer's pull is being served.
+    PullServed,
+}
+
+/// What the shell does for a [`PullSession`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullAction {
+    Send(Message),
+    /// The peer's summary: plan with it, then call [`PullSession::pull`].
+    Plan(Summary),
+    Count(SyncCount),
+    /// Merge these chunks (all of databases the cluster carries), then call
+    /// [`PullSession::on_applied`] and go on.
+    Apply(Vec<ChangeChunk>),
+    /// The conversation is over: finish the stream.
+    Finish,
+    /// Give up on this peer for this round.
+    Fail(SyncFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullStage {
+    Opening,
+    AwaitingSummary,
+    Planning,
+    Pulling,
+    Ended,
+}
+
+/// The pulling end of a sync conversation. The shell opens a stream, calls
+/// [`open`](Self::open), then feeds every frame ([`on_frame`](Self::on_frame)),
+/// the stream's end ([`on_closed`](Self::on_closed)) and the passing of
+/// [`deadline`](Self::deadline) ([`on_timeout`](Self::on_timeout)) until an
+/// action says `Finish` or `Fail`. While the session waits for the plan
+/// (after `Plan`) it has no deadline and the shell reads nothing.
+#[derive(Debug)]
+pub struct PullSession {
+    stage: PullStage,
+    limits: SyncLimits,
+    carried: Vec<DbKind>,
+    deadline: Option<Instant>,
+    /// Pulled chunks not yet handed out to merge.
+    batch: Vec<ChangeChunk>,
+}
+
+impl PullSession {
+    /// A session with a peer about to be asked, for a cluster carrying
+    /// `carried`. The summary deadline runs from `now`, opening included.
+    pub fn new(carried: &[DbKind], limits: SyncLimits, now: Instant) -> PullSession {
+        let deadline = Some(now + limits.summary_timeout);
+        PullSession {
+            stage: PullStage::Opening,
+            limits,
+            carried: carried.to_vec(),
+            deadline,
+            batch: Vec::new(),
+        }
+    }
+
+    /// The stream is open: ask for the summary. Only the first call does.
+    pub fn open(&mut self) -> Vec<PullAction> {
+        if self.stage != PullStage::Opening {
+            return Vec::new();
+        }
+        self.stage = PullStage::AwaitingSummary;
+        vec![PullAction::Send(Message::SummaryRequest)]
+    }
+
+    /// When the peer has taken too long; `None` while nothing is awaited
+    /// from it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.stage == PullStage::Ended
+    }
+
+    /// The plan assigned `needs` to this peer (maybe none).
+    pub fn pull(&mut self, needs: Vec<Need>, now: Instant) -> Vec<PullAction> {
+        if self.stage != PullStage::Planning {
+            return Vec::new();
+        }
+        if needs.is_empty() {
+            return self.end(PullAction::Finish);
+        }
+        self.stage = PullStage::Pulling;
+        self.deadline = Some(now + self.limits.frame_timeout);
+        vec![PullAction::Send(Message::Pull(needs))]
+    }
+
+    /// A frame from the peer arrived at `now`.
+    pub fn on_frame(&mut self, message: Message, now: Instant) -> Vec<PullAction> {
+        match (self.stage, message) {
+            (PullStage::Ended, _) => Vec::new(),
+            (PullStage::AwaitingSummary, Message::Summary(summary)) => {
+                self.stage = PullStage::Planning;
+                self.deadline = None;
+                vec![PullAction::Plan(summary)]
+            }
+            (PullStage::AwaitingSummary, _) => self.fail("expected a summary"),
+            (PullStage::Opening, _) => self.fail("a message before the summary request"),
+            (PullStage::Planning, _) => self.fail("a message before the pull"),
+            (PullStage::Pulling, Message::Changes(chunk)) => {
+                self.deadline = Some(now + self.limits.frame_timeout);
+                self.on_chunk(chunk)
+            }
+            (PullStage::Pulling, Message::PullDone) => {
+                let mut actions = Vec::with_capacity(2);
+                if !self.batch.is_empty() {
+                    actions.push(PullAction::Apply(std::mem::take(&mut self.batch)));
+                }
+                actions.extend(self.end(PullAction::Finish));
+                actions
+            }
+            (PullStage::Pulling, _) => self.fail("expected changes or the end of a pull"),
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: ChangeChunk) -> Vec<PullAction> {
+        let mut actions = vec![PullAction::Count(SyncCount::ChunkReceived)];
+        if !self.carried.contains(&chunk.db) {
+            actions.push(PullAction::Count(SyncCount::WrongDatabase));
+            return actions;
+        }
+        self.batch.push(chunk);
+        if self.batch.len() >= self.limits.apply_chunks_max {
+            actions.push(PullAction::Apply(std::mem::take(&mut self.batch)));
+        }
+        actions
+    }
+
+    /// The shell merged what an `Apply` handed out, finishing at `now`: the
+    /// peer's time to send the next frame starts again.
+    pub fn on_applied(&mut self, now: Instant) {
+        if self.stage == PullStage::Pulling {
+            self.deadline = Some(now + self.limits.frame_timeout);
+        }
+    }
+
+    /// The peer closed the stream.
+    pub fn on_closed(&mut self) -> Vec<PullAction> {
+        if self.stage == PullStage::Ended {
+            return Vec::new();
+        }
+        self.end(PullAction::Fail(SyncFailure::Closed))
+    }
+
+    /// The shell's timer for [`deadline`](Self::deadline) fired at `now`:
+    /// the failure, if the deadline has indeed passed (the session has then
+    /// ended). A timer firing early changes nothing.
+    pub fn on_timeout(&mut self, now: Instant) -> Option<SyncFailure> {
+        let deadline = self.deadline?;
+        if now < deadline {
+            return None;
+        }
+        let waited = match self.stage {
+            PullStage::Opening | PullStage::AwaitingSummary => self.limits.summary_timeout,
+            _ => self.limits.frame_timeout,
+        };
+        self.close();
+        Some(SyncFailure::Timeout(waited))
+    }
+
+    fn fail(&mut self, why: &'static str) -> Vec<PullAction> {
+        self.end(PullAction::Fail(SyncFailure::Unexpected(why)))
+    }
+
+    fn end(&mut self, last: PullAction) -> Vec<PullAction> {
+        self.close();
+        vec![last]
+    }
+
+    fn close(&mut self) {
+        self.stage = PullStage::Ended;
+        self.deadline = None;
+        self.batch.clear();
+    }
+}
+
+/// What the shell does for a [`ServeSession`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServeAction {
+    /// Send this node's summary: what it holds, versions waiting to be
+    /// merged included ([`crate::QueuedVersions`]).
+    SendSummary,
+    Count(SyncCount),
+    /// Send the chunks answering these needs, in order (every one of a
+    /// database the cluster carries).
+    Serve(Vec<Need>),
+    Send(Message),
+    /// The conversation is over: finish the stream.
+    Finish,
+    Fail(SyncFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServeStage {
+    AwaitingRequest,
+    AwaitingPull,
+    Ended,
+}
+
+/// The answering end of a sync conversation: fed the stream's frames and
+/// its end until an action says `Finish` or `Fail`. It sets no deadline: it
+/// only answers, and the connection's idle timeout ends a peer gone quiet.
+/// Whether to serve one more stream at all is [`SyncLimits::admits`].
+#[derive(Debug)]
+pub struct ServeSession {
+    stage: ServeStage,
+    limits: SyncLimits,
+    carried: Vec<DbKind>,
+}
+
+impl ServeSession {
+    pub fn new(carried: &[DbKind], limits: SyncLimits) -> ServeSession {
+        ServeSession {
+            stage: ServeStage::AwaitingRequest,
+            limits,
+            carried: carried.to_vec(),
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.stage == ServeStage::Ended
+    }
+
+    pub fn on_frame(&mut self, message: Message) -> Vec<ServeAction> {
+        match (self.stage, message) {
+            (ServeStage::Ended, _) => Vec::new(),
+            (ServeStage::AwaitingRequest, Message::SummaryRequest) => {
+                self.stage = ServeStage::AwaitingPull;
+                vec![ServeAction::SendSummary]
+            }
+            (ServeStage::AwaitingRequest, _) => {
+                self.fail("a sync stream starts with a summary request")
+            }
+            (ServeStage::AwaitingPull, Message::Pull(needs)) => {
+                let needs = needs
+                    .into_iter()
+                    .take(self.limits.needs_max)
+                    .filter(|need| self.carried.contains(&need_db(need)))
+                    .collect();
+                self.stage = ServeStage::Ended;
+                vec![
+                    ServeAction::Count(SyncCount::PullServed),
+                    ServeAction::Serve(needs),
+                    ServeAction::Send(Message::PullDone),
+                    ServeAction::Finish,
+                ]
+            }
+            (ServeStage::AwaitingPull, _) => self.fail("expected a pull"),
+        }
+    }
+
+    /// The peer finished its side of the stream.
+    pub fn on_closed(&mut self) -> Vec<ServeAction> {
+        let last = match self.stage {
+            ServeStage::Ended => return Vec::new(),
+            // It needed nothing from us.
+            ServeStage::AwaitingPull => ServeAction::Finish,
+            ServeStage::AwaitingRequest => ServeAction::Fail(SyncFailure::Closed),
+        };
+        self.stage = ServeStage::Ended;
+        vec![last]
+    }
+
+    fn fail(&mut self, why: &'static str) -> Vec<ServeAction> {
+        self.stage = ServeStage::Ended;
+        vec![ServeAction::Fail(SyncFailure::Unexpected(why))]
+    }
+}
+
+fn need_db(need: &Need) -> DbKind {
+    match need {
+        Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
+    }
+}
+
+#[cfg(test)]
+mod tests;

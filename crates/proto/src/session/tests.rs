@@ -1,0 +1,373 @@
+use std::time::{Duration, Instant};
+
+use patina_wire::{ActorId, ChangeChunk, DbKind, Message, Need, Span, Summary};
+
+use super::*;
+
+const REGION: &[DbKind] = &[DbKind::Regional, DbKind::Global];
+const GLOBAL: &[DbKind] = &[DbKind::Global];
+
+fn chunk(db: DbKind, version: u64) -> ChangeChunk {
+    ChangeChunk {
+        db,
+        actor: ActorId([3; 16]),
+        version,
+        seqs: Span::new(0, 0),
+        last_seq: 0,
+        committed_ms: 0,
+        changes: Vec::new(),
+    }
+}
+
+fn need(db: DbKind, version: u64) -> Need {
+    Need::Versions {
+        db,
+        actor: ActorId([3; 16]),
+        versions: Span::new(version, version),
+    }
+}
+
+fn limits() -> SyncLimits {
+    SyncLimits {
+        apply_chunks_max: 3,
+        needs_max: 4,
+        ..SyncLimits::default()
+    }
+}
+
+/// A session that has sent its pull at `t0`.
+fn pulling(carried: &[DbKind], t0: Instant) -> PullSession {
+    let mut session = PullSession::new(carried, limits(), t0);
+    session.open();
+    session.on_frame(Message::Summary(Summary::default()), t0);
+    session.pull(vec![need(DbKind::Regional, 1)], t0);
+    session
+}
+
+fn failed(why: &'static str) -> Vec<PullAction> {
+    vec![PullAction::Fail(SyncFailure::Unexpected(why))]
+}
+
+#[test]
+fn the_defaults_are_the_documented_limits() {
+    let l = SyncLimits::default();
+    assert_eq!(l.summary_timeout, Duration::from_secs(2));
+    assert_eq!(l.frame_timeout, Duration::from_secs(10));
+    assert_eq!(l.apply_chunks_max, 128);
+    assert_eq!(l.needs_max, 4096);
+    assert_eq!(l.serving_max, 32);
+}
+
+#[test]
+fn a_pull_goes_request_summary_plan_pull_changes_done() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    assert_eq!(s.deadline(), Some(t0 + Duration::from_secs(2)));
+    assert_eq!(s.open(), vec![PullAction::Send(Message::SummaryRequest)]);
+    assert!(s.open().is_empty(), "asks once");
+    let t1 = t0 + Duration::from_millis(5);
+    assert_eq!(
+        s.on_frame(Message::Summary(Summary::default()), t1),
+        vec![PullAction::Plan(Summary::default())]
+    );
+    assert_eq!(s.deadline(), None, "no deadline while we plan");
+    let needs = vec![need(DbKind::Regional, 1)];
+    assert_eq!(
+        s.pull(needs.clone(), t1),
+        vec![PullAction::Send(Message::Pull(needs))]
+    );
+    assert_eq!(s.deadline(), Some(t1 + Duration::from_secs(10)));
+    assert_eq!(
+        s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t1),
+        vec![PullAction::Count(SyncCount::ChunkReceived)]
+    );
+    assert_eq!(
+        s.on_frame(Message::PullDone, t1),
+        vec![
+            PullAction::Apply(vec![chunk(DbKind::Regional, 1)]),
+            PullAction::Finish
+        ]
+    );
+    assert!(s.is_ended());
+    assert_eq!(s.deadline(), None);
+}
+
+#[test]
+fn nothing_to_pull_finishes_at_once() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    s.open();
+    s.on_frame(Message::Summary(Summary::default()), t0);
+    assert_eq!(s.pull(Vec::new(), t0), vec![PullAction::Finish]);
+    assert!(s.is_ended());
+}
+
+#[test]
+fn an_empty_pull_done_applies_nothing() {
+    let t0 = Instant::now();
+    let mut s = pulling(REGION, t0);
+    assert_eq!(s.on_frame(Message::PullDone, t0), vec![PullAction::Finish]);
+}
+
+#[test]
+fn chunks_are_handed_out_to_merge_in_batches_of_apply_chunks_max() {
+    let t0 = Instant::now();
+    let mut s = pulling(REGION, t0);
+    let mut applied = Vec::new();
+    for v in 1..=7 {
+        for action in s.on_frame(Message::Changes(chunk(DbKind::Regional, v)), t0) {
+            if let PullAction::Apply(batch) = action {
+                applied.push(batch.iter().map(|c| c.version).collect::<Vec<_>>());
+            }
+        }
+    }
+    for action in s.on_frame(Message::PullDone, t0) {
+        if let PullAction::Apply(batch) = action {
+            applied.push(batch.iter().map(|c| c.version).collect());
+        }
+    }
+    assert_eq!(applied, vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+}
+
+#[test]
+fn a_chunk_of_a_database_not_carried_is_dropped_and_counted() {
+    let t0 = Instant::now();
+    let mut s = pulling(GLOBAL, t0);
+    assert_eq!(
+        s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t0),
+        vec![
+            PullAction::Count(SyncCount::ChunkReceived),
+            PullAction::Count(SyncCount::WrongDatabase)
+        ]
+    );
+    s.on_frame(Message::Changes(chunk(DbKind::Global, 2)), t0);
+    assert_eq!(
+        s.on_frame(Message::PullDone, t0),
+        vec![
+            PullAction::Apply(vec![chunk(DbKind::Global, 2)]),
+            PullAction::Finish
+        ]
+    );
+}
+
+#[test]
+fn a_summary_answered_with_something_else_fails() {
+    for wrong in [
+        Message::SummaryRequest,
+        Message::PullDone,
+        Message::Pull(Vec::new()),
+        Message::Changes(chunk(DbKind::Regional, 1)),
+    ] {
+        let t0 = Instant::now();
+        let mut s = PullSession::new(REGION, limits(), t0);
+        s.open();
+        assert_eq!(s.on_frame(wrong, t0), failed("expected a summary"));
+        assert!(s.is_ended());
+    }
+}
+
+#[test]
+fn a_message_before_we_asked_fails() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    assert_eq!(
+        s.on_frame(Message::Summary(Summary::default()), t0),
+        failed("a message before the summary request")
+    );
+}
+
+#[test]
+fn changes_before_the_pull_fail() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    s.open();
+    s.on_frame(Message::Summary(Summary::default()), t0);
+    assert_eq!(
+        s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t0),
+        failed("a message before the pull")
+    );
+    assert!(s.pull(vec![need(DbKind::Regional, 1)], t0).is_empty());
+}
+
+#[test]
+fn anything_but_changes_or_pull_done_during_a_pull_fails_and_drops_the_batch() {
+    for wrong in [
+        Message::SummaryRequest,
+        Message::Summary(Summary::default()),
+        Message::Pull(Vec::new()),
+    ] {
+        let t0 = Instant::now();
+        let mut s = pulling(REGION, t0);
+        s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t0);
+        assert_eq!(
+            s.on_frame(wrong, t0),
+            failed("expected changes or the end of a pull")
+        );
+        assert!(s.on_frame(Message::PullDone, t0).is_empty(), "ended");
+    }
+}
+
+#[test]
+fn a_closed_stream_fails_while_waiting_for_the_peer() {
+    let t0 = Instant::now();
+    let mut asking = PullSession::new(REGION, limits(), t0);
+    asking.open();
+    assert_eq!(
+        asking.on_closed(),
+        vec![PullAction::Fail(SyncFailure::Closed)]
+    );
+    let mut s = pulling(REGION, t0);
+    assert_eq!(s.on_closed(), vec![PullAction::Fail(SyncFailure::Closed)]);
+    assert!(s.on_closed().is_empty(), "once");
+}
+
+#[test]
+fn the_summary_deadline_covers_opening_and_answering() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    let deadline = t0 + Duration::from_secs(2);
+    assert_eq!(s.on_timeout(deadline - Duration::from_millis(1)), None);
+    assert!(!s.is_ended(), "a timer firing early changes nothing");
+    assert_eq!(
+        s.on_timeout(deadline),
+        Some(SyncFailure::Timeout(Duration::from_secs(2)))
+    );
+    assert!(s.is_ended());
+    assert_eq!(s.on_timeout(deadline + Duration::from_secs(60)), None);
+
+    let mut s = PullSession::new(REGION, limits(), t0);
+    s.open();
+    assert_eq!(
+        s.on_timeout(deadline + Duration::from_millis(1)),
+        Some(SyncFailure::Timeout(Duration::from_secs(2)))
+    );
+}
+
+#[test]
+fn each_frame_and_each_merge_restart_the_frame_deadline() {
+    let t0 = Instant::now();
+    let mut s = pulling(REGION, t0);
+    let ten = Duration::from_secs(10);
+    assert_eq!(s.deadline(), Some(t0 + ten));
+    let t1 = t0 + Duration::from_secs(9);
+    s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t1);
+    assert_eq!(s.deadline(), Some(t1 + ten));
+    assert_eq!(s.on_timeout(t0 + ten), None);
+    let t2 = t1 + Duration::from_secs(8);
+    s.on_applied(t2);
+    assert_eq!(
+        s.deadline(),
+        Some(t2 + ten),
+        "our merge is not the peer's delay"
+    );
+    assert_eq!(s.on_timeout(t2 + ten), Some(SyncFailure::Timeout(ten)));
+    assert!(s.is_ended());
+}
+
+#[test]
+fn no_deadline_and_no_timeout_while_planning() {
+    let t0 = Instant::now();
+    let mut s = PullSession::new(REGION, limits(), t0);
+    s.open();
+    s.on_frame(Message::Summary(Summary::default()), t0);
+    assert_eq!(s.on_timeout(t0 + Duration::from_secs(3600)), None);
+    s.on_applied(t0);
+    assert_eq!(s.deadline(), None);
+}
+
+#[test]
+fn serving_goes_summary_then_the_needs_then_pull_done() {
+    let mut s = ServeSession::new(REGION, limits());
+    assert_eq!(
+        s.on_frame(Message::SummaryRequest),
+        vec![ServeAction::SendSummary]
+    );
+    let needs = vec![need(DbKind::Regional, 1), need(DbKind::Global, 2)];
+    assert_eq!(
+        s.on_frame(Message::Pull(needs.clone())),
+        vec![
+            ServeAction::Count(SyncCount::PullServed),
+            ServeAction::Serve(needs),
+            ServeAction::Send(Message::PullDone),
+            ServeAction::Finish,
+        ]
+    );
+    assert!(s.is_ended());
+    assert!(s.on_frame(Message::PullDone).is_empty());
+}
+
+#[test]
+fn a_peer_that_needs_nothing_closes_after_the_summary() {
+    let mut s = ServeSession::new(REGION, limits());
+    s.on_frame(Message::SummaryRequest);
+    assert_eq!(s.on_closed(), vec![ServeAction::Finish]);
+    assert!(s.on_closed().is_empty());
+}
+
+#[test]
+fn a_stream_that_does_not_start_with_a_summary_request_is_refused() {
+    for wrong in [
+        Message::Summary(Summary::default()),
+        Message::Pull(vec![need(DbKind::Regional, 1)]),
+        Message::Changes(chunk(DbKind::Regional, 1)),
+        Message::PullDone,
+    ] {
+        let mut s = ServeSession::new(REGION, limits());
+        assert_eq!(
+            s.on_frame(wrong),
+            vec![ServeAction::Fail(SyncFailure::Unexpected(
+                "a sync stream starts with a summary request"
+            ))]
+        );
+        assert!(s.is_ended());
+    }
+}
+
+#[test]
+fn anything_but_a_pull_after_the_summary_fails() {
+    for wrong in [
+        Message::SummaryRequest,
+        Message::Changes(chunk(DbKind::Regional, 1)),
+        Message::PullDone,
+    ] {
+        let mut s = ServeSession::new(REGION, limits());
+        s.on_frame(Message::SummaryRequest);
+        assert_eq!(
+            s.on_frame(wrong),
+            vec![ServeAction::Fail(SyncFailure::Unexpected(
+                "expected a pull"
+            ))]
+        );
+    }
+}
+
+#[test]
+fn too_many_needs_are_cut_at_needs_max_then_other_databases_dropped() {
+    let mut s = ServeSession::new(GLOBAL, limits());
+    s.on_frame(Message::SummaryRequest);
+    let needs: Vec<Need> = (1..=10)
+        .map(|v| {
+            let db = if v % 2 == 0 {
+                DbKind::Global
+            } else {
+                DbKind::Regional
+            };
+            need(db, v)
+        })
+        .collect();
+    let actions = s.on_frame(Message::Pull(needs));
+    // The first 4 (needs_max) are read; of those, the global ones served.
+    assert_eq!(
+        actions[1],
+        ServeAction::Serve(vec![need(DbKind::Global, 2), need(DbKind::Global, 4)])
+    );
+}
+
+#[test]
+fn serving_is_admitted_below_serving_max() {
+    let l = SyncLimits::default();
+    assert!(l.admits(0));
+    assert!(l.admits(31));
+    assert!(!l.admits(32));
+    assert!(!l.admits(100));
+}

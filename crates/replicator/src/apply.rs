@@ -1,0 +1,106 @@
+//! The apply queue: chunks peers pushed, waiting for a writer, merged in
+//! batches by [`apply_loop`]; and where each goes on to the broadcast plan
+//! ([`ForwardPolicy`](patina_proto::ForwardPolicy)).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use patina_proto::Forward;
+use patina_wire::ChangeChunk;
+use tokio::sync::mpsc;
+
+use crate::broadcast::Push;
+use crate::shared::Shared;
+use crate::stats::{bump, record};
+
+/// Chunks received and waiting for a writer; when full, new chunks are
+/// dropped and counted (sync fetches them again).
+pub(crate) const APPLY_QUEUE_CHUNKS_MAX: usize = 4096;
+/// Chunks merged in one writer job (one SQLite transaction) at most.
+const APPLY_BATCH_CHUNKS_MAX: usize = 256;
+
+/// A chunk that arrived, and what becomes of it once merged.
+pub(crate) struct Arrived {
+    chunk: Arc<ChangeChunk>,
+    forward: Forward<SocketAddr>,
+}
+
+/// Queues a pushed chunk for the writer, handing it to the broadcast plan
+/// at once when the forward policy says so.
+pub(crate) fn enqueue(
+    shared: &Shared,
+    apply: &mpsc::Sender<Arrived>,
+    push: &mpsc::Sender<Push>,
+    from: SocketAddr,
+    chunk: ChangeChunk,
+) {
+    bump(&shared.stats.chunks_received, 1);
+    if !shared.carries(chunk.db) {
+        bump(&shared.stats.wrong_database, 1);
+        return;
+    }
+    let chunk = Arc::new(chunk);
+    let forward = shared
+        .forward
+        .on_arrival(from, shared.is_origin(from, &chunk), &shared.peers());
+    if let Forward::OnArrival(hop) = forward {
+        let now = Push {
+            chunks: vec![Arc::clone(&chunk)],
+            hop,
+        };
+        if push.try_send(now).is_err() {
+            // Sync delivers it to whoever this relay would have served.
+            bump(&shared.stats.forwards_dropped, 1);
+        }
+    }
+    shared.queued().entered(&chunk);
+    if let Err(full) = apply.try_send(Arrived { chunk, forward }) {
+        bump(&shared.stats.chunks_dropped_queue_full, 1);
+        shared.queued().left(&full.into_inner().chunk);
+    }
+}
+
+/// Drains arrived chunks into writer jobs: one SQLite transaction per
+/// batch and database, as many chunks as are waiting (up to a bound).
+pub(crate) async fn apply_loop(
+    shared: Shared,
+    mut arrived: mpsc::Receiver<Arrived>,
+    push: mpsc::Sender<Push>,
+) {
+    let mut batch = Vec::with_capacity(APPLY_BATCH_CHUNKS_MAX);
+    while arrived.recv_many(&mut batch, APPLY_BATCH_CHUNKS_MAX).await > 0 {
+        for &db in shared.dbs {
+            let (forwards, chunks): (Vec<Forward<SocketAddr>>, Vec<Arc<ChangeChunk>>) = batch
+                .extract_if(.., |a| a.chunk.db == db)
+                .map(|a| (a.forward, a.chunk))
+                .unzip();
+            if chunks.is_empty() {
+                continue;
+            }
+            let applied = shared.node.apply_remote(db, chunks.clone()).await;
+            {
+                let mut queued = shared.queued();
+                for chunk in &chunks {
+                    queued.left(chunk);
+                }
+            }
+            let Some(outcome) = applied else {
+                return;
+            };
+            record(&shared.stats, &chunks, &outcome);
+            for ((chunk, forward), fresh) in chunks.into_iter().zip(forwards).zip(&outcome.fresh) {
+                let Some(hop) = forward.on_applied(*fresh) else {
+                    continue;
+                };
+                let later = Push {
+                    chunks: vec![chunk],
+                    hop,
+                };
+                if push.try_send(later).is_err() {
+                    bump(&shared.stats.forwards_dropped, 1);
+                }
+            }
+        }
+        batch.clear();
+    }
+}

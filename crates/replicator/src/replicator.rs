@@ -1,0 +1,163 @@
+//! [`Replicator`]: starts a cluster's tasks and routes what the transport
+//! delivers to them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use patina_membership::Member;
+use patina_proto::{Hop, QueuedVersions};
+use patina_transport::{Inbound, Transport};
+use patina_wire::{ChangeChunk, DbKind, Message};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::apply::{apply_loop, enqueue, Arrived, APPLY_QUEUE_CHUNKS_MAX};
+use crate::broadcast::{self, Push, PUSH_QUEUE_MAX};
+use crate::config::ReplicatorConfig;
+use crate::replica::Replica;
+use crate::shared::Shared;
+use crate::stats::ReplicatorStats;
+use crate::sync;
+
+/// Handle to a running replicator; dropping it does not stop it, call
+/// [`Replicator::shutdown`].
+pub struct Replicator {
+    stats: Arc<ReplicatorStats>,
+    tasks: JoinSet<()>,
+}
+
+impl Replicator {
+    /// Starts replicating the databases `dbs` of `node` through
+    /// `transport`. SWIM datagrams from `inbound` go to `datagrams` (the
+    /// membership's input).
+    pub fn spawn(
+        node: Arc<dyn Replica>,
+        transport: Transport,
+        inbound: mpsc::Receiver<Inbound>,
+        members: watch::Receiver<Vec<Member>>,
+        datagrams: mpsc::Sender<(SocketAddr, Bytes)>,
+        dbs: &'static [DbKind],
+        config: ReplicatorConfig,
+    ) -> Replicator {
+        let stats = Arc::new(ReplicatorStats::default());
+        let shared = Shared {
+            node,
+            transport,
+            members,
+            stats: Arc::clone(&stats),
+            dbs,
+            queued: Arc::new(std::sync::Mutex::new(QueuedVersions::new())),
+            forward: config.broadcast_queue.forward_policy(config.broadcast),
+            sync_limits: config.sync_limits.clone(),
+        };
+        let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(dispatch(
+            shared.clone(),
+            inbound,
+            datagrams,
+            apply_tx,
+            push_tx.clone(),
+        ));
+        tasks.spawn(apply_loop(shared.clone(), apply_rx, push_tx.clone()));
+        if config.broadcast {
+            tasks.spawn(local_commits(shared.clone(), push_tx));
+            tasks.spawn(broadcast::run(shared.clone(), push_rx, config.clone()));
+        }
+        tasks.spawn(sync::run(shared, config));
+        Replicator { stats, tasks }
+    }
+
+    pub fn stats(&self) -> Arc<ReplicatorStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Stops every task (in-flight transfers are abandoned; what was not
+    /// applied is fetched again by the next sync).
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn dispatch(
+    shared: Shared,
+    mut inbound: mpsc::Receiver<Inbound>,
+    datagrams: mpsc::Sender<(SocketAddr, Bytes)>,
+    apply: mpsc::Sender<Arrived>,
+    push: mpsc::Sender<Push>,
+) {
+    let mut serving = JoinSet::new();
+    while let Some(event) = inbound.recv().await {
+        match event {
+            Inbound::Datagram { from, payload } => {
+                // Membership keeps up or loses packets; SWIM tolerates loss.
+                let _ = datagrams.try_send((from, payload));
+            }
+            Inbound::Frames { from, envelope } => match envelope.message {
+                Message::Changes(chunk) => enqueue(&shared, &apply, &push, from, chunk),
+                other => {
+                    tracing::debug!(%from, message = ?std::mem::discriminant(&other), "unexpected message on a broadcast stream")
+                }
+            },
+            Inbound::Bi {
+                from,
+                first,
+                writer,
+                reader,
+            } => {
+                while serving.try_join_next().is_some() {}
+                if !shared.sync_limits.admits(serving.len()) {
+                    tracing::debug!(%from, "too many pulls being served; refusing one");
+                    continue;
+                }
+                serving.spawn(sync::serve(shared.clone(), from, first, writer, reader));
+            }
+        }
+    }
+}
+
+/// This node's commits, chunked, into the broadcast queue. A lagging
+/// listener misses commits (the changeset seam is bounded); sync sends them.
+async fn local_commits(shared: Shared, push: mpsc::Sender<Push>) {
+    let mut commits = shared.node.local_commits();
+    loop {
+        let cs = match commits.recv().await {
+            Ok(cs) => cs,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(
+                    missed = n,
+                    "broadcast lagged behind local commits; sync will send them"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if !shared.carries(cs.db) {
+            continue;
+        }
+        let chunks = patina_wire::chunk_changes(
+            cs.db,
+            cs.actor,
+            cs.version,
+            0,
+            patina_node::wire_changes(&cs.changes),
+        );
+        let push_one = Push {
+            chunks: chunks
+                .into_iter()
+                .map(|c| {
+                    Arc::new(ChangeChunk {
+                        committed_ms: cs.committed_ms,
+                        ..c
+                    })
+                })
+                .collect(),
+            hop: Hop::Local,
+        };
+        if push.send(push_one).await.is_err() {
+            return;
+        }
+    }
+}
