@@ -446,52 +446,28 @@ fn bind_statement_params(
 /// values JSON cannot carry exactly (blobs, infinities): those commits
 /// re-run in full.
 fn keys_as_json(keys: &HashSet<Vec<u8>>, columns: usize) -> Option<String> {
-    let mut out = String::from("[");
-    for (n, key) in keys.iter().enumerate() {
+    let mut rows = Vec::with_capacity(keys.len());
+    for key in keys {
         let values = codec::decode(key)?;
         if values.len() != columns {
             return None;
         }
-        out.push_str(if n > 0 { ",[" } else { "[" });
-        for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json_value(&mut out, v)?;
-        }
-        out.push(']');
+        let row = values.iter().map(json_value).collect::<Option<Vec<_>>>()?;
+        rows.push(serde_json::Value::Array(row));
     }
-    out.push(']');
-    Some(out)
+    serde_json::to_string(&rows).ok()
 }
 
-fn json_value(out: &mut String, v: &Value) -> Option<()> {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Integer(i) => {
-            let _ = write!(out, "{i}");
-        }
-        // `{:?}` keeps a `.0`, so SQLite reads it back as REAL, not INTEGER.
-        Value::Real(f) if f.is_finite() => {
-            let _ = write!(out, "{f:?}");
-        }
-        Value::Real(_) | Value::Blob(_) => return None,
-        Value::Text(t) => {
-            out.push('"');
-            for c in t.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => {
-                        let _ = write!(out, "\\u{:04x}", c as u32);
-                    }
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-    }
-    Some(())
+fn json_value(v: &Value) -> Option<serde_json::Value> {
+    Some(match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => serde_json::Value::from(*i),
+        // serde_json writes `1.0` for a whole float, so SQLite reads it back
+        // as REAL, not INTEGER; it refuses infinities and NaN (`None`).
+        Value::Real(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number)?,
+        Value::Blob(_) => return None,
+        Value::Text(t) => serde_json::Value::String(t.clone()),
+    })
 }
 
 #[cfg(test)]
