@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{CrrError, Result, SchemaViolation};
 use crate::schema::{introspect, quote_ident, ColumnInfo, TableInfo};
-use crate::schema_rules::sql_text::{normalized, paren_items, span, tokenize, Kind, Token};
+use crate::sql_text::{normalized, paren_items, span, tokenize, Kind, Token};
 use crate::schema_rules::{validate, violation};
 
 /// What it takes to bring a database's tables to a schema text, additively.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use patina_crr::sql_text::{tokenize_complete, Kind};
 use patina_crr::Value;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
@@ -15,7 +16,7 @@ use patina_node::DbKind;
 use patina_node::{with_params, Statement};
 
 use super::codec;
-use super::pin::{pinned_key, tokens, Token};
+use super::pin::pinned_key;
 
 /// Changed primary keys a restricted re-run takes in one query; more make
 /// a full re-run (one scan beats a very long `IN` list).
@@ -288,18 +289,14 @@ fn row_local(sql: &str, functions: &HashSet<String>) -> bool {
 /// changes result rows keyed otherwise. Counting names errs towards "more
 /// than once" (a column named like its table), i.e. towards a full re-run.
 fn one_instance_each(sql: &str, reads: &HashSet<Table>) -> bool {
-    let Some(toks) = tokens(sql) else {
+    let Some(toks) = tokenize_complete(sql) else {
         return false;
     };
     reads.iter().all(|(_, table)| {
-        let table = table.to_ascii_lowercase();
         let named = toks.iter().enumerate().filter(|(i, t)| {
-            let name = match t {
-                Token::Word(w) => w.clone(),
-                Token::Name(n) => n.to_ascii_lowercase(),
-                _ => return false,
-            };
-            name == table && toks.get(i + 1) != Some(&Token::Op(".".into()))
+            matches!(t.kind, Kind::Word | Kind::Quoted)
+                && t.unquoted().eq_ignore_ascii_case(table)
+                && !toks.get(i + 1).is_some_and(|n| n.is_punct('.'))
         });
         named.count() <= 1
     })
