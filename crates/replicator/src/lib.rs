@@ -33,7 +33,7 @@ use patina_membership::{Member, MemberState};
 use patina_transport::{Inbound, Transport};
 
 pub use replica::{BoxFuture, Replica};
-pub use runtime::{ClusterCounters, ClusterMetric, ClusterOptions, ClusterRuntime};
+pub use runtime::{ClusterCounters, ClusterOptions, ClusterRuntime, LagStats};
 
 /// Chunks received and waiting for a writer; when full, new chunks are
 /// dropped and counted (sync fetches them again).
@@ -96,7 +96,7 @@ pub struct ReplicatorStats {
     pub apply_queue_chunks: AtomicU64,
     /// Commit-to-applied lag of broadcast versions (their chunks carry the
     /// origin's commit time; versions fetched by sync do not).
-    pub lag: std::sync::Mutex<patina_proto::LagWindow>,
+    pub lag: runtime::LagStats,
 }
 
 impl ReplicatorStats {
@@ -384,14 +384,12 @@ fn record(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], outcome: &Remote
 fn record_lag(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], fresh: &[bool]) {
     let now_ms = patina_node::unix_ms();
     let now = std::time::Instant::now();
-    let mut lag = stats.lag.lock().unwrap_or_else(|e| e.into_inner());
-    for (chunk, _) in chunks
+    let samples = chunks
         .iter()
         .zip(fresh)
         .filter(|(c, f)| **f && c.committed_ms > 0)
-    {
-        lag.record(now, now_ms.saturating_sub(chunk.committed_ms));
-    }
+        .map(|(chunk, _)| now_ms.saturating_sub(chunk.committed_ms));
+    stats.lag.record(now, samples);
 }
 
 /// This node's commits, chunked, into the broadcast queue. A lagging
