@@ -240,7 +240,10 @@ mod tests {
         assert!(batch.is_empty() && numbers.is_empty());
         let e = read_changes(&b"\n{\"a\": \"0123456789abcdef\"}\n"[..], 16).unwrap_err();
         let message = format!("{e:#}");
-        assert!(message.contains("stdin line 2 is longer than 16 bytes"), "{message}");
+        assert!(
+            message.contains("stdin line 2 is longer than 16 bytes"),
+            "{message}"
+        );
         let e = read_changes(&b"\n\xff\n"[..], 16).unwrap_err();
         assert!(format!("{e:#}").contains("stdin line 2"), "{e:#}");
     }

@@ -335,7 +335,9 @@ impl Lines {
                         MAX_LINE_BYTES >> 20
                     )))
                 }
-                Some(Err(LinesCodecError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Some(Err(LinesCodecError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
                     return Err(ClientError::Protocol(format!(
                         "a response line is not UTF-8: {e}"
                     )))

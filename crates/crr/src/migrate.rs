@@ -5,8 +5,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{CrrError, Result, SchemaViolation};
 use crate::schema::{introspect, quote_ident, ColumnInfo, TableInfo};
-use crate::sql_text::{normalized, paren_items, span, tokenize, Kind, Token};
 use crate::schema_rules::{validate, violation};
+use crate::sql_text::{normalized, paren_items, span, tokenize, Kind, Token};
 
 /// What it takes to bring a database's tables to a schema text, additively.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -179,10 +179,15 @@ fn scan(bytes: &[u8], i: usize) -> Scan {
             let (end, closed) = find(bytes, i + 1, b"]");
             Scan::Token(Kind::Quoted, end, closed)
         }
-        b'.' if next.is_some_and(|n| n.is_ascii_digit()) => token(Kind::Number, number_end(bytes, i)),
+        b'.' if next.is_some_and(|n| n.is_ascii_digit()) => {
+            token(Kind::Number, number_end(bytes, i))
+        }
         b if b.is_ascii_digit() => token(Kind::Number, number_end(bytes, i)),
         b'?' => {
-            let len = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            let len = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
             token(Kind::Param, i + 1 + len)
         }
         b':' | b'@' | b'$' => token(Kind::Param, word_end(bytes, i + 1)),
@@ -202,7 +207,10 @@ fn is_word_byte(b: u8) -> bool {
 }
 
 fn word_end(bytes: &[u8], from: usize) -> usize {
-    from + bytes[from..].iter().take_while(|&&b| is_word_byte(b)).count()
+    from + bytes[from..]
+        .iter()
+        .take_while(|&&b| is_word_byte(b))
+        .count()
 }
 
 /// The index just past the first `pat` at or after `from`, or the end

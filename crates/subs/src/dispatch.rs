@@ -99,4 +99,3 @@ impl CommitObserver for Dispatch {
         Dispatch::on_commit(self, changeset);
     }
 }
-

@@ -33,4 +33,3 @@ pub(crate) enum Msg {
     Restore(Box<Stored>, Option<PathBuf>),
     Stop,
 }
-

@@ -90,10 +90,7 @@ pub(super) fn pinned_key(
                     if all.iter().any(|q| *q != "?") {
                         return None;
                     }
-                    let ordinal = toks[..at]
-                        .iter()
-                        .filter(|t| t.kind == Kind::Param)
-                        .count();
+                    let ordinal = toks[..at].iter().filter(|t| t.kind == Kind::Param).count();
                     values.get(ordinal).cloned()
                 }
                 Params::Positional(values) if p.starts_with('?') => {
@@ -132,9 +129,7 @@ pub(super) fn pinned_key(
             _ => {
                 // A conjunct: toks[start..i].
                 let piece = &toks[start..i];
-                let eq = piece
-                    .iter()
-                    .position(|t| t.is_op("=") || t.is_op("=="));
+                let eq = piece.iter().position(|t| t.is_op("=") || t.is_op("=="));
                 if let Some(eq) = eq {
                     let (left, right) = (&piece[..eq], &piece[eq + 1..]);
                     let pin = match (column_at(left), column_at(right)) {

@@ -13,13 +13,13 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
-use super::diff::{ChangeEvent, ResultState};
-use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
-use super::store::{Batch, Store, Stored, SubNo};
 use super::codec;
+use super::diff::{ChangeEvent, ResultState};
 use super::dispatch::Dispatch;
 use super::ids::{hash_of, key_of, new_id};
 use super::msg::Msg;
+use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
+use super::store::{Batch, Store, Stored, SubNo};
 use super::stream::{Attach, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
 use patina_node::Statement;
 
@@ -347,12 +347,8 @@ impl Worker {
             }
             (None, None) => return,
         };
-        self.dispatch.register(
-            &stored.id,
-            &key_of(&stored.statement),
-            self.no,
-            &plan.reads,
-        );
+        self.dispatch
+            .register(&stored.id, &key_of(&stored.statement), self.no, &plan.reads);
         let id = stored.id.clone();
         let sub = self.insert(Sub {
             id: stored.id,

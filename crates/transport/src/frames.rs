@@ -152,10 +152,7 @@ impl FrameWriter {
                 why: e.to_string(),
             })?;
         self.shared.stats.frames_out.inc();
-        self.shared
-            .stats
-            .bytes_out
-            .inc_by(frame.0.len() as u64);
+        self.shared.stats.bytes_out.inc_by(frame.0.len() as u64);
         Ok(())
     }
 

@@ -154,9 +154,7 @@ mod tests {
     fn registered_counters_are_the_live_ones() {
         let stats = TransportStats::default();
         let mut registry = Registry::with_prefix("patina");
-        stats.register(
-            registry.sub_registry_with_label(("cluster".into(), "eu".into())),
-        );
+        stats.register(registry.sub_registry_with_label(("cluster".into(), "eu".into())));
         stats.connections_dialed.inc();
         stats.datagrams_out.inc_by(3);
         let mut text = String::new();
