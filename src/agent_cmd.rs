@@ -61,7 +61,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on api.addr {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
     let mut metrics = patina_api::Metrics::new();
-    metrics.register_cluster(region.counters());
+    metrics.register_cluster(&region);
     metrics.register_node(node.clone());
     let state = patina_api::ApiState::new(
         node.clone(),

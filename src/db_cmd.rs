@@ -2,15 +2,22 @@
 //! file, without a daemon. Output formats are documented in `cli.rs` (the
 //! commands' help) and `jsonl.rs`.
 
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
 use patina_crr::schema::quote_ident;
 use patina_crr::{Change, CrrConn, CrrError, SiteId, Value};
 
 use crate::cli::{ApplyArgs, ChangesArgs, DbCommand, DbExecArgs, DumpArgs};
 use crate::jsonl;
+use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
+
+/// Longest stdin line `patina db apply` reads, in bytes (64 MiB, as the
+/// client's NDJSON limit): one change with a large blob fits, while input
+/// that is not line-separated at all fails instead of filling memory.
+const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Runs one `patina db` subcommand; machine output goes to stdout, notes to
 /// stderr.
@@ -109,9 +116,9 @@ fn changes(args: &ChangesArgs, out: &mut impl Write) -> Result<()> {
 
 /// Reads change lines from `input` and merges them as one batch; returns
 /// the one-line summary.
-fn apply(args: &ApplyArgs, input: impl BufRead) -> Result<String> {
+fn apply(args: &ApplyArgs, input: impl Read) -> Result<String> {
     let mut conn = open_existing(&args.db.path)?;
-    let (batch, line_numbers) = read_changes(input)?;
+    let (batch, line_numbers) = read_changes(input, MAX_LINE_BYTES)?;
     let report = conn.apply_changes(&batch).map_err(|e| {
         let context = match &e {
             CrrError::BadChange { index, .. } => match line_numbers.get(*index) {
@@ -133,14 +140,50 @@ fn apply(args: &ApplyArgs, input: impl BufRead) -> Result<String> {
 
 /// Parses every non-blank line; returns the changes and the (1-based) line
 /// number of each. The first bad line fails the whole read.
-fn read_changes(input: impl BufRead) -> Result<(Vec<Change>, Vec<usize>)> {
+fn read_changes(mut input: impl Read, max_line: usize) -> Result<(Vec<Change>, Vec<usize>)> {
     let mut batch = Vec::new();
     let mut line_numbers = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let number = i + 1;
-        let line = line.with_context(|| {
-            format!("cannot read stdin line {number} (is it UTF-8 text?), nothing was applied")
-        })?;
+    let mut codec = LinesCodec::new_with_max_length(max_line);
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut at_end = false;
+    let mut number = 0;
+    loop {
+        let line = if at_end {
+            codec.decode_eof(&mut buf)
+        } else {
+            codec.decode(&mut buf)
+        };
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) if at_end => break,
+            Ok(None) => {
+                let n = loop {
+                    match input.read(&mut chunk) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        read => break read,
+                    }
+                }
+                .with_context(|| {
+                    format!("cannot read stdin after line {number}, nothing was applied")
+                })?;
+                at_end = n == 0;
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Err(LinesCodecError::MaxLineLengthExceeded) => bail!(
+                "stdin line {} is longer than {max_line} bytes, the most `patina db apply` reads: \
+                 give one change per line (as `patina db changes` prints them); nothing was applied",
+                number + 1,
+            ),
+            Err(LinesCodecError::Io(e)) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot read stdin line {} (is it UTF-8 text?), nothing was applied",
+                    number + 1
+                )))
+            }
+        };
+        number += 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -185,4 +228,23 @@ fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_lines_count_and_long_lines_are_refused() {
+        let (batch, numbers) = read_changes(&b"\n  \n"[..], 16).unwrap();
+        assert!(batch.is_empty() && numbers.is_empty());
+        let e = read_changes(&b"\n{\"a\": \"0123456789abcdef\"}\n"[..], 16).unwrap_err();
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("stdin line 2 is longer than 16 bytes"),
+            "{message}"
+        );
+        let e = read_changes(&b"\n\xff\n"[..], 16).unwrap_err();
+        assert!(format!("{e:#}").contains("stdin line 2"), "{e:#}");
+    }
 }

@@ -5,6 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use crate::errors::ApiError;
 use crate::ApiState;
@@ -41,25 +42,15 @@ fn check(header: Option<&[u8]>, expected: &str) -> Result<(), ApiError> {
         .ok_or(ApiError::Unauthorized(
             "the Authorization header is not `Bearer <token>`: use the bearer scheme",
         ))?;
-    if constant_time_eq(token, expected.as_bytes()) {
+    // `subtle` compares without branching on where the bytes differ (only
+    // the length is public), so response timing does not reveal a prefix.
+    if bool::from(token.ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized(
             "wrong token in `Authorization: Bearer <token>`: send the one configured as api.authz.bearer_token",
         ))
     }
-}
-
-/// Equality whose time depends on the lengths only, never on where the
-/// bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= std::hint::black_box(x ^ y);
-    }
-    diff == 0
 }
 
 #[cfg(test)]

@@ -16,9 +16,11 @@
 //! - `patina_writer_transactions_total{db}`, `patina_writer_commits_total{db}`
 //!   — client transactions committed and the SQLite commits (groups) that
 //!   carried them (`Metrics::register_node`)
-//! - per cluster (label `cluster`): `patina_replication_*` and
-//!   `patina_transport_*` counters (`Metrics::register_cluster`, listed in
-//!   `patina_replicator::ClusterCounters::read`)
+//! - per cluster (label `cluster`): `patina_replication_*` counters, the
+//!   `patina_replication_lag_seconds` histogram and `patina_transport_*`
+//!   counters (`Metrics::register_cluster`; registered by
+//!   `patina_replicator::ClusterRuntime::register` and
+//!   `patina_transport::TransportStats::register`)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -310,44 +312,6 @@ pub(crate) async fn handle_alone(State(metrics): State<Arc<Metrics>>) -> Respons
     response
 }
 
-/// A cluster's replication and transport counters, read at each scrape,
-/// labelled with the cluster's name.
-#[derive(Debug)]
-struct ClusterCollector(patina_replicator::ClusterCounters);
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClusterLabels {
-    cluster: String,
-}
-
-impl prometheus_client::collector::Collector for ClusterCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let labels = ClusterLabels {
-            cluster: self.0.cluster().to_owned(),
-        };
-        for m in self.0.read() {
-            // The encoder adds `_total` to counters itself.
-            let name = m.name.strip_suffix("_total").unwrap_or(m.name);
-            if m.gauge {
-                let g = ConstGauge::new(i64::try_from(m.value).unwrap_or(i64::MAX));
-                let mut family = encoder.encode_descriptor(name, m.help, None, g.metric_type())?;
-                g.encode(family.encode_family(&labels)?)?;
-            } else {
-                let c = ConstCounter::new(m.value);
-                let mut family = encoder.encode_descriptor(name, m.help, None, c.metric_type())?;
-                c.encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A node's writer counters, read at each scrape, labelled with the db.
 struct WriterCollector(patina_node::Node);
 
@@ -407,10 +371,10 @@ impl Metrics {
             .register_collector(Box::new(WriterCollector(node)));
     }
 
-    /// Adds a cluster's counters (`patina_replication_*`,
-    /// `patina_transport_*`, label `cluster`) to what `/metrics` shows.
-    pub fn register_cluster(&mut self, counters: patina_replicator::ClusterCounters) {
-        self.registry
-            .register_collector(Box::new(ClusterCollector(counters)));
+    /// Adds a cluster's metrics (`patina_replication_*`,
+    /// `patina_transport_*`, label `cluster`) to what `/metrics` shows: the
+    /// cluster's components register what they count themselves.
+    pub fn register_cluster(&mut self, runtime: &patina_replicator::ClusterRuntime) {
+        runtime.register(&mut self.registry);
     }
 }

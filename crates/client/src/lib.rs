@@ -12,9 +12,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
+use tokio::io::AsyncRead;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
 
-/// Longest NDJSON line accepted from the server.
-const LINE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Longest NDJSON line accepted from the server, in bytes (64 MiB): room
+/// for rows with large blobs, yet a broken or hostile server cannot make a
+/// reader buffer without bound. A longer line is a
+/// [`ClientError::Protocol`] error.
+pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -299,50 +305,53 @@ async fn read_json(resp: reqwest::Response) -> Result<Json, ClientError> {
     })
 }
 
-/// NDJSON lines of a streaming response.
+/// NDJSON lines of a streaming response, each at most [`MAX_LINE_BYTES`].
 pub(crate) struct Lines {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: Vec<u8>,
+    lines: FramedRead<Box<dyn AsyncRead + Send + Unpin>, LinesCodec>,
 }
 
 impl Lines {
     pub(crate) fn new(resp: reqwest::Response) -> Self {
+        let body = resp.bytes_stream().map(|chunk| {
+            // Kept as the I/O error's source, so it comes back out below.
+            chunk.map_err(std::io::Error::other)
+        });
+        let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(StreamReader::new(body));
         Lines {
-            body: resp.bytes_stream().boxed(),
-            buf: Vec::new(),
+            lines: FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES)),
         }
     }
 
     /// The next line as JSON; `None` at the end of the body.
     pub(crate) async fn next(&mut self) -> Result<Option<Json>, ClientError> {
         loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            let line = match self.lines.next().await {
+                None => return Ok(None),
+                Some(Ok(line)) => line,
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "a response line is over {} MiB, the most this client reads \
+                         (patina_client::MAX_LINE_BYTES); query fewer or smaller rows",
+                        MAX_LINE_BYTES >> 20
+                    )))
                 }
-                return serde_json::from_slice(&line)
-                    .map(Some)
-                    .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
+                Some(Err(LinesCodecError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    return Err(ClientError::Protocol(format!(
+                        "a response line is not UTF-8: {e}"
+                    )))
+                }
+                Some(Err(LinesCodecError::Io(e))) => {
+                    return Err(ClientError::Disconnected(e.to_string()))
+                }
+            };
+            if line.trim_ascii().is_empty() {
+                continue;
             }
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    if self.buf.len() + chunk.len() > LINE_BYTES_MAX {
-                        return Err(ClientError::Protocol(
-                            "a response line is over 64 MiB".into(),
-                        ));
-                    }
-                    self.buf.extend_from_slice(&chunk);
-                }
-                Some(Err(e)) => return Err(ClientError::Disconnected(e.to_string())),
-                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                None => {
-                    let rest = std::mem::take(&mut self.buf);
-                    return serde_json::from_slice(&rest)
-                        .map(Some)
-                        .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
-                }
-            }
+            return serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod migrate;
 pub mod pk;
 pub mod schema;
 mod schema_rules;
+pub mod sql_text;
 mod store;
 mod value;
 mod versions;

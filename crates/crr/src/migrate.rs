@@ -5,8 +5,14 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{CrrError, Result, SchemaViolation};
 use crate::schema::{introspect, quote_ident, ColumnInfo, TableInfo};
-use crate::schema_rules::sql_text::{normalized, paren_items, span, tokenize, Kind, Token};
 use crate::schema_rules::{validate, violation};
+use crate::sql_text::{normalized, tokenize, Kind};
+
+mod statements;
+mod table_text;
+
+use statements::*;
+use table_text::*;
 
 /// What it takes to bring a database's tables to a schema text, additively.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,20 +67,6 @@ pub fn plan(conn: &Connection, schema: &str, sql: &str) -> Result<SchemaPlan> {
 
 // ---- running the schema text in a scratch database ----
 
-#[derive(Debug, PartialEq, Eq)]
-enum Object {
-    Table,
-    Index,
-    Refused(String),
-}
-
-struct Statement<'a> {
-    text: &'a str,
-    object: Object,
-    /// The table the statement is about, as far as the text tells.
-    table: String,
-}
-
 /// Runs the allowed statements of `sql` in `scratch`; returns the violations
 /// and whether every allowed statement ran.
 fn load(scratch: &Connection, sql: &str) -> Result<(Vec<SchemaViolation>, bool)> {
@@ -95,129 +87,6 @@ fn load(scratch: &Connection, sql: &str) -> Result<(Vec<SchemaViolation>, bool)>
     }
     violations.extend(temp_objects(scratch)?);
     Ok((violations, true))
-}
-
-/// Splits at top-level semicolons; a trigger's body keeps its own.
-fn split_statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < tokens.len() {
-        let body_end = match create_kind(&tokens[start..]) {
-            Some((_, kind)) if kind == "TRIGGER" => trigger_end(tokens, start),
-            _ => start,
-        };
-        let end = tokens[body_end..]
-            .iter()
-            .position(|t| t.is_punct(';'))
-            .map_or(tokens.len(), |p| body_end + p);
-        if end > start {
-            out.push(&tokens[start..end]);
-        }
-        start = end + 1;
-    }
-    out
-}
-
-/// The index of the END closing a trigger body (CASE … END nests inside).
-fn trigger_end(tokens: &[Token<'_>], start: usize) -> usize {
-    let Some(begin) = tokens[start..].iter().position(|t| t.is_word("BEGIN")) else {
-        return start;
-    };
-    let mut cases = 0usize;
-    for (i, t) in tokens.iter().enumerate().skip(start + begin + 1) {
-        if t.is_word("CASE") {
-            cases += 1;
-        } else if t.is_word("END") {
-            if cases == 0 {
-                return i;
-            }
-            cases -= 1;
-        }
-    }
-    tokens.len()
-}
-
-/// For a CREATE statement: the position and uppercased keyword of the kind
-/// of object it creates (`VIRTUAL` for virtual tables).
-fn create_kind(tokens: &[Token<'_>]) -> Option<(usize, String)> {
-    if !tokens.first()?.is_word("CREATE") {
-        return None;
-    }
-    let skipped = ["TEMP", "TEMPORARY", "UNIQUE"];
-    let i = 1 + tokens[1..]
-        .iter()
-        .take_while(|t| skipped.iter().any(|k| t.is_word(k)))
-        .count();
-    let kind = tokens.get(i).filter(|t| t.kind == Kind::Word)?;
-    Some((i, kind.text.to_ascii_uppercase()))
-}
-
-fn classify<'a>(sql: &'a str, tokens: &[Token<'_>]) -> Statement<'a> {
-    let text = span(sql, tokens);
-    let Some((at, kind)) = create_kind(tokens) else {
-        let first: Vec<&str> = tokens.iter().take(3).map(|t| t.text).collect();
-        let rule = format!(
-            "only CREATE TABLE and CREATE INDEX statements are allowed in schema files, not `{} …`",
-            first.join(" ")
-        );
-        return Statement {
-            text,
-            object: Object::Refused(rule),
-            table: String::new(),
-        };
-    };
-    let name = object_name(tokens, at).unwrap_or_default();
-    let on_table = word_after(tokens, "ON").unwrap_or_default();
-    let (object, table) = match kind.as_str() {
-        "TABLE" => (Object::Table, name),
-        "INDEX" => (Object::Index, on_table),
-        "VIRTUAL" => {
-            let name = object_name(tokens, at + 1).unwrap_or_default();
-            let rule = "virtual tables are not allowed in schema files: they cannot be CRRs";
-            (Object::Refused(rule.to_owned()), name)
-        }
-        "VIEW" => {
-            let rule = "views are not allowed in schema files: only CREATE TABLE and CREATE INDEX";
-            (Object::Refused(rule.to_owned()), name)
-        }
-        "TRIGGER" => {
-            let rule = format!(
-                "trigger {name}: triggers are not allowed in schema files (Patina maintains its \
-                 own); only CREATE TABLE and CREATE INDEX"
-            );
-            (Object::Refused(rule), on_table)
-        }
-        other => {
-            let rule = format!(
-                "CREATE {other}: only CREATE TABLE and CREATE INDEX statements are allowed in schema files"
-            );
-            (Object::Refused(rule), name)
-        }
-    };
-    Statement {
-        text,
-        object,
-        table,
-    }
-}
-
-/// The name a CREATE statement gives, `kind` being the position of its
-/// kind keyword: after an optional IF NOT EXISTS, the last part of
-/// `[schema.]name`.
-fn object_name(tokens: &[Token<'_>], kind: usize) -> Option<String> {
-    let mut i = kind + 1;
-    if tokens.get(i).is_some_and(|t| t.is_word("IF")) {
-        i += 3;
-    }
-    if tokens.get(i + 1).is_some_and(|t| t.is_punct('.')) {
-        i += 2;
-    }
-    tokens.get(i).map(Token::unquoted)
-}
-
-fn word_after(tokens: &[Token<'_>], keyword: &str) -> Option<String> {
-    let i = tokens.iter().position(|t| t.is_word(keyword))?;
-    tokens.get(i + 1).map(Token::unquoted)
 }
 
 fn temp_objects(scratch: &Connection) -> Result<Vec<SchemaViolation>> {
@@ -436,13 +305,6 @@ impl Planner<'_> {
     }
 }
 
-fn position(table: &TableInfo, column: &str) -> Option<usize> {
-    table
-        .columns
-        .iter()
-        .position(|c| c.name.eq_ignore_ascii_case(column))
-}
-
 /// Why `column`, new at `pos` of a table that had `old_len` columns, cannot
 /// be added with ALTER TABLE ADD COLUMN.
 fn new_column_problems(
@@ -494,158 +356,6 @@ fn is_constant(default: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// A CREATE TABLE text cut into its parts.
-struct TableText {
-    columns: Vec<ColumnDef>,
-    /// (text, normalized) of each table constraint.
-    constraints: Vec<(String, Vec<String>)>,
-    /// WITHOUT ROWID, STRICT: what follows the column list.
-    options: (String, Vec<String>),
-}
-
-struct ColumnDef {
-    name: String,
-    /// Exactly as written, so CHECK, COLLATE and DEFAULT survive.
-    text: String,
-    norm: Vec<String>,
-}
-
-impl TableText {
-    fn parse(sql: &str) -> TableText {
-        let tokens = tokenize(sql);
-        let (items, rest) = paren_items(&tokens);
-        let mut out = TableText {
-            columns: Vec::new(),
-            constraints: Vec::new(),
-            options: (span(sql, rest).to_owned(), normalized(rest)),
-        };
-        for item in items {
-            let Some(first) = item.first() else { continue };
-            let text = span(sql, item).to_owned();
-            let is_constraint = ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"]
-                .iter()
-                .any(|k| first.is_word(k));
-            if is_constraint {
-                out.constraints.push((text, normalized(item)));
-            } else {
-                out.columns.push(ColumnDef {
-                    name: first.unquoted(),
-                    text,
-                    norm: normalized(item),
-                });
-            }
-        }
-        out
-    }
-
-    fn column(&self, name: &str) -> Option<&ColumnDef> {
-        self.columns
-            .iter()
-            .find(|c| c.name.eq_ignore_ascii_case(name))
-    }
-}
-
-/// Table options and table constraints cannot change.
-fn table_changes(table: &str, old: &TableText, new: &TableText) -> Vec<SchemaViolation> {
-    let mut out = Vec::new();
-    if old.options.1 != new.options.1 {
-        let rule = format!(
-            "table options changed from `{}` to `{}`: WITHOUT ROWID and STRICT cannot change",
-            old.options.0, new.options.0
-        );
-        out.push(violation(table, None, rule));
-    }
-    let missing_from =
-        |list: &[(String, Vec<String>)], c: &Vec<String>| !list.iter().any(|(_, n)| n == c);
-    for (text, norm) in &old.constraints {
-        if missing_from(&new.constraints, norm) {
-            let rule = format!("table constraint `{text}` was removed: constraints of an existing table cannot change");
-            out.push(violation(table, None, rule));
-        }
-    }
-    for (text, norm) in &new.constraints {
-        if missing_from(&old.constraints, norm) {
-            let rule = format!("table constraint `{text}` was added: constraints of an existing table cannot change");
-            out.push(violation(table, None, rule));
-        }
-    }
-    out
-}
-
-/// Every existing column must stay, in order, unchanged.
-fn existing_columns(
-    table: &str,
-    old: &TableInfo,
-    new: &TableInfo,
-    old_text: &TableText,
-    new_text: &TableText,
-) -> Vec<SchemaViolation> {
-    let mut out = Vec::new();
-    let mut last = None;
-    for c in &old.columns {
-        let Some(pos) = position(new, &c.name) else {
-            let rule =
-                "column was removed: dropping columns is not supported (keep it in the schema)";
-            out.push(violation(table, Some(&c.name), rule));
-            continue;
-        };
-        if last.is_some_and(|l| pos < l) {
-            let rule =
-                "column order changed: existing columns keep their order (new ones go at the end)";
-            out.push(violation(table, Some(&c.name), rule));
-        }
-        last = Some(pos);
-        let defs = (old_text.column(&c.name), new_text.column(&c.name));
-        if let Some(rule) = column_change(c, &new.columns[pos], defs) {
-            out.push(violation(table, Some(&c.name), rule));
-        }
-    }
-    out
-}
-
-fn column_change(
-    old: &ColumnInfo,
-    new: &ColumnInfo,
-    defs: (Option<&ColumnDef>, Option<&ColumnDef>),
-) -> Option<String> {
-    let shown = |v: Option<&str>| match v {
-        None | Some("") => "(none)".to_owned(),
-        Some(v) => v.to_owned(),
-    };
-    let norm = |v: &Option<String>| v.as_deref().map(|d| normalized(&tokenize(d)));
-    // Names match ignoring ASCII case, as SQLite does: nothing to change.
-    let rule = if old.pk_order != new.pk_order {
-        "primary key changed: the primary key of an existing table cannot change".to_owned()
-    } else if !old.decl_type.eq_ignore_ascii_case(&new.decl_type) {
-        format!(
-            "declared type changed from {} to {}: only additive changes are supported",
-            shown(Some(&old.decl_type)),
-            shown(Some(&new.decl_type)),
-        )
-    } else if old.notnull != new.notnull {
-        let change = if new.notnull { "added" } else { "removed" };
-        format!("NOT NULL was {change}: only additive changes are supported")
-    } else if norm(&old.default) != norm(&new.default) {
-        format!(
-            "DEFAULT changed from {} to {}: only additive changes are supported",
-            shown(old.default.as_deref()),
-            shown(new.default.as_deref())
-        )
-    } else {
-        let (Some(o), Some(n)) = defs else {
-            return None;
-        };
-        if o.norm == n.norm {
-            return None;
-        }
-        format!(
-            "column definition changed from `{}` to `{}`: only additive changes are supported",
-            o.text, n.text
-        )
-    };
-    Some(rule)
 }
 
 /// Replays the ALTER statements on a copy of the existing table's

@@ -1,12 +1,11 @@
-//! cr-sqlite's rules for making a table a CRR (crr-model.md 11), and the
-//! small SQL lexer that these checks and schema planning share.
+//! cr-sqlite's rules for making a table a CRR (crr-model.md 11).
 
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Result, SchemaViolation};
 use crate::schema::{introspect, quote_ident, TableInfo};
 
-use sql_text::tokenize;
+use crate::sql_text::tokenize;
 
 pub(crate) fn violation(
     table: &str,
@@ -224,210 +223,8 @@ fn foreign_key_rules(conn: &Connection, schema: &str, table: &str) -> Result<Vec
         .collect())
 }
 
-/// Just enough SQL lexing to find keywords, split column lists and compare
-/// definitions without being fooled by literals, quoted names or comments.
-pub(crate) mod sql_text {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum Kind {
-        /// A keyword or bare identifier.
-        Word,
-        Number,
-        /// `"x"`, `` `x` `` or `[x]`.
-        Quoted,
-        /// `'x'`.
-        Str,
-        /// Any other single character.
-        Punct,
-    }
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) struct Token<'a> {
-        pub kind: Kind,
-        pub text: &'a str,
-        /// Byte offsets into the tokenized text.
-        pub start: usize,
-        pub end: usize,
-    }
-
-    impl Token<'_> {
-        pub(crate) fn is_word(&self, keyword: &str) -> bool {
-            self.kind == Kind::Word && self.text.eq_ignore_ascii_case(keyword)
-        }
-
-        pub(crate) fn is_punct(&self, c: char) -> bool {
-            self.kind == Kind::Punct && self.text.starts_with(c)
-        }
-
-        /// The name this token spells, quotes removed.
-        pub(crate) fn unquoted(&self) -> String {
-            if self.kind != Kind::Quoted {
-                return self.text.to_owned();
-            }
-            let inner = self.text.get(1..).unwrap_or_default();
-            match self.text.as_bytes().first() {
-                Some(b'[') => inner.strip_suffix(']').unwrap_or(inner).to_owned(),
-                Some(&q) => {
-                    let q = char::from(q).to_string();
-                    let inner = inner.strip_suffix(q.as_str()).unwrap_or(inner);
-                    inner.replace(&q.repeat(2), &q)
-                }
-                None => String::new(),
-            }
-        }
-
-        /// The form two definitions are compared in: SQLite ignores the
-        /// ASCII case of keywords and names and how names are quoted.
-        pub(crate) fn normalized(&self) -> String {
-            match self.kind {
-                Kind::Word | Kind::Number => self.text.to_ascii_lowercase(),
-                Kind::Quoted => self.unquoted().to_ascii_lowercase(),
-                Kind::Str | Kind::Punct => self.text.to_owned(),
-            }
-        }
-    }
-
-    pub(crate) fn normalized(tokens: &[Token<'_>]) -> Vec<String> {
-        tokens.iter().map(Token::normalized).collect()
-    }
-
-    /// The source text from the first to the last token.
-    pub(crate) fn span<'a>(sql: &'a str, tokens: &[Token<'_>]) -> &'a str {
-        match (tokens.first(), tokens.last()) {
-            (Some(a), Some(b)) => sql.get(a.start..b.end).unwrap_or_default(),
-            _ => "",
-        }
-    }
-
-    /// Unterminated literals and comments run to the end of the text; any
-    /// input tokenizes.
-    pub(crate) fn tokenize(sql: &str) -> Vec<Token<'_>> {
-        let bytes = sql.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            let (kind, end) = match scan(bytes, i) {
-                Scan::Skip(end) => {
-                    i = end;
-                    continue;
-                }
-                Scan::Token(kind, end) => (kind, end),
-            };
-            // Token ends only fall on ASCII bytes or the end, so on char boundaries.
-            let text = sql.get(i..end).unwrap_or_default();
-            out.push(Token {
-                kind,
-                text,
-                start: i,
-                end,
-            });
-            i = end;
-        }
-        out
-    }
-
-    enum Scan {
-        Skip(usize),
-        Token(Kind, usize),
-    }
-
-    fn scan(bytes: &[u8], i: usize) -> Scan {
-        let next = bytes.get(i + 1).copied();
-        match bytes[i] {
-            b if b.is_ascii_whitespace() => Scan::Skip(i + 1),
-            // A byte order mark, e.g. at the start of a concatenated file.
-            0xEF if bytes[i..].starts_with(&[0xEF, 0xBB, 0xBF]) => Scan::Skip(i + 3),
-            b'-' if next == Some(b'-') => Scan::Skip(find(bytes, i + 2, b"\n")),
-            b'/' if next == Some(b'*') => Scan::Skip(find(bytes, i + 2, b"*/")),
-            b'\'' => Scan::Token(Kind::Str, quoted_end(bytes, i, b'\'')),
-            q @ (b'"' | b'`') => Scan::Token(Kind::Quoted, quoted_end(bytes, i, q)),
-            b'[' => Scan::Token(Kind::Quoted, find(bytes, i + 1, b"]")),
-            b'.' if next.is_some_and(|n| n.is_ascii_digit()) => {
-                Scan::Token(Kind::Number, number_end(bytes, i))
-            }
-            b if b.is_ascii_digit() => Scan::Token(Kind::Number, number_end(bytes, i)),
-            b if is_word_byte(b) => {
-                let len = bytes[i..].iter().take_while(|&&b| is_word_byte(b)).count();
-                Scan::Token(Kind::Word, i + len)
-            }
-            _ => Scan::Token(Kind::Punct, i + 1),
-        }
-    }
-
-    fn is_word_byte(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
-    }
-
-    /// The index just past the first `pat` at or after `from`, or the end.
-    fn find(bytes: &[u8], from: usize, pat: &[u8]) -> usize {
-        (from..bytes.len())
-            .find(|&j| bytes[j..].starts_with(pat))
-            .map_or(bytes.len(), |j| j + pat.len())
-    }
-
-    /// A doubled quote inside the literal stands for one quote.
-    fn quoted_end(bytes: &[u8], start: usize, quote: u8) -> usize {
-        let mut j = start + 1;
-        while j < bytes.len() {
-            if bytes[j] == quote {
-                if bytes.get(j + 1) != Some(&quote) {
-                    return j + 1;
-                }
-                j += 1;
-            }
-            j += 1;
-        }
-        bytes.len()
-    }
-
-    fn number_end(bytes: &[u8], start: usize) -> usize {
-        let mut j = start;
-        while j < bytes.len() {
-            let b = bytes[j];
-            let exponent_sign = matches!(b, b'+' | b'-')
-                && matches!(bytes.get(j.wrapping_sub(1)), Some(b'e' | b'E'))
-                && !bytes[start..].starts_with(b"0x")
-                && !bytes[start..].starts_with(b"0X");
-            if !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || exponent_sign) {
-                break;
-            }
-            j += 1;
-        }
-        j
-    }
-
-    /// The top-level items of the first parenthesized list, split at commas:
-    /// for a CREATE TABLE, its column definitions and table constraints.
-    /// Also returns the tokens after the list (table options).
-    pub(crate) fn paren_items<'t, 'a>(
-        tokens: &'t [Token<'a>],
-    ) -> (Vec<&'t [Token<'a>]>, &'t [Token<'a>]) {
-        let Some(open) = tokens.iter().position(|t| t.is_punct('(')) else {
-            return (Vec::new(), &[]);
-        };
-        let mut items = Vec::new();
-        let mut depth = 0usize;
-        let mut start = open + 1;
-        for (i, t) in tokens.iter().enumerate().skip(open) {
-            if t.is_punct('(') {
-                depth += 1;
-            } else if t.is_punct(')') {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    items.push(&tokens[start..i]);
-                    return (items, &tokens[i + 1..]);
-                }
-            } else if t.is_punct(',') && depth == 1 {
-                items.push(&tokens[start..i]);
-                start = i + 1;
-            }
-        }
-        (items, &[])
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::sql_text::{paren_items, tokenize, Kind};
     use super::*;
 
     fn check(sql: &str, table: &str) -> Vec<SchemaViolation> {
@@ -636,34 +433,5 @@ mod tests {
         let conn = attached("t");
         assert_eq!(validate(&conn, "glo bal", "t").unwrap().len(), 3);
         assert!(validate(&conn, "main", "t").unwrap().is_empty());
-    }
-
-    #[test]
-    fn lexer_handles_literals_comments_and_nesting() {
-        let sql = "x('a,''b', \"c\"\"d\", [e,f], `g`, (1, 2), -- z,\n 1.5e-3 /* , */ , é)";
-        let tokens = tokenize(sql);
-        let (items, rest) = paren_items(&tokens);
-        assert!(rest.is_empty());
-        let texts: Vec<_> = items
-            .iter()
-            .map(|i| super::sql_text::span(sql, i))
-            .collect();
-        assert_eq!(
-            texts,
-            [
-                "'a,''b'",
-                "\"c\"\"d\"",
-                "[e,f]",
-                "`g`",
-                "(1, 2)",
-                "1.5e-3",
-                "é"
-            ]
-        );
-        assert_eq!(items[1][0].unquoted(), "c\"d");
-        assert_eq!(items[2][0].unquoted(), "e,f");
-        assert_eq!(items[5][0].kind, Kind::Number);
-        assert!(tokenize("'unterminated").len() == 1);
-        assert!(tokenize("/* open").is_empty());
     }
 }

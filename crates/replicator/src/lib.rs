@@ -29,5 +29,5 @@ mod sync;
 pub use config::ReplicatorConfig;
 pub use replica::{BoxFuture, Replica};
 pub use replicator::Replicator;
-pub use runtime::{ClusterCounters, ClusterMetric, ClusterOptions, ClusterRuntime};
-pub use stats::ReplicatorStats;
+pub use runtime::{ClusterCounters, ClusterOptions, ClusterRuntime};
+pub use stats::{LagStats, ReplicatorStats};

@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use patina_wire::{ClusterName, NodeIdentity};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use patina_membership::{Member, Membership, DATAGRAM_QUEUE_CAPACITY};
@@ -120,8 +125,24 @@ impl ClusterRuntime {
         ClusterCounters {
             cluster: self.membership.identity().cluster.clone(),
             replicator: self.replicator.stats(),
-            transport: self.transport.clone(),
         }
+    }
+
+    /// Registers this cluster's metrics (`replication_*`, `transport_*`)
+    /// in `registry`, which is expected to carry the `patina` prefix; they
+    /// get the label `cluster` here. The registry keeps handles to the
+    /// live counters: register once, before serving `/metrics`.
+    pub fn register(&self, registry: &mut Registry) {
+        let cluster = self.membership.identity().cluster.as_str().to_owned();
+        let registry = registry.sub_registry_with_label(("cluster".into(), cluster.into()));
+        let stats = self.replicator.stats();
+        registry.register(
+            "replication_lag_seconds",
+            "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
+            stats.lag.histogram.clone(),
+        );
+        registry.register_collector(Box::new(ReplicationCollector(stats)));
+        self.transport.stats().register(registry);
     }
 
     /// Leaves the cluster (peers learn at once), stops replicating and
@@ -133,22 +154,119 @@ impl ClusterRuntime {
     }
 }
 
-/// One counter or gauge of a cluster, for the metrics endpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterMetric {
-    /// Without the `patina_` prefix; counters end in `_total`.
-    pub name: &'static str,
-    pub help: &'static str,
-    pub value: u64,
-    pub gauge: bool,
+/// Reads a replicator's counters at each scrape.
+// The counters stay `AtomicU64`s in `ReplicatorStats` (bumped all over the
+// replicator); this collector is their one exporter.
+#[derive(Debug)]
+struct ReplicationCollector(Arc<ReplicatorStats>);
+
+impl Collector for ReplicationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = &self.0;
+        let g = ReplicatorStats::get;
+        let counters = [
+            (
+                "replication_chunks_received",
+                "Change chunks received from peers (broadcast and sync).",
+                g(&r.chunks_received),
+            ),
+            (
+                "replication_changes_received",
+                "Changes in chunks that were new to this node.",
+                g(&r.changes_received),
+            ),
+            (
+                "replication_chunks_duplicate",
+                "Chunks for versions already held, dropped.",
+                g(&r.chunks_duplicate),
+            ),
+            (
+                "replication_chunks_dropped",
+                "Chunks dropped because the apply queue was full (sync fetches them again).",
+                g(&r.chunks_dropped_queue_full),
+            ),
+            (
+                "replication_chunks_failed",
+                "Chunks refused because merging them failed.",
+                g(&r.chunks_failed),
+            ),
+            (
+                "replication_chunks_refused_partials_full",
+                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again).",
+                g(&r.chunks_refused_partials_full),
+            ),
+            (
+                "replication_versions_applied",
+                "Remote transactions applied whole.",
+                g(&r.versions_applied),
+            ),
+            (
+                "replication_versions_parked",
+                "Remote transactions parked until their schema arrives.",
+                g(&r.versions_parked),
+            ),
+            (
+                "replication_broadcast_chunks_sent",
+                "Chunks pushed to peers.",
+                g(&r.broadcast_chunks_sent),
+            ),
+            (
+                "replication_broadcast_send_failures",
+                "Chunk pushes that failed (sync repairs).",
+                g(&r.broadcast_send_failures),
+            ),
+            (
+                "replication_broadcast_shed",
+                "Queued pushes shed because the broadcast queue was full.",
+                g(&r.broadcast_shed),
+            ),
+            (
+                "replication_forwards_dropped",
+                "Versions not forwarded (relay or gossip) because the broadcast task's queue was full.",
+                g(&r.forwards_dropped),
+            ),
+            (
+                "replication_sync_rounds",
+                "Anti-entropy rounds started.",
+                g(&r.sync_rounds),
+            ),
+            (
+                "replication_sync_failures",
+                "Summary exchanges or pulls that failed.",
+                g(&r.sync_failures),
+            ),
+            (
+                "replication_pulls_served",
+                "Pulls served to peers.",
+                g(&r.pulls_served),
+            ),
+            (
+                "replication_wrong_database",
+                "Chunks for a database this cluster does not carry, dropped.",
+                g(&r.wrong_database),
+            ),
+        ];
+        for (name, help, value) in counters {
+            // The encoder adds `_total` to counters itself.
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let queue = ConstGauge::new(i64::try_from(g(&r.apply_queue_chunks)).unwrap_or(i64::MAX));
+        queue.encode(encoder.encode_descriptor(
+            "replication_apply_queue_chunks",
+            "Chunks waiting to be merged.",
+            None,
+            queue.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
-/// Reads a cluster's replication and transport counters.
+/// Reads a cluster's figures that `/v1/health` reports.
 #[derive(Clone)]
 pub struct ClusterCounters {
     cluster: ClusterName,
     replicator: Arc<ReplicatorStats>,
-    transport: Transport,
 }
 
 impl std::fmt::Debug for ClusterCounters {
@@ -166,175 +284,14 @@ impl ClusterCounters {
     /// commit → applied here) of broadcast versions, seconds; 0 without
     /// samples.
     pub fn p99_lag_secs(&self) -> f64 {
-        self.p99_lag_ms().map_or(0.0, |ms| ms as f64 / 1000.0)
-    }
-
-    fn p99_lag_ms(&self) -> Option<u64> {
         self.replicator
             .lag
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .p99_ms(std::time::Instant::now())
+            .map_or(0.0, |ms| ms as f64 / 1000.0)
     }
 
     /// Chunks received and waiting to be merged.
     pub fn apply_queue_chunks(&self) -> u64 {
         ReplicatorStats::get(&self.replicator.apply_queue_chunks)
-    }
-
-    pub fn read(&self) -> Vec<ClusterMetric> {
-        let r = &self.replicator;
-        let t = self.transport.stats().snapshot();
-        let c = |name, help, value| ClusterMetric {
-            name,
-            help,
-            value,
-            gauge: false,
-        };
-        let g = ReplicatorStats::get;
-        vec![
-            c(
-                "replication_chunks_received_total",
-                "Change chunks received from peers (broadcast and sync).",
-                g(&r.chunks_received),
-            ),
-            c(
-                "replication_changes_received_total",
-                "Changes in chunks that were new to this node.",
-                g(&r.changes_received),
-            ),
-            c(
-                "replication_chunks_duplicate_total",
-                "Chunks for versions already held, dropped.",
-                g(&r.chunks_duplicate),
-            ),
-            c(
-                "replication_chunks_dropped_total",
-                "Chunks dropped because the apply queue was full (sync fetches them again).",
-                g(&r.chunks_dropped_queue_full),
-            ),
-            c(
-                "replication_chunks_failed_total",
-                "Chunks refused because merging them failed.",
-                g(&r.chunks_failed),
-            ),
-            c(
-                "replication_chunks_refused_partials_full_total",
-                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again).",
-                g(&r.chunks_refused_partials_full),
-            ),
-            c(
-                "replication_versions_applied_total",
-                "Remote transactions applied whole.",
-                g(&r.versions_applied),
-            ),
-            c(
-                "replication_versions_parked_total",
-                "Remote transactions parked until their schema arrives.",
-                g(&r.versions_parked),
-            ),
-            c(
-                "replication_broadcast_chunks_sent_total",
-                "Chunks pushed to peers.",
-                g(&r.broadcast_chunks_sent),
-            ),
-            c(
-                "replication_broadcast_send_failures_total",
-                "Chunk pushes that failed (sync repairs).",
-                g(&r.broadcast_send_failures),
-            ),
-            c(
-                "replication_broadcast_shed_total",
-                "Queued pushes shed because the broadcast queue was full.",
-                g(&r.broadcast_shed),
-            ),
-            c(
-                "replication_forwards_dropped_total",
-                "Versions not forwarded (relay or gossip) because the broadcast task's queue was full.",
-                g(&r.forwards_dropped),
-            ),
-            c(
-                "replication_sync_rounds_total",
-                "Anti-entropy rounds started.",
-                g(&r.sync_rounds),
-            ),
-            c(
-                "replication_sync_failures_total",
-                "Summary exchanges or pulls that failed.",
-                g(&r.sync_failures),
-            ),
-            c(
-                "replication_pulls_served_total",
-                "Pulls served to peers.",
-                g(&r.pulls_served),
-            ),
-            c(
-                "replication_wrong_database_total",
-                "Chunks for a database this cluster does not carry, dropped.",
-                g(&r.wrong_database),
-            ),
-            ClusterMetric {
-                name: "replication_apply_queue_chunks",
-                help: "Chunks waiting to be merged.",
-                value: g(&r.apply_queue_chunks),
-                gauge: true,
-            },
-            ClusterMetric {
-                name: "replication_lag_p99_ms",
-                help: "99th percentile of the last minute's commit-to-applied lag of broadcast versions, ms.",
-                value: self.p99_lag_ms().unwrap_or(0),
-                gauge: true,
-            },
-            c(
-                "transport_wrong_cluster_total",
-                "Datagrams and frames naming another cluster, dropped.",
-                t.wrong_cluster,
-            ),
-            c(
-                "transport_malformed_total",
-                "Datagrams and frames that failed to decode, dropped.",
-                t.malformed,
-            ),
-            c(
-                "transport_not_quic_total",
-                "UDP datagrams at the gossip port that cannot be QUIC, dropped.",
-                t.not_quic,
-            ),
-            c(
-                "transport_datagrams_dropped_total",
-                "Datagrams dropped because the inbound queue was full.",
-                t.datagrams_dropped_full,
-            ),
-            c(
-                "transport_frames_in_total",
-                "Stream frames received.",
-                t.frames_in,
-            ),
-            c(
-                "transport_frames_out_total",
-                "Stream frames sent.",
-                t.frames_out,
-            ),
-            c(
-                "transport_bytes_in_total",
-                "Bytes of accepted frames and datagrams.",
-                t.bytes_in,
-            ),
-            c(
-                "transport_bytes_out_total",
-                "Bytes of frames and datagrams sent.",
-                t.bytes_out,
-            ),
-            c(
-                "transport_handshake_failures_total",
-                "QUIC handshakes that failed (refused certificates, unreachable peers).",
-                t.handshake_failures,
-            ),
-            c(
-                "transport_streams_refused_total",
-                "Streams stopped because of a refused frame.",
-                t.streams_refused,
-            ),
-        ]
     }
 }

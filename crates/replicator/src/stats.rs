@@ -1,11 +1,13 @@
 //! [`ReplicatorStats`]: the counters every task of a replicator bumps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use patina_node::RemoteOutcome;
-use patina_proto::SyncCount;
+use patina_proto::{LagWindow, SyncCount};
 use patina_wire::ChangeChunk;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// Counters of one replicator, readable at any time.
 #[derive(Debug, Default)]
@@ -35,7 +37,7 @@ pub struct ReplicatorStats {
     pub apply_queue_chunks: AtomicU64,
     /// Commit-to-applied lag of broadcast versions (their chunks carry the
     /// origin's commit time; versions fetched by sync do not).
-    pub lag: std::sync::Mutex<patina_proto::LagWindow>,
+    pub lag: LagStats,
 }
 
 impl ReplicatorStats {
@@ -86,12 +88,50 @@ pub(crate) fn record(
 fn record_lag(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], fresh: &[bool]) {
     let now_ms = patina_node::unix_ms();
     let now = std::time::Instant::now();
-    let mut lag = stats.lag.lock().unwrap_or_else(|e| e.into_inner());
-    for (chunk, _) in chunks
+    let samples = chunks
         .iter()
         .zip(fresh)
         .filter(|(c, f)| **f && c.committed_ms > 0)
-    {
-        lag.record(now, now_ms.saturating_sub(chunk.committed_ms));
+        .map(|(chunk, _)| now_ms.saturating_sub(chunk.committed_ms));
+    stats.lag.record(now, samples);
+}
+
+/// Replication lag of broadcast versions, kept two ways: a Prometheus
+/// histogram (aggregatable across nodes and over any range) and the last
+/// minute's samples, from which `/v1/health` reads its `p99_lag` (a deploy
+/// gate that must fall back as soon as a slow spell is over, which a
+/// cumulative histogram cannot do on its own).
+#[derive(Debug)]
+pub struct LagStats {
+    window: Mutex<LagWindow>,
+    pub(crate) histogram: Histogram,
+}
+
+impl Default for LagStats {
+    fn default() -> Self {
+        LagStats {
+            window: Mutex::new(LagWindow::default()),
+            // 1 ms, 2 ms, … ~65 s.
+            histogram: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        }
+    }
+}
+
+impl LagStats {
+    /// Adds lag samples (ms) taken at `now`.
+    pub fn record(&self, now: Instant, lags_ms: impl IntoIterator<Item = u64>) {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        for ms in lags_ms {
+            window.record(now, ms);
+            self.histogram.observe(ms as f64 / 1000.0);
+        }
+    }
+
+    /// The 99th percentile of the last minute's samples, ms.
+    pub fn p99_ms(&self, now: Instant) -> Option<u64> {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .p99_ms(now)
     }
 }

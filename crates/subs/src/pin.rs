@@ -1,116 +1,17 @@
-//! Which primary key a subscription's WHERE pins to one value: a small
-//! tokenizer and a recognizer of `pk = value AND …` at the top level. A
-//! pinned subscription is re-run only for commits that change that key;
-//! anything this does not understand pins nothing (routing by table then).
+//! Which primary key a subscription's WHERE pins to one value: a
+//! recognizer of `pk = value AND …` at the top level, over the tokens of
+//! `patina_crr::sql_text`. A pinned subscription is re-run only for commits
+//! that change that key; anything this does not understand pins nothing
+//! (routing by table then).
 
 use std::collections::HashMap;
 
+use patina_crr::sql_text::{tokenize_complete, Kind, Token};
 use patina_crr::Value;
 
 use patina_node::Params;
 
 use super::codec;
-
-/// A token of SQL, as far as [`pinned_key`] needs to tell them apart.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Token {
-    /// A bare word (keyword or name), lowercased.
-    Word(String),
-    /// A quoted name ("x", `x`, [x]).
-    Name(String),
-    Text(String),
-    Number(String),
-    /// `?`, `?NNN`, `:a`, `@a`, `$a`.
-    Param(String),
-    Open,
-    Close,
-    /// Any other operator or punctuation.
-    Op(String),
-}
-
-/// Splits SQL into tokens; `None` for anything it does not understand
-/// (then nothing is pinned).
-pub(super) fn tokens(sql: &str) -> Option<Vec<Token>> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    while i < b.len() {
-        let c = b[i];
-        let start = i;
-        match c {
-            c if c.is_ascii_whitespace() => i += 1,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let end = sql[i + 2..].find("*/")?;
-                i += end + 4;
-            }
-            b'\'' | b'"' | b'`' | b'[' => {
-                let close = if c == b'[' { b']' } else { c };
-                let mut text = Vec::new();
-                i += 1;
-                loop {
-                    let &d = b.get(i)?;
-                    i += 1;
-                    if d == close {
-                        if close != b']' && b.get(i) == Some(&close) {
-                            text.push(d);
-                            i += 1;
-                            continue;
-                        }
-                        break;
-                    }
-                    text.push(d);
-                }
-                let text = String::from_utf8(text).ok()?;
-                out.push(if c == b'\'' {
-                    Token::Text(text)
-                } else {
-                    Token::Name(text)
-                });
-            }
-            b'?' | b':' | b'@' | b'$' => {
-                i += 1;
-                while i < b.len() && word(b[i]) {
-                    i += 1;
-                }
-                out.push(Token::Param(sql[start..i].to_owned()));
-            }
-            b'(' => {
-                i += 1;
-                out.push(Token::Open);
-            }
-            b')' => {
-                i += 1;
-                out.push(Token::Close);
-            }
-            c if c.is_ascii_digit() => {
-                while i < b.len() && (word(b[i]) || b[i] == b'.') {
-                    i += 1;
-                }
-                out.push(Token::Number(sql[start..i].to_owned()));
-            }
-            c if word(c) => {
-                while i < b.len() && word(b[i]) {
-                    i += 1;
-                }
-                out.push(Token::Word(sql[start..i].to_ascii_lowercase()));
-            }
-            _ => {
-                i += 1;
-                while i < b.len() && b"=<>!|-".contains(&b[i]) && b"=<>!|-".contains(&c) {
-                    i += 1;
-                }
-                out.push(Token::Op(sql[start..i].to_owned()));
-            }
-        }
-    }
-    Some(out)
-}
 
 /// The encoded primary key the statement's WHERE pins, in `pk` order: a
 /// top-level conjunct `col = value` (or `value = col`, `==` too) for every
@@ -124,18 +25,19 @@ pub(super) fn pinned_key(
     pk: &[String],
     exact: impl Fn(&str, &Value) -> bool,
 ) -> Option<Vec<u8>> {
-    let mut toks = tokens(sql)?;
-    while toks.last() == Some(&Token::Op(";".into())) {
+    // Broken SQL (an open literal or comment) pins nothing.
+    let mut toks = tokenize_complete(sql)?;
+    while toks.last().is_some_and(|t| t.is_punct(';')) {
         toks.pop();
     }
-    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x == w);
+    let word = |t: &Token<'_>, w: &str| t.is_word(w);
     // Top-level FROM and WHERE, and where the WHERE clause ends.
     let mut depth = 0i32;
     let (mut from, mut wher, mut end) = (None, None, toks.len());
     for (i, t) in toks.iter().enumerate() {
         match t {
-            Token::Open => depth += 1,
-            Token::Close => depth -= 1,
+            t if t.is_punct('(') => depth += 1,
+            t if t.is_punct(')') => depth -= 1,
             _ if depth != 0 => {}
             // A second FROM or WHERE at the top level: not the one shape.
             t if word(t, "from") && from.replace(i).is_some() => return None,
@@ -153,8 +55,8 @@ pub(super) fn pinned_key(
     }
     // FROM [schema.]table [[AS] alias]: one table, nothing joined.
     let mut source = &toks[from + 1..wher];
-    let is_name = |t: &Token| matches!(t, Token::Word(_) | Token::Name(_));
-    if source.len() >= 3 && source[1] == Token::Op(".".into()) {
+    let is_name = |t: &Token<'_>| matches!(t.kind, Kind::Word | Kind::Quoted);
+    if source.len() >= 3 && source[1].is_punct('.') {
         source = &source[2..];
     }
     let one_table = match source {
@@ -172,26 +74,23 @@ pub(super) fn pinned_key(
     }
     // Parameters numbered the way SQLite numbers them, for the simple
     // cases only: all `?`, all `?NNN`, or all named.
-    let all: Vec<&String> = toks
+    let all: Vec<&str> = toks
         .iter()
-        .filter_map(|t| match t {
-            Token::Param(p) => Some(p),
-            _ => None,
-        })
+        .filter(|t| t.kind == Kind::Param)
+        .map(|t| t.text)
         .collect();
     let value_of = |at: usize| -> Option<Value> {
-        match &toks[at] {
-            Token::Text(t) => Some(Value::Text(t.clone())),
-            Token::Number(n) => n.parse::<i64>().ok().map(Value::Integer),
-            Token::Param(p) => match params {
+        let t = &toks[at];
+        let p = t.text;
+        match t.kind {
+            Kind::Str => t.string_value().map(Value::Text),
+            Kind::Number => p.parse::<i64>().ok().map(Value::Integer),
+            Kind::Param => match params {
                 Params::Positional(values) if p == "?" => {
                     if all.iter().any(|q| *q != "?") {
                         return None;
                     }
-                    let ordinal = toks[..at]
-                        .iter()
-                        .filter(|t| matches!(t, Token::Param(_)))
-                        .count();
+                    let ordinal = toks[..at].iter().filter(|t| t.kind == Kind::Param).count();
                     values.get(ordinal).cloned()
                 }
                 Params::Positional(values) if p.starts_with('?') => {
@@ -209,16 +108,13 @@ pub(super) fn pinned_key(
             _ => None,
         }
     };
-    let column_at = |range: &[Token]| -> Option<String> {
+    let column_at = |range: &[Token<'_>]| -> Option<String> {
         let name = match range {
             [c] => c,
-            [_, dot, c] if *dot == Token::Op(".".into()) => c,
+            [_, dot, c] if dot.is_punct('.') => c,
             _ => return None,
         };
-        match name {
-            Token::Word(c) | Token::Name(c) => Some(c.clone()),
-            _ => None,
-        }
+        is_name(name).then(|| name.unquoted())
     };
     let mut pins: HashMap<String, Value> = HashMap::new();
     let mut depth = 0i32;
@@ -226,16 +122,14 @@ pub(super) fn pinned_key(
     for i in wher + 1..=end {
         let t = toks.get(i).filter(|_| i < end);
         match t {
-            Some(Token::Open) => depth += 1,
-            Some(Token::Close) => depth -= 1,
+            Some(t) if t.is_punct('(') => depth += 1,
+            Some(t) if t.is_punct(')') => depth -= 1,
             Some(t) if depth == 0 && word(t, "or") => return None,
             Some(t) if !(depth == 0 && word(t, "and")) => {}
             _ => {
                 // A conjunct: toks[start..i].
                 let piece = &toks[start..i];
-                let eq = piece
-                    .iter()
-                    .position(|t| matches!(t, Token::Op(o) if o == "=" || o == "=="));
+                let eq = piece.iter().position(|t| t.is_op("=") || t.is_op("=="));
                 if let Some(eq) = eq {
                     let (left, right) = (&piece[..eq], &piece[eq + 1..]);
                     let pin = match (column_at(left), column_at(right)) {

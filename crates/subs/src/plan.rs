@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use patina_crr::sql_text::{tokenize_complete, Kind};
 use patina_crr::Value;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
@@ -15,7 +16,7 @@ use patina_node::DbKind;
 use patina_node::{with_params, Statement};
 
 use super::codec;
-use super::pin::{pinned_key, tokens, Token};
+use super::pin::pinned_key;
 
 /// Changed primary keys a restricted re-run takes in one query; more make
 /// a full re-run (one scan beats a very long `IN` list).
@@ -288,18 +289,14 @@ fn row_local(sql: &str, functions: &HashSet<String>) -> bool {
 /// changes result rows keyed otherwise. Counting names errs towards "more
 /// than once" (a column named like its table), i.e. towards a full re-run.
 fn one_instance_each(sql: &str, reads: &HashSet<Table>) -> bool {
-    let Some(toks) = tokens(sql) else {
+    let Some(toks) = tokenize_complete(sql) else {
         return false;
     };
     reads.iter().all(|(_, table)| {
-        let table = table.to_ascii_lowercase();
         let named = toks.iter().enumerate().filter(|(i, t)| {
-            let name = match t {
-                Token::Word(w) => w.clone(),
-                Token::Name(n) => n.to_ascii_lowercase(),
-                _ => return false,
-            };
-            name == table && toks.get(i + 1) != Some(&Token::Op(".".into()))
+            matches!(t.kind, Kind::Word | Kind::Quoted)
+                && t.unquoted().eq_ignore_ascii_case(table)
+                && !toks.get(i + 1).is_some_and(|n| n.is_punct('.'))
         });
         named.count() <= 1
     })
@@ -446,52 +443,28 @@ fn bind_statement_params(
 /// values JSON cannot carry exactly (blobs, infinities): those commits
 /// re-run in full.
 fn keys_as_json(keys: &HashSet<Vec<u8>>, columns: usize) -> Option<String> {
-    let mut out = String::from("[");
-    for (n, key) in keys.iter().enumerate() {
+    let mut rows = Vec::with_capacity(keys.len());
+    for key in keys {
         let values = codec::decode(key)?;
         if values.len() != columns {
             return None;
         }
-        out.push_str(if n > 0 { ",[" } else { "[" });
-        for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json_value(&mut out, v)?;
-        }
-        out.push(']');
+        let row = values.iter().map(json_value).collect::<Option<Vec<_>>>()?;
+        rows.push(serde_json::Value::Array(row));
     }
-    out.push(']');
-    Some(out)
+    serde_json::to_string(&rows).ok()
 }
 
-fn json_value(out: &mut String, v: &Value) -> Option<()> {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Integer(i) => {
-            let _ = write!(out, "{i}");
-        }
-        // `{:?}` keeps a `.0`, so SQLite reads it back as REAL, not INTEGER.
-        Value::Real(f) if f.is_finite() => {
-            let _ = write!(out, "{f:?}");
-        }
-        Value::Real(_) | Value::Blob(_) => return None,
-        Value::Text(t) => {
-            out.push('"');
-            for c in t.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => {
-                        let _ = write!(out, "\\u{:04x}", c as u32);
-                    }
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-    }
-    Some(())
+fn json_value(v: &Value) -> Option<serde_json::Value> {
+    Some(match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => serde_json::Value::from(*i),
+        // serde_json writes `1.0` for a whole float, so SQLite reads it back
+        // as REAL, not INTEGER; it refuses infinities and NaN (`None`).
+        Value::Real(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number)?,
+        Value::Blob(_) => return None,
+        Value::Text(t) => serde_json::Value::String(t.clone()),
+    })
 }
 
 #[cfg(test)]

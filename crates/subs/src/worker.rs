@@ -11,40 +11,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::Connection;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
+use super::codec;
 use super::diff::{ChangeEvent, ResultState};
+use super::dispatch::Dispatch;
+use super::ids::{hash_of, key_of, new_id};
+use super::msg::Msg;
 use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
 use super::store::{Batch, Store, Stored, SubNo};
-use super::{codec, Attach, Dispatch, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
+use super::stream::{Attach, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
 use patina_node::Statement;
 
 /// Messages one batch takes at most before its commits are processed.
 const BATCH_MESSAGES_MAX: usize = 1024;
-
-pub(crate) type Reply = oneshot::Sender<Result<SubStream, SubError>>;
-
-pub(crate) enum Msg {
-    /// Primary keys a commit changed, for the tables some subscription reads.
-    Commit(Arc<Touched>),
-    Subscribe {
-        statement: Statement,
-        key: String,
-        create: bool,
-        attach: Attach,
-        reply: Reply,
-    },
-    Attach {
-        id: String,
-        attach: Attach,
-        reply: Reply,
-    },
-    /// A subscription found on disk at start: rebuilt by a full re-run.
-    /// With a path, it was read from that file of the old layout and is
-    /// moved into the worker's store (then the file is removed).
-    Restore(Box<Stored>, Option<PathBuf>),
-    Stop,
-}
 
 enum Pending {
     Keys(Touched, usize),
@@ -278,8 +258,8 @@ impl Worker {
             return Err(SubError::NoSuchSubscription);
         }
         let plan = plan::analyze(&mut self.conn, &statement).map_err(SubError::Invalid)?;
-        let id = super::new_id();
-        let hash = super::hash_of(&key);
+        let id = new_id();
+        let hash = hash_of(&key);
         // Registered before the first run: a commit racing it is either
         // visible to the run or delivered to this worker afterwards.
         self.dispatch.register(&id, &key, self.no, &plan.reads);
@@ -360,19 +340,15 @@ impl Worker {
                     Err(e) => {
                         tracing::error!(id = stored.id, path = %path.display(), error = %e, "could not move a subscription of the old layout into the worker's store; it is skipped until the next start");
                         self.dispatch
-                            .unregister(&stored.id, &super::key_of(&stored.statement));
+                            .unregister(&stored.id, &key_of(&stored.statement));
                         return;
                     }
                 }
             }
             (None, None) => return,
         };
-        self.dispatch.register(
-            &stored.id,
-            &super::key_of(&stored.statement),
-            self.no,
-            &plan.reads,
-        );
+        self.dispatch
+            .register(&stored.id, &key_of(&stored.statement), self.no, &plan.reads);
         let id = stored.id.clone();
         let sub = self.insert(Sub {
             id: stored.id,

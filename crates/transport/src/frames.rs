@@ -1,7 +1,6 @@
 //! Length-prefixed [`patina_wire::Envelope`] frames on QUIC streams.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use patina_wire::{Envelope, Message, FRAME_HEADER_BYTES};
@@ -75,7 +74,7 @@ impl FrameReader {
         }
         let envelope = patina_wire::decode_frame_body(&body).map_err(|e| self.refuse(e))?;
         if envelope.cluster != self.shared.cluster {
-            self.shared.stats.wrong_cluster.fetch_add(1, Relaxed);
+            self.shared.stats.wrong_cluster.inc();
             self.stop();
             tracing::debug!(peer = %self.from, cluster = %envelope.cluster, "frame of another cluster dropped");
             return Err(TransportError::WrongCluster {
@@ -83,23 +82,23 @@ impl FrameReader {
                 cluster: envelope.cluster.to_string(),
             });
         }
-        self.shared.stats.frames_in.fetch_add(1, Relaxed);
+        self.shared.stats.frames_in.inc();
         self.shared
             .stats
             .bytes_in
-            .fetch_add((FRAME_HEADER_BYTES + len) as u64, Relaxed);
+            .inc_by((FRAME_HEADER_BYTES + len) as u64);
         Ok(Some(envelope))
     }
 
     fn stop(&mut self) {
         self.refused = true;
-        self.shared.stats.streams_refused.fetch_add(1, Relaxed);
+        self.shared.stats.streams_refused.inc();
         // Fails only if the stream is already gone, which is what we want.
         let _ = self.recv.stop(STREAM_REFUSED);
     }
 
     fn refuse(&mut self, why: patina_wire::WireError) -> TransportError {
-        self.shared.stats.malformed.fetch_add(1, Relaxed);
+        self.shared.stats.malformed.inc();
         self.stop();
         tracing::debug!(peer = %self.from, error = %why, "malformed frame; stream stopped");
         TransportError::Malformed {
@@ -152,11 +151,8 @@ impl FrameWriter {
                 addr: self.to,
                 why: e.to_string(),
             })?;
-        self.shared.stats.frames_out.fetch_add(1, Relaxed);
-        self.shared
-            .stats
-            .bytes_out
-            .fetch_add(frame.0.len() as u64, Relaxed);
+        self.shared.stats.frames_out.inc();
+        self.shared.stats.bytes_out.inc_by(frame.0.len() as u64);
         Ok(())
     }
 

@@ -25,6 +25,7 @@
 mod faults;
 mod frames;
 mod screen;
+mod stats;
 mod tls;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub use faults::{FaultHandle, FaultySocket, DELAYED_PACKETS_MAX};
 pub use frames::{Frame, FrameReader, FrameWriter, STREAM_REFUSED};
 /// The socket seam [`Transport::bind`] accepts (e.g. a [`FaultySocket`]).
 pub use quinn::AsyncUdpSocket;
+pub use stats::{StatsSnapshot, TransportStats};
 pub use tls::{TlsFiles, ALPN};
 
 /// Capacity of the [`Inbound`] channel. When full, datagrams are dropped
@@ -112,75 +114,6 @@ pub enum Inbound {
         writer: FrameWriter,
         reader: FrameReader,
     },
-}
-
-/// Counters, monotonically increasing. Read with [`TransportStats::snapshot`].
-#[derive(Debug, Default)]
-pub struct TransportStats {
-    /// Datagrams and frames naming another cluster, dropped.
-    pub wrong_cluster: AtomicU64,
-    /// Datagrams and frames that failed to decode (bad version, truncated,
-    /// oversized, garbage), dropped; their streams stopped.
-    pub malformed: AtomicU64,
-    /// Datagrams dropped because the inbound channel was full.
-    pub datagrams_dropped_full: AtomicU64,
-    pub datagrams_in: AtomicU64,
-    pub datagrams_out: AtomicU64,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    /// Bytes of accepted frames and datagrams (headers and tags included).
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// Handshakes that failed or timed out, either direction (refused
-    /// certificates, unreachable peers, wrong ALPN).
-    pub handshake_failures: AtomicU64,
-    pub connections_dialed: AtomicU64,
-    pub connections_accepted: AtomicU64,
-    /// Streams we stopped because of a refused frame.
-    pub streams_refused: AtomicU64,
-    /// UDP datagrams that cannot be QUIC packets for us, dropped before
-    /// quinn (`screen.rs`).
-    pub not_quic: AtomicU64,
-}
-
-/// A copy of [`TransportStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub wrong_cluster: u64,
-    pub malformed: u64,
-    pub datagrams_dropped_full: u64,
-    pub datagrams_in: u64,
-    pub datagrams_out: u64,
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub handshake_failures: u64,
-    pub connections_dialed: u64,
-    pub connections_accepted: u64,
-    pub streams_refused: u64,
-    pub not_quic: u64,
-}
-
-impl TransportStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            wrong_cluster: self.wrong_cluster.load(Relaxed),
-            malformed: self.malformed.load(Relaxed),
-            datagrams_dropped_full: self.datagrams_dropped_full.load(Relaxed),
-            datagrams_in: self.datagrams_in.load(Relaxed),
-            datagrams_out: self.datagrams_out.load(Relaxed),
-            frames_in: self.frames_in.load(Relaxed),
-            frames_out: self.frames_out.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            handshake_failures: self.handshake_failures.load(Relaxed),
-            not_quic: self.not_quic.load(Relaxed),
-            connections_dialed: self.connections_dialed.load(Relaxed),
-            connections_accepted: self.connections_accepted.load(Relaxed),
-            streams_refused: self.streams_refused.load(Relaxed),
-        }
-    }
 }
 
 /// Why a transport operation failed. A failed send changes nothing but
@@ -484,8 +417,8 @@ impl Transport {
                 addr: to,
                 why: e.to_string(),
             })?;
-        shared.stats.datagrams_out.fetch_add(1, Relaxed);
-        shared.stats.bytes_out.fetch_add(len, Relaxed);
+        shared.stats.datagrams_out.inc();
+        shared.stats.bytes_out.inc_by(len);
         Ok(())
     }
 
@@ -632,14 +565,14 @@ impl Transport {
             })?;
         let why = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => {
-                stats.connections_dialed.fetch_add(1, Relaxed);
+                stats.connections_dialed.inc();
                 tokio::spawn(serve_connection(conn.clone(), self.inner.ctx.clone()));
                 return Ok(conn);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no handshake within {} s", DIAL_TIMEOUT.as_secs()),
         };
-        stats.handshake_failures.fetch_add(1, Relaxed);
+        stats.handshake_failures.inc();
         tracing::debug!(peer = %to, %why, "dial failed");
         Err(TransportError::Connect { addr: to, why })
     }
@@ -653,12 +586,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: Arc<Peers>)
             let from = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    ctx.shared.stats.connections_accepted.fetch_add(1, Relaxed);
+                    ctx.shared.stats.connections_accepted.inc();
                     peers.offer_accepted(from, &conn);
                     serve_connection(conn, ctx).await;
                 }
                 Err(e) => {
-                    ctx.shared.stats.handshake_failures.fetch_add(1, Relaxed);
+                    ctx.shared.stats.handshake_failures.inc();
                     tracing::debug!(peer = %from, error = %e, "incoming handshake failed");
                 }
             }
@@ -697,12 +630,12 @@ impl ConnCtx {
         let stats = &self.shared.stats;
         let payload_len = match patina_wire::decode_datagram(&bytes) {
             Err(e) => {
-                stats.malformed.fetch_add(1, Relaxed);
+                stats.malformed.inc();
                 tracing::debug!(peer = %from, error = %e, "malformed datagram dropped");
                 return;
             }
             Ok(d) if d.cluster != self.shared.cluster => {
-                stats.wrong_cluster.fetch_add(1, Relaxed);
+                stats.wrong_cluster.inc();
                 tracing::debug!(peer = %from, cluster = %d.cluster, "datagram of another cluster dropped");
                 return;
             }
@@ -713,11 +646,11 @@ impl ConnCtx {
         let payload = bytes.slice(total - payload_len..);
         match self.inbound.try_send(Inbound::Datagram { from, payload }) {
             Ok(()) => {
-                stats.datagrams_in.fetch_add(1, Relaxed);
-                stats.bytes_in.fetch_add(total as u64, Relaxed);
+                stats.datagrams_in.inc();
+                stats.bytes_in.inc_by(total as u64);
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                stats.datagrams_dropped_full.fetch_add(1, Relaxed);
+                stats.datagrams_dropped_full.inc();
             }
             // Nobody listens any more: the node is shutting down.
             Err(mpsc::error::TrySendError::Closed(_)) => {}

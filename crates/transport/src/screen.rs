@@ -14,7 +14,6 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -88,13 +87,13 @@ impl AsyncUdpSocket for ScreeningSocket {
         // `stride` bytes each; it is kept if any of them may be QUIC.
         poll_recv_kept(&*self.inner, cx, bufs, meta, |m, bytes| {
             if bytes.is_empty() {
-                not_quic.fetch_add(1, Relaxed);
+                not_quic.inc();
                 return false;
             }
             let mut any_quic = false;
             for datagram in bytes.chunks(m.stride.max(1)) {
                 if is_not_quic(datagram) {
-                    not_quic.fetch_add(1, Relaxed);
+                    not_quic.inc();
                     tracing::debug!(from = %m.addr, len = datagram.len(), "not a QUIC packet; dropped");
                 } else {
                     any_quic = true;

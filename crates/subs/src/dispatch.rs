@@ -1,0 +1,101 @@
+//! Routing of commits and requests to the subscription workers.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use patina_node::{Changeset, CommitObserver, Origin};
+
+use crate::codec;
+use crate::msg::Msg;
+use crate::plan::{Table, Touched};
+
+/// What commits and requests are routed by; shared with the writers.
+pub(crate) struct Dispatch {
+    pub(crate) workers: Vec<SyncSender<Msg>>,
+    pub(crate) overflow: Vec<Arc<AtomicBool>>,
+    pub(crate) registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) by_key: HashMap<String, String>,
+    pub(crate) worker_of: HashMap<String, usize>,
+    /// Which workers hold a subscription reading a table.
+    pub(crate) readers: HashMap<Table, BTreeSet<usize>>,
+}
+
+impl Dispatch {
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn id_of(&self, key: &str) -> Option<String> {
+        self.registry().by_key.get(key).cloned()
+    }
+
+    pub(crate) fn register(&self, id: &str, key: &str, worker: usize, reads: &HashSet<Table>) {
+        let mut r = self.registry();
+        r.by_key.insert(key.to_owned(), id.to_owned());
+        r.worker_of.insert(id.to_owned(), worker);
+        for t in reads {
+            r.readers.entry(t.clone()).or_default().insert(worker);
+        }
+    }
+
+    /// Records which worker owns a stored subscription (its tables are
+    /// registered when the worker has analyzed it).
+    pub(crate) fn register_owner(&self, id: &str, key: &str, worker: usize) {
+        let mut r = self.registry();
+        r.by_key.insert(key.to_owned(), id.to_owned());
+        r.worker_of.insert(id.to_owned(), worker);
+    }
+
+    pub(crate) fn unregister(&self, id: &str, key: &str) {
+        let mut r = self.registry();
+        r.by_key.remove(key);
+        r.worker_of.remove(id);
+    }
+
+    /// Routes a committed changeset to the workers whose subscriptions
+    /// read a table it changed. Runs on the writer thread: a lock, lookups
+    /// and non-blocking sends; a commit no subscription reads costs a
+    /// lookup per changed table.
+    pub fn on_commit(&self, cs: &Changeset) {
+        let mut touched = Touched::new();
+        let mut workers = BTreeSet::new();
+        {
+            let r = self.registry();
+            if r.readers.is_empty() {
+                return;
+            }
+            for change in cs.changes.iter() {
+                let table = (cs.db, change.table.clone());
+                let Some(w) = r.readers.get(&table) else {
+                    continue;
+                };
+                workers.extend(w.iter().copied());
+                if let Ok(pk) = patina_crr::pk::unpack(&change.pk) {
+                    touched.entry(table).or_default().insert(codec::encode(&pk));
+                }
+            }
+        }
+        if workers.is_empty() {
+            return;
+        }
+        let touched = Arc::new(touched);
+        for w in workers {
+            match self.workers[w].try_send(Msg::Commit(Arc::clone(&touched))) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => self.overflow[w].store(true, Ordering::Release),
+            }
+        }
+    }
+}
+
+impl CommitObserver for Dispatch {
+    fn on_commit(&self, changeset: &Changeset, _origin: Origin) {
+        Dispatch::on_commit(self, changeset);
+    }
+}

@@ -1,0 +1,35 @@
+//! What the subscription workers are sent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use patina_node::Statement;
+use tokio::sync::oneshot;
+
+use crate::plan::Touched;
+use crate::store::Stored;
+use crate::stream::{Attach, SubError, SubStream};
+
+pub(crate) type Reply = oneshot::Sender<Result<SubStream, SubError>>;
+
+pub(crate) enum Msg {
+    /// Primary keys a commit changed, for the tables some subscription reads.
+    Commit(Arc<Touched>),
+    Subscribe {
+        statement: Statement,
+        key: String,
+        create: bool,
+        attach: Attach,
+        reply: Reply,
+    },
+    Attach {
+        id: String,
+        attach: Attach,
+        reply: Reply,
+    },
+    /// A subscription found on disk at start: rebuilt by a full re-run.
+    /// With a path, it was read from that file of the old layout and is
+    /// moved into the worker's store (then the file is removed).
+    Restore(Box<Stored>, Option<PathBuf>),
+    Stop,
+}
