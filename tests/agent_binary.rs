@@ -5,9 +5,10 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use patina_client::{Client, Statement};
+use patina_testkit::{eventually, eventually_blocking};
 use support::{runtime, setup, Agent, BIN};
 
 async fn ids(client: &Client) -> Vec<String> {
@@ -67,10 +68,13 @@ fn acknowledged_writes_survive_sigkill() {
                 (acked, None)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while rt.block_on(ids(&client)).len() < durable.len() + 50 {
-            assert!(Instant::now() < deadline, "writes are not landing");
-        }
+        // Polled inside the runtime: its async sleeps let the writer run.
+        let target = durable.len() + 50;
+        rt.block_on(eventually(
+            "50 more writes landing",
+            Duration::from_secs(30),
+            || async { ids(&client).await.len() >= target },
+        ));
         agent.kill9();
         let (acked, failed) = rt.block_on(writer).unwrap();
         assert!(
@@ -124,18 +128,17 @@ fn sigterm_stops_the_agent_cleanly() {
         .status()
         .unwrap()
         .success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not stop within 10 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut status = None;
+    eventually_blocking(
+        "the agent to stop within 10 s of SIGTERM",
+        Duration::from_secs(10),
+        || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    let status = status.expect("exited");
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]

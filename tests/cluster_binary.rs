@@ -4,18 +4,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use patina_testkit::eventually_blocking as eventually;
 
 use serde_json::Value as Json;
 use support::{runtime, setup, setup_peer, Agent};
-
-fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn alive_members(agent: &Agent) -> usize {
     let (ok, out, err) = agent.cli(&["members", "--json"]);

@@ -14,12 +14,14 @@
 
 mod support;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use patina_client::{Client, Statement};
+use patina_testkit::eventually;
 use support::{setup, setup_peer, Agent};
 
 const NODES: usize = 3;
@@ -129,35 +131,30 @@ async fn ids(addr: &str) -> Option<Vec<String>> {
 
 /// The ids every node holds, once all nodes hold the same ones.
 async fn converged_ids(apis: &[String]) -> Vec<String> {
-    let deadline = Instant::now() + HEAL_TIMEOUT;
-    loop {
-        let mut sets = Vec::new();
-        for api in apis {
-            sets.push(ids(api).await);
+    let agreed = RefCell::new(Vec::new());
+    // Printed as they change: the counts explain a timeout.
+    let sizes_seen = RefCell::new(Vec::new());
+    eventually("the nodes to converge", HEAL_TIMEOUT, || {
+        let (agreed, sizes_seen) = (&agreed, &sizes_seen);
+        async move {
+            let mut sets = Vec::new();
+            for api in apis {
+                sets.push(ids(api).await);
+            }
+            let sizes: Vec<Option<usize>> = sets.iter().map(|s| s.as_ref().map(Vec::len)).collect();
+            if *sizes_seen.borrow() != sizes {
+                println!("ids per node {sizes:?}");
+                *sizes_seen.borrow_mut() = sizes;
+            }
+            if sets.iter().all(Option::is_some) && sets.windows(2).all(|w| w[0] == w[1]) {
+                *agreed.borrow_mut() = sets.swap_remove(0).unwrap_or_default();
+                return true;
+            }
+            false
         }
-        if sets.iter().all(Option::is_some) && sets.windows(2).all(|w| w[0] == w[1]) {
-            return sets.swap_remove(0).unwrap_or_default();
-        }
-        let sizes: Vec<Option<usize>> = sets.iter().map(|s| s.as_ref().map(Vec::len)).collect();
-        assert!(
-            Instant::now() < deadline,
-            "the nodes did not converge within {HEAL_TIMEOUT:?}: ids per node {sizes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls `cond` until it holds; panics with `what` after `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    agreed.into_inner()
 }
 
 #[test]

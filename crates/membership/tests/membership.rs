@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use patina_membership::{alive, Member, MemberState, Membership};
+use patina_testkit::eventually;
 use patina_transport::{Transport, TransportConfig};
 use patina_wire::{ActorId, ClusterName, NodeIdentity};
 
@@ -199,14 +200,10 @@ async fn a_node_of_another_cluster_never_appears() {
     until(&a1, "a2 alive", |m| alive(m).count() == 1).await;
     until(&a2, "a1 alive", |m| alive(m).count() == 1).await;
     // The intruder's announces reach a1's transport and are dropped there.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a1.transport.stats().snapshot().wrong_cluster == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "intruder traffic never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("intruder traffic counted", WAIT, || {
+        std::future::ready(a1.transport.stats().snapshot().wrong_cluster > 0)
+    })
+    .await;
     let fra = intruder.actor();
     for node in [&a1, &a2] {
         let members = node.membership.members().borrow().clone();

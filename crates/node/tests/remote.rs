@@ -42,10 +42,15 @@ fn summary(node: &Node) -> Summary {
 
 /// Everything `from` serves of what `to` lacks, as chunks.
 async fn served(from: &Node, to: &Node) -> Vec<ChangeChunk> {
+    served_of(from, to, summary(from)).await
+}
+
+/// What `from` serves of what `to` lacks of the versions in `offered`.
+async fn served_of(from: &Node, to: &Node, offered: Summary) -> Vec<ChangeChunk> {
     let needs = to
         .bookkeeping(DbKind::Regional)
         .borrow()
-        .needs(&summary(from), 10_000);
+        .needs(&offered, 10_000);
     let mut chunks = Vec::new();
     for need in needs {
         let mut next = Some(need);
@@ -256,12 +261,26 @@ mod relaying {
         n
     }
 
+    /// Pulls into `reference` the versions `writer` wrote itself and the
+    /// reference lacks: straight from their writer, whole, as written.
+    async fn record(writer: &Node, reference: &Node) {
+        let mut own = summary(writer);
+        own.actors.retain(|a| a.actor == writer.actor_id());
+        apply(reference, served_of(writer, reference, own).await).await;
+    }
+
     async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
         let nodes: Vec<Node> = dirs
             .iter()
             .map(|d| Node::open(options(d.path(), SCHEMA)).unwrap())
             .collect();
+        // The model of what was written: a replica that receives every
+        // version from its writer right after the write, never through a
+        // relay. Nodes agreeing with each other is not enough: a change
+        // that relays lose everywhere leaves them agreeing.
+        let reference_dir = tempfile::tempdir().unwrap();
+        let reference = Node::open(options(reference_dir.path(), SCHEMA)).unwrap();
         for op in ops {
             match op {
                 Op::Write { node, kind, id, n } => {
@@ -270,6 +289,7 @@ mod relaying {
                         .transact(vec![Statement::new(sql(kind, id, n, node))])
                         .await
                         .unwrap();
+                    record(&nodes[node], &reference).await;
                 }
                 Op::Sync {
                     from,
@@ -319,6 +339,8 @@ mod relaying {
             }
             prop_assert_eq!(&got, &want, "node {} differs from node 0", i);
         }
+        let written = rows(&reference, ALL).await;
+        prop_assert_eq!(&want, &written, "the nodes differ from what was written");
         Ok(())
     }
 

@@ -6,16 +6,17 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use patina_node::Value;
 use patina_replicator::ReplicatorConfig;
-use patina_testkit::{random_writes, Options, TestCluster};
+use patina_testkit::{random_writes, Options, TestCluster, Written};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
 async fn converges(nodes: usize, writes: usize, options: Options) {
     let seed = options.replicator.seed;
     let cluster = TestCluster::start(nodes, options).await;
-    random_writes(&cluster, writes, seed).await;
-    let counts = cluster.wait_converged(CONVERGE).await;
+    let written = random_writes(&cluster, writes, seed).await;
+    let counts = cluster.wait_converged(&written, CONVERGE).await;
     println!("{nodes} nodes converged, seed {seed}, rows per table {counts:?}");
 }
 
@@ -47,8 +48,8 @@ async fn sync_alone_converges() {
     };
     let seed = options.replicator.seed;
     let cluster = TestCluster::start(4, options).await;
-    random_writes(&cluster, 60, seed).await;
-    cluster.wait_converged(CONVERGE).await;
+    let written = random_writes(&cluster, 60, seed).await;
+    cluster.wait_converged(&written, CONVERGE).await;
     for t in &cluster.nodes {
         let stats = t.runtime().stats();
         assert_eq!(stats.broadcast_chunks_sent.load(Ordering::Relaxed), 0);
@@ -59,6 +60,7 @@ async fn sync_alone_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_fetches_only_what_it_missed() {
     let mut cluster = TestCluster::start(3, Options::default()).await;
+    let mut written = Written::new();
     for i in 0..50 {
         cluster
             .exec(
@@ -66,8 +68,9 @@ async fn a_restarted_node_fetches_only_what_it_missed() {
                 &format!("INSERT INTO machines VALUES ({i}, 'a', 's', {i})"),
             )
             .await;
+        written.machine(i as i64, "a", "s", i as i64);
     }
-    cluster.wait_converged(CONVERGE).await;
+    cluster.wait_converged(&written, CONVERGE).await;
     cluster.stop(2).await;
     // What node 2 misses while down: the changes of these commits.
     let mut commits = [
@@ -81,6 +84,7 @@ async fn a_restarted_node_fetches_only_what_it_missed() {
                 &format!("INSERT INTO machines VALUES ({i}, 'b', 's', {i})"),
             )
             .await;
+        written.machine(i as i64, "b", "s", i as i64);
     }
     let mut missed = 0;
     for rx in &mut commits {
@@ -91,7 +95,7 @@ async fn a_restarted_node_fetches_only_what_it_missed() {
     assert!(missed >= 100 * 3, "{missed} changes");
     cluster.restart(2).await;
     cluster.wait_members(CONVERGE).await;
-    let counts = cluster.wait_converged(CONVERGE).await;
+    let counts = cluster.wait_converged(&written, CONVERGE).await;
     assert_eq!(counts[0], 150);
     let received = cluster.nodes[2]
         .runtime()
@@ -117,9 +121,19 @@ async fn a_late_joiner_receives_everything_including_a_100k_row_transaction() {
     cluster
         .exec(1, "INSERT INTO apps VALUES ('web', 'ops')")
         .await;
+    let mut written = Written::new();
+    for i in 1..=100_000i64 {
+        written.machine(i, &format!("app{}", i % 13), "started", i);
+    }
+    written.row(
+        "apps",
+        vec![Value::Text("web".into()), Value::Text("ops".into())],
+    );
     cluster.add_node().await;
     cluster.wait_members(CONVERGE).await;
-    let counts = cluster.wait_converged(Duration::from_secs(180)).await;
+    let counts = cluster
+        .wait_converged(&written, Duration::from_secs(180))
+        .await;
     assert_eq!(counts, vec![100_000, 1]);
 }
 

@@ -11,7 +11,7 @@ use patina_replicator::ReplicatorConfig;
 use patina_testkit::tls::Ca;
 use patina_testkit::{
     eventually, has_machine, random_writes, random_writes_on, test_seed, Options, TestCluster,
-    TestNode,
+    TestNode, Written,
 };
 use patina_transport::{Inbound, Transport, TransportConfig};
 use patina_wire::{ActorId, ClusterName, DbKind, Envelope, Message, Need, Span};
@@ -69,8 +69,8 @@ async fn lossy_slow_links_converge() {
         faults.set_delay(Duration::from_millis(5), Duration::from_millis(15));
     }
     let started = tokio::time::Instant::now();
-    random_writes(&cluster, 60, seed).await;
-    let counts = cluster.wait_converged(CONVERGE).await;
+    let written = random_writes(&cluster, 60, seed).await;
+    let counts = cluster.wait_converged(&written, CONVERGE).await;
     let dropped: u64 = (0..cluster.nodes.len())
         .map(|i| cluster.faults(i).dropped())
         .sum();
@@ -105,6 +105,7 @@ fn heal(cluster: &TestCluster) {
 async fn a_partitioned_node_misses_the_other_sides_writes_until_healed() {
     let seed = test_seed("a_partitioned_node_misses_the_other_sides_writes_until_healed");
     let cluster = TestCluster::start(3, options(seed)).await;
+    let mut written = Written::new();
     insert(&cluster, 0, 100, "before").await;
     cluster.wait_machine_everywhere(100, WAIT).await;
 
@@ -112,7 +113,11 @@ async fn a_partitioned_node_misses_the_other_sides_writes_until_healed() {
     isolate(&cluster, lone);
     insert(&cluster, 0, 200, "majority").await;
     insert(&cluster, lone, 300, "minority").await;
-    random_writes_on(&cluster, &[0, 1, lone], 20, seed).await;
+    written
+        .machine(100, "before", "started", 0)
+        .machine(200, "majority", "started", 0)
+        .machine(300, "minority", "started", lone as i64);
+    written.extend(random_writes_on(&cluster, &[0, 1, lone], 20, seed).await);
     let majority = [actor(&cluster.nodes[0]), actor(&cluster.nodes[1])];
     eventually("machine 200 on node 1", WAIT, || {
         has_machine(&cluster.nodes[1].node, 200)
@@ -146,7 +151,7 @@ async fn a_partitioned_node_misses_the_other_sides_writes_until_healed() {
     heal(&cluster);
     let healed = tokio::time::Instant::now();
     cluster.wait_members(WAIT).await;
-    let counts = cluster.wait_converged(CONVERGE).await;
+    let counts = cluster.wait_converged(&written, CONVERGE).await;
     assert!(has_machine(&cluster.nodes[lone].node, 200).await);
     assert!(has_machine(&cluster.nodes[0].node, 300).await);
     println!(
@@ -167,7 +172,11 @@ async fn a_one_way_partition_converges_after_heal() {
     }
     insert(&cluster, 0, 200, "majority").await;
     insert(&cluster, deaf, 300, "deaf").await;
-    random_writes_on(&cluster, &[0, 1, deaf], 20, seed).await;
+    let mut written = Written::new();
+    written
+        .machine(200, "majority", "started", 0)
+        .machine(300, "deaf", "started", deaf as i64);
+    written.extend(random_writes_on(&cluster, &[0, 1, deaf], 20, seed).await);
     eventually("machine 200 on node 1", WAIT, || {
         has_machine(&cluster.nodes[1].node, 200)
     })
@@ -186,7 +195,7 @@ async fn a_one_way_partition_converges_after_heal() {
 
     heal(&cluster);
     cluster.wait_members(WAIT).await;
-    let counts = cluster.wait_converged(CONVERGE).await;
+    let counts = cluster.wait_converged(&written, CONVERGE).await;
     assert!(has_machine(&cluster.nodes[deaf].node, 200).await);
     assert!(has_machine(&cluster.nodes[0].node, 300).await);
     println!("converged after healing a one-way partition, rows {counts:?}");
@@ -511,8 +520,8 @@ async fn mutual_tls_cluster_converges_and_refuses_another_cas_node() {
         },
     )
     .await;
-    random_writes(&cluster, 30, seed).await;
-    cluster.wait_converged(CONVERGE).await;
+    let written = random_writes(&cluster, 30, seed).await;
+    cluster.wait_converged(&written, CONVERGE).await;
 
     let other_ca = Ca::new("some other CA");
     let before = cluster.nodes[0].runtime().transport_stats();

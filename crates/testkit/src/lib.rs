@@ -5,6 +5,9 @@
 //! certificate) that try to join it; mutual TLS with a generated CA.
 
 pub mod tls;
+mod written;
+
+pub use written::Written;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -300,21 +303,45 @@ impl TestCluster {
         out
     }
 
-    /// Waits until every running node holds identical tables; returns the
-    /// row counts.
-    pub async fn wait_converged(&self, timeout: Duration) -> Vec<usize> {
+    /// Waits until every running node holds identical tables and each of
+    /// them matches `written` (so a write lost on every node fails too);
+    /// returns the row counts.
+    pub async fn wait_converged(&self, written: &Written, timeout: Duration) -> Vec<usize> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let hashes = self.hashes().await;
+            let mut mismatch = None;
             if hashes.windows(2).all(|w| w[0] == w[1]) {
-                return hashes[0].iter().map(|(_, n)| *n).collect();
+                mismatch = self.model_mismatch(written).await;
+                if mismatch.is_none() {
+                    return hashes[0].iter().map(|(_, n)| *n).collect();
+                }
             }
             if tokio::time::Instant::now() > deadline {
-                let diff = self.first_difference().await;
+                let diff = match mismatch {
+                    Some(m) => format!("the nodes agree, but not with what was written: {m}"),
+                    None => self.first_difference().await,
+                };
                 panic!("not converged after {timeout:?}: {hashes:?}\n{diff}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// How the first running node that differs from `written` differs.
+    async fn model_mismatch(&self, written: &Written) -> Option<String> {
+        for (i, t) in self.nodes.iter().enumerate() {
+            if t.runtime.is_none() {
+                continue;
+            }
+            for table in TABLES {
+                let got = rows(&t.node, &format!("SELECT * FROM {table} ORDER BY 1")).await;
+                if let Err(e) = written.check(table, &got) {
+                    return Some(format!("node {i}: {table}: {e}"));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -365,6 +392,19 @@ where
     }
 }
 
+/// [`eventually`] for code outside a tokio runtime (the tests that drive
+/// the real binary): waits until `cond` holds, polling, up to `timeout`.
+pub fn eventually_blocking(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A seed for a randomized test: `PATINA_TEST_SEED` if set (to replay a
 /// failure), else a random one; printed either way.
 pub fn test_seed(test: &str) -> u64 {
@@ -376,50 +416,138 @@ pub fn test_seed(test: &str) -> u64 {
     seed
 }
 
-/// `writes` random statements per node of `nodes`, all at once, on
-/// overlapping keys (inserts, updates, deletes, upserts, re-inserts).
-/// Rows `id < 40` of `machines` and `app0..app6` of `apps` only.
-pub async fn random_writes_on(cluster: &TestCluster, nodes: &[usize], writes: usize, seed: u64) {
+/// `writes` random statements per node of `nodes`, all at once. Two
+/// thirds go to keys every node writes (inserts, updates, deletes,
+/// upserts, re-inserts on rows `id < 40` of `machines` and `app0..app6` of
+/// `apps`): concurrent conflicts, whose winner the model leaves open. The
+/// rest go to keys only that node writes (`machines` ids `1000 + 100 * node
+/// ..`, apps `node{i}-app*`), whose final rows the model computes. Returns
+/// that model.
+pub async fn random_writes_on(
+    cluster: &TestCluster,
+    nodes: &[usize],
+    writes: usize,
+    seed: u64,
+) -> Written {
     let mut tasks = tokio::task::JoinSet::new();
     for &i in nodes {
         let node = cluster.nodes[i].node.clone();
         tasks.spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed ^ (i as u64) << 32);
+            let mut written = Written::new();
             for w in 0..writes {
-                let sql = random_statement(&mut rng, i, w);
+                let sql = random_statement(&mut rng, i, w, &mut written);
                 node.transact(vec![Statement::new(&sql)])
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
+            written
         });
     }
+    let mut written = Written::new();
     while let Some(r) = tasks.join_next().await {
-        r.unwrap();
+        written.extend(r.unwrap());
     }
+    written
 }
 
 /// [`random_writes_on`] every node.
-pub async fn random_writes(cluster: &TestCluster, writes: usize, seed: u64) {
+pub async fn random_writes(cluster: &TestCluster, writes: usize, seed: u64) -> Written {
     let all: Vec<usize> = (0..cluster.nodes.len()).collect();
-    random_writes_on(cluster, &all, writes, seed).await;
+    random_writes_on(cluster, &all, writes, seed).await
 }
 
-fn random_statement(rng: &mut SmallRng, i: usize, w: usize) -> String {
-    let id = rng.random_range(0..40);
-    match rng.random_range(0..6) {
-        0 | 1 => format!(
-            "INSERT INTO machines VALUES ({id}, 'app{}', 'started', {w}) \
-             ON CONFLICT(id) DO UPDATE SET n = excluded.n, state = 'restarted'",
-            id % 5
-        ),
-        2 => format!("UPDATE machines SET state = 'stopped-{i}', n = n + 1 WHERE id = {id}"),
-        3 => format!("DELETE FROM machines WHERE id = {id}"),
-        4 => format!(
-            "INSERT OR REPLACE INTO apps VALUES ('app{}', 'owner-{i}-{w}')",
-            id % 7
-        ),
-        _ => format!("DELETE FROM apps WHERE name = 'app{}'", id % 7),
+/// One statement of node `i`'s `w`th write, recorded in `written` as SQLite
+/// executes it (keys of node `i` alone) or as contested (shared keys).
+fn random_statement(rng: &mut SmallRng, i: usize, w: usize, written: &mut Written) -> String {
+    let owned = rng.random_range(0..3) == 0;
+    let r = rng.random_range(0..40);
+    let id = if owned {
+        1000 + 100 * i as i64 + r % 10
+    } else {
+        r
+    };
+    let app = if owned {
+        format!("node{i}-app{}", r % 7)
+    } else {
+        format!("app{}", r % 7)
+    };
+    let (machine, app_key) = (Value::Integer(id), Value::Text(app.clone()));
+    let (int, text) = (Value::Integer, |s: String| Value::Text(s));
+    let w = w as i64;
+    let (sql, table) = match rng.random_range(0..6) {
+        0 | 1 => {
+            if owned {
+                let row = match written.get("machines", &machine) {
+                    Some(old) => vec![
+                        machine.clone(),
+                        old[1].clone(),
+                        text("restarted".into()),
+                        int(w),
+                    ],
+                    None => vec![
+                        machine.clone(),
+                        text(format!("app{}", id % 5)),
+                        text("started".into()),
+                        int(w),
+                    ],
+                };
+                written.row("machines", row);
+            }
+            let sql = format!(
+                "INSERT INTO machines VALUES ({id}, 'app{}', 'started', {w}) \
+                 ON CONFLICT(id) DO UPDATE SET n = excluded.n, state = 'restarted'",
+                id % 5
+            );
+            (sql, "machines")
+        }
+        2 => {
+            if let (true, Some(old)) = (owned, written.get("machines", &machine)) {
+                let Value::Integer(n) = old[3] else {
+                    panic!("n of {old:?}")
+                };
+                let row = vec![
+                    machine.clone(),
+                    old[1].clone(),
+                    text(format!("stopped-{i}")),
+                    int(n + 1),
+                ];
+                written.row("machines", row);
+            }
+            let sql =
+                format!("UPDATE machines SET state = 'stopped-{i}', n = n + 1 WHERE id = {id}");
+            (sql, "machines")
+        }
+        3 => {
+            if owned {
+                written.deleted("machines", &machine);
+            }
+            (format!("DELETE FROM machines WHERE id = {id}"), "machines")
+        }
+        4 => {
+            if owned {
+                let row = vec![app_key.clone(), text(format!("owner-{i}-{w}"))];
+                written.row("apps", row);
+            }
+            let sql = format!("INSERT OR REPLACE INTO apps VALUES ('{app}', 'owner-{i}-{w}')");
+            (sql, "apps")
+        }
+        _ => {
+            if owned {
+                written.deleted("apps", &app_key);
+            }
+            (format!("DELETE FROM apps WHERE name = '{app}'"), "apps")
+        }
+    };
+    if !owned {
+        let k = if table == "machines" {
+            machine
+        } else {
+            app_key
+        };
+        written.contested(table, &k);
     }
+    sql
 }
 
 /// Whether `node` has a row of `machines` with this id.

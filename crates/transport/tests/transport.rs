@@ -2,10 +2,12 @@
 //! ways, isolation by cluster name, hostile input, mutual TLS, and delivery
 //! through injected faults.
 
+use std::future::ready;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use patina_testkit::eventually;
 use patina_testkit::tls::{node_tls, Ca};
 use patina_transport::{
     FaultySocket, Inbound, StatsSnapshot, TlsFiles, Transport, TransportConfig,
@@ -31,15 +33,6 @@ fn config(cluster: &str, tls: Option<TlsFiles>) -> TransportConfig {
 
 fn start(cluster: &str) -> (Transport, mpsc::Receiver<Inbound>) {
     Transport::bind(config(cluster, None), None).expect("bind")
-}
-
-/// Polls `cond` until it holds; fails the test after [`WAIT`].
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn next(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
@@ -174,7 +167,10 @@ async fn another_clusters_traffic_is_dropped_and_counted() {
     fra.send_frames(ams.local_addr(), vec![Message::SummaryRequest])
         .await
         .expect("fra's frame leaves");
-    eventually("both refusals counted", || stats(&ams).wrong_cluster >= 2).await;
+    eventually("both refusals counted", WAIT, || {
+        ready(stats(&ams).wrong_cluster >= 2)
+    })
+    .await;
     assert!(
         ams_rx.try_recv().is_err(),
         "nothing of fra reaches the consumer"
@@ -226,13 +222,19 @@ async fn truncated_and_oversized_frames_are_refused_and_counted() {
     truncated.extend_from_slice(&[patina_wire::WIRE_VERSION; 10]);
     w.send_raw(&truncated).await.expect("write");
     w.finish().expect("finish");
-    eventually("truncated frame counted", || stats(&b).malformed >= 1).await;
+    eventually("truncated frame counted", WAIT, || {
+        ready(stats(&b).malformed >= 1)
+    })
+    .await;
 
     // Announces one byte more than a frame may hold.
     let (mut w, _r) = a.open_bi(b.local_addr()).await.expect("open_bi");
     let oversized = ((patina_wire::FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
     w.send_raw(&oversized).await.expect("write");
-    eventually("oversized frame counted", || stats(&b).malformed >= 2).await;
+    eventually("oversized frame counted", WAIT, || {
+        ready(stats(&b).malformed >= 2)
+    })
+    .await;
 
     // A complete frame whose body is garbage, on a uni stream path too.
     let (mut w, _r) = a.open_bi(b.local_addr()).await.expect("open_bi");
@@ -248,7 +250,10 @@ async fn truncated_and_oversized_frames_are_refused_and_counted() {
         0xff,
     ]);
     w.send_raw(&garbage).await.expect("write");
-    eventually("garbage frame counted", || stats(&b).malformed >= 3).await;
+    eventually("garbage frame counted", WAIT, || {
+        ready(stats(&b).malformed >= 3)
+    })
+    .await;
 
     assert!(stats(&b).streams_refused >= 3);
     assert!(b_rx.try_recv().is_err(), "no refused frame is delivered");
@@ -292,8 +297,8 @@ async fn mutual_tls_admits_the_cas_nodes_and_refuses_others() {
     let _ = x
         .send_frames(b.local_addr(), vec![Message::SummaryRequest])
         .await;
-    eventually("b counts the refused handshake", || {
-        stats(&b).handshake_failures >= 1
+    eventually("b counts the refused handshake", WAIT, || {
+        ready(stats(&b).handshake_failures >= 1)
     })
     .await;
 
@@ -305,8 +310,8 @@ async fn mutual_tls_admits_the_cas_nodes_and_refuses_others() {
     let _ = plain
         .send_frames(b.local_addr(), vec![Message::PullDone])
         .await;
-    eventually("b counts the second refused handshake", || {
-        stats(&b).handshake_failures >= 2
+    eventually("b counts the second refused handshake", WAIT, || {
+        ready(stats(&b).handshake_failures >= 2)
     })
     .await;
     assert!(b_rx.try_recv().is_err(), "no intruder frame delivered");
@@ -343,6 +348,15 @@ async fn frames_cross_a_lossy_link_and_partitions_block_until_healed() {
     // One-way partition a -> b: nothing arrives.
     faults_a.set_loss(0.0);
     faults_a.set_delay(Duration::ZERO, Duration::ZERO);
+    // A third node, not partitioned, to send b the marker.
+    let (c, _c_rx) = start("ams");
+    c.send_datagram(b.local_addr(), b"c is connected")
+        .await
+        .expect("c reaches b");
+    match next(&mut b_rx).await {
+        Inbound::Datagram { payload, .. } => assert_eq!(&payload[..], b"c is connected"),
+        other => panic!("expected c's datagram, got {other:?}"),
+    }
     faults_a.partition_to(b.local_addr());
     let before = stats(&b).frames_in;
     a.send_frames(b.local_addr(), vec![Message::PullDone])
@@ -351,14 +365,28 @@ async fn frames_cross_a_lossy_link_and_partitions_block_until_healed() {
     a.send_datagram(b.local_addr(), b"lost")
         .await
         .expect("queued locally");
-    // Give the partition a window in which delivery would have happened
-    // (loopback delivers in well under a millisecond); this is the one
-    // place a test must wait for an absence.
-    let quiet = tokio::time::timeout(Duration::from_millis(500), b_rx.recv()).await;
-    assert!(quiet.is_err(), "nothing crosses the partition");
+    // Once a's datagram has gone to its socket (which drops it) and c's
+    // marker, sent after that, has reached b, anything of a's that crossed
+    // would have reached b before the marker: b reads its one socket in
+    // order.
+    a.flush_datagrams(WAIT).await;
+    c.send_datagram(b.local_addr(), b"marker")
+        .await
+        .expect("c reaches b");
+    match next(&mut b_rx).await {
+        Inbound::Datagram { payload, from, .. } => {
+            assert_eq!(
+                &payload[..],
+                b"marker",
+                "from {from}: nothing crosses the partition"
+            )
+        }
+        other => panic!("expected c's marker, got {other:?}: it crossed the partition"),
+    }
     assert_eq!(stats(&b).frames_in, before);
 
-    // Healed: QUIC's retransmission delivers the queued frame.
+    // Healed: QUIC's retransmission delivers the queued frame; the datagram
+    // is not retransmitted, so the frame comes alone.
     faults_a.heal();
     match next(&mut b_rx).await {
         Inbound::Frames { envelope, .. } => assert_eq!(envelope.message, Message::PullDone),
@@ -377,12 +405,29 @@ async fn a_partition_from_a_peer_drops_what_it_sends() {
         .expect("connected");
     assert!(matches!(next(&mut b_rx).await, Inbound::Frames { .. }));
 
+    let (c, _c_rx) = start("ams");
+    c.send_datagram(b.local_addr(), b"c is connected")
+        .await
+        .expect("c reaches b");
+    assert!(matches!(next(&mut b_rx).await, Inbound::Datagram { .. }));
+
     faults_b.partition_from(a.local_addr());
     a.send_datagram(b.local_addr(), b"unheard")
         .await
         .expect("queued locally");
-    let quiet = tokio::time::timeout(Duration::from_millis(300), b_rx.recv()).await;
-    assert!(quiet.is_err(), "b hears nothing from a");
+    // a's datagram is in b's socket buffer once a has flushed it (loopback);
+    // b reads that buffer in order, so when c's later marker reaches the
+    // consumer, a's datagram has been read and dropped, or delivered first.
+    a.flush_datagrams(WAIT).await;
+    c.send_datagram(b.local_addr(), b"marker")
+        .await
+        .expect("c reaches b");
+    match next(&mut b_rx).await {
+        Inbound::Datagram { payload, .. } => {
+            assert_eq!(&payload[..], b"marker", "b hears nothing from a")
+        }
+        other => panic!("expected c's marker, got {other:?}"),
+    }
     faults_b.heal();
     a.send_datagram(b.local_addr(), b"heard")
         .await
