@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::errors::ApiError;
-use crate::ApiState;
+use crate::state::ApiState;
 
 pub(crate) async fn require_bearer(
     State(state): State<ApiState>,

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::errors::ApiError;
-use crate::ApiState;
+use crate::state::ApiState;
 
 /// A request body type: what it deserializes from, and how to describe
 /// that to a client who sent something else.

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::body::query_pairs;
 use crate::cluster::HealthReport;
 use crate::errors::ApiError;
-use crate::ApiState;
+use crate::state::ApiState;
 
 /// Health thresholds from the query string; `None` is not checked.
 #[derive(Debug, Default, PartialEq)]

@@ -37,7 +37,6 @@ use prometheus_client::registry::Registry;
 
 use crate::errors::{error_response, BadRequestKind};
 use crate::routes;
-use crate::ApiState;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -293,11 +292,9 @@ pub(crate) async fn track(
     response
 }
 
-pub(crate) async fn handle(State(state): State<ApiState>) -> Response {
-    handle_alone(State(state.metrics)).await
-}
-
-pub(crate) async fn handle_alone(State(metrics): State<Arc<Metrics>>) -> Response {
+/// `GET /metrics`, in the full router (which hands the metrics out of its
+/// state) and alone.
+pub(crate) async fn handle(State(metrics): State<Arc<Metrics>>) -> Response {
     let text = metrics.encode();
     if text.is_empty() {
         return error_response(

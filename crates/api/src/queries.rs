@@ -20,7 +20,7 @@ use crate::body::{parse_timeout, query_pairs, BodyShape, JsonBody};
 use crate::errors::ApiError;
 use crate::json::{Cells, JsonStatement};
 use crate::metrics::{Metrics, QueryOutcome};
-use crate::ApiState;
+use crate::state::ApiState;
 
 /// How long a query waits for its `after=` versions and a read connection
 /// when the request names no `timeout`.

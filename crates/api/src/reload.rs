@@ -12,7 +12,7 @@ use patina_node::NodeError;
 use serde_json::json;
 
 use crate::errors::{error_response, ApiError};
-use crate::ApiState;
+use crate::state::ApiState;
 
 pub(crate) async fn handle(
     State(state): State<ApiState>,

@@ -23,7 +23,7 @@ use crate::body::{query_pairs, JsonBody};
 use crate::errors::{error_response, ApiError};
 use crate::json::{Cells, JsonStatement};
 use crate::queries::{line, ndjson};
-use crate::ApiState;
+use crate::state::ApiState;
 
 fn parse_attach(raw: Option<&str>) -> Result<Attach, ApiError> {
     let mut attach = Attach::default();

@@ -14,7 +14,7 @@ use crate::body::{parse_timeout, query_pairs, JsonBody};
 use crate::errors::ApiError;
 use crate::json::JsonStatements;
 use crate::metrics::TxFailure;
-use crate::ApiState;
+use crate::state::ApiState;
 
 /// Corrosion's `ExecResponse`, plus `actor_id`.
 #[derive(Debug, Serialize)]
