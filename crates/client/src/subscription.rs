@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::{api_error, bad_line, read_json, Client, ClientError, Lines, Statement};
+use crate::client::{Client, Statement};
+use crate::error::{api_error, bad_line, ClientError};
+use crate::lines::{read_json, Lines};
 
 /// What the server says about a row in a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,231 @@
+//! [`Client`]: transactions, queries, health and schema reload over the
+//! API, and the [`Statement`]s they carry.
+
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+
+use crate::error::{api_error, bad_line, ClientError};
+use crate::lines::{read_json, Lines};
+
+/// One statement, in the API's JSON forms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    Simple(String),
+    Positional(String, Vec<Json>),
+    Named(String, serde_json::Map<String, Json>),
+}
+
+impl Statement {
+    pub(crate) fn to_json(&self) -> Json {
+        match self {
+            Statement::Simple(sql) => json!(sql),
+            Statement::Positional(sql, params) => json!([sql, params]),
+            Statement::Named(sql, params) => json!([sql, params]),
+        }
+    }
+}
+
+impl From<&str> for Statement {
+    fn from(sql: &str) -> Self {
+        Statement::Simple(sql.to_owned())
+    }
+}
+
+/// The answer to a committed transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxResponse {
+    pub rows_affected: Vec<u64>,
+    pub time: f64,
+    pub version: Option<u64>,
+    pub actor_id: String,
+}
+
+/// A query's columns, then its rows as they arrive.
+pub struct Rows {
+    pub columns: Vec<String>,
+    lines: Lines,
+}
+
+impl Rows {
+    /// The next row's cells, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<Json>>, ClientError> {
+        let Some(line) = self.lines.next().await? else {
+            return Err(ClientError::Protocol(
+                "the row stream ended without an eoq line".into(),
+            ));
+        };
+        if let Some(row) = line.get("row") {
+            let cells = row
+                .get(1)
+                .and_then(Json::as_array)
+                .ok_or_else(|| bad_line(&line))?;
+            return Ok(Some(cells.clone()));
+        }
+        if line.get("eoq").is_some() {
+            return Ok(None);
+        }
+        match line.get("error").and_then(Json::as_str) {
+            Some(e) => Err(ClientError::Api {
+                status: 200,
+                message: e.to_owned(),
+            }),
+            None => Err(bad_line(&line)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the API at `addr` (`host:port` or `http://host:port`).
+    pub fn new(addr: &str) -> Result<Client, ClientError> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_owned()
+        } else if addr.contains(':') && !addr.contains('/') {
+            format!("http://{addr}")
+        } else {
+            return Err(ClientError::Address(addr.to_owned()));
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: &Json,
+    ) -> Result<reqwest::Response, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.send(req).await
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.map_err(|source| ClientError::Connect {
+            addr: self.base.clone(),
+            source,
+        })
+    }
+
+    /// `POST /v1/reload`: re-reads the node's schema files and applies
+    /// them (additive changes only). A refusal is `ClientError::Api` with
+    /// status 400 and the reason, naming table and rule.
+    pub async fn reload(&self) -> Result<(), ClientError> {
+        let resp = self.post("/v1/reload", &serde_json::json!({})).await?;
+        let status = resp.status().as_u16();
+        let json = read_json(resp).await?;
+        if status == 200 && json.get("reloaded") == Some(&Json::Bool(true)) {
+            return Ok(());
+        }
+        Err(api_error(status, &json))
+    }
+
+    /// Runs `statements` as one transaction.
+    pub async fn transact(&self, statements: &[Statement]) -> Result<TxResponse, ClientError> {
+        let body = Json::Array(statements.iter().map(Statement::to_json).collect());
+        let resp = self.post("/v1/transactions", &body).await?;
+        let status = resp.status().as_u16();
+        let json: Json = read_json(resp).await?;
+        let results = json.get("results").and_then(Json::as_array);
+        if status != 200 {
+            let message = results
+                .and_then(|r| r.iter().find_map(|x| x.get("error")?.as_str()))
+                .or_else(|| json.get("error").and_then(Json::as_str))
+                .unwrap_or("no error message")
+                .to_owned();
+            return Err(ClientError::Api { status, message });
+        }
+        let results = results.ok_or_else(|| bad_line(&json))?;
+        Ok(TxResponse {
+            rows_affected: results
+                .iter()
+                .map(|r| r.get("rows_affected").and_then(Json::as_u64).unwrap_or(0))
+                .collect(),
+            time: json.get("time").and_then(Json::as_f64).unwrap_or(0.0),
+            version: json.get("version").and_then(Json::as_u64),
+            actor_id: json
+                .get("actor_id")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    }
+
+    /// Starts a read-only query; rows stream as the server sends them.
+    pub async fn query(&self, statement: &Statement) -> Result<Rows, ClientError> {
+        let resp = self.post("/v1/queries", &statement.to_json()).await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(api_error(status, &read_json(resp).await?));
+        }
+        let mut lines = Lines::new(resp);
+        let first = lines
+            .next()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty query response".into()))?;
+        if let Some(e) = first.get("error").and_then(Json::as_str) {
+            return Err(ClientError::Api {
+                status,
+                message: e.to_owned(),
+            });
+        }
+        let columns = first
+            .get("columns")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad_line(&first))?
+            .iter()
+            .map(|c| c.as_str().unwrap_or("").to_owned())
+            .collect();
+        Ok(Rows { columns, lines })
+    }
+
+    /// `GET /v1/health`'s `response` object.
+    /// `GET /v1/members`: one JSON object per (member, cluster) the node
+    /// knows, itself included.
+    pub async fn members(&self) -> Result<Vec<Json>, ClientError> {
+        let resp = self.get("/v1/members").await?;
+        match read_json(resp).await? {
+            Json::Array(members) => Ok(members),
+            other => Err(bad_line(&other)),
+        }
+    }
+
+    pub async fn health(&self) -> Result<Json, ClientError> {
+        let resp = self.get("/v1/health").await?;
+        let json = read_json(resp).await?;
+        json.get("response").cloned().ok_or_else(|| bad_line(&json))
+    }
+}
