@@ -23,7 +23,7 @@ use std::time::Duration;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 
-use super::screen::poll_recv_kept;
+use crate::screen::poll_recv_kept;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 

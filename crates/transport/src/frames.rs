@@ -6,7 +6,8 @@ use std::sync::Arc;
 use patina_wire::{Envelope, Message, FRAME_HEADER_BYTES};
 use quinn::VarInt;
 
-use super::{Shared, TransportError};
+use crate::error::TransportError;
+use crate::shared::Shared;
 
 /// Application error code sent (STOP_SENDING) when a stream carried a frame
 /// we refuse: malformed, oversized, truncated, or of another cluster.

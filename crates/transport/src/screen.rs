@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
-use super::Shared;
+use crate::shared::Shared;
 
 const LONG_HEADER: u8 = 0x80;
 const FIXED_BIT: u8 = 0x40;

@@ -24,7 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::TransportError;
+use crate::error::TransportError;
 
 /// The ALPN protocol both sides must offer: a peer speaking something else
 /// (another program on the port, a future incompatible Patina) fails the

@@ -1,0 +1,132 @@
+//! Serving connections: accepting them, reading their datagrams and
+//! accepting their streams, and handing what arrives to the consumer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::frames::{FrameReader, FrameWriter};
+use crate::inbound::Inbound;
+use crate::peers::Peers;
+use crate::shared::Shared;
+
+/// Serves connections: reads their datagrams and accepts their streams.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+}
+
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: Arc<Peers>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ctx = ctx.clone();
+        let peers = Arc::clone(&peers);
+        tokio::spawn(async move {
+            let from = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    ctx.shared.stats.connections_accepted.inc();
+                    peers.offer_accepted(from, &conn);
+                    serve_connection(conn, ctx).await;
+                }
+                Err(e) => {
+                    ctx.shared.stats.handshake_failures.inc();
+                    tracing::debug!(peer = %from, error = %e, "incoming handshake failed");
+                }
+            }
+        });
+    }
+}
+
+/// Reads one connection's datagrams and accepts its streams until it
+/// closes. Stream tasks are bounded by the per-connection stream limits.
+pub(crate) async fn serve_connection(conn: quinn::Connection, ctx: ConnCtx) {
+    let from = conn.remote_address();
+    loop {
+        tokio::select! {
+            datagram = conn.read_datagram() => match datagram {
+                Ok(bytes) => ctx.on_datagram(from, bytes),
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    tokio::spawn(ctx.clone().serve_uni(from, recv));
+                }
+                Err(_) => break,
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(ctx.clone().serve_bi(from, send, recv));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+impl ConnCtx {
+    fn on_datagram(&self, from: SocketAddr, bytes: Bytes) {
+        let stats = &self.shared.stats;
+        let payload_len = match patina_wire::decode_datagram(&bytes) {
+            Err(e) => {
+                stats.malformed.inc();
+                tracing::debug!(peer = %from, error = %e, "malformed datagram dropped");
+                return;
+            }
+            Ok(d) if d.cluster != self.shared.cluster => {
+                stats.wrong_cluster.inc();
+                tracing::debug!(peer = %from, cluster = %d.cluster, "datagram of another cluster dropped");
+                return;
+            }
+            Ok(d) => d.payload.len(),
+        };
+        let total = bytes.len();
+        // The payload is the datagram's tail: slice it without copying.
+        let payload = bytes.slice(total - payload_len..);
+        match self.inbound.try_send(Inbound::Datagram { from, payload }) {
+            Ok(()) => {
+                stats.datagrams_in.inc();
+                stats.bytes_in.inc_by(total as u64);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.datagrams_dropped_full.inc();
+            }
+            // Nobody listens any more: the node is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    async fn serve_uni(self, from: SocketAddr, recv: quinn::RecvStream) {
+        let mut reader = FrameReader::new(recv, from, self.shared.clone());
+        // Errors are counted by the reader; the stream is then done.
+        while let Ok(Some(envelope)) = reader.next().await {
+            if self
+                .inbound
+                .send(Inbound::Frames { from, envelope })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    async fn serve_bi(self, from: SocketAddr, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let mut reader = FrameReader::new(recv, from, self.shared.clone());
+        let Ok(Some(first)) = reader.next().await else {
+            return;
+        };
+        let writer = FrameWriter::new(send, from, self.shared.clone());
+        let _ = self
+            .inbound
+            .send(Inbound::Bi {
+                from,
+                first,
+                writer,
+                reader,
+            })
+            .await;
+    }
+}

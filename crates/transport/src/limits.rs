@@ -1,0 +1,38 @@
+//! The transport's bounds and timeouts, each sized for why it exists.
+
+use std::time::Duration;
+
+/// Capacity of the [`Inbound`](crate::Inbound) channel. When full, datagrams are dropped
+/// (counted in [`TransportStats::datagrams_dropped_full`](crate::TransportStats::datagrams_dropped_full); SWIM tolerates
+/// loss) and stream tasks wait (back-pressure on the sending peer).
+pub const INBOUND_QUEUE_CAPACITY: usize = 1024;
+
+/// How long a dial may take, handshake included, before it fails.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection with no traffic (keep-alives included) for this long is
+/// closed; a later send dials again.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keep-alive interval on live connections, well under [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// Per connection, the unidirectional (broadcast) streams a peer may have
+/// open at once; more wait in the peer's `open_uni`. Bounds our per-peer
+/// stream tasks and buffered frames (each at most
+/// [`patina_wire::FRAME_BYTES_MAX`]).
+pub const MAX_UNI_STREAMS_PER_PEER: u32 = 32;
+
+/// Per connection, the bidirectional (sync) streams a peer may have open.
+pub const MAX_BI_STREAMS_PER_PEER: u32 = 8;
+
+/// Handshakes in progress at once; further connection attempts are
+/// refused by quinn until some complete.
+pub const MAX_INCOMING_HANDSHAKES: usize = 256;
+
+/// Peer addresses remembered for connection reuse. Past this, entries
+/// without a live connection are forgotten.
+pub const PEER_SLOTS_MAX: usize = 4096;
+
+/// How long [`Transport::close`](crate::Transport::close) waits for peers to acknowledge the close.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
