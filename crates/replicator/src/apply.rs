@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::broadcast::Push;
 use crate::shared::Shared;
-use crate::stats::{bump, record};
+use crate::stats::record;
 
 /// Chunks received and waiting for a writer; when full, new chunks are
 /// dropped and counted (sync fetches them again).
@@ -34,9 +34,9 @@ pub(crate) fn enqueue(
     from: SocketAddr,
     chunk: ChangeChunk,
 ) {
-    bump(&shared.stats.chunks_received, 1);
+    shared.stats.chunks_received.inc();
     if !shared.carries(chunk.db) {
-        bump(&shared.stats.wrong_database, 1);
+        shared.stats.wrong_database.inc();
         return;
     }
     let chunk = Arc::new(chunk);
@@ -50,12 +50,12 @@ pub(crate) fn enqueue(
         };
         if push.try_send(now).is_err() {
             // Sync delivers it to whoever this relay would have served.
-            bump(&shared.stats.forwards_dropped, 1);
+            shared.stats.forwards_dropped.inc();
         }
     }
     shared.queued().entered(&chunk);
     if let Err(full) = apply.try_send(Arrived { chunk, forward }) {
-        bump(&shared.stats.chunks_dropped_queue_full, 1);
+        shared.stats.chunks_dropped_queue_full.inc();
         shared.queued().left(&full.into_inner().chunk);
     }
 }
@@ -97,7 +97,7 @@ pub(crate) async fn apply_loop(
                     hop,
                 };
                 if push.try_send(later).is_err() {
-                    bump(&shared.stats.forwards_dropped, 1);
+                    shared.stats.forwards_dropped.inc();
                 }
             }
         }

@@ -17,7 +17,6 @@ use patina_transport::Frame;
 
 use crate::config::ReplicatorConfig;
 use crate::shared::Shared;
-use crate::stats::bump;
 
 /// Pushes waiting for the broadcast task. Local commits wait when it is
 /// full; forwarded chunks are dropped (sync covers them).
@@ -51,8 +50,9 @@ pub(crate) async fn run(
                 let Some(push) = push else { return };
                 let Some(first) = push.chunks.first() else { continue };
                 let targets = config.broadcast_queue.targets(&me, &push.hop, &shared.peers(), spread(first), &mut rng);
+                let shed_before = queue.shed_total();
                 queue.on_commit(push.chunks, &targets);
-                shared.stats.broadcast_shed.store(queue.shed_total(), std::sync::atomic::Ordering::Relaxed);
+                shared.stats.broadcast_shed.inc_by(queue.shed_total() - shed_before);
             }
             permit = Arc::clone(&in_flight).acquire_owned(), if !queue.is_empty() => {
                 let Ok(permit) = permit else { return };
@@ -97,7 +97,7 @@ fn take_batch(
                     // Chunks are bounded far below a frame's limit: this
                     // is a bug, not input. Sync still repairs the peer.
                     tracing::error!(actor = %chunk.actor, version = chunk.version, error = %e, "encoding a chunk failed");
-                    bump(&shared.stats.broadcast_send_failures, 1);
+                    shared.stats.broadcast_send_failures.inc();
                     continue;
                 }
             },
@@ -114,9 +114,11 @@ async fn send_batch(shared: &Shared, batch: HashMap<SocketAddr, Vec<Frame>>) {
         sends.spawn(async move {
             let n = frames.len() as u64;
             match shared.transport.send_encoded(peer, &frames).await {
-                Ok(()) => bump(&shared.stats.broadcast_chunks_sent, n),
+                Ok(()) => {
+                    shared.stats.broadcast_chunks_sent.inc_by(n);
+                }
                 Err(e) => {
-                    bump(&shared.stats.broadcast_send_failures, n);
+                    shared.stats.broadcast_send_failures.inc_by(n);
                     tracing::debug!(%peer, error = %e, "broadcast send failed; sync will repair");
                 }
             }

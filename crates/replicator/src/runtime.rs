@@ -7,10 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use patina_wire::{ClusterName, NodeIdentity};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
@@ -135,13 +131,7 @@ impl ClusterRuntime {
     pub fn register(&self, registry: &mut Registry) {
         let cluster = self.membership.identity().cluster.as_str().to_owned();
         let registry = registry.sub_registry_with_label(("cluster".into(), cluster.into()));
-        let stats = self.replicator.stats();
-        registry.register(
-            "replication_lag_seconds",
-            "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
-            stats.lag.histogram.clone(),
-        );
-        registry.register_collector(Box::new(ReplicationCollector(stats)));
+        self.replicator.stats().register(registry);
         self.transport.stats().register(registry);
     }
 
@@ -151,114 +141,6 @@ impl ClusterRuntime {
         self.membership.leave().await;
         self.replicator.shutdown().await;
         self.transport.close().await;
-    }
-}
-
-/// Reads a replicator's counters at each scrape.
-// The counters stay `AtomicU64`s in `ReplicatorStats` (bumped all over the
-// replicator); this collector is their one exporter.
-#[derive(Debug)]
-struct ReplicationCollector(Arc<ReplicatorStats>);
-
-impl Collector for ReplicationCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let r = &self.0;
-        let g = ReplicatorStats::get;
-        let counters = [
-            (
-                "replication_chunks_received",
-                "Change chunks received from peers (broadcast and sync).",
-                g(&r.chunks_received),
-            ),
-            (
-                "replication_changes_received",
-                "Changes in chunks that were new to this node.",
-                g(&r.changes_received),
-            ),
-            (
-                "replication_chunks_duplicate",
-                "Chunks for versions already held, dropped.",
-                g(&r.chunks_duplicate),
-            ),
-            (
-                "replication_chunks_dropped",
-                "Chunks dropped because the apply queue was full (sync fetches them again).",
-                g(&r.chunks_dropped_queue_full),
-            ),
-            (
-                "replication_chunks_failed",
-                "Chunks refused because merging them failed.",
-                g(&r.chunks_failed),
-            ),
-            (
-                "replication_chunks_refused_partials_full",
-                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again).",
-                g(&r.chunks_refused_partials_full),
-            ),
-            (
-                "replication_versions_applied",
-                "Remote transactions applied whole.",
-                g(&r.versions_applied),
-            ),
-            (
-                "replication_versions_parked",
-                "Remote transactions parked until their schema arrives.",
-                g(&r.versions_parked),
-            ),
-            (
-                "replication_broadcast_chunks_sent",
-                "Chunks pushed to peers.",
-                g(&r.broadcast_chunks_sent),
-            ),
-            (
-                "replication_broadcast_send_failures",
-                "Chunk pushes that failed (sync repairs).",
-                g(&r.broadcast_send_failures),
-            ),
-            (
-                "replication_broadcast_shed",
-                "Queued pushes shed because the broadcast queue was full.",
-                g(&r.broadcast_shed),
-            ),
-            (
-                "replication_forwards_dropped",
-                "Versions not forwarded (relay or gossip) because the broadcast task's queue was full.",
-                g(&r.forwards_dropped),
-            ),
-            (
-                "replication_sync_rounds",
-                "Anti-entropy rounds started.",
-                g(&r.sync_rounds),
-            ),
-            (
-                "replication_sync_failures",
-                "Summary exchanges or pulls that failed.",
-                g(&r.sync_failures),
-            ),
-            (
-                "replication_pulls_served",
-                "Pulls served to peers.",
-                g(&r.pulls_served),
-            ),
-            (
-                "replication_wrong_database",
-                "Chunks for a database this cluster does not carry, dropped.",
-                g(&r.wrong_database),
-            ),
-        ];
-        for (name, help, value) in counters {
-            // The encoder adds `_total` to counters itself.
-            let c = ConstCounter::new(value);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
-        let queue = ConstGauge::new(i64::try_from(g(&r.apply_queue_chunks)).unwrap_or(i64::MAX));
-        queue.encode(encoder.encode_descriptor(
-            "replication_apply_queue_chunks",
-            "Chunks waiting to be merged.",
-            None,
-            queue.metric_type(),
-        )?)?;
-        Ok(())
     }
 }
 
@@ -292,6 +174,7 @@ impl ClusterCounters {
 
     /// Chunks received and waiting to be merged.
     pub fn apply_queue_chunks(&self) -> u64 {
-        ReplicatorStats::get(&self.replicator.apply_queue_chunks)
+        // A gauge is signed; the queue's length never is.
+        u64::try_from(self.replicator.apply_queue_chunks.get()).unwrap_or(0)
     }
 }

@@ -1,63 +1,165 @@
-//! [`ReplicatorStats`]: the counters every task of a replicator bumps.
+//! [`ReplicatorStats`]: the counters every task of a replicator
+//! increments, as `prometheus_client` metrics (shared atomics) that
+//! [`ReplicatorStats::register`] exports as `patina_replication_*`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use patina_node::RemoteOutcome;
 use patina_proto::{LagWindow, SyncCount};
 use patina_wire::ChangeChunk;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
-/// Counters of one replicator, readable at any time.
+/// Counters of one replicator, readable at any time (`counter.get()`),
+/// exported with [`ReplicatorStats::register`].
 #[derive(Debug, Default)]
 pub struct ReplicatorStats {
-    pub chunks_received: AtomicU64,
+    pub chunks_received: Counter,
     /// Changes in chunks that were new to this node.
-    pub changes_received: AtomicU64,
-    pub chunks_duplicate: AtomicU64,
-    pub chunks_dropped_queue_full: AtomicU64,
-    pub chunks_failed: AtomicU64,
+    pub changes_received: Counter,
+    pub chunks_duplicate: Counter,
+    pub chunks_dropped_queue_full: Counter,
+    pub chunks_failed: Counter,
     /// Chunks of new incomplete transactions refused: too many buffered.
-    pub chunks_refused_partials_full: AtomicU64,
-    pub versions_applied: AtomicU64,
-    pub versions_parked: AtomicU64,
-    pub broadcast_chunks_sent: AtomicU64,
-    pub broadcast_send_failures: AtomicU64,
-    pub sync_rounds: AtomicU64,
-    pub sync_failures: AtomicU64,
-    pub pulls_served: AtomicU64,
-    pub wrong_database: AtomicU64,
-    /// Broadcast sends shed by the broadcast queue (a copy of its count).
-    pub broadcast_shed: AtomicU64,
+    pub chunks_refused_partials_full: Counter,
+    pub versions_applied: Counter,
+    pub versions_parked: Counter,
+    pub broadcast_chunks_sent: Counter,
+    pub broadcast_send_failures: Counter,
+    pub sync_rounds: Counter,
+    pub sync_failures: Counter,
+    pub pulls_served: Counter,
+    pub wrong_database: Counter,
+    /// Broadcast sends shed by the broadcast queue.
+    pub broadcast_shed: Counter,
     /// Chunks not handed to the broadcast task (its queue was full): a
     /// relay's forwards, gossip of versions new here.
-    pub forwards_dropped: AtomicU64,
-    /// Gauge: chunks waiting in the apply queue.
-    pub apply_queue_chunks: AtomicU64,
+    pub forwards_dropped: Counter,
+    /// Chunks waiting in the apply queue.
+    pub apply_queue_chunks: Gauge,
     /// Commit-to-applied lag of broadcast versions (their chunks carry the
     /// origin's commit time; versions fetched by sync do not).
     pub lag: LagStats,
 }
 
 impl ReplicatorStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// Registers every metric as `replication_<name>` (`_total` is added to
+    /// counters by the encoder) in `registry`, which supplies the `patina`
+    /// prefix and the `cluster` label. The registry holds handles to the
+    /// same atomics: it reads the live values at each scrape.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("replication");
+        // The registry ends every help text with a full stop of its own.
+        // This one's `..` is what `/metrics` has always shown: kept as is.
+        r.register(
+            "lag_seconds",
+            "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
+            self.lag.histogram.clone(),
+        );
+        let counters: [(&str, &str, &Counter); 16] = [
+            (
+                "chunks_received",
+                "Change chunks received from peers (broadcast and sync)",
+                &self.chunks_received,
+            ),
+            (
+                "changes_received",
+                "Changes in chunks that were new to this node",
+                &self.changes_received,
+            ),
+            (
+                "chunks_duplicate",
+                "Chunks for versions already held, dropped",
+                &self.chunks_duplicate,
+            ),
+            (
+                "chunks_dropped",
+                "Chunks dropped because the apply queue was full (sync fetches them again)",
+                &self.chunks_dropped_queue_full,
+            ),
+            (
+                "chunks_failed",
+                "Chunks refused because merging them failed",
+                &self.chunks_failed,
+            ),
+            (
+                "chunks_refused_partials_full",
+                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again)",
+                &self.chunks_refused_partials_full,
+            ),
+            (
+                "versions_applied",
+                "Remote transactions applied whole",
+                &self.versions_applied,
+            ),
+            (
+                "versions_parked",
+                "Remote transactions parked until their schema arrives",
+                &self.versions_parked,
+            ),
+            (
+                "broadcast_chunks_sent",
+                "Chunks pushed to peers",
+                &self.broadcast_chunks_sent,
+            ),
+            (
+                "broadcast_send_failures",
+                "Chunk pushes that failed (sync repairs)",
+                &self.broadcast_send_failures,
+            ),
+            (
+                "broadcast_shed",
+                "Queued pushes shed because the broadcast queue was full",
+                &self.broadcast_shed,
+            ),
+            (
+                "forwards_dropped",
+                "Versions not forwarded (relay or gossip) because the broadcast task's queue was full",
+                &self.forwards_dropped,
+            ),
+            (
+                "sync_rounds",
+                "Anti-entropy rounds started",
+                &self.sync_rounds,
+            ),
+            (
+                "sync_failures",
+                "Summary exchanges or pulls that failed",
+                &self.sync_failures,
+            ),
+            (
+                "pulls_served",
+                "Pulls served to peers",
+                &self.pulls_served,
+            ),
+            (
+                "wrong_database",
+                "Chunks for a database this cluster does not carry, dropped",
+                &self.wrong_database,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "apply_queue_chunks",
+            "Chunks waiting to be merged",
+            self.apply_queue_chunks.clone(),
+        );
     }
 }
 
-pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-/// Bumps the counter a sync session's `Count` action names.
+/// Increments the counter a sync session's `Count` action names.
 pub(crate) fn count(stats: &ReplicatorStats, event: SyncCount) {
     let counter = match event {
         SyncCount::ChunkReceived => &stats.chunks_received,
         SyncCount::WrongDatabase => &stats.wrong_database,
         SyncCount::PullServed => &stats.pulls_served,
     };
-    bump(counter, 1);
+    counter.inc();
 }
 
 pub(crate) fn record(
@@ -72,15 +174,16 @@ pub(crate) fn record(
         .filter(|(_, f)| **f)
         .map(|(c, _)| c.changes.len())
         .sum();
-    bump(&stats.changes_received, fresh_changes as u64);
-    bump(&stats.chunks_duplicate, outcome.duplicates as u64);
-    bump(&stats.chunks_failed, outcome.failed as u64);
-    bump(
-        &stats.chunks_refused_partials_full,
-        outcome.refused_partials_full as u64,
-    );
-    bump(&stats.versions_applied, outcome.versions_applied as u64);
-    bump(&stats.versions_parked, outcome.versions_parked as u64);
+    stats.changes_received.inc_by(fresh_changes as u64);
+    stats.chunks_duplicate.inc_by(outcome.duplicates as u64);
+    stats.chunks_failed.inc_by(outcome.failed as u64);
+    stats
+        .chunks_refused_partials_full
+        .inc_by(outcome.refused_partials_full as u64);
+    stats
+        .versions_applied
+        .inc_by(outcome.versions_applied as u64);
+    stats.versions_parked.inc_by(outcome.versions_parked as u64);
 }
 
 /// Samples the lag of fresh chunks that carry their commit time. Hosts'
@@ -104,7 +207,7 @@ fn record_lag(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], fresh: &[boo
 #[derive(Debug)]
 pub struct LagStats {
     window: Mutex<LagWindow>,
-    pub(crate) histogram: Histogram,
+    histogram: Histogram,
 }
 
 impl Default for LagStats {

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ReplicatorConfig;
 use crate::shared::Shared;
-use crate::stats::{bump, count, record};
+use crate::stats::{count, record};
 
 pub(crate) async fn run(shared: Shared, config: ReplicatorConfig) {
     let mut planner: SyncPlanner<SocketAddr> = SyncPlanner::new(PlannerConfig::default());
@@ -55,7 +55,7 @@ struct Asked {
 }
 
 async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Vec<SocketAddr>) {
-    bump(&shared.stats.sync_rounds, 1);
+    shared.stats.sync_rounds.inc();
     let mut asking = JoinSet::new();
     for peer in peers {
         let shared = shared.clone();
@@ -66,7 +66,7 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
         match result {
             Ok(a) => asked.push(a),
             Err(e) => {
-                bump(&shared.stats.sync_failures, 1);
+                shared.stats.sync_failures.inc();
                 tracing::debug!(%peer, error = %e, "sync: no summary");
             }
         }
@@ -101,7 +101,7 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
         match result {
             Ok(()) => planner.on_pull_done(&peer),
             Err(e) => {
-                bump(&shared.stats.sync_failures, 1);
+                shared.stats.sync_failures.inc();
                 tracing::debug!(%peer, error = %e, "sync: pull failed");
                 planner.on_pull_failed(&peer);
             }

@@ -3,7 +3,6 @@
 //! a restarted node fetches only what it missed; a late joiner gets
 //! everything, including a 100k-row transaction.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use patina_node::Value;
@@ -52,8 +51,8 @@ async fn sync_alone_converges() {
     cluster.wait_converged(&written, CONVERGE).await;
     for t in &cluster.nodes {
         let stats = t.runtime().stats();
-        assert_eq!(stats.broadcast_chunks_sent.load(Ordering::Relaxed), 0);
-        assert!(stats.versions_applied.load(Ordering::Relaxed) > 0);
+        assert_eq!(stats.broadcast_chunks_sent.get(), 0);
+        assert!(stats.versions_applied.get() > 0);
     }
 }
 
@@ -97,11 +96,7 @@ async fn a_restarted_node_fetches_only_what_it_missed() {
     cluster.wait_members(CONVERGE).await;
     let counts = cluster.wait_converged(&written, CONVERGE).await;
     assert_eq!(counts[0], 150);
-    let received = cluster.nodes[2]
-        .runtime()
-        .stats()
-        .changes_received
-        .load(Ordering::Relaxed);
+    let received = cluster.nodes[2].runtime().stats().changes_received.get();
     assert_eq!(
         received, missed,
         "the restarted node received exactly what it missed"

@@ -13,7 +13,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -575,10 +574,10 @@ impl TestCluster {
     pub async fn wait_sync_rounds(&self, nodes: &[usize], rounds: u64, timeout: Duration) {
         for &i in nodes {
             let stats = self.nodes[i].runtime().stats();
-            let target = stats.sync_rounds.load(Ordering::Relaxed) + rounds;
+            let target = stats.sync_rounds.get() + rounds;
             let what = format!("{rounds} sync rounds on node {i}");
             eventually(&what, timeout, || {
-                let done = stats.sync_rounds.load(Ordering::Relaxed) >= target;
+                let done = stats.sync_rounds.get() >= target;
                 async move { done }
             })
             .await;
