@@ -11,19 +11,7 @@ const REGIONAL: &str = "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app 
 const GLOBAL: &str = "CREATE TABLE app_regions(app TEXT NOT NULL, region TEXT NOT NULL, machines INTEGER, PRIMARY KEY (app, region));";
 
 fn options(dir: &Path) -> NodeOptions {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::create_dir_all(dir.join("global")).unwrap();
-    if !dir.join("schema/machines.sql").exists() {
-        std::fs::write(dir.join("schema/machines.sql"), REGIONAL).unwrap();
-        std::fs::write(dir.join("global/app_regions.sql"), GLOBAL).unwrap();
-    }
-    NodeOptions {
-        region: "ams".into(),
-        global_member: false,
-        data_dir: dir.join("data"),
-        schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![dir.join("global/app_regions.sql")],
-    }
+    patina_testkit::node_options(dir, REGIONAL, GLOBAL)
 }
 
 fn text(s: &str) -> Value {
@@ -207,7 +195,7 @@ async fn schema_reload_is_additive_and_all_or_nothing() {
     let opts = options(dir.path());
     let node = Node::open(opts.clone()).unwrap();
     std::fs::write(
-        dir.path().join("schema/machines.sql"),
+        dir.path().join("schema/regional.sql"),
         REGIONAL.replace("state TEXT", "state TEXT, cpus INTEGER"),
     )
     .unwrap();
@@ -235,7 +223,7 @@ async fn schema_reload_is_additive_and_all_or_nothing() {
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("global/app_regions.sql"),
+        dir.path().join("global/global.sql"),
         GLOBAL.replace("machines INTEGER", "machines TEXT"),
     )
     .unwrap();

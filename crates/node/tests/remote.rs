@@ -17,15 +17,7 @@ const SCHEMA_V2: &str =
     "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, region TEXT);";
 
 fn options(dir: &Path, schema: &str) -> NodeOptions {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::write(dir.join("schema/machines.sql"), schema).unwrap();
-    NodeOptions {
-        region: "ams".into(),
-        global_member: false,
-        data_dir: dir.join("data"),
-        schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![],
-    }
+    patina_testkit::node_options(dir, schema, "")
 }
 
 async fn exec(node: &Node, sql: &str) -> u64 {
@@ -172,7 +164,7 @@ async fn a_version_for_a_schema_not_here_yet_is_parked_relayed_and_applied_after
     let with_region = "SELECT id, region FROM machines";
     assert_eq!(rows(&c, with_region).await, rows(&a, with_region).await);
 
-    std::fs::write(dirs[1].path().join("schema/machines.sql"), SCHEMA_V2).unwrap();
+    std::fs::write(dirs[1].path().join("schema/regional.sql"), SCHEMA_V2).unwrap();
     b.reload_schema().await.unwrap();
     assert_eq!(rows(&b, with_region).await, rows(&a, with_region).await);
 }

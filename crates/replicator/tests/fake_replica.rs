@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use patina_node::{Changeset, Node, NodeOptions, RemoteOutcome};
+use patina_node::{Changeset, Node, RemoteOutcome};
 use patina_proto::Bookkeeper;
 use patina_replicator::{BoxFuture, ClusterOptions, ClusterRuntime, Replica, ReplicatorConfig};
 use patina_testkit::{eventually, rows};
@@ -134,16 +134,7 @@ fn options(dir: &std::path::Path, bootstrap: Option<SocketAddr>) -> ClusterOptio
 }
 
 fn open_node(dir: &std::path::Path) -> Node {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::write(dir.join("schema/s.sql"), SCHEMA).unwrap();
-    Node::open(NodeOptions {
-        region: "ams".into(),
-        global_member: false,
-        data_dir: dir.join("data"),
-        schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![],
-    })
-    .unwrap()
+    Node::open(patina_testkit::node_options(dir, SCHEMA, "")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

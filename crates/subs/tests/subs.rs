@@ -26,15 +26,7 @@ const COUNT_B: &str = "SELECT count(*), total(w) FROM b";
 const PINNED: &str = "SELECT id, g, v FROM a WHERE id = 2 AND v > 0";
 
 fn options(dir: &Path) -> NodeOptions {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::write(dir.join("schema/s.sql"), SCHEMA).unwrap();
-    NodeOptions {
-        region: "ams".into(),
-        global_member: false,
-        data_dir: dir.join("data"),
-        schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![],
-    }
+    patina_testkit::node_options(dir, SCHEMA, "")
 }
 
 /// A node with its subscriptions, as the daemon runs them.

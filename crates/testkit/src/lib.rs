@@ -93,18 +93,33 @@ struct Launch<'a> {
     tls: Option<TlsFiles>,
 }
 
-fn node_options(dir: &Path) -> NodeOptions {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    if !dir.join("schema/s.sql").exists() {
-        std::fs::write(dir.join("schema/s.sql"), SCHEMA).unwrap();
+/// Options of a node of region `ams` living in `dir`: data in `dir/data`,
+/// regional schema files in `dir/schema/` (first `regional.sql`), global
+/// ones in `dir/global/` (first `global.sql`). The first files are written
+/// only when absent, so a reopened node keeps whatever schema its test has
+/// written since (to test reloads).
+pub fn node_options(dir: &Path, regional: &str, global: &str) -> NodeOptions {
+    for (folder, file, sql) in [
+        ("schema", "regional.sql", regional),
+        ("global", "global.sql", global),
+    ] {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        let path = dir.join(folder).join(file);
+        if !path.exists() {
+            std::fs::write(path, sql).unwrap();
+        }
     }
     NodeOptions {
         region: "ams".into(),
         global_member: false,
         data_dir: dir.join("data"),
         schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![],
+        global_schema_paths: vec![dir.join("global")],
     }
+}
+
+fn cluster_node_options(dir: &Path) -> NodeOptions {
+    node_options(dir, SCHEMA, "")
 }
 
 impl TestCluster {
@@ -126,7 +141,7 @@ impl TestCluster {
     /// Starts one more node (joining through the first); returns its index.
     pub async fn add_node(&mut self) -> usize {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(node_options(dir.path())).unwrap();
+        let node = Node::open(cluster_node_options(dir.path())).unwrap();
         let subs = Subscriptions::open_for(&node).unwrap();
         let index = self.nodes.len();
         let (runtime, faults) =
@@ -161,7 +176,7 @@ impl TestCluster {
     /// `runtime.shutdown()`.
     pub fn outsider(&self, cluster: &str, signed_by: Option<&Ca>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(node_options(dir.path())).unwrap();
+        let node = Node::open(cluster_node_options(dir.path())).unwrap();
         let subs = Subscriptions::open_for(&node).unwrap();
         let tls = self.ca.as_ref().map(|ca| {
             let signer = signed_by.unwrap_or(ca);
@@ -233,7 +248,7 @@ impl TestCluster {
     pub async fn restart(&mut self, i: usize) {
         self.stop(i).await;
         let dir = self.nodes[i].dir.path().to_path_buf();
-        let node = Node::open(node_options(&dir)).unwrap();
+        let node = Node::open(cluster_node_options(&dir)).unwrap();
         let subs = Subscriptions::open_for(&node).unwrap();
         let (runtime, faults) = self.launch(&node, &dir, self.member_launch(&dir, i));
         let t = &mut self.nodes[i];

@@ -42,6 +42,28 @@ async fn next(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
         .expect("inbound channel closed")
 }
 
+/// `from` sends `to` a datagram, which must be the next thing `to` hears:
+/// the marker after which an absence is asserted (`to` reads its one socket
+/// in order, so anything sent to it earlier would have come first).
+async fn hears_next(
+    from: &Transport,
+    to: &Transport,
+    rx: &mut mpsc::Receiver<Inbound>,
+    marker: &[u8],
+) {
+    from.send_datagram(to.local_addr(), marker)
+        .await
+        .expect("the marker's sender reaches its peer");
+    match next(rx).await {
+        Inbound::Datagram { payload, from, .. } => assert_eq!(
+            &payload[..],
+            marker,
+            "the datagram from {from} came before the marker"
+        ),
+        other => panic!("expected the marker, got {other:?}"),
+    }
+}
+
 fn stats(t: &Transport) -> StatsSnapshot {
     t.stats().snapshot()
 }
@@ -350,13 +372,7 @@ async fn frames_cross_a_lossy_link_and_partitions_block_until_healed() {
     faults_a.set_delay(Duration::ZERO, Duration::ZERO);
     // A third node, not partitioned, to send b the marker.
     let (c, _c_rx) = start("ams");
-    c.send_datagram(b.local_addr(), b"c is connected")
-        .await
-        .expect("c reaches b");
-    match next(&mut b_rx).await {
-        Inbound::Datagram { payload, .. } => assert_eq!(&payload[..], b"c is connected"),
-        other => panic!("expected c's datagram, got {other:?}"),
-    }
+    hears_next(&c, &b, &mut b_rx, b"c is connected").await;
     faults_a.partition_to(b.local_addr());
     let before = stats(&b).frames_in;
     a.send_frames(b.local_addr(), vec![Message::PullDone])
@@ -370,19 +386,7 @@ async fn frames_cross_a_lossy_link_and_partitions_block_until_healed() {
     // would have reached b before the marker: b reads its one socket in
     // order.
     a.flush_datagrams(WAIT).await;
-    c.send_datagram(b.local_addr(), b"marker")
-        .await
-        .expect("c reaches b");
-    match next(&mut b_rx).await {
-        Inbound::Datagram { payload, from, .. } => {
-            assert_eq!(
-                &payload[..],
-                b"marker",
-                "from {from}: nothing crosses the partition"
-            )
-        }
-        other => panic!("expected c's marker, got {other:?}: it crossed the partition"),
-    }
+    hears_next(&c, &b, &mut b_rx, b"marker").await;
     assert_eq!(stats(&b).frames_in, before);
 
     // Healed: QUIC's retransmission delivers the queued frame; the datagram
@@ -406,10 +410,7 @@ async fn a_partition_from_a_peer_drops_what_it_sends() {
     assert!(matches!(next(&mut b_rx).await, Inbound::Frames { .. }));
 
     let (c, _c_rx) = start("ams");
-    c.send_datagram(b.local_addr(), b"c is connected")
-        .await
-        .expect("c reaches b");
-    assert!(matches!(next(&mut b_rx).await, Inbound::Datagram { .. }));
+    hears_next(&c, &b, &mut b_rx, b"c is connected").await;
 
     faults_b.partition_from(a.local_addr());
     a.send_datagram(b.local_addr(), b"unheard")
@@ -419,15 +420,7 @@ async fn a_partition_from_a_peer_drops_what_it_sends() {
     // b reads that buffer in order, so when c's later marker reaches the
     // consumer, a's datagram has been read and dropped, or delivered first.
     a.flush_datagrams(WAIT).await;
-    c.send_datagram(b.local_addr(), b"marker")
-        .await
-        .expect("c reaches b");
-    match next(&mut b_rx).await {
-        Inbound::Datagram { payload, .. } => {
-            assert_eq!(&payload[..], b"marker", "b hears nothing from a")
-        }
-        other => panic!("expected c's marker, got {other:?}"),
-    }
+    hears_next(&c, &b, &mut b_rx, b"marker").await;
     faults_b.heal();
     a.send_datagram(b.local_addr(), b"heard")
         .await
