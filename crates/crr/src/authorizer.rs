@@ -58,12 +58,9 @@ pub(crate) fn install(conn: &mut Connection, user: UserSql) -> Result<()> {
     Ok(())
 }
 
-fn is_internal_table(name: &str) -> bool {
-    // sqlite_master is written by DDL, which is refused by its own action
-    // (with a better message); without PRAGMA writable_schema it is read-only.
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("crr_") || lower.contains("__crr_")
-}
+// sqlite_master is written by DDL, which is refused by its own action (with
+// a better message); without PRAGMA writable_schema it is read-only.
+use crate::schema::is_reserved_table_name as is_internal_table;
 
 fn is_capture_trigger(accessor: Option<&str>) -> bool {
     accessor.is_some_and(|t| {

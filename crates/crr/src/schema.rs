@@ -92,6 +92,15 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether `table` is one of Patina's own tables, or could be mistaken for
+/// one: `crr_*` (clocks, sites, the version index) and `*__crr_*` belong to
+/// this crate, `patina_*` to the node (replication bookkeeping). Clients may
+/// read them but never write them, and no user table may take such a name.
+pub fn is_reserved_table_name(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower.starts_with("crr_") || lower.starts_with("patina_") || lower.contains("__crr_")
+}
+
 /// The column id of a row's sentinel (cr-sqlite's `-1`): the clock entry that
 /// records the row's existence and causal length rather than a column.
 pub const SENTINEL: &str = "-1";

@@ -83,12 +83,11 @@ fn table_sql(conn: &Connection, schema: &str, table: &str) -> Result<TableSql> {
 
 fn reserved_names(info: &TableInfo) -> Vec<SchemaViolation> {
     let mut out = Vec::new();
-    let lower = info.name.to_ascii_lowercase();
-    if lower.starts_with("crr_") || lower.contains("__crr_") {
+    if crate::schema::is_reserved_table_name(&info.name) {
         out.push(violation(
             &info.name,
             None,
-            "names starting with crr_ or containing __crr_ are reserved for Patina's bookkeeping",
+            "names starting with crr_ or patina_, or containing __crr_, are reserved for Patina's own tables: rename the table",
         ));
     }
     for c in info
@@ -368,6 +367,11 @@ mod tests {
             Some("-1"),
             "reserved",
         );
+        let v = check(
+            "CREATE TABLE Patina_applied(id INTEGER PRIMARY KEY NOT NULL)",
+            "Patina_applied",
+        );
+        assert!(v[0].rule.contains("patina_"), "{v:?}");
         assert_ok("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, crr_a INT)");
         assert!(check(
             "CREATE TABLE my_crr(id INTEGER PRIMARY KEY NOT NULL)",
