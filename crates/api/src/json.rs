@@ -3,7 +3,8 @@
 //! A statement is `"SQL"`, `["SQL", [params]]`, `["SQL", {":name": v}]` or
 //! `{"query": "SQL", "params": [...] | "named_params": {...}}`.
 //! Parameters map to SQLite values: null → NULL, true/false → 1/0, integer
-//! → INTEGER (beyond i64: REAL, as Corrosion does), float → REAL, string
+//! → INTEGER (beyond i64: refused — Corrosion stores it as a REAL that
+//! has lost digits; send it as a string or with a decimal point), float → REAL, string
 //! → TEXT, an array of integers 0–255 (or empty) → BLOB, any other array
 //! or object → its JSON text, exactly as sent, as TEXT.
 
@@ -205,8 +206,17 @@ fn value_from_raw(text: &str) -> Result<Value, String> {
         _ => {
             let n: serde_json::Number = serde_json::from_str(text)
                 .map_err(|e| format!("parameter {text} is not a number SQLite can store: {e}"))?;
+            let integer_literal = !text.contains(['.', 'e', 'E']);
             match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => Value::Integer(i),
+                // Silently storing it as the nearest REAL would lose digits.
+                (None, _) if integer_literal => {
+                    return Err(format!(
+                        "parameter {text} is an integer outside SQLite's range ({} to {}): send it as a string, or as a number with a decimal point to store it as REAL",
+                        i64::MIN,
+                        i64::MAX
+                    ))
+                }
                 (None, Some(f)) => Value::Real(f),
                 (None, None) => return Err(format!("parameter {text} is out of range")),
             }
@@ -311,10 +321,20 @@ mod tests {
         assert_eq!(param("true"), Value::Integer(1));
         assert_eq!(param("false"), Value::Integer(0));
         assert_eq!(param("-7"), Value::Integer(-7));
-        assert_eq!(
-            param("18446744073709551615"),
-            Value::Real(18446744073709551615.0)
-        );
+        assert_eq!(param("9223372036854775807"), Value::Integer(i64::MAX));
+        assert_eq!(param("-9223372036854775808"), Value::Integer(i64::MIN));
+        for big in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "-9223372036854775809",
+        ] {
+            let err = serde_json::from_str::<JsonValue>(big)
+                .err()
+                .expect(big)
+                .to_string();
+            assert!(err.contains(big) && err.contains("outside"), "{err}");
+        }
+        assert_eq!(param("1e23"), Value::Real(1e23));
         assert_eq!(param("1.5"), Value::Real(1.5));
         assert_eq!(param(r#""a\"b""#), Value::Text("a\"b".into()));
         assert_eq!(param("[0, 1, 255]"), Value::Blob(vec![0, 1, 255]));

@@ -442,9 +442,13 @@ impl CrrTx<'_> {
             check_statement(sql)?;
             let mut stmt = conn.prepare_cached(sql)?;
             if stmt.column_count() > 0 {
+                // SQLite's change count is that of the last statement that
+                // wrote: a read-only statement would report its
+                // predecessor's. `… RETURNING` writes, and counts its rows.
+                let writes = !stmt.readonly();
                 let mut rows = stmt.query(params)?;
                 while rows.next()?.is_some() {}
-                Ok(conn.changes() as usize)
+                Ok(if writes { conn.changes() as usize } else { 0 })
             } else {
                 Ok(stmt.execute(params)?)
             }

@@ -394,3 +394,29 @@ fn non_additive_schema_changes_are_refused_whole() {
         "{msg}"
     );
 }
+
+/// A statement's count is its own: a SELECT counts 0 whatever wrote before
+/// it in the transaction, `… RETURNING` counts the rows it wrote.
+#[test]
+fn rows_affected_is_each_statements_own() {
+    let mut c = db("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, v INTEGER);");
+    let mut tx = c.transaction().unwrap();
+    assert_eq!(
+        tx.execute("INSERT INTO t VALUES (1, 1), (2, 2), (3, 3)", [])
+            .unwrap(),
+        3
+    );
+    assert_eq!(tx.execute("SELECT 1", []).unwrap(), 0);
+    assert_eq!(tx.execute("SELECT v FROM t", []).unwrap(), 0);
+    assert_eq!(
+        tx.execute("UPDATE t SET v = 9 WHERE id < 3 RETURNING id", [])
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        tx.execute("UPDATE t SET v = 9 WHERE id > 9", []).unwrap(),
+        0
+    );
+    assert_eq!(tx.execute("SELECT count(*) FROM t", []).unwrap(), 0);
+    tx.commit().unwrap();
+}

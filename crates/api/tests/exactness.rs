@@ -1,0 +1,76 @@
+//! Numbers the API reports and stores are exact: a statement's
+//! `rows_affected` is its own, and an integer SQLite cannot hold is refused
+//! rather than stored as a REAL that lost digits.
+
+mod common;
+
+use common::start;
+use serde_json::json;
+
+#[tokio::test]
+async fn rows_affected_of_a_statement_that_writes_nothing_is_0() {
+    let s = start().await;
+    let r = s
+        .post_json(
+            "/v1/transactions",
+            &json!([
+                "INSERT INTO vals (k, v) VALUES (1, 1), (2, 2), (3, 3)",
+                "SELECT 1",
+                "UPDATE vals SET v = 0 WHERE k < 3",
+                "SELECT count(*) FROM vals",
+                "DELETE FROM vals WHERE k > 100"
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let affected: Vec<_> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["rows_affected"].clone())
+        .collect();
+    assert_eq!(
+        affected,
+        vec![json!(3), json!(0), json!(2), json!(0), json!(0)]
+    );
+}
+
+#[tokio::test]
+async fn integers_outside_i64_are_refused_naming_the_value() {
+    let s = start().await;
+    let big = "99999999999999999999999";
+    let bodies = [
+        format!(r#"[["INSERT INTO vals (k, v) VALUES (1, ?)", [{big}]]]"#),
+        format!(
+            r#"[{{"query": "INSERT INTO vals (k, v) VALUES (1, :v)", "named_params": {{":v": {big}}}}}]"#
+        ),
+        r#"[["INSERT INTO vals (k, v) VALUES (?, 1)", [18446744073709551615]]]"#.to_owned(),
+    ];
+    for body in bodies {
+        let r = s.post_raw("/v1/transactions", body.clone()).await;
+        assert_eq!(
+            r.status,
+            422,
+            "{body}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains("outside SQLite's range"), "{body}: {text}");
+    }
+    let r = s
+        .post_raw("/v1/queries", format!(r#"["SELECT ?", [{big}]]"#))
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(s.rows(json!("SELECT count(*) FROM vals")).await == vec![json!([0])]);
+    // The edges of the range, and a number with an exponent, still go in.
+    s.exec(json!([[
+        "INSERT INTO vals (k, v) VALUES (?, ?), (?, ?)",
+        [9223372036854775807i64, -9223372036854775808i64, 2, 1e23]
+    ]]))
+    .await;
+    assert_eq!(
+        s.rows(json!("SELECT typeof(v) FROM vals ORDER BY k")).await,
+        vec![json!(["real"]), json!(["integer"])]
+    );
+}
