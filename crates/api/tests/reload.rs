@@ -60,3 +60,28 @@ async fn bad_bodies_are_refused() {
     assert_eq!(s.post_raw("/v1/reload", "{").await.status, 400);
     assert_eq!(s.get("/v1/reload").await.status, 405);
 }
+
+#[tokio::test]
+async fn a_removed_table_is_refused_like_a_removed_column() {
+    let s = start().await;
+    s.exec(json!(["INSERT INTO vals (k, v) VALUES (1, 2)"]))
+        .await;
+    let without_vals: String = REGIONAL_SCHEMA
+        .split(';')
+        .filter(|stmt| !stmt.contains("vals"))
+        .collect::<Vec<_>>()
+        .join(";");
+    assert_ne!(without_vals, REGIONAL_SCHEMA);
+    std::fs::write(s.regional_schema_path(), without_vals).unwrap();
+    let r = s.post_raw("/v1/reload", "").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let error = r.error();
+    assert!(
+        error.contains("vals") && error.contains("table was removed"),
+        "{error}"
+    );
+    assert_eq!(
+        s.rows(json!("SELECT k, v FROM vals")).await,
+        vec![json!([1, 2])]
+    );
+}
