@@ -54,9 +54,14 @@ pub(crate) fn enqueue(
         }
     }
     shared.queued().entered(&chunk);
-    if let Err(full) = apply.try_send(Arrived { chunk, forward }) {
-        shared.stats.chunks_dropped_queue_full.inc();
-        shared.queued().left(&full.into_inner().chunk);
+    match apply.try_send(Arrived { chunk, forward }) {
+        Ok(()) => {
+            shared.stats.apply_queue_chunks.inc();
+        }
+        Err(full) => {
+            shared.stats.chunks_dropped_queue_full.inc();
+            shared.queued().left(&full.into_inner().chunk);
+        }
     }
 }
 
@@ -84,6 +89,8 @@ pub(crate) async fn apply_loop(
                     queued.left(chunk);
                 }
             }
+            // Queued until merged: the health gate's `queue_size`.
+            shared.stats.apply_queue_chunks.dec_by(chunks.len() as i64);
             let Some(outcome) = applied else {
                 return;
             };

@@ -24,6 +24,8 @@ struct MemoryReplica {
     versions: Mutex<BTreeMap<(DbKind, ActorId, u64), ChangeChunk>>,
     bookkeeping: watch::Sender<Arc<Bookkeeper>>,
     commits: broadcast::Sender<Changeset>,
+    /// While true, merges wait: a writer that is behind.
+    hold: watch::Sender<bool>,
 }
 
 impl MemoryReplica {
@@ -34,6 +36,7 @@ impl MemoryReplica {
             versions: Mutex::default(),
             bookkeeping: watch::Sender::new(Arc::new(Bookkeeper::new(actor))),
             commits: broadcast::Sender::new(16),
+            hold: watch::Sender::new(false),
         })
     }
 
@@ -60,6 +63,8 @@ impl Replica for Shared {
         chunks: Vec<Arc<ChangeChunk>>,
     ) -> BoxFuture<'_, Option<RemoteOutcome>> {
         Box::pin(async move {
+            let mut hold = self.0.hold.subscribe();
+            let _ = hold.wait_for(|held| !held).await;
             let mut outcome = RemoteOutcome::default();
             let mut versions = self.0.versions.lock().unwrap();
             let mut bookie = (**self.0.bookkeeping.borrow()).clone();
@@ -188,5 +193,58 @@ async fn a_fake_replica_relays_a_write_between_real_nodes() {
     .await;
     assert!(late.has_applied(DbKind::Regional, actor, 1));
     late_rt.shutdown().await;
+    fake.shutdown().await;
+}
+
+/// Chunks waiting for a writer that is behind show in the apply queue gauge
+/// (`/v1/health`'s `queue_size`), and leave it once merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_waiting_for_the_writer_show_in_the_queue_gauge() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let memory = MemoryReplica::new();
+    memory.hold.send_replace(true);
+    let fake =
+        ClusterRuntime::start(Shared(Arc::clone(&memory)), options(dirs[0].path(), None)).unwrap();
+    let writer = open_node(dirs[1].path());
+    let writer_rt =
+        ClusterRuntime::start(writer.clone(), options(dirs[1].path(), Some(fake.addr()))).unwrap();
+    eventually("the two see each other", Duration::from_secs(10), || {
+        let seen = fake.members().borrow().len() + writer_rt.members().borrow().len();
+        async move { seen == 2 }
+    })
+    .await;
+    for id in 1..=3 {
+        writer
+            .transact(vec![patina_node::Statement::new(format!(
+                "INSERT INTO machines VALUES ({id}, 'started')"
+            ))])
+            .await
+            .unwrap();
+    }
+    let counters = fake.counters();
+    eventually(
+        "the pushed chunks wait in the queue",
+        Duration::from_secs(10),
+        || {
+            let queued = counters.apply_queue_chunks();
+            async move { queued >= 1 }
+        },
+    )
+    .await;
+    assert_eq!(memory.holds(DbKind::Regional, writer.actor_id()), 0);
+
+    memory.hold.send_replace(false);
+    let actor = writer.actor_id();
+    eventually("every version merged", Duration::from_secs(10), || {
+        let merged = memory.holds(DbKind::Regional, actor);
+        async move { merged == 3 }
+    })
+    .await;
+    eventually("the queue drained", Duration::from_secs(10), || {
+        let queued = counters.apply_queue_chunks();
+        async move { queued == 0 }
+    })
+    .await;
+    writer_rt.shutdown().await;
     fake.shutdown().await;
 }
