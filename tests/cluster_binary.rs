@@ -68,4 +68,18 @@ fn two_agents_form_a_region_and_replicate() {
         .unwrap_or_else(|| panic!("no replication metric in:\n{metrics}"));
     let n: u64 = applied.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1, "{applied}");
+
+    // The peer's round trip, from the QUIC connection that carried the
+    // write; the node itself has none.
+    let (ok, out, err) = a.cli(&["members", "--json"]);
+    assert!(ok, "{err}");
+    let members: Vec<Json> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let me = members.iter().find(|m| m["addr"] == a.gossip.as_str());
+    let peer = members.iter().find(|m| m["addr"] == b.gossip.as_str());
+    assert_eq!(me.map(|m| &m["rtt_ms"]), Some(&Json::Null), "{members:?}");
+    let rtt = peer.and_then(|m| m["rtt_ms"].as_f64());
+    assert!(rtt.is_some_and(|ms| ms > 0.0 && ms < 1000.0), "{members:?}");
 }

@@ -205,21 +205,21 @@ impl ClusterView for RegionView {
     }
 
     fn members(&self) -> Vec<MemberInfo> {
-        let info = |id: &patina_wire::NodeIdentity, state| MemberInfo {
+        let info = |id: &patina_wire::NodeIdentity, state, rtt_ms| MemberInfo {
             actor_id: id.actor,
             addr: Some(id.addr.to_string()),
             region: id.cluster.as_str().to_owned(),
             cluster: id.cluster.as_str().to_owned(),
             state,
-            rtt_ms: None,
+            rtt_ms,
         };
-        let mut out = vec![info(&self.me, MemberState::Alive)];
-        out.extend(
-            self.members
-                .borrow()
-                .iter()
-                .map(|m| info(&m.identity, member_state(m.state))),
-        );
+        // The node itself has no round trip to measure.
+        let mut out = vec![info(&self.me, MemberState::Alive, None)];
+        out.extend(self.members.borrow().iter().map(|m| {
+            let rtt = self.counters.rtt(m.identity.addr);
+            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+            info(&m.identity, member_state(m.state), rtt_ms)
+        }));
         out
     }
 

@@ -121,6 +121,7 @@ impl ClusterRuntime {
         ClusterCounters {
             cluster: self.membership.identity().cluster.clone(),
             replicator: self.replicator.stats(),
+            transport: self.transport.clone(),
         }
     }
 
@@ -149,6 +150,7 @@ impl ClusterRuntime {
 pub struct ClusterCounters {
     cluster: ClusterName,
     replicator: Arc<ReplicatorStats>,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for ClusterCounters {
@@ -160,6 +162,13 @@ impl std::fmt::Debug for ClusterCounters {
 impl ClusterCounters {
     pub fn cluster(&self) -> &str {
         self.cluster.as_str()
+    }
+
+    /// QUIC's round-trip estimate to the member at `addr`, if this node
+    /// holds a live connection to it (members it has not exchanged anything
+    /// with have none).
+    pub fn rtt(&self, addr: std::net::SocketAddr) -> Option<std::time::Duration> {
+        self.transport.rtt(addr)
     }
 
     /// The 99th percentile of the last minute's replication lag (origin

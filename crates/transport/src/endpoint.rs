@@ -142,6 +142,16 @@ impl Transport {
         ))
     }
 
+    /// QUIC's current round-trip estimate to `peer`, when a live connection
+    /// to it is cached; `None` otherwise (never dialed, closed, or a dial in
+    /// progress). Never dials.
+    pub fn rtt(&self, peer: SocketAddr) -> Option<Duration> {
+        let slot = self.inner.peers.map().get(&peer).cloned()?;
+        let state = slot.state.try_lock().ok()?;
+        let conn = state.conn.as_ref()?;
+        conn.close_reason().is_none().then(|| conn.rtt())
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         // The socket was bound at construction; its address does not change
