@@ -85,3 +85,21 @@ async fn a_removed_table_is_refused_like_a_removed_column() {
         vec![json!([1, 2])]
     );
 }
+
+/// A CHECK over two replicated columns could be broken by a merge of two
+/// valid concurrent writes, wedging replication on every node: refused.
+#[tokio::test]
+async fn a_check_over_two_columns_is_refused() {
+    let s = start().await;
+    let schema = format!(
+        "{REGIONAL_SCHEMA}\nCREATE TABLE ranges (id INTEGER PRIMARY KEY NOT NULL, lo INT, hi INT, CHECK (lo < hi));"
+    );
+    std::fs::write(s.regional_schema_path(), schema).unwrap();
+    let r = s.post_raw("/v1/reload", "").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let error = r.error();
+    assert!(
+        error.contains("ranges") && error.contains("lo and hi"),
+        "names the table and the columns: {error}"
+    );
+}

@@ -52,6 +52,7 @@ pub(crate) fn validate(
     out.extend(not_null_rules(&info));
     out.extend(unique_rules(conn, schema, table)?);
     out.extend(autoincrement_rule(&sql, &info));
+    out.extend(check_rules(&sql, &info));
     out.extend(foreign_key_rules(conn, schema, table)?);
     Ok(out)
 }
@@ -185,6 +186,64 @@ fn index_columns(conn: &Connection, schema: &str, index: &str) -> Result<Vec<Str
         .query_map([index, schema], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(names)
+}
+
+/// A CHECK may read at most one replicated column besides the primary key
+/// (docs/crr.md, "Constraints a merge can break"): merging keeps the newest
+/// value of each column separately, so two valid writes to two columns can
+/// merge into a row no write ever checked — and every node would then
+/// refuse that merge, forever.
+fn check_rules(sql: &str, info: &TableInfo) -> Vec<SchemaViolation> {
+    let tokens = tokenize(sql);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < tokens.len() {
+        if !(tokens[i].is_word("CHECK") && tokens[i + 1].is_punct('(')) {
+            i += 1;
+            continue;
+        }
+        let (start, mut depth, mut end) = (i, 0usize, i + 1);
+        while end < tokens.len() {
+            if tokens[end].is_punct('(') {
+                depth += 1;
+            } else if tokens[end].is_punct(')') {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            end += 1;
+        }
+        let end = end.min(tokens.len() - 1);
+        let mut read: Vec<&str> = Vec::new();
+        for t in &tokens[start + 2..end] {
+            let name = t.unquoted();
+            let column = info
+                .columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(&name) && c.pk_order == 0 && !c.generated);
+            if let Some(c) = column {
+                if !read.contains(&c.name.as_str()) {
+                    read.push(&c.name);
+                }
+            }
+        }
+        if read.len() > 1 {
+            out.push(violation(
+                &info.name,
+                None,
+                format!(
+                    "`{}` reads the columns {}: merging concurrent writes keeps each column's \
+                     newest value separately, so a merged row could break it on every node; \
+                     check one column (plus the primary key) per constraint",
+                    crate::sql_text::span(sql, &tokens[start..=end]),
+                    read.join(" and ")
+                ),
+            ));
+        }
+        i = end + 1;
+    }
+    out
 }
 
 fn autoincrement_rule(sql: &str, info: &TableInfo) -> Option<SchemaViolation> {
@@ -347,6 +406,39 @@ mod tests {
             "foreign keys",
         );
         assert_ok("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, p_id INT)");
+    }
+
+    #[test]
+    fn checks_over_two_replicated_columns_are_refused() {
+        let v = check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, lo INT, hi INT, CHECK (lo < hi))",
+            "t",
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].rule.contains("lo and hi") && v[0].rule.contains("CHECK (lo < hi)"),
+            "{v:?}"
+        );
+        // Written on a column, reading another: the same.
+        let v = check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, lo INT CHECK (lo <= \"Hi\"), hi INT)",
+            "t",
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        // One column, with the key (fixed for a row) and functions: merges
+        // keep each written value of that column, each of which passed.
+        assert!(check(
+            "CREATE TABLE t(a TEXT NOT NULL, b INT NOT NULL, n INT CHECK (n > b AND length(a) > 0),
+             s TEXT, CHECK (s IN ('started', 'stopped')), PRIMARY KEY (a, b))",
+            "t"
+        )
+        .is_empty());
+        // A CHECK inside a string literal or a column named check is no CHECK.
+        assert!(check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, x TEXT DEFAULT 'CHECK (lo < hi)', lo INT, hi INT)",
+            "t"
+        )
+        .is_empty());
     }
 
     #[test]
