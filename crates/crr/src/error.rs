@@ -54,6 +54,16 @@ pub enum CrrError {
         reason: String,
     },
 
+    /// This database's constraints (a CHECK, NOT NULL, a value too big)
+    /// refuse a row of a batch passed to `apply_changes`: a schema that
+    /// differs from the writer's. Nothing of the batch was applied.
+    #[error("change #{index} (table {table:?}): this database's constraints refuse the row: {reason}; nothing of this batch was applied")]
+    RowRefused {
+        index: usize,
+        table: String,
+        reason: String,
+    },
+
     /// A statement of a CRR transaction failed; the transaction can only be
     /// rolled back (partial statement effects would escape capture).
     #[error("a statement of this transaction failed earlier; roll it back")]

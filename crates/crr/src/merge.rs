@@ -328,11 +328,21 @@ pub(crate) fn merge(
             (&mut cache, &mut upserts),
             &mut report,
         )
-        .map_err(|e| CrrError::BadChange {
-            index: start,
-            table: first.change.table.clone(),
-            cid: first.change.cid.clone(),
-            reason: format!("writing the row failed: {e}"),
+        .map_err(|e| {
+            if refused_by_constraints(&e) {
+                CrrError::RowRefused {
+                    index: start,
+                    table: first.change.table.clone(),
+                    reason: e.to_string(),
+                }
+            } else {
+                CrrError::BadChange {
+                    index: start,
+                    table: first.change.table.clone(),
+                    cid: first.change.cid.clone(),
+                    reason: format!("writing the row failed: {e}"),
+                }
+            }
         })?;
     }
     // The merge never assumes keys new, so the flush cannot misspeculate.
@@ -342,6 +352,15 @@ pub(crate) fn merge(
     })?;
     sites.save(conn)?;
     Ok(report)
+}
+
+/// Whether writing a row failed because this database's constraints
+/// refuse its values (and would again), not because the change is
+/// malformed or the disk failed.
+fn refused_by_constraints(e: &CrrError) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(e, CrrError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if matches!(f.code, ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig))
 }
 
 #[allow(clippy::too_many_arguments)]

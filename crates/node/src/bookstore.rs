@@ -1,13 +1,14 @@
 //! The durable half of replication bookkeeping: which remote versions a
-//! database holds, the chunks of incomplete transactions, and versions
-//! parked until their schema arrives. Lives in the database file it
+//! database holds, the chunks of incomplete transactions, and the changes
+//! of held versions (waiting for their schema, or refused by local
+//! constraints; see `held`). Lives in the database file it
 //! describes and is written in the same SQLite transaction as the changes
 //! (`CrrConn::apply_changes_with`), so a crash never leaves the bookkeeping
 //! claiming changes that are not there, or the reverse. Versions and seqs
 //! are stored as SQLite integers (crr refuses counters above 2^62).
 
 use patina_wire::{ActorId, ChangeChunk, Span, WireChange};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 pub(crate) const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS patina_applied(
@@ -31,19 +32,40 @@ CREATE TABLE IF NOT EXISTS patina_buffered_changes(
     change BLOB NOT NULL,
     PRIMARY KEY (actor, version, seq, change)
 ) WITHOUT ROWID;
+-- A held version's changes are its rows of patina_buffered_changes.
+-- `waiting`: some name a table or column this schema lacks; `refused`:
+-- why local constraints refused some (NULL if none were).
 CREATE TABLE IF NOT EXISTS patina_parked(
     actor BLOB NOT NULL,
     version INTEGER NOT NULL,
+    waiting INTEGER NOT NULL DEFAULT 1,
+    refused TEXT,
     PRIMARY KEY (actor, version)
 ) WITHOUT ROWID;
 ";
+
+/// Databases written before held versions could be refused have the two
+/// first columns of `patina_parked` only; every version held then waited.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let has_refused: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('patina_parked') WHERE name = 'refused'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_refused {
+        conn.execute_batch(
+            "ALTER TABLE patina_parked ADD COLUMN waiting INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE patina_parked ADD COLUMN refused TEXT;",
+        )?;
+    }
+    Ok(())
+}
 
 /// What is persisted, as loaded at start.
 #[derive(Debug, Default)]
 pub(crate) struct Persisted {
     pub applied: Vec<(ActorId, Vec<Span>)>,
     pub partials: Vec<(ActorId, u64, u64, Vec<Span>)>,
-    pub parked: Vec<(ActorId, u64)>,
 }
 
 fn actor_of(bytes: Vec<u8>) -> rusqlite::Result<ActorId> {
@@ -66,6 +88,7 @@ fn encode<T: serde::Serialize>(value: &T) -> rusqlite::Result<Vec<u8>> {
 
 pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Persisted> {
     conn.execute_batch(SCHEMA_SQL)?;
+    upgrade(conn)?;
     let mut out = Persisted::default();
     let mut st = conn.prepare("SELECT actor, spans FROM patina_applied")?;
     let mut rows = st.query([])?;
@@ -82,12 +105,6 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Persisted> {
             r.get::<_, i64>(2)? as u64,
             spans_of(&r.get::<_, Vec<u8>>(3)?)?,
         ));
-    }
-    let mut st = conn.prepare("SELECT actor, version FROM patina_parked")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        out.parked
-            .push((actor_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64));
     }
     Ok(out)
 }
@@ -109,7 +126,7 @@ pub(crate) fn buffer_chunk(
     last_seq: u64,
     have: &[Span],
 ) -> rusqlite::Result<()> {
-    store_changes(conn, chunk)?;
+    store(conn, chunk.actor, chunk.version, &chunk.changes)?;
     conn.prepare_cached(
         "INSERT OR REPLACE INTO patina_partials(actor, version, last_seq, have) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -122,14 +139,19 @@ pub(crate) fn buffer_chunk(
     Ok(())
 }
 
-fn store_changes(conn: &Connection, chunk: &ChangeChunk) -> rusqlite::Result<()> {
+fn store(
+    conn: &Connection,
+    actor: ActorId,
+    version: u64,
+    changes: &[WireChange],
+) -> rusqlite::Result<()> {
     let mut st = conn.prepare_cached(
         "INSERT OR REPLACE INTO patina_buffered_changes(actor, version, seq, change) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for c in &chunk.changes {
+    for c in changes {
         st.execute(params![
-            chunk.actor.as_bytes().as_slice(),
-            chunk.version as i64,
+            actor.as_bytes().as_slice(),
+            version as i64,
             c.seq,
             encode(c)?
         ])?;
@@ -173,34 +195,55 @@ pub(crate) fn clear_version(
     Ok(())
 }
 
-/// Keeps a complete version whose tables or columns this node's schema
-/// lacks: its changes stay buffered until a schema reload applies them.
-pub(crate) fn park(conn: &Connection, chunk: &ChangeChunk) -> rusqlite::Result<()> {
-    store_changes(conn, chunk)?;
-    let a = chunk.actor.as_bytes().as_slice();
-    conn.prepare_cached("DELETE FROM patina_partials WHERE actor = ?1 AND version = ?2")?
-        .execute(params![a, chunk.version as i64])?;
-    conn.prepare_cached("INSERT OR IGNORE INTO patina_parked(actor, version) VALUES (?1, ?2)")?
-        .execute(params![a, chunk.version as i64])?;
+/// Holds `changes` of an applied version (adding to what it holds
+/// already): `waiting` when they name a table or column this schema lacks,
+/// `refused` with the reason when local constraints refused them.
+pub(crate) fn hold(
+    conn: &Connection,
+    actor: ActorId,
+    version: u64,
+    changes: &[WireChange],
+    waiting: bool,
+    refused: Option<&str>,
+) -> rusqlite::Result<()> {
+    store(conn, actor, version, changes)?;
+    conn.prepare_cached(
+        "INSERT INTO patina_parked(actor, version, waiting, refused) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (actor, version) DO UPDATE SET
+             waiting = max(waiting, excluded.waiting),
+             refused = coalesce(excluded.refused, refused)",
+    )?
+    .execute(params![
+        actor.as_bytes().as_slice(),
+        version as i64,
+        waiting,
+        refused
+    ])?;
     Ok(())
 }
 
-pub(crate) fn is_parked(conn: &Connection, actor: ActorId, version: u64) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM patina_parked WHERE actor = ?1 AND version = ?2")?
-        .query_row(params![actor.as_bytes().as_slice(), version as i64], |_| {
-            Ok(())
-        })
-        .optional()
-        .map(|r| r.is_some())
+/// One held version as stored.
+pub(crate) struct HeldRow {
+    pub actor: ActorId,
+    pub version: u64,
+    pub waiting: bool,
+    pub refused: Option<String>,
 }
 
-pub(crate) fn parked(conn: &Connection) -> rusqlite::Result<Vec<(ActorId, u64)>> {
-    let mut st =
-        conn.prepare("SELECT actor, version FROM patina_parked ORDER BY actor, version")?;
+/// Every held version.
+pub(crate) fn held(conn: &Connection) -> rusqlite::Result<Vec<HeldRow>> {
+    let mut st = conn.prepare(
+        "SELECT actor, version, waiting, refused FROM patina_parked ORDER BY actor, version",
+    )?;
     let mut rows = st.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push((actor_of(r.get(0)?)?, r.get::<_, i64>(1)? as u64));
+        out.push(HeldRow {
+            actor: actor_of(r.get(0)?)?,
+            version: r.get::<_, i64>(1)? as u64,
+            waiting: r.get(2)?,
+            refused: r.get(3)?,
+        });
     }
     Ok(out)
 }

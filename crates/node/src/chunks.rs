@@ -1,7 +1,7 @@
 //! Between `patina-crr`'s changes and the wire's chunks: a chunk names its
 //! actor and version once; a `Change` carries them itself.
 
-use patina_crr::Change;
+use patina_crr::{Change, SiteId};
 use patina_wire::{ChangeChunk, WireChange};
 
 /// `changes` as the wire carries them (their site id and db_version become
@@ -24,8 +24,12 @@ pub fn wire_changes(changes: &[Change]) -> Vec<WireChange> {
 /// The chunk's changes as `patina-crr` changes, site id and db_version
 /// filled in from the chunk.
 pub fn chunk_changes(chunk: &ChangeChunk) -> Vec<Change> {
-    chunk
-        .changes
+    version_changes(chunk.actor, chunk.version, &chunk.changes)
+}
+
+/// `changes` of `actor`'s `version` as `patina-crr` changes.
+pub(crate) fn version_changes(actor: SiteId, version: u64, changes: &[WireChange]) -> Vec<Change> {
+    changes
         .iter()
         .map(|c| Change {
             table: c.table.clone(),
@@ -33,8 +37,8 @@ pub fn chunk_changes(chunk: &ChangeChunk) -> Vec<Change> {
             cid: c.cid.clone(),
             val: c.val.clone(),
             col_version: c.col_version,
-            db_version: chunk.version as i64,
-            site_id: chunk.actor,
+            db_version: version as i64,
+            site_id: actor,
             cl: c.cl,
             seq: c.seq,
         })

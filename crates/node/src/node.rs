@@ -14,6 +14,7 @@ use crate::changeset::{Changeset, CommitObserver, Origin};
 use crate::classify::{Classifier, Writes};
 use crate::datadir::DataDir;
 use crate::error::{NodeError, QueryError, TxError};
+use crate::held::HeldVersions;
 use crate::reader::{open_reader, QueryStream, ReadPool};
 use crate::remote::RemoteOutcome;
 use crate::schema_files;
@@ -219,8 +220,8 @@ impl Node {
         })
         .await?;
         // Versions that arrived before their tables or columns may apply now.
-        self.inner.regional.retry_parked().await;
-        self.inner.global.retry_parked().await;
+        self.inner.regional.retry_held().await;
+        self.inner.global.retry_held().await;
         self.inner
             .classifier
             .lock()
@@ -289,12 +290,19 @@ impl Node {
         version: u64,
         timeout: Duration,
     ) -> bool {
-        let mut rx = self.writer(db).bookkeeping();
-        let kind = db;
-        let done = |b: &Arc<Bookkeeper>| b.holds(kind, actor, version);
-        tokio::time::timeout(timeout, rx.wait_for(done))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        // Applied, and no part of it held: the writer publishes held
+        // versions before the bookkeeping, so the second wait sees the
+        // version's hold if it has one.
+        let mut applied = self.writer(db).bookkeeping();
+        let mut held = self.writer(db).held();
+        let whole = async {
+            applied
+                .wait_for(|b| b.holds(db, actor, version))
+                .await
+                .is_ok()
+                && held.wait_for(|h| !h.contains(actor, version)).await.is_ok()
+        };
+        tokio::time::timeout(timeout, whole).await.unwrap_or(false)
     }
 
     fn writer(&self, db: DbKind) -> &Writer {
@@ -336,6 +344,12 @@ impl Node {
     /// `db`'s bookkeeping, updated after every commit and merge.
     pub fn bookkeeping(&self, db: DbKind) -> watch::Receiver<Arc<Bookkeeper>> {
         self.writer(db).bookkeeping()
+    }
+
+    /// `db`'s held versions (applied, but part of them not merged yet),
+    /// updated after every merge.
+    pub fn held_versions(&self, db: DbKind) -> watch::Receiver<Arc<HeldVersions>> {
+        self.writer(db).held()
     }
 }
 

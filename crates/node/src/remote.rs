@@ -1,6 +1,6 @@
 //! Remote changes on a database's writer thread: merging chunks that peers
-//! sent (buffering incomplete transactions, parking versions whose schema
-//! has not arrived) and reading out what peers ask for. The writer thread
+//! sent (buffering incomplete transactions, holding changes the schema
+//! cannot merge yet — see `held`) and reading out what peers ask for. The writer thread
 //! owns the database's [`Bookkeeper`] and is the only place it changes, so
 //! what it records is what the database holds.
 
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::bookstore;
 use crate::changeset::Changeset;
 use crate::chunks;
+use crate::held::{self, HeldVersions, Hold, Refused};
 use patina_proto::{Bookkeeper, ChunkFate};
 
 /// Incomplete transactions buffered at most (per database). Each holds
@@ -35,8 +36,11 @@ pub struct RemoteOutcome {
     pub versions_applied: usize,
     /// Changes merged (won, lost or ignored).
     pub changes_merged: usize,
-    /// Versions kept until their tables or columns exist here.
+    /// Versions applied but for changes naming tables or columns this
+    /// schema lacks, held until a reload adds them.
     pub versions_parked: usize,
+    /// Versions applied but for changes local constraints refused.
+    pub versions_refused: usize,
     pub duplicates: usize,
     /// Chunks refused because merging them failed (bad content).
     pub failed: usize,
@@ -51,20 +55,32 @@ pub(crate) struct Replica {
     pub bookie: Bookkeeper,
     /// The bookkeeping as of the last batch, for summaries and planning.
     pub published: watch::Sender<Arc<Bookkeeper>>,
+    pub held: HeldVersions,
+    pub held_published: watch::Sender<Arc<HeldVersions>>,
 }
 
 impl Replica {
     pub fn open(conn: &CrrConn, db: DbKind) -> rusqlite::Result<Replica> {
         let bookie = load_bookie(conn, db)?;
+        let held = HeldVersions::load(conn.connection())?;
         let (published, _) = watch::channel(Arc::new(bookie.clone()));
+        let (held_published, _) = watch::channel(Arc::new(held.clone()));
         Ok(Replica {
             db,
             bookie,
             published,
+            held,
+            held_published,
         })
     }
 
+    /// Held versions first: a reader that sees a version applied in the
+    /// bookkeeping then sees whether part of it is held.
     pub fn publish(&self) {
+        if **self.held_published.borrow() != self.held {
+            self.held_published
+                .send_replace(Arc::new(self.held.clone()));
+        }
         self.published.send_replace(Arc::new(self.bookie.clone()));
     }
 
@@ -97,7 +113,8 @@ enum Write {
         have: Vec<Span>,
     },
     Clear(ActorId, u64),
-    Park(ChangeChunk),
+    /// Changes naming tables or columns this schema lacks.
+    Wait(ActorId, u64, Vec<WireChange>),
 }
 
 /// Merges `chunks` (all of this database) in one transaction; on failure,
@@ -137,6 +154,7 @@ fn add(all: &mut RemoteOutcome, one: RemoteOutcome) {
     all.versions_applied += one.versions_applied;
     all.changes_merged += one.changes_merged;
     all.versions_parked += one.versions_parked;
+    all.versions_refused += one.versions_refused;
     all.duplicates += one.duplicates;
     all.failed += one.failed;
     all.refused_partials_full += one.refused_partials_full;
@@ -232,27 +250,19 @@ fn try_batch(
                     .bookie
                     .record_applied(db, chunk.actor, chunk.version);
                 touched.insert(chunk.actor);
-                let whole = ChangeChunk {
-                    changes,
-                    ..(**chunk).clone()
-                };
-                if whole
-                    .changes
-                    .iter()
-                    .all(|c| conn.knows_column(&c.table, &c.cid))
-                {
-                    let start = merge.len();
-                    merge.extend(chunks::chunk_changes(&whole));
-                    applied.push((
-                        chunk.actor,
-                        chunk.version,
-                        chunk.committed_ms,
-                        start..merge.len(),
-                    ));
-                    writes.push(Write::Clear(chunk.actor, chunk.version));
-                } else {
+                let (known, waiting) = held::split_known(conn, changes);
+                let start = merge.len();
+                merge.extend(chunks::version_changes(chunk.actor, chunk.version, &known));
+                applied.push((
+                    chunk.actor,
+                    chunk.version,
+                    chunk.committed_ms,
+                    start..merge.len(),
+                ));
+                writes.push(Write::Clear(chunk.actor, chunk.version));
+                if !waiting.is_empty() {
                     out.versions_parked += 1;
-                    writes.push(Write::Park(whole));
+                    writes.push(Write::Wait(chunk.actor, chunk.version, waiting));
                 }
             }
         }
@@ -271,7 +281,11 @@ fn try_batch(
             )
         })
         .collect();
-    conn.apply_changes_with(&merge, |c| {
+    let versions: Vec<(ActorId, u64, std::ops::Range<usize>)> = applied
+        .iter()
+        .map(|(a, v, _, r)| (*a, *v, r.clone()))
+        .collect();
+    let ((), refused) = held::merge_isolating(conn, &merge, |c, refused| {
         for w in &writes {
             match w {
                 Write::Buffer {
@@ -280,61 +294,180 @@ fn try_batch(
                     have,
                 } => bookstore::buffer_chunk(c, chunk, *last_seq, have)?,
                 Write::Clear(actor, version) => bookstore::clear_version(c, *actor, *version)?,
-                Write::Park(chunk) => bookstore::park(c, chunk)?,
+                Write::Wait(actor, version, changes) => {
+                    bookstore::hold(c, *actor, *version, changes, true, None)?
+                }
             }
         }
+        hold_refused(c, &merge, &versions, refused)?;
         for (actor, spans) in &spans {
             bookstore::save_applied(c, *actor, spans)?;
         }
         Ok(())
     })?;
-    out.changes_merged = merge.len();
+    for w in &writes {
+        if let Write::Wait(actor, version, _) = w {
+            replica.held.hold(
+                *actor,
+                *version,
+                Hold {
+                    waiting: true,
+                    refused: None,
+                },
+            );
+        }
+    }
+    out.versions_refused = note_refused(replica, &merge, &versions, &refused);
+    let refused_mask = mask(merge.len(), &refused);
+    out.changes_merged = merge.len() - refused_mask.iter().filter(|r| **r).count();
     out.versions_applied = applied.len();
     for (actor, version, committed_ms, range) in applied {
+        let changes: Vec<Change> = range
+            .filter(|i| !refused_mask[*i])
+            .map(|i| merge[i].clone())
+            .collect();
+        if changes.is_empty() {
+            continue;
+        }
         on_applied(Changeset {
             db: replica.db,
             actor,
             version,
             committed_ms,
-            changes: merge[range].to_vec().into(),
+            changes: changes.into(),
         });
     }
     Ok(out)
 }
 
-/// Applies parked versions whose tables and columns now exist (after a
-/// schema reload). Returns how many were applied.
-pub(crate) fn retry_parked(
+/// Which of `len` changes were refused.
+fn mask(len: usize, refused: &Refused) -> Vec<bool> {
+    let mut out = vec![false; len];
+    for (range, _) in refused {
+        out[range.clone()].iter_mut().for_each(|r| *r = true);
+    }
+    out
+}
+
+/// The parts of `refused` (ranges of `merge`) in each version of
+/// `versions` (which cover `merge` in order), with the reason. A refused
+/// run of one row may cross from one version into the next.
+fn refused_by_version<'a>(
+    versions: &'a [(ActorId, u64, std::ops::Range<usize>)],
+    refused: &'a Refused,
+) -> impl Iterator<Item = (ActorId, u64, std::ops::Range<usize>, &'a str)> + 'a {
+    refused.iter().flat_map(move |(range, reason)| {
+        versions.iter().filter_map(move |(actor, version, r)| {
+            let part = range.start.max(r.start)..range.end.min(r.end);
+            (part.start < part.end).then_some((*actor, *version, part, reason.as_str()))
+        })
+    })
+}
+
+fn hold_refused(
+    c: &rusqlite::Connection,
+    merge: &[Change],
+    versions: &[(ActorId, u64, std::ops::Range<usize>)],
+    refused: &Refused,
+) -> rusqlite::Result<()> {
+    for (actor, version, part, reason) in refused_by_version(versions, refused) {
+        let changes = chunks::wire_changes(&merge[part]);
+        bookstore::hold(c, actor, version, &changes, false, Some(reason))?;
+    }
+    Ok(())
+}
+
+/// Records refused versions as held, logs each once; returns how many
+/// versions had a part refused.
+fn note_refused(
+    replica: &mut Replica,
+    merge: &[Change],
+    versions: &[(ActorId, u64, std::ops::Range<usize>)],
+    refused: &Refused,
+) -> usize {
+    let mut seen = BTreeSet::new();
+    for (actor, version, part, reason) in refused_by_version(versions, refused) {
+        let first = &merge[part.start];
+        tracing::warn!(
+            db = replica.db.name(),
+            %actor,
+            version,
+            table = %first.table,
+            changes = part.len(),
+            reason,
+            "refused part of a remote version: it is held (see /v1/health) and retried at the next schema reload; everything else of it applied"
+        );
+        replica.held.hold(
+            actor,
+            version,
+            Hold {
+                waiting: false,
+                refused: Some(reason.to_owned()),
+            },
+        );
+        seen.insert((actor, version));
+    }
+    seen.len()
+}
+
+/// Merges what held versions hold that the schema now has (after a schema
+/// reload), including changes refused before. Returns how many versions
+/// are no longer held.
+pub(crate) fn retry_held(
     conn: &mut CrrConn,
     replica: &mut Replica,
     on_applied: &impl Fn(Changeset),
 ) -> patina_crr::Result<usize> {
     let mut done = 0;
-    for (actor, version) in bookstore::parked(conn.connection())? {
+    let versions: Vec<(ActorId, u64)> = replica.held.iter().map(|(a, v, _)| (a, v)).collect();
+    for (actor, version) in versions {
         let changes = bookstore::buffered(conn.connection(), actor, version)?;
-        if !changes.iter().all(|c| conn.knows_column(&c.table, &c.cid)) {
+        let (known, waiting) = held::split_known(conn, changes);
+        if known.is_empty() {
             continue;
         }
-        let chunk = ChangeChunk {
-            db: replica.db,
-            actor,
-            version,
-            seqs: Span::new(0, 0),
-            last_seq: 0,
-            committed_ms: 0,
-            changes,
-        };
-        let merged = chunks::chunk_changes(&chunk);
-        conn.apply_changes_with(&merged, |c| bookstore::clear_version(c, actor, version))?;
-        on_applied(Changeset {
-            db: replica.db,
-            actor,
-            version,
-            committed_ms: 0,
-            changes: merged.into(),
-        });
-        done += 1;
+        let merge = chunks::version_changes(actor, version, &known);
+        let whole = [(actor, version, 0..merge.len())];
+        let ((), refused) = held::merge_isolating(conn, &merge, |c, refused| {
+            bookstore::clear_version(c, actor, version)?;
+            if !waiting.is_empty() {
+                bookstore::hold(c, actor, version, &waiting, true, None)?;
+            }
+            hold_refused(c, &merge, &whole, refused)
+        })?;
+        replica.held.release(actor, version);
+        if !waiting.is_empty() {
+            replica.held.hold(
+                actor,
+                version,
+                Hold {
+                    waiting: true,
+                    refused: None,
+                },
+            );
+        }
+        note_refused(replica, &merge, &whole, &refused);
+        if !replica.held.contains(actor, version) {
+            done += 1;
+        }
+        let refused_mask = mask(merge.len(), &refused);
+        let changes: Vec<Change> = merge
+            .iter()
+            .zip(&refused_mask)
+            .filter(|(_, r)| !**r)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !changes.is_empty() {
+            on_applied(Changeset {
+                db: replica.db,
+                actor,
+                version,
+                committed_ms: 0,
+                changes: changes.into(),
+            });
+        }
     }
+    replica.publish();
     Ok(done)
 }
 
@@ -368,10 +501,8 @@ pub(crate) fn serve(
                 if !holds(conn, replica, *actor, v) {
                     continue;
                 }
-                let changes = match parked_changes(conn, *actor, v)? {
-                    Some(c) => c,
-                    None => by_version.remove(&v).unwrap_or_default(),
-                };
+                let mut changes = by_version.remove(&v).unwrap_or_default();
+                changes.extend(held_changes(conn, replica, *actor, v)?);
                 chunks.extend(patina_wire::chunk_changes(
                     db,
                     *actor,
@@ -392,10 +523,8 @@ pub(crate) fn serve(
                 return Ok((Vec::new(), None));
             }
             let v = *version;
-            let changes = match parked_changes(conn, *actor, v)? {
-                Some(c) => c,
-                None => conn.changes_of(*actor, v..=v)?,
-            };
+            let mut changes = conn.changes_of(*actor, v..=v)?;
+            changes.extend(held_changes(conn, replica, *actor, v)?);
             let max_seq = changes
                 .iter()
                 .map(|c| c.seq.max(0) as u64)
@@ -458,25 +587,19 @@ fn holds(conn: &CrrConn, replica: &Replica, actor: ActorId, version: u64) -> boo
         .is_some_and(|r| r.contains(version))
 }
 
-fn parked_changes(
+/// What `actor`'s `version` holds unmerged: served with what was merged,
+/// so a held version travels on whole.
+fn held_changes(
     conn: &CrrConn,
+    replica: &Replica,
     actor: ActorId,
     version: u64,
-) -> patina_crr::Result<Option<Vec<Change>>> {
-    if !bookstore::is_parked(conn.connection(), actor, version)? {
-        return Ok(None);
+) -> patina_crr::Result<Vec<Change>> {
+    if !replica.held.contains(actor, version) {
+        return Ok(Vec::new());
     }
     let changes = bookstore::buffered(conn.connection(), actor, version)?;
-    let chunk = ChangeChunk {
-        db: DbKind::Regional,
-        actor,
-        version,
-        seqs: Span::new(0, 0),
-        last_seq: 0,
-        committed_ms: 0,
-        changes,
-    };
-    Ok(Some(chunks::chunk_changes(&chunk)))
+    Ok(chunks::version_changes(actor, version, &changes))
 }
 
 fn cell_order(c: &WireChange) -> (i64, &str, &[u8], &str) {

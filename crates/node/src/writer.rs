@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::changeset::{unix_ms, Changeset, Origin};
 use crate::error::TxError;
+use crate::held::HeldVersions;
 use crate::remote::{self, RemoteOutcome, Replica};
 use crate::statement::Statement;
 use crate::with_params;
@@ -50,8 +51,8 @@ enum Job {
         Need,
         Reply<patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)>>,
     ),
-    /// Applies parked versions whose schema arrived.
-    RetryParked(Reply<()>),
+    /// Merges held changes the schema now has.
+    RetryHeld(Reply<()>),
     /// Runs a closure on the connection (schema changes, stats).
     With(Box<dyn FnOnce(&mut CrrConn) + Send>),
 }
@@ -75,6 +76,7 @@ struct WriteCounters {
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
     bookkeeping: watch::Receiver<Arc<Bookkeeper>>,
+    held: watch::Receiver<Arc<HeldVersions>>,
     counters: Arc<WriteCounters>,
 }
 
@@ -87,6 +89,7 @@ impl Writer {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_JOBS_MAX);
         let mut replica = Replica::open(&conn, db).map_err(std::io::Error::other)?;
         let bookkeeping = replica.published.subscribe();
+        let held = replica.held_published.subscribe();
         let counters = Arc::new(WriteCounters::default());
         let count = Arc::clone(&counters);
         std::thread::Builder::new()
@@ -130,11 +133,11 @@ impl Writer {
                         Job::Serve(need, reply) => {
                             let _ = reply.send(remote::serve(&conn, &replica, &need));
                         }
-                        Job::RetryParked(reply) => {
-                            match remote::retry_parked(&mut conn, &mut replica, &remote_commit) {
+                        Job::RetryHeld(reply) => {
+                            match remote::retry_held(&mut conn, &mut replica, &remote_commit) {
                                 Ok(0) => {}
-                                Ok(n) => tracing::info!(db = db.name(), versions = n, "applied parked versions after a schema change"),
-                                Err(e) => tracing::warn!(db = db.name(), error = %e, "applying parked versions failed"),
+                                Ok(n) => tracing::info!(db = db.name(), versions = n, "merged held versions after a schema change"),
+                                Err(e) => tracing::warn!(db = db.name(), error = %e, "merging held versions failed"),
                             }
                             let _ = reply.send(());
                         }
@@ -145,6 +148,7 @@ impl Writer {
         Ok(Writer {
             jobs: tx,
             bookkeeping,
+            held,
             counters,
         })
     }
@@ -174,11 +178,11 @@ impl Writer {
         answer.await.ok()
     }
 
-    /// Applies parked versions whose tables and columns now exist; returns
+    /// Merges held changes whose tables and columns now exist; returns
     /// when done.
-    pub async fn retry_parked(&self) {
+    pub async fn retry_held(&self) {
         let (reply, answer) = oneshot::channel();
-        if self.jobs.send(Job::RetryParked(reply)).await.is_ok() {
+        if self.jobs.send(Job::RetryHeld(reply)).await.is_ok() {
             let _ = answer.await;
         }
     }
@@ -186,6 +190,11 @@ impl Writer {
     /// The bookkeeping as of the last commit or merge.
     pub fn bookkeeping(&self) -> watch::Receiver<Arc<Bookkeeper>> {
         self.bookkeeping.clone()
+    }
+
+    /// The held versions as of the last merge.
+    pub fn held(&self) -> watch::Receiver<Arc<HeldVersions>> {
+        self.held.clone()
     }
 
     pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {

@@ -1,7 +1,8 @@
 //! Remote changes through the node's API, without a network: what one node
 //! serves, another applies. Incomplete transactions stay buffered (also
-//! across a restart) and apply whole; versions for a schema a node lacks are
-//! parked until it arrives and can still be relayed; relays serve other
+//! across a restart) and apply whole; changes for a schema a node lacks are
+//! held until it arrives (the rest of their version applies at once) and
+//! are still relayed; changes local constraints refuse are held likewise; relays serve other
 //! actors' versions; duplicates cost nothing.
 
 use std::path::Path;
@@ -139,34 +140,102 @@ async fn a_chunked_transaction_applies_whole_also_across_a_restart() {
 }
 
 #[tokio::test]
-async fn a_version_for_a_schema_not_here_yet_is_parked_relayed_and_applied_after_reload() {
+async fn changes_for_a_schema_not_here_yet_are_held_relayed_and_applied_after_reload() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = Node::open(options(dirs[0].path(), SCHEMA_V2)).unwrap();
     let b = Node::open(options(dirs[1].path(), SCHEMA)).unwrap();
     let c = Node::open(options(dirs[2].path(), SCHEMA_V2)).unwrap();
-    exec(
+    let v = exec(
         &a,
         "INSERT INTO machines VALUES (1, 'web', 'started', 'ams')",
     )
     .await;
+    // A row that leaves the new column NULL names it too.
+    let v2 = exec(&a, "INSERT INTO machines (id, app) VALUES (2, 'db')").await;
 
     let outcome = apply(&b, served(&a, &b).await).await;
-    assert_eq!((outcome.versions_parked, outcome.versions_applied), (1, 0));
-    assert!(rows(&b, ALL).await.is_empty(), "parked, not applied");
+    assert_eq!((outcome.versions_parked, outcome.versions_applied), (2, 2));
+    assert_eq!(
+        rows(&b, ALL).await,
+        rows(&a, ALL).await,
+        "what b's schema has applies at once"
+    );
+    let held = b.held_versions(DbKind::Regional).borrow().clone();
+    assert_eq!((held.waiting(), held.refused()), (2, 0));
+    assert!(held.contains(a.actor_id(), v) && held.contains(a.actor_id(), v2));
+    let instant = std::time::Duration::ZERO;
+    assert!(
+        !b.wait_applied(DbKind::Regional, a.actor_id(), v, instant)
+            .await,
+        "after= waits for the whole version"
+    );
     assert!(
         served(&a, &b).await.is_empty(),
-        "a parked version is not asked for again"
+        "a held version is not asked for again"
     );
 
-    // b relays what it parked to c, which has the new column.
+    // b relays what it holds to c, which has the new column.
     let outcome = apply(&c, served(&b, &c).await).await;
-    assert_eq!(outcome.versions_applied, 1);
+    assert_eq!(outcome.versions_applied, 2);
     let with_region = "SELECT id, region FROM machines";
     assert_eq!(rows(&c, with_region).await, rows(&a, with_region).await);
 
     std::fs::write(dirs[1].path().join("schema/regional.sql"), SCHEMA_V2).unwrap();
     b.reload_schema().await.unwrap();
     assert_eq!(rows(&b, with_region).await, rows(&a, with_region).await);
+    assert_eq!(
+        *b.held_versions(DbKind::Regional).borrow(),
+        Default::default()
+    );
+    assert!(
+        b.wait_applied(DbKind::Regional, a.actor_id(), v, instant)
+            .await
+    );
+}
+
+#[tokio::test]
+async fn rows_local_constraints_refuse_are_held_and_the_rest_applies() {
+    // b's schema has a CHECK a's lacks (schemas drifted): a's 'bad' row
+    // cannot be merged on b, every other row and version can.
+    let strict = "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, \
+                  state TEXT CHECK (state IS NOT 'bad'));";
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::open(options(dirs[0].path(), SCHEMA)).unwrap();
+    let b = Node::open(options(dirs[1].path(), strict)).unwrap();
+    let c = Node::open(options(dirs[2].path(), SCHEMA)).unwrap();
+    let v1 = exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started'), (2, 'web', 'bad'), (3, 'db', 'started')",
+    )
+    .await;
+    let v2 = exec(&a, "INSERT INTO machines VALUES (4, 'db', 'stopped')").await;
+
+    let outcome = apply(&b, served(&a, &b).await).await;
+    assert_eq!(
+        (
+            outcome.versions_applied,
+            outcome.versions_refused,
+            outcome.failed
+        ),
+        (2, 1, 0)
+    );
+    let ids = "SELECT id FROM machines ORDER BY id";
+    assert_eq!(rows(&b, ids).await.len(), 3, "{:?}", rows(&b, ids).await);
+    let held = b.held_versions(DbKind::Regional).borrow().clone();
+    assert_eq!((held.waiting(), held.refused()), (0, 1));
+    assert!(held.contains(a.actor_id(), v1) && !held.contains(a.actor_id(), v2));
+    assert!(
+        served(&a, &b).await.is_empty(),
+        "a refused version is not fetched again and again"
+    );
+    // b relays the refused row too: c, without the CHECK, holds all of a's.
+    apply(&c, served(&b, &c).await).await;
+    assert_eq!(rows(&c, ALL).await, rows(&a, ALL).await);
+
+    // Held across a restart.
+    drop(b);
+    let b = Node::open(options(dirs[1].path(), strict)).unwrap();
+    assert_eq!(b.held_versions(DbKind::Regional).borrow().refused(), 1);
 }
 
 #[tokio::test]

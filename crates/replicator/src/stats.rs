@@ -27,6 +27,7 @@ pub struct ReplicatorStats {
     pub chunks_refused_partials_full: Counter,
     pub versions_applied: Counter,
     pub versions_parked: Counter,
+    pub versions_refused: Counter,
     pub broadcast_chunks_sent: Counter,
     pub broadcast_send_failures: Counter,
     pub sync_rounds: Counter,
@@ -59,7 +60,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
             self.lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -97,8 +98,13 @@ impl ReplicatorStats {
             ),
             (
                 "versions_parked",
-                "Remote transactions parked until their schema arrives",
+                "Remote transactions applied but for changes naming tables or columns this schema lacks (held until a reload adds them)",
                 &self.versions_parked,
+            ),
+            (
+                "versions_refused",
+                "Remote transactions applied but for changes local constraints refused (held, retried at each schema reload)",
+                &self.versions_refused,
             ),
             (
                 "broadcast_chunks_sent",
@@ -184,6 +190,9 @@ pub(crate) fn record(
         .versions_applied
         .inc_by(outcome.versions_applied as u64);
     stats.versions_parked.inc_by(outcome.versions_parked as u64);
+    stats
+        .versions_refused
+        .inc_by(outcome.versions_refused as u64);
 }
 
 /// Samples the lag of fresh chunks that carry their commit time. Hosts'
