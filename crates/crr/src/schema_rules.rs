@@ -1,5 +1,7 @@
 //! cr-sqlite's rules for making a table a CRR (crr-model.md 11).
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Result, SchemaViolation};
@@ -195,7 +197,8 @@ fn index_columns(conn: &Connection, schema: &str, index: &str) -> Result<Vec<Str
 /// refuse that merge, forever.
 fn check_rules(sql: &str, info: &TableInfo) -> Vec<SchemaViolation> {
     let tokens = tokenize(sql);
-    let mut out = Vec::new();
+    let generated = generated_reads(&tokens, info);
+    let mut out = generated_not_null_rules(info, &generated);
     let mut i = 0;
     while i + 1 < tokens.len() {
         if !(tokens[i].is_word("CHECK") && tokens[i + 1].is_punct('(')) {
@@ -215,19 +218,7 @@ fn check_rules(sql: &str, info: &TableInfo) -> Vec<SchemaViolation> {
             end += 1;
         }
         let end = end.min(tokens.len() - 1);
-        let mut read: Vec<&str> = Vec::new();
-        for t in &tokens[start + 2..end] {
-            let name = t.unquoted();
-            let column = info
-                .columns
-                .iter()
-                .find(|c| c.name.eq_ignore_ascii_case(&name) && c.pk_order == 0 && !c.generated);
-            if let Some(c) = column {
-                if !read.contains(&c.name.as_str()) {
-                    read.push(&c.name);
-                }
-            }
-        }
+        let read = replicated_reads(&tokens[start + 2..end], info, &generated);
         if read.len() > 1 {
             out.push(violation(
                 &info.name,
@@ -244,6 +235,110 @@ fn check_rules(sql: &str, info: &TableInfo) -> Vec<SchemaViolation> {
         i = end + 1;
     }
     out
+}
+
+/// The replicated non-key columns `tokens` read, a generated column
+/// standing for the columns its expression reads.
+fn replicated_reads<'i>(
+    tokens: &[crate::sql_text::Token<'_>],
+    info: &'i TableInfo,
+    generated: &HashMap<&'i str, Vec<&'i str>>,
+) -> Vec<&'i str> {
+    let mut read: Vec<&str> = Vec::new();
+    for t in tokens {
+        let name = t.unquoted();
+        let Some(c) = info
+            .columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(&name) && c.pk_order == 0)
+        else {
+            continue;
+        };
+        let names = match generated.get(c.name.as_str()) {
+            Some(reads) => reads.clone(),
+            None if c.generated => Vec::new(),
+            None => vec![c.name.as_str()],
+        };
+        for n in names {
+            if !read.contains(&n) {
+                read.push(n);
+            }
+        }
+    }
+    read
+}
+
+/// For each generated column, the replicated non-key columns its
+/// expression reads, through other generated columns too: a constraint
+/// on it constrains them together.
+fn generated_reads<'i>(
+    tokens: &[crate::sql_text::Token<'_>],
+    info: &'i TableInfo,
+) -> HashMap<&'i str, Vec<&'i str>> {
+    let (items, _) = crate::sql_text::paren_items(tokens);
+    let mut expressions = Vec::new();
+    for item in items {
+        let Some(first) = item.first() else { continue };
+        let name = first.unquoted();
+        let Some(c) = info
+            .columns
+            .iter()
+            .find(|c| c.generated && c.name.eq_ignore_ascii_case(&name))
+        else {
+            continue;
+        };
+        let Some(at) = item
+            .windows(2)
+            .position(|w| w[0].is_word("AS") && w[1].is_punct('('))
+        else {
+            continue;
+        };
+        expressions.push((c.name.as_str(), &item[at + 1..]));
+    }
+    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
+    // Generated columns may read generated columns: iterate to a fixpoint
+    // (each round can only add names; at most one round per column).
+    for _ in 0..=expressions.len() {
+        let mut changed = false;
+        for (name, expr) in &expressions {
+            let reads = replicated_reads(expr, info, &out);
+            if out.get(name) != Some(&reads) {
+                out.insert(name, reads);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    out
+}
+
+/// NOT NULL on a generated column reading two or more replicated columns
+/// is a CHECK over them (`AS (CASE WHEN lo < hi THEN 1 END) NOT NULL`).
+fn generated_not_null_rules(
+    info: &TableInfo,
+    generated: &HashMap<&str, Vec<&str>>,
+) -> Vec<SchemaViolation> {
+    info.columns
+        .iter()
+        .filter(|c| c.generated && c.notnull)
+        .filter_map(|c| {
+            let reads = generated.get(c.name.as_str())?;
+            (reads.len() > 1).then(|| {
+                violation(
+                    &info.name,
+                    Some(&c.name),
+                    format!(
+                        "NOT NULL on a generated column reading {} is a constraint over \
+                         several columns: merging concurrent writes could break it on every \
+                         node; drop the NOT NULL",
+                        reads.join(" and ")
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn autoincrement_rule(sql: &str, info: &TableInfo) -> Option<SchemaViolation> {
@@ -436,6 +531,32 @@ mod tests {
         // A CHECK inside a string literal or a column named check is no CHECK.
         assert!(check(
             "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, x TEXT DEFAULT 'CHECK (lo < hi)', lo INT, hi INT)",
+            "t"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn constraints_on_generated_columns_count_the_columns_they_read() {
+        let v = check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, lo INT, hi INT,
+             span INT GENERATED ALWAYS AS (hi - lo) VIRTUAL, CHECK (span > 0))",
+            "t",
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].rule.contains("hi and lo"), "{v:?}");
+        // Through another generated column, and as NOT NULL.
+        let v = check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, lo INT, hi INT,
+             d INT AS (hi - lo), ok INT AS (CASE WHEN d > 0 THEN 1 END) NOT NULL)",
+            "t",
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].column.as_deref(), Some("ok"), "{v:?}");
+        // One replicated column behind a generated one is safe.
+        assert!(check(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, n INT,
+             twice INT AS (n * 2) STORED CHECK (twice >= 0) NOT NULL)",
             "t"
         )
         .is_empty());
