@@ -18,8 +18,16 @@ use tokio::sync::watch;
 
 use crate::config::{self, Config};
 
-/// In-flight requests get this long to finish after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// In-flight requests get this long to finish after a stop signal; open
+/// streams (subscriptions, updates) never finish and are cut after it.
+/// Queries are interrupted at once.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Leaving the cluster gracefully gets this long. With [`SHUTDOWN_GRACE`]
+/// it keeps a stop well within 10 s (config/patina.service's
+/// TimeoutStopSec), whatever clients do.
+const LEAVE_GRACE: Duration = Duration::from_secs(3);
+/// Then the runtime gets this long to wind down its threads.
+const RUNTIME_GRACE: Duration = Duration::from_secs(2);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     init_logging();
@@ -29,7 +37,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .thread_name("patina")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    // Blocking tasks still running (a read the interrupt has not reached
+    // yet) must not hold the exit past the stop budget.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    result
 }
 
 fn init_logging() {
@@ -69,6 +81,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         patina_api::ApiConfig {
             bearer_token: config.api.authz.as_ref().map(|a| a.bearer_token.clone()),
             body_limit_bytes: usize::try_from(config.api.body_limit_bytes).unwrap_or(usize::MAX),
+            query_timeout: Duration::from_secs_f64(config.api.query_timeout),
         },
     )
     .with_metrics(Arc::new(metrics))
@@ -97,6 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     wait(stopped).await;
     notify_systemd("STOPPING=1");
     tracing::info!("stopping");
+    node.close_reads();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e).context("the API server failed"),
@@ -106,11 +120,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     // Leave the region gracefully: peers stop probing at once.
-    if tokio::time::timeout(SHUTDOWN_GRACE, region.shutdown())
+    if tokio::time::timeout(LEAVE_GRACE, region.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("leaving the cluster took over {SHUTDOWN_GRACE:?}; stopping anyway");
+        tracing::warn!("leaving the cluster took over {LEAVE_GRACE:?}; stopping anyway");
     }
     Ok(())
 }

@@ -122,6 +122,41 @@ fn exec_and_query_commands_talk_to_the_agent() {
 fn sigterm_stops_the_agent_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(&setup(dir.path()));
+    // Runaway queries on more connections than the node reads with, and an
+    // open subscription: none of them may hold the stop up.
+    let clients = tokio::runtime::Runtime::new().unwrap();
+    let runaway = "\"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c\"";
+    let http = reqwest::Client::new();
+    for (path, body) in std::iter::repeat_n(("/v1/queries", runaway), 10)
+        .chain([("/v1/subscriptions", "\"SELECT id FROM machines\"")])
+    {
+        let request = http
+            .post(format!("http://{}{path}", agent.addr))
+            .header("content-type", "application/json")
+            .body(body)
+            .send();
+        clients.spawn(async move {
+            if let Ok(response) = request.await {
+                let _ = response.bytes().await;
+            }
+        });
+    }
+    let started = || {
+        let text = clients
+            .block_on(async {
+                reqwest::get(format!("http://{}/metrics", agent.addr))
+                    .await?
+                    .text()
+                    .await
+            })
+            .unwrap();
+        text.contains(r#"patina_api_queries_total{outcome="started"} 8"#)
+    };
+    eventually_blocking(
+        "every read connection busy with a runaway",
+        Duration::from_secs(10),
+        started,
+    );
     let pid = agent.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -34,6 +34,9 @@ pub const DEFAULT_GLOBAL_GOSSIP_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7879);
 pub const DEFAULT_API_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// A query running longer holds one of the node's few read connections;
+/// 30 s is far beyond any lookup and still ends a runaway in bounded time.
+pub const DEFAULT_QUERY_TIMEOUT_SECS: f64 = 30.0;
 /// The name of the global cluster, so no region may take it.
 pub const GLOBAL_CLUSTER_NAME: &str = "global";
 const REGION_LEN_MAX: usize = 32;
@@ -130,6 +133,9 @@ pub struct ApiConfig {
     pub authz: Option<AuthzConfig>,
     /// Larger request bodies get 413.
     pub body_limit_bytes: u64,
+    /// Seconds a query (or a subscription's query) may run before it is
+    /// interrupted with an error.
+    pub query_timeout: f64,
 }
 
 /// API authorization. `Debug` does not print the token.
@@ -187,6 +193,7 @@ impl Default for ApiConfig {
             addr: DEFAULT_API_ADDR,
             authz: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            query_timeout: DEFAULT_QUERY_TIMEOUT_SECS,
         }
     }
 }
@@ -703,6 +710,13 @@ fn check_api(api: &ApiConfig, telemetry: &TelemetryConfig) -> Result<(), (String
         return Err((
             "api.body_limit_bytes".to_string(),
             "must be at least 1".to_string(),
+        ));
+    }
+    // An hour: long enough for any export, and within what Duration holds.
+    if !(api.query_timeout > 0.0 && api.query_timeout <= 3600.0) {
+        return Err((
+            "api.query_timeout".to_string(),
+            "must be a number of seconds above 0 and at most 3600, e.g. 30".to_string(),
         ));
     }
     if let Some(addr) = telemetry.prometheus_addr {

@@ -58,7 +58,12 @@ pub(crate) async fn handle(
         }
     }
     let started = Instant::now();
-    let stream = match tokio::time::timeout_at(deadline, state.node.query(statement)).await {
+    let stream = match tokio::time::timeout_at(
+        deadline,
+        state.node.query(statement, state.config.query_timeout),
+    )
+    .await
+    {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(refused(metrics, e)),
         Err(_) => {
@@ -130,7 +135,7 @@ fn refused(metrics: &Metrics, e: QueryError) -> ApiError {
             metrics.query(QueryOutcome::Prepare);
             ApiError::BadRequest(msg)
         }
-        QueryError::NotReadOnly => {
+        QueryError::NotReadOnly | QueryError::NotAQuery(_) => {
             metrics.query(QueryOutcome::NotReadOnly);
             ApiError::BadRequest(e.to_string())
         }

@@ -18,6 +18,8 @@ pub struct ApiConfig {
     /// Larger request bodies get 413. Default 64 MiB: about 500k short
     /// statements; a larger batch is better split into several requests.
     pub body_limit_bytes: usize,
+    /// `api.query_timeout`: a query running longer is interrupted.
+    pub query_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -25,6 +27,7 @@ impl Default for ApiConfig {
         ApiConfig {
             bearer_token: None,
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
+            query_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum QueryError {
     Prepare(String),
     #[error("only read-only statements are allowed here: use /v1/transactions to write")]
     NotReadOnly,
+    /// A statement SQLite counts as read-only that a query may not run.
+    #[error("a query is one SELECT (or a pragma that reads); refused: {0}")]
+    NotAQuery(String),
     #[error("the node is shutting down")]
     ShuttingDown,
 }

@@ -157,9 +157,15 @@ impl Node {
         }
     }
 
-    /// Starts a read-only query over both databases.
-    pub async fn query(&self, statement: Statement) -> Result<QueryStream, QueryError> {
-        self.inner.reads.query(statement).await
+    /// Starts a read-only query over both databases: one statement that
+    /// reads. It is interrupted (an error event ends its rows) once it has
+    /// run for `limit`, when its stream is dropped, and by [`Node::close_reads`].
+    pub async fn query(
+        &self,
+        statement: Statement,
+        limit: Duration,
+    ) -> Result<QueryStream, QueryError> {
+        self.inner.reads.query(statement, limit).await
     }
 
     /// Rows in `tables` (regional or global CRR tables) and the names that
@@ -339,6 +345,12 @@ impl Node {
                 db: db.name(),
                 source,
             })
+    }
+
+    /// Interrupts every running query and refuses new ones: the node is
+    /// stopping, and a runaway query must not keep it from exiting.
+    pub fn close_reads(&self) {
+        self.inner.reads.close();
     }
 
     /// `db`'s bookkeeping, updated after every commit and merge.

@@ -1,12 +1,15 @@
 //! Reads: a pool of read-only connections on `regional.db` with `global.db`
 //! attached as `global`. WAL lets them read while the writers write.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use patina_crr::Value;
 use rusqlite::functions::FunctionFlags;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -21,6 +24,43 @@ const ROWS_BUFFERED_MAX: usize = 256;
 /// A reader that takes no row for this long loses its query: it would
 /// otherwise hold one of the few read connections for as long as it likes.
 const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite VM steps between checks whether a running query must stop
+/// (client gone, time limit, shutdown): frequent enough to stop within
+/// a millisecond, rare enough to cost nothing measurable.
+const INTERRUPT_CHECK_STEPS: i32 = 10_000;
+
+/// Pragmas a query may run: they read the schema or the database's state
+/// and change nothing, whatever their argument.
+const READ_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "database_list",
+    "collation_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "compile_options",
+    "quick_check",
+    "integrity_check",
+];
+/// Pragmas that read a setting without an argument and set it with one.
+const SETTING_PRAGMAS: &[&str] = &[
+    "data_version",
+    "freelist_count",
+    "page_count",
+    "page_size",
+    "schema_version",
+    "user_version",
+    "application_id",
+    "journal_mode",
+    "encoding",
+    "auto_vacuum",
+];
 
 /// One line of a query's result after its columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,29 +79,49 @@ pub struct QueryStream {
 pub(crate) struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    /// Set when the node stops: running queries are interrupted.
+    closing: Arc<AtomicBool>,
+}
+
+thread_local! {
+    /// What the authorizer refused in the statement this thread prepared
+    /// last: prepare runs on the calling thread, so the client's error can
+    /// say what was refused instead of SQLite's "not authorized".
+    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 impl ReadPool {
     pub fn open(regional: &Path, global: &Path, size: usize) -> Result<ReadPool, NodeError> {
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
-            idle.push(
-                open_reader(regional, global).map_err(|e| NodeError::Database {
+            let conn = open_reader(regional, global)
+                .and_then(|mut conn| {
+                    only_reads(&mut conn)?;
+                    Ok(conn)
+                })
+                .map_err(|e| NodeError::Database {
                     db: "read connection",
                     source: e.into(),
-                })?,
-            );
+                })?;
+            idle.push(conn);
         }
         Ok(ReadPool {
             idle: Mutex::new(idle),
             permits: Arc::new(Semaphore::new(size)),
+            closing: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Interrupts every running query and refuses new ones.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.permits.close();
     }
 
     /// Runs `f` on a read connection on a blocking thread.
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> T + Send + 'static,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Result<T, QueryError> {
         let permit = self
             .permits
@@ -71,9 +131,17 @@ impl ReadPool {
             .map_err(|_| QueryError::ShuttingDown)?;
         let pool = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let conn = pool.take();
-            let out = conn.as_ref().map(f);
+            let mut conn = pool.take();
+            let out = conn.as_mut().map(f);
             if let Some(conn) = conn {
+                // A connection goes back only outside any transaction: one
+                // left open would pin its snapshot for every later query
+                // (and the WAL behind it). The authorizer refuses BEGIN;
+                // this is the second line.
+                if !conn.is_autocommit() {
+                    tracing::warn!("a read connection came back inside a transaction; rolled back");
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
                 pool.give_back(conn);
             }
             drop(permit);
@@ -83,14 +151,40 @@ impl ReadPool {
         .map_err(|_| QueryError::ShuttingDown)?
     }
 
-    /// Prepares `st` (read-only, else an error), then streams its rows.
-    pub async fn query(self: &Arc<Self>, st: Statement) -> Result<QueryStream, QueryError> {
+    /// Prepares `st` (one read-only statement, else an error), then streams
+    /// its rows. The query is interrupted, with an error event, when it
+    /// runs longer than `limit`, when the stream's receiver goes away and
+    /// when the node stops.
+    pub async fn query(
+        self: &Arc<Self>,
+        st: Statement,
+        limit: Duration,
+    ) -> Result<QueryStream, QueryError> {
         let (prepared, columns) = oneshot::channel();
         let (rows_tx, rows) = mpsc::channel(ROWS_BUFFERED_MAX);
         let pool = Arc::clone(self);
+        let closing = Arc::clone(&self.closing);
         tokio::spawn(async move {
             let _ = pool
-                .run(move |conn| stream_rows(conn, &st, prepared, rows_tx))
+                .run(move |conn| {
+                    let stop = Stop {
+                        deadline: Instant::now() + limit,
+                        limit,
+                        closing,
+                        rows: rows_tx.clone(),
+                    };
+                    let watched = AssertUnwindSafe(stop.clone());
+                    let watch = conn.progress_handler(
+                        INTERRUPT_CHECK_STEPS,
+                        Some(move || watched.0.reason().is_some()),
+                    );
+                    if let Err(e) = watch {
+                        // Runs unwatched: the slow-reader timeout still ends it.
+                        tracing::warn!(error = %e, "cannot watch a query for interruption");
+                    }
+                    stream_rows(conn, &st, &stop, prepared, rows_tx);
+                    let _ = conn.progress_handler(0, None::<fn() -> bool>);
+                })
                 .await;
         });
         let columns = columns.await.map_err(|_| QueryError::ShuttingDown)??;
@@ -129,16 +223,90 @@ pub(crate) fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Co
     Ok(conn)
 }
 
+/// Installs the pool's authorizer: a query is one statement that reads.
+/// `query_only` already refuses writes; this also refuses what SQLite
+/// counts as read-only but changes the connection — transaction control
+/// (a BEGIN would pin the pooled connection's snapshot for every later
+/// query), ATTACH/DETACH, pragmas that set something.
+fn only_reads(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let refused = match ctx.action {
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value,
+            } => {
+                let name = pragma_name.to_ascii_lowercase();
+                let reads = READ_PRAGMAS.contains(&name.as_str())
+                    || (pragma_value.is_none() && SETTING_PRAGMAS.contains(&name.as_str()));
+                (!reads).then(|| {
+                    format!("PRAGMA {pragma_name} (it sets something, or is not a known read)")
+                })
+            }
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                Some("transaction control (each query runs alone, in its own snapshot)".to_owned())
+            }
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+                Some("ATTACH/DETACH (the node's databases are attached already)".to_owned())
+            }
+            // Writes prepare, and the read-only check refuses them with
+            // the message pointing at /v1/transactions.
+            _ => None,
+        };
+        match refused {
+            None => Authorization::Allow,
+            Some(what) => {
+                REFUSED.with(|r| *r.borrow_mut() = Some(what));
+                Authorization::Deny
+            }
+        }
+    }))
+}
+
+/// When a running query must stop, and why.
+#[derive(Clone)]
+struct Stop {
+    deadline: Instant,
+    limit: Duration,
+    closing: Arc<AtomicBool>,
+    rows: mpsc::Sender<RowEvent>,
+}
+
+impl Stop {
+    fn reason(&self) -> Option<String> {
+        if self.closing.load(Ordering::Relaxed) {
+            Some("query interrupted: the node is shutting down".to_owned())
+        } else if self.rows.is_closed() {
+            Some("query interrupted: its client went away".to_owned())
+        } else if Instant::now() >= self.deadline {
+            Some(format!(
+                "query interrupted after {} s (api.query_timeout): narrow it (WHERE, LIMIT) or raise the limit",
+                self.limit.as_secs_f64()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 fn stream_rows(
     conn: &Connection,
     st: &Statement,
+    stop: &Stop,
     prepared: oneshot::Sender<Result<Vec<String>, QueryError>>,
     rows: mpsc::Sender<RowEvent>,
 ) {
+    REFUSED.with(|r| r.borrow_mut().take());
     let mut stmt = match conn.prepare_cached(&st.sql) {
         Ok(stmt) => stmt,
         Err(e) => {
-            let _ = prepared.send(Err(QueryError::Prepare(e.to_string())));
+            let error = match (REFUSED.with(|r| r.borrow_mut().take()), e) {
+                (Some(what), _) => QueryError::NotAQuery(what),
+                (None, rusqlite::Error::MultipleStatement) => QueryError::NotAQuery(
+                    "more than one statement: send one per request".to_owned(),
+                ),
+                (None, e) => QueryError::Prepare(e.to_string()),
+            };
+            let _ = prepared.send(Err(error));
             return;
         }
     };
@@ -167,10 +335,15 @@ fn stream_rows(
                 .map(|i| row.get::<_, Value>(i))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_or_else(|e| RowEvent::Error(e.to_string()), RowEvent::Row),
-            Err(e) => RowEvent::Error(e.to_string()),
+            Err(e) => RowEvent::Error(stop.reason().unwrap_or_else(|| e.to_string())),
         };
         let last = matches!(event, RowEvent::Error(_));
-        match runtime.block_on(rows.send_timeout(event, SLOW_READER_TIMEOUT)) {
+        if !last && stop.deadline <= Instant::now() {
+            let _ = rows.try_send(RowEvent::Error(stop.reason().unwrap_or_default()));
+            return;
+        }
+        let wait = SLOW_READER_TIMEOUT.min(stop.deadline.saturating_duration_since(Instant::now()));
+        match runtime.block_on(rows.send_timeout(event, wait)) {
             Ok(()) if !last => {}
             Ok(()) | Err(SendTimeoutError::Closed(_)) => return,
             Err(SendTimeoutError::Timeout(_)) => {

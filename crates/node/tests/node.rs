@@ -120,11 +120,16 @@ async fn queries_are_read_only_and_stream() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::open(options(dir.path())).unwrap();
     assert!(matches!(
-        node.query(Statement::new("DELETE FROM machines")).await,
+        node.query(
+            Statement::new("DELETE FROM machines"),
+            Duration::from_secs(5)
+        )
+        .await,
         Err(patina_node::QueryError::NotReadOnly)
     ));
     assert!(matches!(
-        node.query(Statement::new("SELEC 1")).await,
+        node.query(Statement::new("SELEC 1"), Duration::from_secs(5))
+            .await,
         Err(patina_node::QueryError::Prepare(_))
     ));
     let values: Vec<String> = (0..1000)

@@ -379,7 +379,10 @@ impl TestCluster {
 }
 
 pub async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
-    let QueryStream { mut rows, .. } = node.query(Statement::new(sql)).await.unwrap();
+    let QueryStream { mut rows, .. } = node
+        .query(Statement::new(sql), std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let mut out = Vec::new();
     while let Some(event) = rows.recv().await {
         match event {
