@@ -147,8 +147,9 @@ pub(crate) async fn updates(
     State(state): State<ApiState>,
     Path(table): Path<String>,
 ) -> Result<Response, ApiError> {
-    // Listen first: nothing committed after the check is missed.
-    let rx = state.node.subscribe_changesets();
+    // Listen first: nothing committed after the check is missed. Every
+    // commit: local ones and those merged from peers alike.
+    let rx = state.node.subscribe_commits();
     match state.node.table_row_count(vec![table.clone()]).await {
         Ok((_, invalid)) if invalid.is_empty() => {}
         Ok(_) => {

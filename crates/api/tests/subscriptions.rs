@@ -294,3 +294,37 @@ async fn updates_notify_every_changed_row() {
         .await;
     assert_eq!(u.next().await, Some(json!({"notify": ["update", ["m9"]]})));
 }
+
+#[tokio::test]
+async fn updates_notify_rows_merged_from_another_node() {
+    use patina_node::DbKind;
+    use std::sync::Arc;
+    let (a, b) = (start().await, start().await);
+    let mut u = Stream::open(b.http.post(b.url("/v1/updates/machines"))).await;
+    for sql in [
+        "INSERT INTO machines (id) VALUES ('m1')",
+        "INSERT INTO machines (id) VALUES ('m2')",
+        "DELETE FROM machines WHERE id = 'm1'",
+    ] {
+        a.exec(json!([sql])).await;
+    }
+    // What a sync round does: b asks for what a's summary offers and b
+    // lacks, a serves it, b merges it.
+    let offered = a.node.bookkeeping(DbKind::Regional).borrow().summary(4096);
+    let needs = b
+        .node
+        .bookkeeping(DbKind::Regional)
+        .borrow()
+        .needs(&offered, 4096);
+    let mut chunks = Vec::new();
+    for need in needs {
+        let (served, rest) = a.node.serve(DbKind::Regional, need).await.unwrap();
+        assert!(rest.is_none());
+        chunks.extend(served.into_iter().map(Arc::new));
+    }
+    let outcome = b.node.apply_remote(DbKind::Regional, chunks).await.unwrap();
+    assert_eq!(outcome.versions_applied, 3);
+    // Served from the clocks: m1's insert was overwritten by its delete.
+    assert_eq!(u.next().await, Some(json!({"notify": ["update", ["m2"]]})));
+    assert_eq!(u.next().await, Some(json!({"notify": ["delete", ["m1"]]})));
+}
