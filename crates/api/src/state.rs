@@ -52,6 +52,7 @@ impl ApiState {
         subs: patina_subs::Subscriptions,
         config: ApiConfig,
     ) -> ApiState {
+        subs.set_query_timeout(config.query_timeout);
         ApiState {
             cluster: Arc::new(LoneNode::new(node.clone())),
             node,

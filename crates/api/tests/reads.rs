@@ -135,3 +135,47 @@ async fn a_query_whose_client_went_away_frees_its_connection() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_runaway_subscription_is_interrupted_and_its_worker_serves_on() {
+    let server = start_with(Options {
+        config: ApiConfig {
+            query_timeout: Duration::from_millis(300),
+            ..ApiConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    // More runaways than there are subscription workers: had one stuck,
+    // some later subscription would wait behind it for good.
+    // Subscriptions read replicated tables only: the runaway is a cross
+    // join of 200 rows five times over (3.2e11 rows).
+    let inserts: Vec<String> = (0..200)
+        .map(|i| format!("INSERT INTO machines (id) VALUES ('m{i}')"))
+        .collect();
+    server.exec(json!(inserts)).await;
+    for i in 0..6 {
+        let sql = format!(
+            "SELECT m.id, (SELECT count(*) + {i} FROM machines a, machines b, machines c, \
+             machines d, machines e) AS n FROM machines m WHERE m.id = 'm1'"
+        );
+        let answer = server.post_json("/v1/subscriptions", &json!(sql)).await;
+        assert_eq!(answer.status, 400, "{:?}", answer.body);
+        assert!(
+            answer.error().contains("api.query_timeout"),
+            "{}",
+            answer.error()
+        );
+    }
+    let started = Instant::now();
+    let answer = server
+        .http
+        .post(server.url("/v1/subscriptions"))
+        .header("content-type", "application/json")
+        .body(json!("SELECT id FROM machines").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

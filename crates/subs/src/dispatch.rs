@@ -14,6 +14,7 @@ use crate::plan::{Table, Touched};
 /// What commits and requests are routed by; shared with the writers.
 pub(crate) struct Dispatch {
     pub(crate) workers: Vec<SyncSender<Msg>>,
+    pub(crate) query_limit: Arc<crate::clock::QueryLimit>,
     pub(crate) overflow: Vec<Arc<AtomicBool>>,
     pub(crate) registry: Mutex<Registry>,
 }

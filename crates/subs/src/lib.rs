@@ -11,6 +11,7 @@
 //! - `worker`: threads owning the states; [`Subscriptions`] routes commits
 //!   and requests to them.
 
+mod clock;
 mod codec;
 mod diff;
 mod dispatch;
@@ -27,6 +28,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{sync_channel, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -49,6 +51,9 @@ const WORKERS: usize = 4;
 /// worker re-runs all its subscriptions in full (never wrong, just slower);
 /// requests get [`SubError::Busy`].
 const WORKER_QUEUE_MAX: usize = 4096;
+/// A subscription's query running longer is interrupted (the default of
+/// `api.query_timeout`; [`Subscriptions::set_query_timeout`] changes it).
+const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// The node's subscriptions: the worker threads and the routing to them.
 pub struct Subscriptions {
     dispatch: Arc<Dispatch>,
@@ -74,6 +79,7 @@ impl Subscriptions {
         }
         let dispatch = Arc::new(Dispatch {
             workers: senders,
+            query_limit: Arc::new(clock::QueryLimit::new(QUERY_TIMEOUT_DEFAULT)),
             overflow,
             registry: Mutex::new(Registry::default()),
         });
@@ -145,6 +151,13 @@ impl Subscriptions {
             }
         }
         Ok(())
+    }
+
+    /// A subscription's query (its first run or a re-run after a commit)
+    /// running longer than `limit` is interrupted: creating it fails, a
+    /// re-run leaves its result as it was.
+    pub fn set_query_timeout(&self, limit: Duration) {
+        self.dispatch.query_limit.set(limit);
     }
 
     /// Opens `node`'s subscriptions (stored under `data_dir/subs`) and

@@ -13,6 +13,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
+use super::clock::QueryClock;
 use super::codec;
 use super::diff::{ChangeEvent, ResultState};
 use super::dispatch::Dispatch;
@@ -51,6 +52,7 @@ pub(crate) struct Worker {
     pub store: Store,
     pub dispatch: Arc<Dispatch>,
     pub overflow: Arc<AtomicBool>,
+    clock: Arc<QueryClock>,
     subs: HashMap<String, Sub>,
     /// Subscriptions that may change on any change of a table.
     by_table: HashMap<Table, Vec<String>>,
@@ -64,17 +66,19 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(
         no: usize,
-        conn: Connection,
+        mut conn: Connection,
         store: Store,
         dispatch: Arc<Dispatch>,
         overflow: Arc<AtomicBool>,
     ) -> Worker {
+        let clock = QueryClock::install(&mut conn, Arc::clone(&dispatch.query_limit));
         Worker {
             no,
             conn,
             store,
             dispatch,
             overflow,
+            clock,
             subs: HashMap::new(),
             by_table: HashMap::new(),
             by_key: HashMap::new(),
@@ -103,7 +107,8 @@ impl Worker {
                     Msg::Stop => return,
                     other => {
                         self.flush();
-                        self.handle(other);
+                        let clock = Arc::clone(&self.clock);
+                        clock.limited(|| self.handle(other));
                     }
                 }
             }
@@ -167,7 +172,7 @@ impl Worker {
             for (id, pending) in part {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     if sub.failed.is_none() {
-                        let events = recompute(&self.conn, sub, pending);
+                        let events = self.clock.limited(|| recompute(&self.conn, sub, pending));
                         if !events.is_empty() {
                             changed.push((id, events));
                         }
@@ -265,7 +270,14 @@ impl Worker {
         self.dispatch.register(&id, &key, self.no, &plan.reads);
         let started = Instant::now();
         let created = plan::run(&self.conn, &statement)
-            .map_err(|e| SubError::Invalid(e.to_string()))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::OperationInterrupted) => SubError::Invalid(
+                    "the subscription's query ran longer than api.query_timeout and was \
+                     interrupted: narrow it (WHERE on indexed columns) or raise the limit"
+                        .to_owned(),
+                ),
+                _ => SubError::Invalid(e.to_string()),
+            })
             .and_then(|rows| {
                 let state = ResultState::initial(plan.key_columns.clone(), rows);
                 self.store
