@@ -15,7 +15,7 @@ use crate::bookstore;
 use crate::changeset::Changeset;
 use crate::chunks;
 use crate::held::{self, HeldVersions, Hold, Refused};
-use patina_proto::{Bookkeeper, ChunkFate};
+use patina_proto::{Bookkeeper, ChunkFate, RangeSet};
 
 /// Incomplete transactions buffered at most (per database). Each holds
 /// only the chunks received so far, on disk; the bound keeps the
@@ -26,6 +26,10 @@ pub const PARTIAL_VERSIONS_MAX: usize = 1024;
 /// Versions one serve call reads at most; a larger need is answered in
 /// several calls so the writer is never blocked for long.
 pub(crate) const SERVE_VERSIONS_MAX: u64 = 256;
+
+/// Seq spans of one need served at most; a longer list is cut (the puller
+/// asks again for what is still missing).
+pub(crate) const SEQ_SPANS_MAX: usize = 4096;
 
 /// What happened to a batch of chunks.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -525,29 +529,32 @@ pub(crate) fn serve(
             let v = *version;
             let mut changes = conn.changes_of(*actor, v..=v)?;
             changes.extend(held_changes(conn, replica, *actor, v)?);
-            let max_seq = changes
-                .iter()
-                .map(|c| c.seq.max(0) as u64)
-                .max()
-                .unwrap_or(0);
+            changes.retain(|c| c.seq >= 0);
+            changes.sort_by_key(|c| c.seq);
+            let max_seq = changes.last().map_or(0, |c| c.seq as u64);
+            // The spans as a set: overlapping or repeated spans (a confused
+            // or hostile peer) are served once, so a need costs at most the
+            // version once, however many spans it lists. An inverted span
+            // (never checked by `Span::new` when it came from the network)
+            // asks for nothing.
+            let wanted = RangeSet::from_spans(
+                seqs.iter()
+                    .filter(|s| s.start <= s.end)
+                    .take(SEQ_SPANS_MAX)
+                    .copied(),
+            );
             let mut chunks = Vec::new();
-            // An inverted span (never checked by `Span::new` when it came
-            // from the network) asks for nothing.
-            let spans = seqs.iter().filter(|s| s.start <= s.end);
-            for span in spans.take(patina_wire::FRAME_BYTES_MAX / 64) {
-                let part: Vec<Change> = changes
-                    .iter()
-                    .filter(|c| c.seq >= 0 && span.contains(c.seq as u64))
-                    .cloned()
-                    .collect();
+            for span in wanted.iter() {
+                let from = changes.partition_point(|c| (c.seq as u64) < span.start);
+                let to = changes.partition_point(|c| (c.seq as u64) <= span.end);
                 let last_seq = max_seq.max(span.end);
                 chunks.extend(patina_wire::chunk_changes_in(
                     db,
                     *actor,
                     v,
-                    *span,
+                    span,
                     last_seq,
-                    chunks::wire_changes(&part),
+                    chunks::wire_changes(&changes[from..to]),
                 ));
             }
             Ok((chunks, None))

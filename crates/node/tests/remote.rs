@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use patina_node::{DbKind, Node, NodeOptions, Statement};
 use patina_testkit::rows;
-use patina_wire::{ChangeChunk, Need, Summary};
+use patina_wire::{ChangeChunk, Need, Span, Summary};
 
 const SCHEMA: &str =
     "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT);";
@@ -473,4 +473,42 @@ async fn buffered_incomplete_transactions_are_bounded() {
     assert_eq!(apply(&node, vec![next]).await.fresh, vec![true]);
     let partials: usize = summary(&node).actors.iter().map(|a| a.partial.len()).sum();
     assert_eq!(partials, patina_node::PARTIAL_VERSIONS_MAX);
+}
+
+#[tokio::test]
+async fn a_need_listing_many_overlapping_spans_is_served_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::open(options(dir.path(), SCHEMA)).unwrap();
+    let inserts: Vec<Statement> = (0..500)
+        .map(|i| {
+            Statement::new(format!(
+                "INSERT INTO machines VALUES ({i}, 'web', 'started')"
+            ))
+        })
+        .collect();
+    let v = a.transact(inserts).await.unwrap().version.unwrap();
+    let bytes = |chunks: &[ChangeChunk]| -> usize {
+        chunks
+            .iter()
+            .map(|c| patina_wire::encode_value(c).unwrap().len())
+            .sum()
+    };
+    let need = |seqs: Vec<Span>| Need::Seqs {
+        db: DbKind::Regional,
+        actor: a.actor_id(),
+        version: v,
+        seqs,
+    };
+    let (once, _) = a
+        .serve(DbKind::Regional, need(vec![Span::new(0, u64::MAX)]))
+        .await
+        .unwrap();
+    // A peer asking for the whole version 100,000 times over, plus spans
+    // nested in it, gets it once: not a copy per span.
+    let hostile: Vec<Span> = std::iter::repeat_n(Span::new(0, u64::MAX), 100_000)
+        .chain((0..1000).map(|s| Span::new(s, s + 10)))
+        .collect();
+    let (served, _) = a.serve(DbKind::Regional, need(hostile)).await.unwrap();
+    assert_eq!(bytes(&served), bytes(&once));
+    assert!(bytes(&once) > 10_000, "the version is not trivially small");
 }
