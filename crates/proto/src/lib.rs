@@ -34,5 +34,6 @@ pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
 pub use queued::QueuedVersions;
 pub use ranges::RangeSet;
 pub use session::{
-    PullAction, PullSession, ServeAction, ServeSession, SyncCount, SyncFailure, SyncLimits,
+    PullAction, PullSession, ServeAction, ServeRefusal, ServeSession, SyncCount, SyncFailure,
+    SyncLimits,
 };

@@ -32,6 +32,16 @@ pub struct SyncLimits {
     /// Pulls served at once; more are refused (the puller retries next
     /// round). 32.
     pub serving_max: usize,
+    /// Pulls served at once to one peer address: one peer cannot take
+    /// every serving slot and starve everyone else's anti-entropy. 4.
+    pub serving_per_peer_max: usize,
+    /// A served conversation ends this long after it started, whatever
+    /// the peer does (stays quiet, reads slowly): a slot is never held for
+    /// good. 30 s.
+    pub serve_timeout: Duration,
+    /// Bytes of chunks one pull is served at most; the needs beyond are
+    /// skipped (the puller asks again next round). 64 MiB.
+    pub serve_bytes_max: usize,
 }
 
 impl Default for SyncLimits {
@@ -42,14 +52,33 @@ impl Default for SyncLimits {
             apply_chunks_max: 128,
             needs_max: 4096,
             serving_max: 32,
+            serving_per_peer_max: 4,
+            serve_timeout: Duration::from_secs(30),
+            serve_bytes_max: 64 << 20,
         }
     }
 }
 
+/// Why a sync stream was not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeRefusal {
+    /// `serving_max` streams are being served.
+    Busy,
+    /// `serving_per_peer_max` streams of this peer are being served.
+    PeerBusy,
+}
+
 impl SyncLimits {
-    /// Whether a new sync stream may be served while `serving` are.
-    pub fn admits(&self, serving: usize) -> bool {
-        serving < self.serving_max
+    /// Whether a new sync stream may be served while `serving` are, of
+    /// which `of_peer` to the same peer.
+    pub fn admits(&self, serving: usize, of_peer: usize) -> Result<(), ServeRefusal> {
+        if serving >= self.serving_max {
+            Err(ServeRefusal::Busy)
+        } else if of_peer >= self.serving_per_peer_max {
+            Err(ServeRefusal::PeerBusy)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -74,6 +103,10 @@ pub enum SyncCount {
     WrongDatabase,
     /// A peer's pull is being served.
     PullServed,
+    /// A served conversation ran past `serve_timeout` and was ended.
+    ServeTimedOut,
+    /// A pull reached `serve_bytes_max`; its remaining needs were skipped.
+    ServeBytesCapped,
 }
 
 /// What the shell does for a [`PullSession`].
@@ -276,23 +309,56 @@ enum ServeStage {
 }
 
 /// The answering end of a sync conversation: fed the stream's frames and
-/// its end until an action says `Finish` or `Fail`. It sets no deadline: it
-/// only answers, and the connection's idle timeout ends a peer gone quiet.
-/// Whether to serve one more stream at all is [`SyncLimits::admits`].
+/// its end until an action says `Finish` or `Fail`, and
+/// [`on_timeout`](Self::on_timeout) once [`deadline`](Self::deadline)
+/// passes — the connection's keep-alives would keep a quiet peer's stream
+/// open for good. The shell reports the bytes it serves
+/// ([`spend`](Self::spend)). Whether to serve one more stream at all is
+/// [`SyncLimits::admits`].
 #[derive(Debug)]
 pub struct ServeSession {
     stage: ServeStage,
     limits: SyncLimits,
     carried: Vec<DbKind>,
+    deadline: Instant,
+    served_bytes: usize,
 }
 
 impl ServeSession {
-    pub fn new(carried: &[DbKind], limits: SyncLimits) -> ServeSession {
+    /// A conversation a peer opened at `now`.
+    pub fn new(carried: &[DbKind], limits: SyncLimits, now: Instant) -> ServeSession {
         ServeSession {
             stage: ServeStage::AwaitingRequest,
+            deadline: now + limits.serve_timeout,
             limits,
             carried: carried.to_vec(),
+            served_bytes: 0,
         }
+    }
+
+    /// When the conversation ends, whatever the peer does.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The deadline passed (the shell stopped waiting on the peer).
+    pub fn on_timeout(&mut self) -> Vec<ServeAction> {
+        if self.stage == ServeStage::Ended {
+            return Vec::new();
+        }
+        self.stage = ServeStage::Ended;
+        vec![
+            ServeAction::Count(SyncCount::ServeTimedOut),
+            ServeAction::Fail(SyncFailure::Timeout(self.limits.serve_timeout)),
+        ]
+    }
+
+    /// `bytes` more were served; `false` once the pull has had
+    /// `serve_bytes_max`: serve nothing more of it (and count
+    /// [`SyncCount::ServeBytesCapped`]).
+    pub fn spend(&mut self, bytes: usize) -> bool {
+        self.served_bytes = self.served_bytes.saturating_add(bytes);
+        self.served_bytes < self.limits.serve_bytes_max
     }
 
     pub fn is_ended(&self) -> bool {

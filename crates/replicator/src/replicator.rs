@@ -1,12 +1,13 @@
 //! [`Replicator`]: starts a cluster's tasks and routes what the transport
 //! delivers to them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use patina_membership::Member;
-use patina_proto::{Hop, QueuedVersions};
+use patina_proto::{Hop, QueuedVersions, ServeRefusal};
 use patina_transport::{Inbound, Transport};
 use patina_wire::{ChangeChunk, DbKind, Message};
 use tokio::sync::{mpsc, watch};
@@ -88,7 +89,9 @@ async fn dispatch(
     apply: mpsc::Sender<Arrived>,
     push: mpsc::Sender<Push>,
 ) {
-    let mut serving = JoinSet::new();
+    // Per peer address, so one peer cannot take every slot.
+    let mut serving: JoinSet<SocketAddr> = JoinSet::new();
+    let mut serving_of: HashMap<SocketAddr, usize> = HashMap::new();
     while let Some(event) = inbound.recv().await {
         match event {
             Inbound::Datagram { from, payload } => {
@@ -107,12 +110,36 @@ async fn dispatch(
                 writer,
                 reader,
             } => {
-                while serving.try_join_next().is_some() {}
-                if !shared.sync_limits.admits(serving.len()) {
-                    tracing::debug!(%from, "too many pulls being served; refusing one");
-                    continue;
+                while let Some(done) = serving.try_join_next() {
+                    if let Ok(peer) = done {
+                        if let Some(n) = serving_of.get_mut(&peer) {
+                            *n -= 1;
+                            if *n == 0 {
+                                serving_of.remove(&peer);
+                            }
+                        }
+                    }
                 }
-                serving.spawn(sync::serve(shared.clone(), from, first, writer, reader));
+                let of_peer = serving_of.get(&from).copied().unwrap_or(0);
+                match shared.sync_limits.admits(serving.len(), of_peer) {
+                    Ok(()) => {}
+                    Err(ServeRefusal::Busy) => {
+                        shared.stats.serves_refused_busy.inc();
+                        tracing::debug!(%from, "every serving slot busy; a sync stream refused");
+                        continue;
+                    }
+                    Err(ServeRefusal::PeerBusy) => {
+                        shared.stats.serves_refused_peer_busy.inc();
+                        tracing::debug!(%from, "this peer's serving slots busy; a sync stream refused");
+                        continue;
+                    }
+                }
+                *serving_of.entry(from).or_default() += 1;
+                let shared = shared.clone();
+                serving.spawn(async move {
+                    sync::serve(shared, from, first, writer, reader).await;
+                    from
+                });
             }
         }
     }

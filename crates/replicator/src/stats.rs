@@ -33,6 +33,14 @@ pub struct ReplicatorStats {
     pub sync_rounds: Counter,
     pub sync_failures: Counter,
     pub pulls_served: Counter,
+    /// Served conversations ended by `serve_timeout`.
+    pub serves_timed_out: Counter,
+    /// Pulls cut at `serve_bytes_max`.
+    pub serves_bytes_capped: Counter,
+    /// Sync streams not served: `serving_max` busy.
+    pub serves_refused_busy: Counter,
+    /// Sync streams not served: `serving_per_peer_max` of that peer busy.
+    pub serves_refused_peer_busy: Counter,
     pub wrong_database: Counter,
     /// Broadcast sends shed by the broadcast queue.
     pub broadcast_shed: Counter,
@@ -60,7 +68,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
             self.lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 21] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -142,6 +150,26 @@ impl ReplicatorStats {
                 &self.pulls_served,
             ),
             (
+                "serves_timed_out",
+                "Sync conversations served that ran past the serve timeout (30 s) and were ended",
+                &self.serves_timed_out,
+            ),
+            (
+                "serves_bytes_capped",
+                "Pulls cut at the bytes one pull is served (64 MiB); the puller asks again",
+                &self.serves_bytes_capped,
+            ),
+            (
+                "serves_refused_busy",
+                "Sync streams refused: every serving slot (32) busy",
+                &self.serves_refused_busy,
+            ),
+            (
+                "serves_refused_peer_busy",
+                "Sync streams refused: that peer's serving slots (4) busy",
+                &self.serves_refused_peer_busy,
+            ),
+            (
                 "wrong_database",
                 "Chunks for a database this cluster does not carry, dropped",
                 &self.wrong_database,
@@ -164,6 +192,8 @@ pub(crate) fn count(stats: &ReplicatorStats, event: SyncCount) {
         SyncCount::ChunkReceived => &stats.chunks_received,
         SyncCount::WrongDatabase => &stats.wrong_database,
         SyncCount::PullServed => &stats.pulls_served,
+        SyncCount::ServeTimedOut => &stats.serves_timed_out,
+        SyncCount::ServeBytesCapped => &stats.serves_bytes_capped,
     };
     counter.inc();
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use patina_proto::{
-    PlannerConfig, PullAction, PullSession, ServeAction, ServeSession, SyncFailure, SyncPlanner,
-    SUMMARY_SPANS_MAX,
+    PlannerConfig, PullAction, PullSession, ServeAction, ServeSession, SyncCount, SyncFailure,
+    SyncPlanner, SUMMARY_SPANS_MAX,
 };
 use patina_transport::{FrameReader, FrameWriter};
 use patina_wire::{ChangeChunk, Envelope, Message, Need, Summary};
@@ -254,11 +254,34 @@ pub(crate) async fn serve(
     mut writer: FrameWriter,
     mut reader: FrameReader,
 ) {
-    let mut session = ServeSession::new(shared.dbs, shared.sync_limits.clone());
-    if let Err(e) = serve_inner(&shared, &mut session, first, &mut writer, &mut reader).await {
+    let mut session = ServeSession::new(shared.dbs, shared.sync_limits.clone(), Instant::now());
+    let deadline = session.deadline();
+    let served = tokio::time::timeout_at(
+        deadline.into(),
+        serve_inner(&shared, &mut session, first, &mut writer, &mut reader),
+    )
+    .await;
+    let result = match served {
+        Ok(result) => result,
+        // Quiet, or reading too slowly: the slot goes to someone else.
+        Err(_) => run_serve_actions(&shared, session.on_timeout()),
+    };
+    if let Err(e) = result {
         tracing::debug!(%from, error = %e, "serving a sync pull failed");
     }
     let _ = writer.finish();
+}
+
+/// The actions a session takes without the stream (its end by timeout).
+fn run_serve_actions(shared: &Shared, actions: Vec<ServeAction>) -> Result<(), SyncError> {
+    for action in actions {
+        match action {
+            ServeAction::Count(event) => count(&shared.stats, event),
+            ServeAction::Fail(failure) => return Err(failure.into()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 async fn serve_inner(
@@ -279,7 +302,10 @@ async fn serve_inner(
                 ServeAction::Count(event) => count(&shared.stats, event),
                 ServeAction::Serve(needs) => {
                     for need in needs {
-                        serve_need(shared, writer, need).await?;
+                        if !serve_need(shared, session, writer, need).await? {
+                            count(&shared.stats, SyncCount::ServeBytesCapped);
+                            break;
+                        }
                     }
                 }
                 ServeAction::Send(message) => writer.send(message).await?,
@@ -294,12 +320,14 @@ async fn serve_inner(
     }
 }
 
-/// Streams the chunks answering `need`, read a writer job at a time.
+/// Streams the chunks answering `need`, read a writer job at a time;
+/// `false` when the pull's byte budget ran out.
 async fn serve_need(
     shared: &Shared,
+    session: &mut ServeSession,
     writer: &mut FrameWriter,
     need: Need,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let db = match &need {
         Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
     };
@@ -311,9 +339,13 @@ async fn serve_need(
             .await
             .ok_or(SyncError::ShuttingDown)?;
         for chunk in chunks {
+            let bytes = patina_proto::chunk_bytes(&chunk);
             writer.send(Message::Changes(chunk)).await?;
+            if !session.spend(bytes) {
+                return Ok(false);
+            }
         }
         next = rest;
     }
-    Ok(())
+    Ok(true)
 }

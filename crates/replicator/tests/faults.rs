@@ -584,3 +584,48 @@ async fn replication_lag_is_measured_from_the_origin_commit() {
     assert!(lag(1) >= 0.06, "p99 lag {} s with a 60 ms link", lag(1));
     assert_eq!(lag(0), 0.0, "node 0 received no broadcast version");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sync_streams_cannot_starve_anti_entropy() {
+    let seed = test_seed("idle_sync_streams_cannot_starve_anti_entropy");
+    let mut options = options(seed);
+    options.replicator.sync_limits.serve_timeout = Duration::from_secs(2);
+    let cluster = TestCluster::start(2, options).await;
+    cluster.wait_members(WAIT).await;
+    let target = cluster.nodes[0].addr();
+    let stats = cluster.nodes[0].runtime().stats();
+    // A peer opens every sync stream its connection allows, asks for the
+    // summary, reads it, and then says nothing more.
+    let (raw, _raw_rx) = raw_peer("ams");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let (mut writer, reader) = raw.open_bi(target).await.expect("open a sync stream");
+        writer
+            .send(Message::SummaryRequest)
+            .await
+            .expect("ask for the summary");
+        held.push((writer, reader));
+    }
+    eventually("the peer's streams past its share refused", WAIT, || {
+        let refused = stats.serves_refused_peer_busy.get() >= 4;
+        async move { refused }
+    })
+    .await;
+    // The honest peer's rounds keep being served meanwhile: a round whose
+    // summary request went unserved would count as a failure.
+    let honest = cluster.nodes[1].runtime().stats();
+    let failures = honest.sync_failures.get();
+    cluster.wait_sync_rounds(&[1], 5, WAIT).await;
+    assert_eq!(
+        honest.sync_failures.get(),
+        failures,
+        "node 1's rounds failed"
+    );
+    // …and the quiet streams end at the serve deadline.
+    eventually("the idle streams ended", WAIT, || {
+        let ended = stats.serves_timed_out.get() >= 4;
+        async move { ended }
+    })
+    .await;
+    drop(held);
+}

@@ -277,7 +277,7 @@ fn no_deadline_and_no_timeout_while_planning() {
 
 #[test]
 fn serving_goes_summary_then_the_needs_then_pull_done() {
-    let mut s = ServeSession::new(REGION, limits());
+    let mut s = ServeSession::new(REGION, limits(), Instant::now());
     assert_eq!(
         s.on_frame(Message::SummaryRequest),
         vec![ServeAction::SendSummary]
@@ -298,7 +298,7 @@ fn serving_goes_summary_then_the_needs_then_pull_done() {
 
 #[test]
 fn a_peer_that_needs_nothing_closes_after_the_summary() {
-    let mut s = ServeSession::new(REGION, limits());
+    let mut s = ServeSession::new(REGION, limits(), Instant::now());
     s.on_frame(Message::SummaryRequest);
     assert_eq!(s.on_closed(), vec![ServeAction::Finish]);
     assert!(s.on_closed().is_empty());
@@ -312,7 +312,7 @@ fn a_stream_that_does_not_start_with_a_summary_request_is_refused() {
         Message::Changes(chunk(DbKind::Regional, 1)),
         Message::PullDone,
     ] {
-        let mut s = ServeSession::new(REGION, limits());
+        let mut s = ServeSession::new(REGION, limits(), Instant::now());
         assert_eq!(
             s.on_frame(wrong),
             vec![ServeAction::Fail(SyncFailure::Unexpected(
@@ -330,7 +330,7 @@ fn anything_but_a_pull_after_the_summary_fails() {
         Message::Changes(chunk(DbKind::Regional, 1)),
         Message::PullDone,
     ] {
-        let mut s = ServeSession::new(REGION, limits());
+        let mut s = ServeSession::new(REGION, limits(), Instant::now());
         s.on_frame(Message::SummaryRequest);
         assert_eq!(
             s.on_frame(wrong),
@@ -343,7 +343,7 @@ fn anything_but_a_pull_after_the_summary_fails() {
 
 #[test]
 fn too_many_needs_are_cut_at_needs_max_then_other_databases_dropped() {
-    let mut s = ServeSession::new(GLOBAL, limits());
+    let mut s = ServeSession::new(GLOBAL, limits(), Instant::now());
     s.on_frame(Message::SummaryRequest);
     let needs: Vec<Need> = (1..=10)
         .map(|v| {
@@ -364,10 +364,40 @@ fn too_many_needs_are_cut_at_needs_max_then_other_databases_dropped() {
 }
 
 #[test]
-fn serving_is_admitted_below_serving_max() {
+fn a_served_conversation_ends_at_its_deadline_whatever_the_peer_does() {
+    let t0 = Instant::now();
+    let mut s = ServeSession::new(REGION, limits(), t0);
+    assert_eq!(s.deadline(), t0 + Duration::from_secs(30));
+    s.on_frame(Message::SummaryRequest);
+    // The peer goes quiet after the summary.
+    assert_eq!(
+        s.on_timeout(),
+        vec![
+            ServeAction::Count(SyncCount::ServeTimedOut),
+            ServeAction::Fail(SyncFailure::Timeout(Duration::from_secs(30)))
+        ]
+    );
+    assert!(s.is_ended());
+    assert!(s.on_timeout().is_empty(), "counted once");
+}
+
+#[test]
+fn a_pull_is_served_up_to_its_byte_budget() {
+    let limits = SyncLimits {
+        serve_bytes_max: 1000,
+        ..limits()
+    };
+    let mut s = ServeSession::new(REGION, limits, Instant::now());
+    assert!(s.spend(400));
+    assert!(s.spend(599));
+    assert!(!s.spend(1));
+}
+
+#[test]
+fn serving_slots_are_bounded_in_total_and_per_peer() {
     let l = SyncLimits::default();
-    assert!(l.admits(0));
-    assert!(l.admits(31));
-    assert!(!l.admits(32));
-    assert!(!l.admits(100));
+    assert_eq!(l.admits(0, 0), Ok(()));
+    assert_eq!(l.admits(31, 3), Ok(()));
+    assert_eq!(l.admits(31, 4), Err(ServeRefusal::PeerBusy));
+    assert_eq!(l.admits(32, 0), Err(ServeRefusal::Busy));
 }
