@@ -3,9 +3,10 @@
 //! ([`ForwardPolicy`](patina_proto::ForwardPolicy)).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use patina_proto::Forward;
+use patina_proto::{chunk_bytes, Forward};
 use patina_wire::ChangeChunk;
 use tokio::sync::mpsc;
 
@@ -16,6 +17,11 @@ use crate::stats::record;
 /// Chunks received and waiting for a writer; when full, new chunks are
 /// dropped and counted (sync fetches them again).
 pub(crate) const APPLY_QUEUE_CHUNKS_MAX: usize = 4096;
+/// Bytes of the chunks waiting for a writer, as [`chunk_bytes`] estimates
+/// them (a bound, not an average): honest chunks are ≈ 64 KiB, but a
+/// peer's may be a whole 4 MiB frame, and 4,096 of those would be 16 GiB.
+/// Past it, new chunks are dropped and counted like a full queue.
+pub(crate) const APPLY_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// Chunks merged in one writer job (one SQLite transaction) at most.
 const APPLY_BATCH_CHUNKS_MAX: usize = 256;
 
@@ -53,9 +59,17 @@ pub(crate) fn enqueue(
             shared.stats.forwards_dropped.inc();
         }
     }
+    // Only this task adds to the bytes (the apply loop takes away): the
+    // check and the add cannot race another add.
+    let bytes = chunk_bytes(&chunk);
+    if shared.queued_bytes.load(Ordering::Relaxed) + bytes > APPLY_QUEUE_BYTES_MAX {
+        shared.stats.chunks_dropped_queue_full.inc();
+        return;
+    }
     shared.queued().entered(&chunk);
     match apply.try_send(Arrived { chunk, forward }) {
         Ok(()) => {
+            shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
             shared.stats.apply_queue_chunks.inc();
         }
         Err(full) => {
@@ -91,6 +105,8 @@ pub(crate) async fn apply_loop(
             }
             // Queued until merged: the health gate's `queue_size`.
             shared.stats.apply_queue_chunks.dec_by(chunks.len() as i64);
+            let bytes: usize = chunks.iter().map(|c| chunk_bytes(c)).sum();
+            shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let Some(outcome) = applied else {
                 return;
             };

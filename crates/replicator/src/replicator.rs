@@ -48,6 +48,7 @@ impl Replicator {
             members,
             stats: Arc::clone(&stats),
             dbs,
+            queued_bytes: Arc::default(),
             queued: Arc::new(std::sync::Mutex::new(QueuedVersions::new())),
             forward: config.broadcast_queue.forward_policy(config.broadcast),
             sync_limits: config.sync_limits.clone(),

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     /// Versions with chunks waiting in the apply queue: sync does not pull
     /// them again.
     pub queued: Arc<Mutex<QueuedVersions>>,
+    /// Bytes of the chunks in the apply queue ([`crate::apply`] bounds them).
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub forward: ForwardPolicy,
     pub sync_limits: SyncLimits,
 }

@@ -86,7 +86,7 @@ impl ReplicatorStats {
             ),
             (
                 "chunks_dropped",
-                "Chunks dropped because the apply queue was full (sync fetches them again)",
+                "Chunks dropped because the apply queue was full, in chunks (4,096) or bytes (64 MiB) (sync fetches them again)",
                 &self.chunks_dropped_queue_full,
             ),
             (

@@ -248,3 +248,87 @@ async fn chunks_waiting_for_the_writer_show_in_the_queue_gauge() {
     writer_rt.shutdown().await;
     fake.shutdown().await;
 }
+
+/// A peer pushing huge chunks fills the apply queue's byte budget, not the
+/// node's memory: past 64 MiB they are dropped and counted, and once the
+/// writer catches up an honest write still replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_queue_is_bounded_in_bytes() {
+    use patina_transport::{Transport, TransportConfig};
+    use patina_wire::{Message, WireChange};
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let memory = MemoryReplica::new();
+    memory.hold.send_replace(true);
+    let fake =
+        ClusterRuntime::start(Shared(Arc::clone(&memory)), options(dirs[0].path(), None)).unwrap();
+    let (hostile, _rx) = Transport::bind(
+        TransportConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            external_addr: None,
+            cluster: ClusterName::new("ams").unwrap(),
+            actor: ActorId::random(),
+            tls: None,
+        },
+        None,
+    )
+    .unwrap();
+    // 40 one-chunk versions of ~3 MiB each: 120 MiB if all were queued.
+    let actor = ActorId::random();
+    let big = |version: u64| ChangeChunk {
+        db: DbKind::Regional,
+        actor,
+        version,
+        seqs: patina_wire::Span::new(0, 0),
+        last_seq: 0,
+        committed_ms: 0,
+        changes: vec![WireChange {
+            table: "machines".into(),
+            pk: vec![1],
+            cid: "state".into(),
+            val: patina_node::Value::Text("x".repeat(3 << 20)),
+            col_version: 1,
+            cl: 1,
+            seq: 0,
+        }],
+    };
+    let stats = fake.stats();
+    for version in 1..=40 {
+        hostile
+            .send_frames(fake.addr(), vec![Message::Changes(big(version))])
+            .await
+            .unwrap();
+    }
+    eventually(
+        "big chunks past the budget dropped",
+        Duration::from_secs(20),
+        || {
+            let dropped = stats.chunks_dropped_queue_full.get();
+            async move { dropped >= 15 }
+        },
+    )
+    .await;
+    let queued = fake.counters().apply_queue_chunks();
+    assert!(
+        queued <= 22,
+        "{queued} chunks of ~3 MiB queued: over 64 MiB"
+    );
+
+    memory.hold.send_replace(false);
+    let writer = open_node(dirs[1].path());
+    let writer_rt =
+        ClusterRuntime::start(writer.clone(), options(dirs[1].path(), Some(fake.addr()))).unwrap();
+    writer
+        .transact(vec![patina_node::Statement::new(
+            "INSERT INTO machines VALUES (7, 'started')",
+        )])
+        .await
+        .unwrap();
+    let honest = writer.actor_id();
+    eventually("the honest write merged", Duration::from_secs(20), || {
+        let merged = memory.holds(DbKind::Regional, honest);
+        async move { merged == 1 }
+    })
+    .await;
+    writer_rt.shutdown().await;
+    fake.shutdown().await;
+}
