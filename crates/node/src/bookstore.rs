@@ -179,6 +179,23 @@ pub(crate) fn buffered(
     Ok(out)
 }
 
+/// Bytes stored per buffered version (incomplete or held), at start.
+pub(crate) fn buffered_bytes(conn: &Connection) -> rusqlite::Result<Vec<(ActorId, u64, usize)>> {
+    let mut st = conn.prepare(
+        "SELECT actor, version, sum(length(change)) FROM patina_buffered_changes GROUP BY actor, version",
+    )?;
+    let mut rows = st.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((
+            actor_of(r.get(0)?)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)?.max(0) as usize,
+        ));
+    }
+    Ok(out)
+}
+
 /// Forgets a version's buffer and partial state (it was applied).
 pub(crate) fn clear_version(
     conn: &Connection,

@@ -60,6 +60,15 @@ impl HeldVersions {
         self.versions.contains_key(&(actor, version))
     }
 
+    /// Versions held, for whatever reason.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
     /// Versions waiting for schema this node lacks.
     pub fn waiting(&self) -> u64 {
         self.versions.values().filter(|h| h.waiting).count() as u64

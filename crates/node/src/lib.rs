@@ -30,6 +30,8 @@ pub use node::{Node, NodeOptions};
 pub use patina_crr::{SiteId, Value};
 pub use patina_wire::DbKind;
 pub use reader::{QueryStream, RowEvent};
-pub use remote::{RemoteOutcome, PARTIAL_VERSIONS_MAX};
+pub use remote::{
+    RemoteOutcome, HELD_BYTES_MAX, HELD_VERSIONS_MAX, PARTIAL_BYTES_MAX, PARTIAL_VERSIONS_MAX,
+};
 pub use statement::{Params, Statement};
 pub use writer::{StatementResult, TxOutcome, WriteStats};

@@ -23,6 +23,41 @@ use patina_proto::{Bookkeeper, ChunkFate, RangeSet};
 /// many large transactions and never their ends.
 pub const PARTIAL_VERSIONS_MAX: usize = 1024;
 
+/// Bytes of buffered chunks of incomplete transactions, on disk, at most
+/// (as encoded). An honest 100,000-row transaction buffers ≈ 25 MiB while
+/// its chunks arrive; a peer that sends the starts of huge transactions
+/// and never their ends is stopped here. Past it, chunks of incomplete
+/// transactions are refused like past [`PARTIAL_VERSIONS_MAX`].
+pub const PARTIAL_BYTES_MAX: usize = 512 << 20;
+
+/// Held versions (see `held`) at most, and bytes of their held changes.
+/// Past either, a version that would need holding is not recorded as
+/// applied — what this schema can merge still merges — so sync fetches it
+/// again later (after the reload that makes room, or another peer's
+/// answer); counted.
+pub const HELD_VERSIONS_MAX: usize = 100_000;
+pub const HELD_BYTES_MAX: usize = 512 << 20;
+
+/// The bounds above, as one replica applies them (tests shrink them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BufferLimits {
+    pub partial_versions: usize,
+    pub partial_bytes: usize,
+    pub held_versions: usize,
+    pub held_bytes: usize,
+}
+
+impl Default for BufferLimits {
+    fn default() -> BufferLimits {
+        BufferLimits {
+            partial_versions: PARTIAL_VERSIONS_MAX,
+            partial_bytes: PARTIAL_BYTES_MAX,
+            held_versions: HELD_VERSIONS_MAX,
+            held_bytes: HELD_BYTES_MAX,
+        }
+    }
+}
+
 /// Versions one serve call reads at most; a larger need is answered in
 /// several calls so the writer is never blocked for long.
 pub(crate) const SERVE_VERSIONS_MAX: u64 = 256;
@@ -48,9 +83,12 @@ pub struct RemoteOutcome {
     pub duplicates: usize,
     /// Chunks refused because merging them failed (bad content).
     pub failed: usize,
-    /// Chunks of new incomplete transactions refused because
-    /// `PARTIAL_VERSIONS_MAX` are buffered already.
+    /// Chunks of incomplete transactions refused because
+    /// `PARTIAL_VERSIONS_MAX` or `PARTIAL_BYTES_MAX` are buffered already.
     pub refused_partials_full: usize,
+    /// Versions not recorded because `HELD_VERSIONS_MAX` or
+    /// `HELD_BYTES_MAX` are held already.
+    pub refused_held_full: usize,
 }
 
 /// A database's replication state on its writer thread.
@@ -61,12 +99,73 @@ pub(crate) struct Replica {
     pub published: watch::Sender<Arc<Bookkeeper>>,
     pub held: HeldVersions,
     pub held_published: watch::Sender<Arc<HeldVersions>>,
+    /// Bytes on disk of what is buffered: incomplete and held versions.
+    pub buffered: BufferedBytes,
+    pub limits: BufferLimits,
+}
+
+/// Bytes of buffered changes per version, split by why they are kept, to
+/// hold both to their bounds.
+#[derive(Debug, Default)]
+pub(crate) struct BufferedBytes {
+    partial: HashMap<(ActorId, u64), usize>,
+    partial_total: usize,
+    held: HashMap<(ActorId, u64), usize>,
+    held_total: usize,
+}
+
+impl BufferedBytes {
+    fn load(conn: &CrrConn, held: &HeldVersions) -> rusqlite::Result<BufferedBytes> {
+        let mut out = BufferedBytes::default();
+        for (actor, version, bytes) in bookstore::buffered_bytes(conn.connection())? {
+            if held.contains(actor, version) {
+                out.add_held(actor, version, bytes);
+            } else {
+                out.add_partial(actor, version, bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_partial(&mut self, actor: ActorId, version: u64, bytes: usize) {
+        *self.partial.entry((actor, version)).or_default() += bytes;
+        self.partial_total += bytes;
+    }
+
+    fn add_held(&mut self, actor: ActorId, version: u64, bytes: usize) {
+        *self.held.entry((actor, version)).or_default() += bytes;
+        self.held_total += bytes;
+    }
+
+    /// The version's buffer is cleared (applied, or re-held afresh).
+    fn clear(&mut self, actor: ActorId, version: u64) {
+        if let Some(b) = self.partial.remove(&(actor, version)) {
+            self.partial_total -= b;
+        }
+        if let Some(b) = self.held.remove(&(actor, version)) {
+            self.held_total -= b;
+        }
+    }
+
+    fn partial_fits(&self, limits: &BufferLimits, bytes: usize) -> bool {
+        self.partial_total + bytes <= limits.partial_bytes
+    }
+
+    fn held_fits(&self, limits: &BufferLimits, bytes: usize) -> bool {
+        self.held_total + bytes <= limits.held_bytes
+    }
+}
+
+/// Bytes `changes` take encoded (what the buffer stores).
+fn wire_bytes(changes: &[WireChange]) -> usize {
+    changes.iter().map(patina_wire::change_bytes_max).sum()
 }
 
 impl Replica {
     pub fn open(conn: &CrrConn, db: DbKind) -> rusqlite::Result<Replica> {
         let bookie = load_bookie(conn, db)?;
         let held = HeldVersions::load(conn.connection())?;
+        let buffered = BufferedBytes::load(conn, &held)?;
         let (published, _) = watch::channel(Arc::new(bookie.clone()));
         let (held_published, _) = watch::channel(Arc::new(held.clone()));
         Ok(Replica {
@@ -75,6 +174,8 @@ impl Replica {
             published,
             held,
             held_published,
+            buffered,
+            limits: BufferLimits::default(),
         })
     }
 
@@ -162,14 +263,24 @@ fn add(all: &mut RemoteOutcome, one: RemoteOutcome) {
     all.duplicates += one.duplicates;
     all.failed += one.failed;
     all.refused_partials_full += one.refused_partials_full;
+    all.refused_held_full += one.refused_held_full;
 }
 
 /// The bookkeeping records a batch as it goes (later chunks of the batch
 /// must see earlier ones); when the transaction fails it is reloaded from
 /// the database, which the failed transaction left untouched.
 fn reload(conn: &CrrConn, replica: &mut Replica) {
-    match load_bookie(conn, replica.db) {
-        Ok(b) => replica.bookie = b,
+    let loaded = load_bookie(conn, replica.db).and_then(|bookie| {
+        let held = HeldVersions::load(conn.connection())?;
+        let buffered = BufferedBytes::load(conn, &held)?;
+        Ok((bookie, held, buffered))
+    });
+    match loaded {
+        Ok((bookie, held, buffered)) => {
+            replica.bookie = bookie;
+            replica.held = held;
+            replica.buffered = buffered;
+        }
         Err(e) => {
             tracing::error!(db = replica.db.name(), error = %e, "reloading replication bookkeeping failed")
         }
@@ -189,6 +300,8 @@ fn try_batch(
     let mut merge: Vec<Change> = Vec::new();
     let mut applied: Vec<(ActorId, u64, u64, std::ops::Range<usize>)> = Vec::new();
     let mut touched = BTreeSet::new();
+    // Versions (and bytes) this batch will hold, against the bounds.
+    let (mut held_in_batch, mut held_bytes_in_batch) = (0, 0);
     for chunk in chunks {
         let key = (chunk.actor, chunk.version);
         let fate = if chunk.db == db {
@@ -207,7 +320,7 @@ fn try_batch(
                     .bookie
                     .partial(db, chunk.actor, chunk.version)
                     .is_none()
-                    && replica.bookie.partials().count() >= PARTIAL_VERSIONS_MAX =>
+                    && replica.bookie.partials().count() >= replica.limits.partial_versions =>
             {
                 // Bounded: a new incomplete transaction is refused while
                 // this many are buffered; sync fetches it again later.
@@ -215,7 +328,21 @@ fn try_batch(
                 out.fresh.push(false);
                 continue;
             }
+            ChunkFate::Buffer
+                if !replica
+                    .buffered
+                    .partial_fits(&replica.limits, wire_bytes(&chunk.changes)) =>
+            {
+                out.refused_partials_full += 1;
+                out.fresh.push(false);
+                continue;
+            }
             ChunkFate::Buffer => {
+                replica.buffered.add_partial(
+                    chunk.actor,
+                    chunk.version,
+                    wire_bytes(&chunk.changes),
+                );
                 replica.bookie.record_buffered(
                     db,
                     chunk.actor,
@@ -250,11 +377,25 @@ fn try_batch(
                 // so only exact repeats of a cell's change are dropped.
                 changes.sort_by(|a, b| cell_order(a).cmp(&cell_order(b)));
                 changes.dedup_by(|a, b| cell_order(a) == cell_order(b));
-                replica
-                    .bookie
-                    .record_applied(db, chunk.actor, chunk.version);
-                touched.insert(chunk.actor);
                 let (known, waiting) = held::split_known(conn, changes);
+                let waiting_bytes = wire_bytes(&waiting);
+                let recorded = waiting.is_empty()
+                    || (replica.held.len() + held_in_batch < replica.limits.held_versions
+                        && replica
+                            .buffered
+                            .held_fits(&replica.limits, held_bytes_in_batch + waiting_bytes));
+                if recorded {
+                    replica
+                        .bookie
+                        .record_applied(db, chunk.actor, chunk.version);
+                } else {
+                    // What merges, merges; the version stays missing.
+                    out.refused_held_full += 1;
+                    replica
+                        .bookie
+                        .forget_partial(db, chunk.actor, chunk.version);
+                }
+                touched.insert(chunk.actor);
                 let start = merge.len();
                 merge.extend(chunks::version_changes(chunk.actor, chunk.version, &known));
                 applied.push((
@@ -264,8 +405,10 @@ fn try_batch(
                     start..merge.len(),
                 ));
                 writes.push(Write::Clear(chunk.actor, chunk.version));
-                if !waiting.is_empty() {
+                if recorded && !waiting.is_empty() {
                     out.versions_parked += 1;
+                    held_in_batch += 1;
+                    held_bytes_in_batch += waiting_bytes;
                     writes.push(Write::Wait(chunk.actor, chunk.version, waiting));
                 }
             }
@@ -310,15 +453,19 @@ fn try_batch(
         Ok(())
     })?;
     for w in &writes {
-        if let Write::Wait(actor, version, _) = w {
-            replica.held.hold(
-                *actor,
-                *version,
-                Hold {
+        match w {
+            Write::Clear(actor, version) => replica.buffered.clear(*actor, *version),
+            Write::Wait(actor, version, changes) => {
+                let waiting = Hold {
                     waiting: true,
                     refused: None,
-                },
-            );
+                };
+                replica.held.hold(*actor, *version, waiting);
+                replica
+                    .buffered
+                    .add_held(*actor, *version, wire_bytes(changes));
+            }
+            Write::Buffer { .. } => {}
         }
     }
     out.versions_refused = note_refused(replica, &merge, &versions, &refused);
@@ -409,6 +556,8 @@ fn note_refused(
                 refused: Some(reason.to_owned()),
             },
         );
+        let bytes = wire_bytes(&chunks::wire_changes(&merge[part]));
+        replica.buffered.add_held(actor, version, bytes);
         seen.insert((actor, version));
     }
     seen.len()
@@ -440,15 +589,16 @@ pub(crate) fn retry_held(
             hold_refused(c, &merge, &whole, refused)
         })?;
         replica.held.release(actor, version);
+        replica.buffered.clear(actor, version);
         if !waiting.is_empty() {
-            replica.held.hold(
-                actor,
-                version,
-                Hold {
-                    waiting: true,
-                    refused: None,
-                },
-            );
+            let hold = Hold {
+                waiting: true,
+                refused: None,
+            };
+            replica.held.hold(actor, version, hold);
+            replica
+                .buffered
+                .add_held(actor, version, wire_bytes(&waiting));
         }
         note_refused(replica, &merge, &whole, &refused);
         if !replica.held.contains(actor, version) {
@@ -620,3 +770,6 @@ fn group_by_version(changes: Vec<Change>) -> HashMap<u64, Vec<Change>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

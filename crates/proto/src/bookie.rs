@@ -231,6 +231,12 @@ impl Bookkeeper {
         book.partial.remove(&version);
     }
 
+    /// Forgets what is buffered of `version` without recording it applied
+    /// (its buffer was dropped): it is missing again, to fetch whole.
+    pub fn forget_partial(&mut self, db: DbKind, actor: ActorId, version: u64) {
+        self.book_mut(db, actor).partial.remove(&version);
+    }
+
     /// Loads one persisted applied span (`patina_bookkeeping`) at start.
     pub fn restore_applied(&mut self, db: DbKind, actor: ActorId, versions: Span) {
         if versions.start > versions.end {

@@ -28,6 +28,8 @@ pub struct ReplicatorStats {
     pub versions_applied: Counter,
     pub versions_parked: Counter,
     pub versions_refused: Counter,
+    /// Versions left missing: too many held already.
+    pub versions_refused_held_full: Counter,
     pub broadcast_chunks_sent: Counter,
     pub broadcast_send_failures: Counter,
     pub sync_rounds: Counter,
@@ -68,7 +70,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
             self.lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 21] = [
+        let counters: [(&str, &str, &Counter); 22] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -96,7 +98,7 @@ impl ReplicatorStats {
             ),
             (
                 "chunks_refused_partials_full",
-                "Chunks of new incomplete transactions refused because too many are buffered (sync fetches them again)",
+                "Chunks of incomplete transactions refused because 1,024 versions or 512 MiB are buffered already (sync fetches them again)",
                 &self.chunks_refused_partials_full,
             ),
             (
@@ -113,6 +115,11 @@ impl ReplicatorStats {
                 "versions_refused",
                 "Remote transactions applied but for changes local constraints refused (held, retried at each schema reload)",
                 &self.versions_refused,
+            ),
+            (
+                "versions_refused_held_full",
+                "Remote transactions left missing (fetched again later) because 100,000 versions or 512 MiB are held already",
+                &self.versions_refused_held_full,
             ),
             (
                 "broadcast_chunks_sent",
@@ -223,6 +230,9 @@ pub(crate) fn record(
     stats
         .versions_refused
         .inc_by(outcome.versions_refused as u64);
+    stats
+        .versions_refused_held_full
+        .inc_by(outcome.refused_held_full as u64);
 }
 
 /// Samples the lag of fresh chunks that carry their commit time. Hosts'
