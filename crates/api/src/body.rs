@@ -89,6 +89,9 @@ pub(crate) fn parse<T: BodyShape>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice::<IgnoredAny>(bytes)
         .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     serde_json::from_slice::<T>(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if e.to_string().contains(crate::json::OUTSIDE_RANGE) => {
+            ApiError::BadRequest(e.to_string())
+        }
         serde_json::error::Category::Data => ApiError::Shape {
             message: e.to_string(),
             expected: T::EXPECTED,

@@ -8,6 +8,11 @@
 //! → TEXT, an array of integers 0–255 (or empty) → BLOB, any other array
 //! or object → its JSON text, exactly as sent, as TEXT.
 
+/// Names a parameter value no SQLite type can hold as sent: the body's
+/// shape is right and its value wrong, which the body parser answers with
+/// 400 rather than a shape error's 422.
+pub(crate) const OUTSIDE_RANGE: &str = "outside SQLite's range";
+
 use std::fmt;
 
 use patina_node::{Params, Statement, Value};
@@ -212,7 +217,7 @@ fn value_from_raw(text: &str) -> Result<Value, String> {
                 // Silently storing it as the nearest REAL would lose digits.
                 (None, _) if integer_literal => {
                     return Err(format!(
-                        "parameter {text} is an integer outside SQLite's range ({} to {}): send it as a string, or as a number with a decimal point to store it as REAL",
+                        "parameter {text} is an integer {OUTSIDE_RANGE} ({} to {}): send it as a string, or as a number with a decimal point to store it as REAL",
                         i64::MIN,
                         i64::MAX
                     ))

@@ -45,8 +45,9 @@
 //!   error reads `statement I of N: <SQLite's message>` (I counts from 1);
 //!   a lone statement's error is SQLite's message alone.
 //! - **Parameters.** Per api.md; in addition an empty array is an empty
-//!   BLOB, an integer beyond i64 is refused with 422 naming it (Corrosion
-//!   stores a REAL that has lost digits), a named
+//!   BLOB, an integer beyond i64 is refused with 400 naming it (Corrosion
+//!   stores a REAL that has lost digits; the body's shape is right, its
+//!   value is not), a named
 //!   parameter key without its sigil (`:`, `@`, `$`) is refused with 422,
 //!   and `{"query", "params", "named_params"}` with both kinds of
 //!   parameters non-null is refused with 422. Unknown object keys and
