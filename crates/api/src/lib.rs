@@ -94,7 +94,8 @@ mod subscriptions;
 mod transactions;
 
 pub use cluster::{
-    ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo, RegionView,
+    CatchUpReport, ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo,
+    RegionView,
 };
 pub use metrics::Metrics;
 pub use router::{metrics_router, router};

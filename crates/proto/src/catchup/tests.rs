@@ -18,7 +18,10 @@ fn summary(entries: &[(DbKind, u8, &[(u64, u64)])]) -> Summary {
             .map(|&(db, a, spans)| ActorSummary {
                 db,
                 actor: actor(a),
-                applied: spans.iter().map(|&(s, e)| Span { start: s, end: e }).collect(),
+                applied: spans
+                    .iter()
+                    .map(|&(s, e)| Span { start: s, end: e })
+                    .collect(),
                 partial: Vec::new(),
             })
             .collect(),
@@ -66,7 +69,11 @@ fn catching_up_until_the_first_rounds_target_is_held() {
     assert_eq!(s.phase, CatchUpPhase::Fetching);
     // REG/1: 4, 5, 8; GLOBAL/2: 1, 2.
     assert_eq!(s.missing_versions, 5);
-    assert!(s.reason(t0).unwrap().contains("5 versions"), "{:?}", s.reason(t0));
+    assert!(
+        s.reason(t0).unwrap().contains("5 versions"),
+        "{:?}",
+        s.reason(t0)
+    );
 
     // A later round claims more: the target does not move.
     let later = summary(&[(REG, 1, &[(1, 100)])]);
@@ -106,8 +113,8 @@ fn what_peers_hold_in_part_its_own_versions_and_other_dbs_are_not_the_target() {
     let t0 = Instant::now();
     let mut c = CatchUp::new(true, &[GLOBAL], t0, 1_000, WAIT);
     let mut s = summary(&[
-        (REG, 1, &[(1, 9)]),       // a database this cluster does not carry
-        (GLOBAL, 0, &[(1, 50)]),   // this node's own versions
+        (REG, 1, &[(1, 9)]),            // a database this cluster does not carry
+        (GLOBAL, 0, &[(1, 50)]),        // this node's own versions
         (GLOBAL, 3, &[(5, 1), (0, 0)]), // malformed spans
     ]);
     s.actors.push(ActorSummary {
