@@ -48,11 +48,12 @@ pub struct HealthReport {
     /// away or applied while it caught up, seconds; 0 with no samples.
     /// `p99_lag` is live lag only.
     pub catchup_p99_lag: f64,
-    /// Remote versions kept until this node's schema has their tables or
-    /// columns (readable once it reloads; they count as held for `gaps`
-    /// and catching up).
+    /// Remote versions part of which waits until this node's schema has
+    /// their tables or columns (merged by the reload that adds them; they
+    /// count as applied for `gaps` and catching up).
     pub parked_versions: u64,
-    /// Remote versions this node refused to merge.
+    /// Remote versions part of which local constraints refused (retried
+    /// at each reload).
     pub refused_versions: u64,
 }
 
@@ -166,9 +167,8 @@ impl ClusterView for LoneNode {
             catching_up: false,
             catch_up: CatchUpReport::alone(),
             catchup_p99_lag: 0.0,
-            // Filled by the handler from the node.
-            parked_versions: 0,
-            refused_versions: 0,
+            parked_versions: held(&self.node, |h| h.waiting()),
+            refused_versions: held(&self.node, |h| h.refused()),
         }
     }
 
@@ -225,6 +225,14 @@ impl RegionView {
     }
 }
 
+/// A count over both databases' held versions (`Node::held_versions`).
+fn held(node: &Node, count: impl Fn(&patina_node::HeldVersions) -> u64) -> u64 {
+    [patina_node::DbKind::Regional, patina_node::DbKind::Global]
+        .iter()
+        .map(|&db| count(&node.held_versions(db).borrow()))
+        .fold(0, u64::saturating_add)
+}
+
 fn catch_up_report(s: &patina_replicator::CatchUpStatus, now: std::time::Instant) -> CatchUpReport {
     let until = s.ended.unwrap_or(now);
     CatchUpReport {
@@ -263,9 +271,8 @@ impl ClusterView for RegionView {
             catching_up: catch_up.catching_up(),
             catch_up: catch_up_report(&catch_up, std::time::Instant::now()),
             catchup_p99_lag: self.counters.catchup_p99_lag_secs(),
-            // Filled by the handler from the node.
-            parked_versions: 0,
-            refused_versions: 0,
+            parked_versions: held(&self.node, |h| h.waiting()),
+            refused_versions: held(&self.node, |h| h.refused()),
         }
     }
 

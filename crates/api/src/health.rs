@@ -100,9 +100,7 @@ pub(crate) async fn health(
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
     let thresholds = Thresholds::parse(raw_query.as_deref())?;
-    let mut report = state.cluster.health();
-    report.parked_versions = parked_versions(&state.node).await?;
-    // Refused versions are not counted by the node yet: 0 until they are.
+    let report = state.cluster.health();
     let mut reasons: Vec<String> = report.catch_up.reason.iter().cloned().collect();
     if report.catching_up && reasons.is_empty() {
         reasons.push("catching up".to_owned());
@@ -121,19 +119,6 @@ pub(crate) async fn health(
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     };
     Ok((status, Json(json!({ "response": answer }))).into_response())
-}
-
-/// Parked versions of both databases.
-async fn parked_versions(node: &patina_node::Node) -> Result<u64, ApiError> {
-    let mut total = 0u64;
-    for db in [patina_node::DbKind::Regional, patina_node::DbKind::Global] {
-        let n = node
-            .parked_versions(db)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("cannot read parked versions: {e}")))?;
-        total = total.saturating_add(n);
-    }
-    Ok(total)
 }
 
 pub(crate) async fn members(State(state): State<ApiState>) -> Response {

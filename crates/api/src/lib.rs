@@ -83,10 +83,11 @@
 //! - `reason` (top level of `response`) is null with 200, otherwise every
 //!   cause: the catch-up reason and each threshold exceeded
 //!   (`gaps 5 > 4`), joined by `; `.
-//! - `parked_versions`: remote versions waiting for a schema reload here
-//!   (they count as held for `gaps` and catching up, but their rows are
-//!   not readable yet). `refused_versions`: remote versions refused by a
-//!   merge (0 until the node counts them).
+//! - `parked_versions`: remote versions part of which waits for a schema
+//!   reload here (`Node::held_versions`: they count as applied for `gaps`
+//!   and catching up, but those changes are not readable yet).
+//!   `refused_versions`: remote versions part of which local constraints
+//!   refused (retried at each reload).
 //!
 //! # `GET /v1/members`
 //! One entry per (member, cluster) this node knows: a global member

@@ -377,23 +377,6 @@ impl Node {
     pub fn held_versions(&self, db: DbKind) -> watch::Receiver<Arc<HeldVersions>> {
         self.writer(db).held()
     }
-
-    /// Remote versions of `db` parked until this node's schema has their
-    /// tables or columns (rows of `patina_parked`, one per version; read
-    /// from a read connection, so it is as of the last commit).
-    pub async fn parked_versions(&self, db: DbKind) -> Result<u64, QueryError> {
-        let schema = match db {
-            DbKind::Regional => "main",
-            DbKind::Global => "global",
-        };
-        let sql = format!("SELECT count(*) FROM {schema}.patina_parked");
-        self.inner
-            .reads
-            .run(move |conn| conn.query_row(&sql, [], |r| r.get::<_, i64>(0)))
-            .await?
-            .map(|n| n.max(0) as u64)
-            .map_err(|e| QueryError::Prepare(format!("counting parked versions: {e}")))
-    }
 }
 
 fn read_schemas(options: &NodeOptions) -> Result<(String, String), NodeError> {
