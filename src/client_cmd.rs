@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use patina_client::{Client, Statement, SubEvent, Subscription};
+use patina_client::{Cell, Client, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 
 use crate::cli::{ApiArgs, ExecArgs, MembersArgs, QueryArgs, ReloadArgs, SubArgs};
@@ -58,17 +58,17 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut rows = client.query(&Statement::from(args.sql.as_str())).await?;
         let mut out = std::io::stdout().lock();
+        // Cells as the server wrote them: a REAL ±inf is `1e999` /
+        // `-1e999`, which a JSON value cannot hold.
         if args.json {
-            while let Some(row) = rows.next().await? {
-                let obj: serde_json::Map<String, Json> =
-                    rows.columns.iter().cloned().zip(row).collect();
-                writeln!(out, "{}", Json::Object(obj))?;
+            while let Some(row) = rows.next_cells().await? {
+                writeln!(out, "{}", json_object(&rows.columns, &row))?;
             }
             return Ok(());
         }
         let mut table = Vec::new();
-        while let Some(row) = rows.next().await? {
-            table.push(row.iter().map(cell).collect::<Vec<_>>());
+        while let Some(row) = rows.next_cells().await? {
+            table.push(row.iter().map(raw_cell).collect::<Vec<_>>());
         }
         print_table(&mut out, &rows.columns, &table)?;
         Ok(())
@@ -179,6 +179,25 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
     let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     print_table(&mut out, &columns, &table)?;
     Ok(())
+}
+
+/// `{"column": cell, …}`, written by hand so each cell keeps its text.
+fn json_object(columns: &[String], cells: &[Cell]) -> String {
+    let fields: Vec<String> = columns
+        .iter()
+        .zip(cells)
+        .map(|(c, v)| format!("{}:{}", Json::from(c.as_str()), v.raw()))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+/// A cell for the table: strings bare, NULL as `NULL`, the rest as JSON
+/// text (±inf as `1e999` / `-1e999`).
+fn raw_cell(v: &Cell) -> String {
+    match v.to_json() {
+        Some(json) => cell(&json),
+        None => v.raw().to_owned(),
+    }
 }
 
 fn cell(v: &Json) -> String {

@@ -39,6 +39,49 @@ pub struct HealthReport {
     pub leader: Option<SiteId>,
     /// Seconds since the newest global change seen; null if none yet.
     pub global_lag: Option<f64>,
+    /// Whether this node still lacks what its peers held when it joined;
+    /// while true, health answers the failure status whatever the
+    /// thresholds.
+    pub catching_up: bool,
+    pub catch_up: CatchUpReport,
+    /// 99th percentile of the lag of versions written while this node was
+    /// away or applied while it caught up, seconds; 0 with no samples.
+    /// `p99_lag` is live lag only.
+    pub catchup_p99_lag: f64,
+    /// Remote versions part of which waits until this node's schema has
+    /// their tables or columns (merged by the reload that adds them; they
+    /// count as applied for `gaps` and catching up).
+    pub parked_versions: u64,
+    /// Remote versions part of which local constraints refused (retried
+    /// at each reload).
+    pub refused_versions: u64,
+}
+
+/// Where catching up stands (`HealthReport::catch_up`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CatchUpReport {
+    /// `alone` (nobody to learn from), `waiting_for_peers`, `fetching`,
+    /// `caught_up` or `no_peer_answered` (gave up waiting: serving what it
+    /// holds).
+    pub phase: &'static str,
+    /// Versions its peers held when it joined that it does not hold yet.
+    pub missing_versions: u64,
+    /// Seconds spent catching up (so far, or in all once over).
+    pub elapsed_secs: f64,
+    /// Why the node is not ready yet; null once it is.
+    pub reason: Option<String>,
+}
+
+impl CatchUpReport {
+    /// A node that had nothing to catch up.
+    pub fn alone() -> CatchUpReport {
+        CatchUpReport {
+            phase: "alone",
+            missing_versions: 0,
+            elapsed_secs: 0.0,
+            reason: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,6 +164,11 @@ impl ClusterView for LoneNode {
             global_member: self.node.is_global_member(),
             leader: self.leader(),
             global_lag: None,
+            catching_up: false,
+            catch_up: CatchUpReport::alone(),
+            catchup_p99_lag: 0.0,
+            parked_versions: held(&self.node, |h| h.waiting()),
+            refused_versions: held(&self.node, |h| h.refused()),
         }
     }
 
@@ -177,6 +225,24 @@ impl RegionView {
     }
 }
 
+/// A count over both databases' held versions (`Node::held_versions`).
+fn held(node: &Node, count: impl Fn(&patina_node::HeldVersions) -> u64) -> u64 {
+    [patina_node::DbKind::Regional, patina_node::DbKind::Global]
+        .iter()
+        .map(|&db| count(&node.held_versions(db).borrow()))
+        .fold(0, u64::saturating_add)
+}
+
+fn catch_up_report(s: &patina_replicator::CatchUpStatus, now: std::time::Instant) -> CatchUpReport {
+    let until = s.ended.unwrap_or(now);
+    CatchUpReport {
+        phase: s.phase.as_str(),
+        missing_versions: s.missing_versions,
+        elapsed_secs: until.saturating_duration_since(s.started).as_secs_f64(),
+        reason: s.reason(now),
+    }
+}
+
 fn member_state(s: patina_membership::MemberState) -> MemberState {
     match s {
         patina_membership::MemberState::Alive => MemberState::Alive,
@@ -192,6 +258,7 @@ impl ClusterView for RegionView {
             .map(|&db| self.node.bookkeeping(db).borrow().missing_versions())
             .sum();
         let alive = patina_membership::alive(&self.members.borrow()).count() as u64;
+        let catch_up = self.counters.catch_up();
         HealthReport {
             gaps,
             members: alive + 1,
@@ -201,6 +268,11 @@ impl ClusterView for RegionView {
             global_member: self.node.is_global_member(),
             leader: self.leader(),
             global_lag: None,
+            catching_up: catch_up.catching_up(),
+            catch_up: catch_up_report(&catch_up, std::time::Instant::now()),
+            catchup_p99_lag: self.counters.catchup_p99_lag_secs(),
+            parked_versions: held(&self.node, |h| h.waiting()),
+            refused_versions: held(&self.node, |h| h.refused()),
         }
     }
 

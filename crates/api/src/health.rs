@@ -5,6 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::body::query_pairs;
@@ -60,6 +61,8 @@ impl Thresholds {
     }
 
     /// The thresholds `report` exceeds, as `name value > threshold`.
+    /// `p99_lag` is the live lag: catch-up lag has a field of its own and
+    /// no threshold (catching up already fails the check).
     fn exceeded(&self, report: &HealthReport) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(max) = self.gaps.filter(|max| report.gaps > *max) {
@@ -83,22 +86,39 @@ fn count(key: &str, value: &str) -> Result<u64, ApiError> {
     })
 }
 
+/// The health answer: the report, and why the status is not 200 (null
+/// when it is).
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(flatten)]
+    report: &'a HealthReport,
+    reason: Option<String>,
+}
+
 pub(crate) async fn health(
     State(state): State<ApiState>,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
     let thresholds = Thresholds::parse(raw_query.as_deref())?;
     let report = state.cluster.health();
-    let exceeded = thresholds.exceeded(&report);
-    let status = if exceeded.is_empty() {
+    let mut reasons: Vec<String> = report.catch_up.reason.iter().cloned().collect();
+    if report.catching_up && reasons.is_empty() {
+        reasons.push("catching up".to_owned());
+    }
+    reasons.extend(thresholds.exceeded(&report));
+    let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
-        tracing::debug!(?exceeded, "health check over threshold");
+        tracing::debug!(?reasons, "health check failed");
         thresholds
             .failure_status
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
     };
-    Ok((status, Json(json!({ "response": report }))).into_response())
+    let answer = Answer {
+        report: &report,
+        reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+    };
+    Ok((status, Json(json!({ "response": answer }))).into_response())
 }
 
 pub(crate) async fn members(State(state): State<ApiState>) -> Response {
@@ -123,6 +143,11 @@ mod tests {
             global_member: false,
             leader: None,
             global_lag: None,
+            catching_up: false,
+            catch_up: crate::cluster::CatchUpReport::alone(),
+            catchup_p99_lag: 0.0,
+            parked_versions: 0,
+            refused_versions: 0,
         }
     }
 

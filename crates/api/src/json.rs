@@ -4,7 +4,8 @@
 //! `{"query": "SQL", "params": [...] | "named_params": {...}}`.
 //! Parameters map to SQLite values: null → NULL, true/false → 1/0, integer
 //! → INTEGER (beyond i64: refused — Corrosion stores it as a REAL that
-//! has lost digits; send it as a string or with a decimal point), float → REAL, string
+//! has lost digits; send it as a string or with a decimal point), float → REAL
+//! (beyond a double's range, e.g. `1e999` / `-1e999`: ±inf), string
 //! → TEXT, an array of integers 0–255 (or empty) → BLOB, any other array
 //! or object → its JSON text, exactly as sent, as TEXT.
 
@@ -208,6 +209,15 @@ fn value_from_raw(text: &str) -> Result<Value, String> {
             Err(_) => Value::Text(text.to_owned()),
         },
         Some(b'{') => Value::Text(text.to_owned()),
+        // A float literal too large for a double: `1e999` / `-1e999` are
+        // ±inf (the encoding cells use), as is any that overflows.
+        _ if text.contains(['.', 'e', 'E']) && overflows(text) => {
+            Value::Real(if text.starts_with('-') {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            })
+        }
         _ => {
             let n: serde_json::Number = serde_json::from_str(text)
                 .map_err(|e| format!("parameter {text} is not a number SQLite can store: {e}"))?;
@@ -230,8 +240,20 @@ fn value_from_raw(text: &str) -> Result<Value, String> {
     Ok(value)
 }
 
+/// Whether the JSON number `text` is beyond a double's range (serde_json
+/// refuses it as out of range; Rust's parser gives ±inf).
+fn overflows(text: &str) -> bool {
+    text.parse::<f64>().is_ok_and(f64::is_infinite)
+}
+
 /// A result cell: NULL → null, INTEGER/REAL → number, TEXT → string, BLOB
-/// → array of byte values.
+/// → array of byte values. JSON has no infinities: ±inf is written
+/// `1e999` / `-1e999` (as in `patina db`'s JSON lines), which JSON readers
+/// parse back as ±inf (Python, JavaScript) or refuse as out of range —
+/// never `null`, which would read as SQL NULL. A NaN cannot come out of
+/// SQLite (it stores NULL instead); were one to, it would be `null`.
+/// Serialize cells with `serde_json`'s writer (`to_vec`): its value
+/// conversion (`to_value`, `json!`) refuses `1e999`.
 pub(crate) struct Cell<'a>(pub &'a Value);
 
 impl Serialize for Cell<'_> {
@@ -239,6 +261,13 @@ impl Serialize for Cell<'_> {
         match self.0 {
             Value::Null => s.serialize_unit(),
             Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(f) if f.is_infinite() => {
+                let text = if *f > 0.0 { "1e999" } else { "-1e999" };
+                // Valid JSON by construction.
+                let raw =
+                    RawValue::from_string(text.to_owned()).map_err(serde::ser::Error::custom)?;
+                raw.serialize(s)
+            }
             Value::Real(f) => s.serialize_f64(*f),
             Value::Text(t) => s.serialize_str(t),
             Value::Blob(b) => {
@@ -309,7 +338,6 @@ mod tests {
             r#"{"params": []}"#,
             r#"{"query": "SELECT ?", "params": [1], "named_params": {":a": 1}}"#,
             r#"["SELECT :a", {"a": 1}]"#,
-            r#"["SELECT ?", [1e999]]"#,
         ] {
             let e = serde_json::from_str::<JsonStatement>(bad).err().expect(bad);
             assert!(
@@ -340,6 +368,9 @@ mod tests {
             assert!(err.contains(big) && err.contains("outside"), "{err}");
         }
         assert_eq!(param("1e23"), Value::Real(1e23));
+        assert_eq!(param("1e999"), Value::Real(f64::INFINITY));
+        assert_eq!(param("-1e999"), Value::Real(f64::NEG_INFINITY));
+        assert_eq!(param("-2.5E400"), Value::Real(f64::NEG_INFINITY));
         assert_eq!(param("1.5"), Value::Real(1.5));
         assert_eq!(param(r#""a\"b""#), Value::Text("a\"b".into()));
         assert_eq!(param("[0, 1, 255]"), Value::Blob(vec![0, 1, 255]));
@@ -366,6 +397,11 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Cells(&row)).unwrap(),
             r#"[null,3,0.5,"x",[1,2]]"#
+        );
+        let inf = [Value::Real(f64::INFINITY), Value::Real(f64::NEG_INFINITY)];
+        assert_eq!(
+            serde_json::to_string(&Cells(&inf)).unwrap(),
+            "[1e999,-1e999]"
         );
     }
 }

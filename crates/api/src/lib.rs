@@ -58,6 +58,38 @@
 //!   unknown ones included, before anything else is looked at.
 //! - **Unknown path** → 404, **wrong method** → 405, both `{"error":"…"}`.
 //!
+//! # `GET /v1/health`
+//! ```text
+//! {"response":{"gaps":0,"members":2,"p99_lag":0.004,"queue_size":0,
+//!   "region":"ams","global_member":false,"leader":null,"global_lag":null,
+//!   "catching_up":true,"catch_up":{"phase":"fetching","missing_versions":478,
+//!   "elapsed_secs":0.7,"reason":"catching up: 478 versions …"},
+//!   "catchup_p99_lag":12.1,"parked_versions":0,"refused_versions":0,
+//!   "reason":"catching up: 478 versions …"}}
+//! ```
+//! Corrosion's four keys keep their meaning, except that `p99_lag` is the
+//! *live* lag only (versions pushed by broadcast, committed after this node
+//! started and applied after it caught up); `catchup_p99_lag` is the rest
+//! (versions written while the node was away or applied while it caught
+//! up). The `p99_lag=` threshold checks the live lag.
+//! - **Catching up.** A node that has peers to learn from (a bootstrap
+//!   list, or members remembered from its last run) starts catching up:
+//!   until it holds every version the peers that answered its first sync
+//!   round advertised (`docs/replication.md`, Catching up), health answers
+//!   503 (or `failure_status`) whatever the thresholds, `catching_up` is
+//!   true and `reason` says why. `catch_up.phase` is `alone` (nobody to
+//!   learn from: 200 at once), `waiting_for_peers`, `fetching`,
+//!   `caught_up`, or `no_peer_answered` (no peer answered within 30 s:
+//!   the node serves what it holds rather than hold a deploy forever).
+//! - `reason` (top level of `response`) is null with 200, otherwise every
+//!   cause: the catch-up reason and each threshold exceeded
+//!   (`gaps 5 > 4`), joined by `; `.
+//! - `parked_versions`: remote versions part of which waits for a schema
+//!   reload here (`Node::held_versions`: they count as applied for `gaps`
+//!   and catching up, but those changes are not readable yet).
+//!   `refused_versions`: remote versions part of which local constraints
+//!   refused (retried at each reload).
+//!
 //! # `GET /v1/members`
 //! One entry per (member, cluster) this node knows: a global member
 //! appears once for its region and once for `global`.
@@ -95,7 +127,8 @@ mod subscriptions;
 mod transactions;
 
 pub use cluster::{
-    ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo, RegionView,
+    CatchUpReport, ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo,
+    RegionView,
 };
 pub use metrics::Metrics;
 pub use router::{metrics_router, router};

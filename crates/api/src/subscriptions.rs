@@ -98,6 +98,13 @@ struct RowLine<'a> {
     row: (u64, Cells<'a>),
 }
 
+/// Written as a struct, not with `json!`: cells may hold `1e999` (see
+/// `Cell`), which `json!`'s value conversion refuses.
+#[derive(Serialize)]
+struct NotifyLine<'a> {
+    notify: (&'static str, Cells<'a>),
+}
+
 #[derive(Serialize)]
 struct ChangeLine<'a> {
     change: (&'static str, u64, Cells<'a>, u64),
@@ -171,7 +178,9 @@ pub(crate) async fn updates(
                     let mut out = Vec::with_capacity(rows.len() * 32);
                     for r in rows {
                         let kind = if r.deleted { "delete" } else { "update" };
-                        out.extend_from_slice(&line(&json!({ "notify": [kind, Cells(&r.pk)] })));
+                        out.extend_from_slice(&line(&NotifyLine {
+                            notify: (kind, Cells(&r.pk)),
+                        }));
                     }
                     return Some((Bytes::from(out), Some((rx, table))));
                 }

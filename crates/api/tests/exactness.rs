@@ -74,3 +74,37 @@ async fn integers_outside_i64_are_refused_naming_the_value() {
         vec![json!(["real"]), json!(["integer"])]
     );
 }
+
+/// JSON has no infinities: a REAL ±inf is written `1e999` / `-1e999` (the
+/// encoding of `patina db`'s JSON lines), never `null`, and `1e999` as a
+/// parameter stores +inf.
+#[tokio::test]
+async fn infinities_round_trip_as_1e999() {
+    let s = start().await;
+    let r = s
+        .post_raw(
+            "/v1/transactions",
+            r#"["INSERT INTO vals (k, v) VALUES (1, 9e999), (2, -9e999)",
+                ["INSERT INTO vals (k, v) VALUES (?, ?)", [3, 1e999]],
+                {"query": "INSERT INTO vals (k, v) VALUES (:k, :v)", "named_params": {":k": 4, ":v": -1e999}}]"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = s
+        .post_raw(
+            "/v1/queries",
+            r#""SELECT k, v, typeof(v), v = 9e999, v = -9e999 FROM vals ORDER BY k""#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    for row in [
+        r#"{"row":[1,[1,1e999,"real",1,0]]}"#,
+        r#"{"row":[2,[2,-1e999,"real",0,1]]}"#,
+        r#"{"row":[3,[3,1e999,"real",1,0]]}"#,
+        r#"{"row":[4,[4,-1e999,"real",0,1]]}"#,
+    ] {
+        assert!(text.lines().any(|l| l == row), "{row} not in:\n{text}");
+    }
+    assert!(!text.contains("null"), "{text}");
+}

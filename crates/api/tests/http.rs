@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{start, start_with, Options};
-use patina_api::{ApiConfig, ClusterView, HealthReport, MemberInfo, RegionInfo};
+use patina_api::{ApiConfig, CatchUpReport, ClusterView, HealthReport, MemberInfo, RegionInfo};
 use serde_json::{json, Value as Json};
 
 fn is_secs(v: &Json) -> bool {
@@ -597,7 +597,11 @@ async fn health_of_a_lone_node() {
         answer.json(),
         json!({"response": {"gaps": 0, "members": 1, "p99_lag": 0.0, "queue_size": 0,
                             "region": "ams", "global_member": false, "leader": null,
-                            "global_lag": null}})
+                            "global_lag": null, "catching_up": false,
+                            "catch_up": {"phase": "alone", "missing_versions": 0,
+                                         "elapsed_secs": 0.0, "reason": null},
+                            "catchup_p99_lag": 0.0, "parked_versions": 0,
+                            "refused_versions": 0, "reason": null}})
     );
     let answer = s
         .get("/v1/health?gaps=0&p99_lag=0&max_queue=0&failure_status=500")
@@ -627,6 +631,17 @@ impl ClusterView for Lagging {
             global_member: false,
             leader: None,
             global_lag: Some(1.0),
+            catching_up: false,
+            catch_up: CatchUpReport {
+                phase: "caught_up",
+                missing_versions: 0,
+                elapsed_secs: 0.5,
+                reason: None,
+            },
+            // Far over any threshold given below: not what `p99_lag=` checks.
+            catchup_p99_lag: 60.0,
+            parked_versions: 0,
+            refused_versions: 0,
         }
     }
     fn members(&self) -> Vec<MemberInfo> {
@@ -662,6 +677,62 @@ async fn health_over_a_threshold_answers_the_failure_status() {
         assert_eq!(answer.status, status, "{query}");
         assert_eq!(answer.json()["response"]["members"], 3);
         assert_eq!(answer.json()["response"]["global_lag"], 1.0);
+        let reason = &answer.json()["response"]["reason"];
+        if status == 200 {
+            assert_eq!(reason, &Json::Null, "{query}");
+        } else {
+            assert!(
+                reason.as_str().is_some_and(|r| r.contains(" > ")),
+                "{query}: {reason}"
+            );
+        }
+    }
+}
+
+/// A node catching up after a restart.
+struct CatchingUp;
+
+impl ClusterView for CatchingUp {
+    fn health(&self) -> HealthReport {
+        HealthReport {
+            catching_up: true,
+            catch_up: CatchUpReport {
+                phase: "fetching",
+                missing_versions: 478,
+                elapsed_secs: 0.7,
+                reason: Some("catching up: 478 versions …".into()),
+            },
+            ..Lagging.health()
+        }
+    }
+    fn members(&self) -> Vec<MemberInfo> {
+        Vec::new()
+    }
+    fn regions(&self) -> Vec<RegionInfo> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn a_node_catching_up_fails_the_check_whatever_the_thresholds() {
+    let s = start_with(Options {
+        cluster: Some(Arc::new(CatchingUp)),
+        ..Options::default()
+    })
+    .await;
+    for (query, status) in [
+        ("", 503),
+        ("gaps=100&p99_lag=10&max_queue=1000", 503),
+        ("failure_status=429", 429),
+    ] {
+        let answer = s.get(&format!("/v1/health?{query}")).await;
+        assert_eq!(answer.status, status, "{query}");
+        let response = &answer.json()["response"];
+        assert_eq!(response["catching_up"], true);
+        assert_eq!(response["catch_up"]["missing_versions"], 478);
+        assert_eq!(response["catch_up"]["phase"], "fetching");
+        let reason = response["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("catching up: 478 versions"), "{reason}");
     }
 }
 

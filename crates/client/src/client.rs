@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value as Json};
 
 use crate::error::{api_error, bad_line, ClientError};
@@ -47,21 +49,77 @@ pub struct Rows {
     lines: Lines,
 }
 
+/// One result cell as the server wrote it. Any JSON value, and also
+/// `1e999` / `-1e999`: a REAL ±infinity, which JSON has no literal for and
+/// `serde_json::Value` cannot hold.
+#[derive(Debug, Clone)]
+pub struct Cell(Box<RawValue>);
+
+impl Cell {
+    /// The cell's JSON text (`"web"`, `1.5`, `1e999`, `null`).
+    pub fn raw(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The cell as a JSON value; `None` for ±infinity.
+    pub fn to_json(&self) -> Option<Json> {
+        serde_json::from_str(self.raw()).ok()
+    }
+
+    /// The cell's number, ±infinity included; `None` if it is not a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        let raw = self.raw();
+        let numeric = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+        numeric.then(|| raw.parse().ok()).flatten()
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw())
+    }
+}
+
+/// `{"row": [id, [cells]]}`, cells kept as written.
+#[derive(Deserialize)]
+struct RowLine {
+    row: (u64, Vec<Box<RawValue>>),
+}
+
 impl Rows {
-    /// The next row's cells, or `None` after the last.
+    /// The next row's cells as JSON values, or `None` after the last. A
+    /// REAL ±infinity has no JSON value: a row holding one is a
+    /// [`ClientError::Protocol`] error naming [`Rows::next_cells`], which
+    /// reads it.
     pub async fn next(&mut self) -> Result<Option<Vec<Json>>, ClientError> {
-        let Some(line) = self.lines.next().await? else {
+        let Some(cells) = self.next_cells().await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(cells.len());
+        for (i, cell) in cells.iter().enumerate() {
+            out.push(cell.to_json().ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "column {} holds {cell} (a REAL ±infinity), which a JSON value cannot hold: read rows with Rows::next_cells",
+                    i + 1
+                ))
+            })?);
+        }
+        Ok(Some(out))
+    }
+
+    /// The next row's cells as the server wrote them, or `None` after the
+    /// last.
+    pub async fn next_cells(&mut self) -> Result<Option<Vec<Cell>>, ClientError> {
+        let Some(text) = self.lines.next_text().await? else {
             return Err(ClientError::Protocol(
                 "the row stream ended without an eoq line".into(),
             ));
         };
-        if let Some(row) = line.get("row") {
-            let cells = row
-                .get(1)
-                .and_then(Json::as_array)
-                .ok_or_else(|| bad_line(&line))?;
-            return Ok(Some(cells.clone()));
+        if let Ok(RowLine { row: (_, cells) }) = serde_json::from_str(&text) {
+            return Ok(Some(cells.into_iter().map(Cell).collect()));
         }
+        let line: Json = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")))?;
         if line.get("eoq").is_some() {
             return Ok(None);
         }

@@ -46,6 +46,16 @@ impl Lines {
 
     /// The next line as JSON; `None` at the end of the body.
     pub(crate) async fn next(&mut self) -> Result<Option<Json>, ClientError> {
+        let Some(line) = self.next_text().await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")))
+    }
+
+    /// The next non-blank line's text; `None` at the end of the body.
+    pub(crate) async fn next_text(&mut self) -> Result<Option<String>, ClientError> {
         loop {
             let line = match self.lines.next().await {
                 None => return Ok(None),
@@ -71,9 +81,7 @@ impl Lines {
             if line.trim_ascii().is_empty() {
                 continue;
             }
-            return serde_json::from_str(&line)
-                .map(Some)
-                .map_err(|e| ClientError::Protocol(format!("bad NDJSON line: {e}")));
+            return Ok(Some(line));
         }
     }
 }

@@ -102,6 +102,8 @@ enum Command {
 #[derive(Debug)]
 pub struct Membership {
     identity: NodeIdentity,
+    /// Members of this cluster remembered from the last run (not this node).
+    persisted_peers: usize,
     members: watch::Receiver<Vec<Member>>,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
@@ -133,6 +135,10 @@ impl Membership {
             ..identity
         };
         let persisted = persist::load_members(&members_file);
+        let persisted_peers = persisted
+            .iter()
+            .filter(|m| m.actor != identity.actor && m.cluster == identity.cluster)
+            .count();
         let foca = new_foca(identity.clone());
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(1);
@@ -148,6 +154,7 @@ impl Membership {
         let task = tokio::spawn(swim.run(bootstrap, persisted, commands_rx, datagrams));
         Membership {
             identity,
+            persisted_peers,
             members: members_rx,
             commands: commands_tx,
             task,
@@ -157,6 +164,13 @@ impl Membership {
     /// This node's identity (with the generation actually used).
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
+    }
+
+    /// How many members of this cluster (this node aside) the members file
+    /// remembered at start: a restarted node has peers to learn from even
+    /// without a bootstrap list.
+    pub fn persisted_peers(&self) -> usize {
+        self.persisted_peers
     }
 
     /// Every known member but this node, with its state; updated on each

@@ -1,7 +1,8 @@
 //! `patina-proto`: Patina's replication protocol as sans-I/O values
 //! (`docs/replication.md`). Which versions this node holds
 //! ([`Bookkeeper`]) and which of them wait to be merged
-//! ([`QueuedVersions`]); the sync conversation with one peer
+//! ([`QueuedVersions`]); whether a node that just started still lacks what
+//! its peers held when it joined ([`CatchUp`]); the sync conversation with one peer
 //! ([`PullSession`], [`ServeSession`], bounded by [`SyncLimits`]) and what
 //! to ask which peer ([`SyncPlanner`]); where a commit or a received chunk
 //! goes ([`BroadcastConfig::targets`], [`ForwardPolicy`]) and the bounded
@@ -17,6 +18,7 @@
 
 mod bookie;
 mod broadcast;
+mod catchup;
 mod forward;
 mod lag;
 mod planner;
@@ -28,6 +30,7 @@ mod sim;
 
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
 pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
+pub use catchup::{CatchUp, CatchUpPhase, CatchUpStatus, CATCH_UP_WAIT};
 pub use forward::{Forward, ForwardPolicy, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::broadcast::Push;
 use crate::shared::Shared;
-use crate::stats::record;
+use crate::stats::{record, Delivery};
 
 /// Chunks received and waiting for a writer; when full, new chunks are
 /// dropped and counted (sync fetches them again).
@@ -110,7 +110,14 @@ pub(crate) async fn apply_loop(
             let Some(outcome) = applied else {
                 return;
             };
-            record(&shared.stats, &chunks, &outcome);
+            let catch_up = *shared.catch_up.borrow();
+            record(
+                &shared.stats,
+                &chunks,
+                &outcome,
+                Delivery::Broadcast,
+                &catch_up,
+            );
             for ((chunk, forward), fresh) in chunks.into_iter().zip(forwards).zip(&outcome.fresh) {
                 let Some(hop) = forward.on_applied(*fresh) else {
                     continue;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use patina_proto::{BroadcastConfig, SyncLimits};
+use patina_proto::{BroadcastConfig, SyncLimits, CATCH_UP_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct ReplicatorConfig {
@@ -17,6 +17,9 @@ pub struct ReplicatorConfig {
     /// Timeouts and bounds of each sync conversation.
     pub sync_limits: SyncLimits,
     pub broadcast_queue: BroadcastConfig,
+    /// How long a node with peers to learn from waits for a first summary
+    /// before it stops reporting itself catching up (`CATCH_UP_WAIT`).
+    pub catch_up_wait: Duration,
     /// Seeds peer choice (tests pass a fixed seed to replay a run).
     pub seed: u64,
 }
@@ -29,6 +32,7 @@ impl Default for ReplicatorConfig {
             sync_peers: 3,
             sync_limits: SyncLimits::default(),
             broadcast_queue: BroadcastConfig::default(),
+            catch_up_wait: CATCH_UP_WAIT,
             seed: rand::random(),
         }
     }

@@ -27,6 +27,7 @@ mod stats;
 mod sync;
 
 pub use config::ReplicatorConfig;
+pub use patina_proto::{CatchUpPhase, CatchUpStatus};
 pub use replica::{BoxFuture, Replica};
 pub use replicator::Replicator;
 pub use runtime::{ClusterCounters, ClusterOptions, ClusterRuntime};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use patina_membership::Member;
-use patina_proto::{Hop, QueuedVersions, ServeRefusal};
+use patina_proto::{CatchUp, CatchUpStatus, Hop, QueuedVersions, ServeRefusal};
 use patina_transport::{Inbound, Transport};
 use patina_wire::{ChangeChunk, DbKind, Message};
 use tokio::sync::{mpsc, watch};
@@ -25,13 +25,17 @@ use crate::sync;
 /// [`Replicator::shutdown`].
 pub struct Replicator {
     stats: Arc<ReplicatorStats>,
+    catch_up: watch::Receiver<CatchUpStatus>,
     tasks: JoinSet<()>,
 }
 
 impl Replicator {
     /// Starts replicating the databases `dbs` of `node` through
     /// `transport`. SWIM datagrams from `inbound` go to `datagrams` (the
-    /// membership's input).
+    /// membership's input). `learns_from_peers`: the node has a bootstrap
+    /// list or remembered members, so it starts catching up
+    /// ([`CatchUp`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         node: Arc<dyn Replica>,
         transport: Transport,
@@ -40,8 +44,17 @@ impl Replicator {
         datagrams: mpsc::Sender<(SocketAddr, Bytes)>,
         dbs: &'static [DbKind],
         config: ReplicatorConfig,
+        learns_from_peers: bool,
     ) -> Replicator {
         let stats = Arc::new(ReplicatorStats::default());
+        let catch_up = CatchUp::new(
+            learns_from_peers,
+            dbs,
+            std::time::Instant::now(),
+            patina_node::unix_ms(),
+            config.catch_up_wait,
+        );
+        let (catch_up_tx, catch_up_rx) = watch::channel(catch_up.status());
         let shared = Shared {
             node,
             transport,
@@ -52,6 +65,7 @@ impl Replicator {
             queued: Arc::new(std::sync::Mutex::new(QueuedVersions::new())),
             forward: config.broadcast_queue.forward_policy(config.broadcast),
             sync_limits: config.sync_limits.clone(),
+            catch_up: catch_up_rx.clone(),
         };
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
@@ -68,12 +82,21 @@ impl Replicator {
             tasks.spawn(local_commits(shared.clone(), push_tx));
             tasks.spawn(broadcast::run(shared.clone(), push_rx, config.clone()));
         }
-        tasks.spawn(sync::run(shared, config));
-        Replicator { stats, tasks }
+        tasks.spawn(sync::run(shared, config, catch_up, catch_up_tx));
+        Replicator {
+            stats,
+            catch_up: catch_up_rx,
+            tasks,
+        }
     }
 
     pub fn stats(&self) -> Arc<ReplicatorStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Where catching up stands, updated by the sync task.
+    pub fn catch_up(&self) -> watch::Receiver<CatchUpStatus> {
+        self.catch_up.clone()
     }
 
     /// Stops every task (in-flight transfers are abandoned; what was not

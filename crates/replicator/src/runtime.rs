@@ -11,13 +11,14 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use patina_membership::{Member, Membership, DATAGRAM_QUEUE_CAPACITY};
+use patina_proto::CatchUpStatus;
 use patina_transport::{StatsSnapshot, TlsFiles, Transport, TransportConfig, TransportError};
 use patina_wire::DbKind;
 
 use crate::config::ReplicatorConfig;
 use crate::replica::Replica;
 use crate::replicator::Replicator;
-use crate::stats::ReplicatorStats;
+use crate::stats::{LagStats, ReplicatorStats};
 
 /// How to join one cluster.
 #[derive(Clone)]
@@ -78,6 +79,9 @@ impl ClusterRuntime {
             options.members_file.clone(),
             datagrams_rx,
         );
+        // A node that knows peers learns from them: it reports itself
+        // catching up until it holds what they advertise.
+        let learns_from_peers = !options.bootstrap.is_empty() || membership.persisted_peers() > 0;
         let replicator = Replicator::spawn(
             node,
             transport.clone(),
@@ -86,6 +90,7 @@ impl ClusterRuntime {
             datagrams_tx,
             options.dbs,
             options.replicator.clone(),
+            learns_from_peers,
         );
         Ok(ClusterRuntime {
             transport,
@@ -121,6 +126,7 @@ impl ClusterRuntime {
         ClusterCounters {
             cluster: self.membership.identity().cluster.clone(),
             replicator: self.replicator.stats(),
+            catch_up: self.replicator.catch_up(),
             transport: self.transport.clone(),
         }
     }
@@ -150,6 +156,7 @@ impl ClusterRuntime {
 pub struct ClusterCounters {
     cluster: ClusterName,
     replicator: Arc<ReplicatorStats>,
+    catch_up: watch::Receiver<CatchUpStatus>,
     transport: Transport,
 }
 
@@ -171,14 +178,22 @@ impl ClusterCounters {
         self.transport.rtt(addr)
     }
 
-    /// The 99th percentile of the last minute's replication lag (origin
-    /// commit → applied here) of broadcast versions, seconds; 0 without
-    /// samples.
+    /// The 99th percentile of the last minute's live replication lag
+    /// (origin commit → applied here, of versions pushed by broadcast
+    /// after this node started and caught up), seconds; 0 without samples.
     pub fn p99_lag_secs(&self) -> f64 {
-        self.replicator
-            .lag
-            .p99_ms(std::time::Instant::now())
-            .map_or(0.0, |ms| ms as f64 / 1000.0)
+        p99_secs(&self.replicator.lag)
+    }
+
+    /// The same for catch-up: versions written while this node was away or
+    /// applied while it caught up.
+    pub fn catchup_p99_lag_secs(&self) -> f64 {
+        p99_secs(&self.replicator.catchup_lag)
+    }
+
+    /// Whether this node still lacks what its peers held when it joined.
+    pub fn catch_up(&self) -> CatchUpStatus {
+        *self.catch_up.borrow()
     }
 
     /// Chunks received and waiting to be merged.
@@ -186,4 +201,9 @@ impl ClusterCounters {
         // A gauge is signed; the queue's length never is.
         u64::try_from(self.replicator.apply_queue_chunks.get()).unwrap_or(0)
     }
+}
+
+fn p99_secs(lag: &LagStats) -> f64 {
+    lag.p99_ms(std::time::Instant::now())
+        .map_or(0.0, |ms| ms as f64 / 1000.0)
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use patina_membership::{Member, MemberState};
-use patina_proto::{Bookkeeper, ForwardPolicy, QueuedVersions, SyncLimits};
+use patina_proto::{Bookkeeper, CatchUpStatus, ForwardPolicy, QueuedVersions, SyncLimits};
 use patina_transport::Transport;
 use patina_wire::{ChangeChunk, DbKind};
 use tokio::sync::watch;
@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub forward: ForwardPolicy,
     pub sync_limits: SyncLimits,
+    /// Where catching up stands (the sync task owns the `CatchUp`): lag
+    /// samples are live or catch-up by it.
+    pub catch_up: watch::Receiver<CatchUpStatus>,
 }
 
 impl Shared {
@@ -63,13 +66,20 @@ impl Shared {
     /// ([`QueuedVersions::count_as_held`]): what summaries and sync plans
     /// are made from.
     pub fn held(&self) -> Bookkeeper {
+        let mut all = self.merged();
+        self.queued().count_as_held(&mut all);
+        all
+    }
+
+    /// What this node has merged of the databases this cluster carries
+    /// (readable here): what catching up is measured against.
+    pub fn merged(&self) -> Bookkeeper {
         let mut dbs = self.dbs.iter();
         let first = dbs.next().copied().unwrap_or(DbKind::Regional);
         let mut all = (**self.node.bookkeeping(first).borrow()).clone();
         for &db in dbs {
             all.absorb(&self.node.bookkeeping(db).borrow());
         }
-        self.queued().count_as_held(&mut all);
         all
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use patina_node::RemoteOutcome;
-use patina_proto::{LagWindow, SyncCount};
+use patina_proto::{CatchUpStatus, LagWindow, SyncCount};
 use patina_wire::ChangeChunk;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,9 +51,17 @@ pub struct ReplicatorStats {
     pub forwards_dropped: Counter,
     /// Chunks waiting in the apply queue.
     pub apply_queue_chunks: Gauge,
-    /// Commit-to-applied lag of broadcast versions (their chunks carry the
-    /// origin's commit time; versions fetched by sync do not).
+    /// 1 while this node catches up (see `patina_proto::CatchUp`), else 0.
+    pub catching_up: Gauge,
+    /// Versions its peers held when it joined that it does not hold yet.
+    pub catch_up_missing_versions: Gauge,
+    /// Commit-to-applied lag of live versions: broadcast, committed after
+    /// this node started, applied after it caught up (their chunks carry
+    /// the origin's commit time; versions fetched by sync do not).
     pub lag: LagStats,
+    /// The same for the rest: versions written while this node was away,
+    /// or applied while it caught up (they queued behind the backlog).
+    pub catchup_lag: LagStats,
 }
 
 impl ReplicatorStats {
@@ -69,6 +77,11 @@ impl ReplicatorStats {
             "lag_seconds",
             "Commit-to-applied lag of broadcast versions (origin's clock to this node's).",
             self.lag.histogram.clone(),
+        );
+        r.register(
+            "catchup_lag_seconds",
+            "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
+            self.catchup_lag.histogram.clone(),
         );
         let counters: [(&str, &str, &Counter); 22] = [
             (
@@ -190,6 +203,16 @@ impl ReplicatorStats {
             "Chunks waiting to be merged",
             self.apply_queue_chunks.clone(),
         );
+        r.register(
+            "catching_up",
+            "1 while this node lacks what its peers held when it joined",
+            self.catching_up.clone(),
+        );
+        r.register(
+            "catch_up_missing_versions",
+            "Versions its peers held when this node joined that it does not hold yet",
+            self.catch_up_missing_versions.clone(),
+        );
     }
 }
 
@@ -205,12 +228,23 @@ pub(crate) fn count(stats: &ReplicatorStats, event: SyncCount) {
     counter.inc();
 }
 
+/// How merged chunks reached this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Pushed by broadcast as they committed.
+    Broadcast,
+    /// Pulled by anti-entropy sync: repair, never live.
+    Sync,
+}
+
 pub(crate) fn record(
     stats: &ReplicatorStats,
     chunks: &[Arc<ChangeChunk>],
     outcome: &RemoteOutcome,
+    delivery: Delivery,
+    catch_up: &CatchUpStatus,
 ) {
-    record_lag(stats, chunks, &outcome.fresh);
+    record_lag(stats, chunks, &outcome.fresh, delivery, catch_up);
     let fresh_changes: usize = chunks
         .iter()
         .zip(&outcome.fresh)
@@ -235,20 +269,37 @@ pub(crate) fn record(
         .inc_by(outcome.refused_held_full as u64);
 }
 
-/// Samples the lag of fresh chunks that carry their commit time. Hosts'
-/// clocks differ a little; a chunk "from the future" counts as no lag.
-fn record_lag(stats: &ReplicatorStats, chunks: &[Arc<ChangeChunk>], fresh: &[bool]) {
+/// Samples the lag of fresh chunks that carry their commit time, as live
+/// lag or catch-up lag (`CatchUpStatus::is_live`; sync is never live).
+/// Hosts' clocks differ a little; a chunk "from the future" counts as no
+/// lag.
+fn record_lag(
+    stats: &ReplicatorStats,
+    chunks: &[Arc<ChangeChunk>],
+    fresh: &[bool],
+    delivery: Delivery,
+    catch_up: &CatchUpStatus,
+) {
     let now_ms = patina_node::unix_ms();
     let now = std::time::Instant::now();
-    let samples = chunks
+    let (mut live, mut catchup) = (Vec::new(), Vec::new());
+    for (chunk, _) in chunks
         .iter()
         .zip(fresh)
         .filter(|(c, f)| **f && c.committed_ms > 0)
-        .map(|(chunk, _)| now_ms.saturating_sub(chunk.committed_ms));
-    stats.lag.record(now, samples);
+    {
+        let lag_ms = now_ms.saturating_sub(chunk.committed_ms);
+        if delivery == Delivery::Broadcast && catch_up.is_live(chunk.committed_ms) {
+            live.push(lag_ms);
+        } else {
+            catchup.push(lag_ms);
+        }
+    }
+    stats.lag.record(now, live);
+    stats.catchup_lag.record(now, catchup);
 }
 
-/// Replication lag of broadcast versions, kept two ways: a Prometheus
+/// Replication lag of one kind of versions (live or catch-up), kept two ways: a Prometheus
 /// histogram (aggregatable across nodes and over any range) and the last
 /// minute's samples, from which `/v1/health` reads its `p99_lag` (a deploy
 /// gate that must fall back as soon as a slow spell is over, which a

@@ -16,32 +16,73 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use patina_proto::{
-    PlannerConfig, PullAction, PullSession, ServeAction, ServeSession, SyncCount, SyncFailure,
-    SyncPlanner, SUMMARY_SPANS_MAX,
+    CatchUp, CatchUpPhase, CatchUpStatus, PlannerConfig, PullAction, PullSession, ServeAction,
+    ServeSession, SyncCount, SyncFailure, SyncPlanner, SUMMARY_SPANS_MAX,
 };
 use patina_transport::{FrameReader, FrameWriter};
 use patina_wire::{ChangeChunk, Envelope, Message, Need, Summary};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::ReplicatorConfig;
 use crate::shared::Shared;
-use crate::stats::{count, record};
+use crate::stats::{count, record, Delivery};
 
-pub(crate) async fn run(shared: Shared, config: ReplicatorConfig) {
+/// Sync rounds every `sync_interval`; the task also owns the node's
+/// [`CatchUp`]: the first round a peer answers sets its target, and after
+/// every round (and tick) it is measured against what is merged.
+pub(crate) async fn run(
+    shared: Shared,
+    config: ReplicatorConfig,
+    mut catch_up: CatchUp,
+    status: watch::Sender<CatchUpStatus>,
+) {
     let mut planner: SyncPlanner<SocketAddr> = SyncPlanner::new(PlannerConfig::default());
     let mut rng = SmallRng::seed_from_u64(config.seed.rotate_left(17) ^ 0x5eed);
     let mut tick = tokio::time::interval(config.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    publish(&shared, &catch_up, &status);
     loop {
         tick.tick().await;
         let peers = shared.peers();
-        if peers.is_empty() {
-            continue;
+        let mut answered = Vec::new();
+        if !peers.is_empty() {
+            let chosen = patina_proto::choose_peers(&peers, config.sync_peers, &mut rng);
+            answered = round(&shared, &mut planner, chosen).await;
         }
-        let chosen = patina_proto::choose_peers(&peers, config.sync_peers, &mut rng);
-        round(&shared, &mut planner, chosen).await;
+        let catching_up = status.borrow().catching_up();
+        if catching_up {
+            let (merged, now) = (shared.merged(), Instant::now());
+            catch_up.on_summaries(answered.iter(), &merged, now);
+            catch_up.on_held(&merged, now);
+            publish(&shared, &catch_up, &status);
+        }
+    }
+}
+
+/// Hands the catch-up status to its readers (health, lag sampling,
+/// metrics); says so in the log when catching up ends.
+fn publish(shared: &Shared, catch_up: &CatchUp, status: &watch::Sender<CatchUpStatus>) {
+    let now = catch_up.status();
+    shared.stats.catching_up.set(i64::from(now.catching_up()));
+    shared
+        .stats
+        .catch_up_missing_versions
+        .set(i64::try_from(now.missing_versions).unwrap_or(i64::MAX));
+    let was = status.send_replace(now);
+    if was.catching_up() && !now.catching_up() {
+        let secs = now
+            .ended
+            .map_or(0.0, |e| e.duration_since(now.started).as_secs_f64());
+        match now.phase {
+            CatchUpPhase::NoAnswer => tracing::warn!(
+                secs,
+                "no peer answered a sync summary; serving what this node holds"
+            ),
+            _ => tracing::info!(secs, "caught up with what peers held when this node joined"),
+        }
     }
 }
 
@@ -54,7 +95,12 @@ struct Asked {
     reader: FrameReader,
 }
 
-async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Vec<SocketAddr>) {
+/// One round; returns the summaries of the peers that answered.
+async fn round(
+    shared: &Shared,
+    planner: &mut SyncPlanner<SocketAddr>,
+    peers: Vec<SocketAddr>,
+) -> Vec<Summary> {
     shared.stats.sync_rounds.inc();
     let mut asking = JoinSet::new();
     for peer in peers {
@@ -107,6 +153,7 @@ async fn round(shared: &Shared, planner: &mut SyncPlanner<SocketAddr>, peers: Ve
             }
         }
     }
+    summaries.into_iter().map(|(_, s)| s).collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +288,8 @@ async fn apply(shared: &Shared, chunks: Vec<ChangeChunk>) -> Result<(), SyncErro
             .apply_remote(db, mine.clone())
             .await
             .ok_or(SyncError::ShuttingDown)?;
-        record(&shared.stats, &mine, &outcome);
+        let catch_up = *shared.catch_up.borrow();
+        record(&shared.stats, &mine, &outcome, Delivery::Sync, &catch_up);
     }
     Ok(())
 }

@@ -135,7 +135,26 @@ impl TestCluster {
             cluster.add_node().await;
         }
         cluster.wait_members(Duration::from_secs(30)).await;
+        cluster.wait_caught_up(Duration::from_secs(30)).await;
         cluster
+    }
+
+    /// Waits until no running node is catching up (each joined through a
+    /// peer and starts so: until then its lag samples are catch-up ones).
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        for (i, t) in self.nodes.iter().enumerate() {
+            let Some(rt) = &t.runtime else { continue };
+            let counters = rt.counters();
+            let deadline = tokio::time::Instant::now() + timeout;
+            while counters.catch_up().catching_up() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {i} still catching up after {timeout:?}: {:?}",
+                    counters.catch_up()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 
     /// Starts one more node (joining through the first); returns its index.

@@ -1,0 +1,246 @@
+//! [`CatchUp`]: whether a node that just started still lacks what its
+//! peers held when it joined — the health endpoint's deploy gate.
+//!
+//! A node that has peers to learn from (a bootstrap list, or members
+//! remembered from its last run) starts *catching up*. Its target is what
+//! the peers that answered its first sync round advertised (the union of
+//! their summaries' applied versions, its own actor left out: it is its
+//! own versions' only source). It stays catching up until its bookkeeping
+//! holds every version of that target whole (a version held in part does
+//! not count). Versions committed after that first round do not move the
+//! target: a node under a steady write load still gets there.
+//!
+//! A node with nobody to learn from is not catching up. Nor is one whose
+//! peers stay silent for [`CATCH_UP_WAIT`]: a node must not wait forever
+//! for peers that are not running (the first node of a fleet brought up
+//! one by one, its bootstrap list naming nodes not started yet, would
+//! hold the whole deploy). That case says so in its phase.
+//!
+//! Plain value: the shell feeds it summaries and the node's bookkeeping
+//! with the time, and reads [`CatchUp::status`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use patina_wire::{ActorId, DbKind, Span, Summary};
+
+use super::bookie::Bookkeeper;
+use super::ranges::RangeSet;
+
+/// How long a node that has peers to learn from waits for the first
+/// summary before it stops calling itself catching up. A peer answers a
+/// summary within 2 s (`SyncLimits`) and SWIM finds a live peer within a
+/// second on a LAN; 30 s covers a slow start of the peers without holding
+/// a deploy for long when they are all gone.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+
+/// Where a node stands in catching up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpPhase {
+    /// Nobody to learn from at start: nothing to catch up.
+    Alone,
+    /// Waiting for the first sync round in which a peer answers.
+    Waiting,
+    /// Fetching what the peers of the first round advertised.
+    Fetching,
+    /// Holds everything the peers advertised when it joined.
+    CaughtUp,
+    /// No peer answered within the wait: serving what it holds.
+    NoAnswer,
+}
+
+impl CatchUpPhase {
+    /// The phase's name in health reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUpPhase::Alone => "alone",
+            CatchUpPhase::Waiting => "waiting_for_peers",
+            CatchUpPhase::Fetching => "fetching",
+            CatchUpPhase::CaughtUp => "caught_up",
+            CatchUpPhase::NoAnswer => "no_peer_answered",
+        }
+    }
+}
+
+/// A copy of where [`CatchUp`] stands, for readers on other tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpStatus {
+    pub phase: CatchUpPhase,
+    /// Versions of the target not yet held whole (0 unless `Fetching`).
+    pub missing_versions: u64,
+    /// When the node started (catching up or not).
+    pub started: Instant,
+    /// When catching up ended (`None` while it goes on).
+    pub ended: Option<Instant>,
+    /// The node's start as Unix ms (its own clock): versions committed
+    /// before it were written while it was away.
+    pub joined_ms: u64,
+}
+
+impl CatchUpStatus {
+    pub fn catching_up(&self) -> bool {
+        matches!(self.phase, CatchUpPhase::Waiting | CatchUpPhase::Fetching)
+    }
+
+    /// Why the node is not ready, while it catches up.
+    pub fn reason(&self, now: Instant) -> Option<String> {
+        let secs = now.saturating_duration_since(self.started).as_secs_f64();
+        match self.phase {
+            CatchUpPhase::Waiting => Some(format!(
+                "catching up: waiting for a peer's summary of what it holds ({secs:.1} s since start)"
+            )),
+            CatchUpPhase::Fetching => Some(format!(
+                "catching up: {} versions its peers held when it joined are not applied yet ({secs:.1} s since start)",
+                self.missing_versions
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether a version committed at `committed_ms` (origin's Unix ms)
+    /// and applied now measures live replication: not while the node
+    /// catches up (merges then queue behind the backlog), and not for a
+    /// version written before the node started (it waited for the node,
+    /// not for the network). Clock skew between hosts moves the line by
+    /// the skew.
+    pub fn is_live(&self, committed_ms: u64) -> bool {
+        !self.catching_up() && committed_ms >= self.joined_ms
+    }
+}
+
+/// The catch-up gate of one node in one cluster (see the module docs).
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    phase: CatchUpPhase,
+    /// The target's versions not held yet, per (db, actor); empty sets
+    /// are removed.
+    remaining: BTreeMap<(DbKind, ActorId), RangeSet>,
+    dbs: Vec<DbKind>,
+    started: Instant,
+    ended: Option<Instant>,
+    joined_ms: u64,
+    wait: Duration,
+}
+
+impl CatchUp {
+    /// A node starting at `now` (`joined_ms` the same instant as Unix ms),
+    /// replicating `dbs`; `learns_from_peers` when it has a bootstrap list
+    /// or remembered members. `wait`: see [`CATCH_UP_WAIT`].
+    pub fn new(
+        learns_from_peers: bool,
+        dbs: &[DbKind],
+        now: Instant,
+        joined_ms: u64,
+        wait: Duration,
+    ) -> CatchUp {
+        let phase = if learns_from_peers {
+            CatchUpPhase::Waiting
+        } else {
+            CatchUpPhase::Alone
+        };
+        CatchUp {
+            phase,
+            remaining: BTreeMap::new(),
+            dbs: dbs.to_vec(),
+            started: now,
+            ended: (!learns_from_peers).then_some(now),
+            joined_ms,
+            wait,
+        }
+    }
+
+    /// The summaries of one sync round, from the peers that answered it.
+    /// The first round with an answer sets the target; later rounds change
+    /// nothing. `held` is what the node has merged (not what waits in its
+    /// apply queue: that is not readable yet).
+    pub fn on_summaries<'a>(
+        &mut self,
+        summaries: impl IntoIterator<Item = &'a Summary>,
+        held: &Bookkeeper,
+        now: Instant,
+    ) {
+        if self.phase != CatchUpPhase::Waiting {
+            return;
+        }
+        let mut answered = false;
+        for summary in summaries {
+            answered = true;
+            for actor in &summary.actors {
+                if actor.actor == held.own_actor() || !self.dbs.contains(&actor.db) {
+                    continue;
+                }
+                let claimed = claimed(&actor.applied);
+                if claimed.is_empty() {
+                    continue;
+                }
+                let entry = self.remaining.entry((actor.db, actor.actor)).or_default();
+                for span in claimed.iter() {
+                    entry.insert(span);
+                }
+            }
+        }
+        if answered {
+            self.phase = CatchUpPhase::Fetching;
+            self.on_held(held, now);
+        }
+    }
+
+    /// What the node holds now (after merges), and the time: ends
+    /// catching up when the target is held, or when no peer answered
+    /// within the wait.
+    pub fn on_held(&mut self, held: &Bookkeeper, now: Instant) {
+        match self.phase {
+            CatchUpPhase::Waiting => {
+                if now.saturating_duration_since(self.started) >= self.wait {
+                    self.end(CatchUpPhase::NoAnswer, now);
+                }
+            }
+            CatchUpPhase::Fetching => {
+                let empty = RangeSet::new();
+                for ((db, actor), versions) in self.remaining.iter_mut() {
+                    let have = held.applied(*db, *actor).unwrap_or(&empty);
+                    *versions = versions.difference(have);
+                }
+                self.remaining.retain(|_, v| !v.is_empty());
+                if self.remaining.is_empty() {
+                    self.end(CatchUpPhase::CaughtUp, now);
+                }
+            }
+            CatchUpPhase::Alone | CatchUpPhase::CaughtUp | CatchUpPhase::NoAnswer => {}
+        }
+    }
+
+    fn end(&mut self, phase: CatchUpPhase, now: Instant) {
+        self.phase = phase;
+        self.ended = Some(now);
+        self.remaining.clear();
+    }
+
+    pub fn status(&self) -> CatchUpStatus {
+        CatchUpStatus {
+            phase: self.phase,
+            missing_versions: self
+                .remaining
+                .values()
+                .map(RangeSet::len)
+                .fold(0u64, u64::saturating_add),
+            started: self.started,
+            ended: self.ended,
+            joined_ms: self.joined_ms,
+        }
+    }
+}
+
+/// The versions a peer claims, untrusted: reversed spans dropped, version
+/// 0 (which does not exist) cut off.
+fn claimed(spans: &[Span]) -> RangeSet {
+    RangeSet::from_spans(
+        spans
+            .iter()
+            .filter(|s| s.start <= s.end && s.end >= 1)
+            .map(|s| Span::new(s.start.max(1), s.end)),
+    )
+}
+
+#[cfg(test)]
+mod tests;
