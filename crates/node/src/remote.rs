@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::bookstore;
 use crate::changeset::Changeset;
 use crate::chunks;
+use crate::pages::{self, PageCache};
 use patina_proto::{Bookkeeper, ChunkFate};
 
 /// Incomplete transactions buffered at most (per database). Each holds
@@ -51,6 +52,8 @@ pub(crate) struct Replica {
     pub bookie: Bookkeeper,
     /// The bookkeeping as of the last batch, for summaries and planning.
     pub published: watch::Sender<Arc<Bookkeeper>>,
+    /// The large version being served in pages.
+    pub pages: PageCache,
 }
 
 impl Replica {
@@ -61,6 +64,7 @@ impl Replica {
             db,
             bookie,
             published,
+            pages: PageCache::default(),
         })
     }
 
@@ -167,6 +171,7 @@ fn try_batch(
     let mut merge: Vec<Change> = Vec::new();
     let mut applied: Vec<(ActorId, u64, u64, std::ops::Range<usize>)> = Vec::new();
     let mut touched = BTreeSet::new();
+    let mut large_done: Vec<pages::Completed> = Vec::new();
     for chunk in chunks {
         let key = (chunk.actor, chunk.version);
         let fate = if chunk.db == db {
@@ -219,8 +224,23 @@ fn try_batch(
             ChunkFate::Complete { buffered } => {
                 let mut changes = Vec::new();
                 if buffered {
+                    let tail = pending.remove(&key).unwrap_or_default();
+                    // A large version is merged from the buffer in pages.
+                    let tail = match pages::completes_large(conn, chunk, tail)? {
+                        Ok(large) => {
+                            replica
+                                .bookie
+                                .record_applied(db, chunk.actor, chunk.version);
+                            touched.insert(chunk.actor);
+                            writes.push(Write::Clear(chunk.actor, chunk.version));
+                            large_done.push(large);
+                            out.fresh.push(true);
+                            continue;
+                        }
+                        Err(tail) => tail,
+                    };
                     changes = bookstore::buffered(conn.connection(), chunk.actor, chunk.version)?;
-                    changes.extend(pending.remove(&key).unwrap_or_default());
+                    changes.extend(tail);
                 }
                 changes.extend(chunk.changes.iter().cloned());
                 // The same change may be buffered and arrive again; several
@@ -271,7 +291,7 @@ fn try_batch(
             )
         })
         .collect();
-    conn.apply_changes_with(&merge, |c| {
+    let also = |c: &rusqlite::Connection| {
         for w in &writes {
             match w {
                 Write::Buffer {
@@ -287,9 +307,29 @@ fn try_batch(
             bookstore::save_applied(c, *actor, spans)?;
         }
         Ok(())
-    })?;
-    out.changes_merged = merge.len();
-    out.versions_applied = applied.len();
+    };
+    if large_done.is_empty() {
+        conn.apply_changes_with(&merge, also)?;
+    } else {
+        let source = pages::merge_source(db, merge.clone(), &large_done);
+        conn.apply_changes_paged(source, also)?;
+    }
+    out.changes_merged = merge.len()
+        + large_done
+            .iter()
+            .map(|l| l.omitted.changes as usize)
+            .sum::<usize>();
+    out.versions_applied = applied.len() + large_done.len();
+    for large in large_done {
+        on_applied(Changeset {
+            db: replica.db,
+            actor: large.actor,
+            version: large.version,
+            committed_ms: large.committed_ms,
+            changes: Arc::from(Vec::new()),
+            omitted: Some(Arc::new(large.omitted)),
+        });
+    }
     for (actor, version, committed_ms, range) in applied {
         on_applied(Changeset {
             db: replica.db,
@@ -297,6 +337,7 @@ fn try_batch(
             version,
             committed_ms,
             changes: merge[range].to_vec().into(),
+            omitted: None,
         });
     }
     Ok(out)
@@ -332,6 +373,7 @@ pub(crate) fn retry_parked(
             version,
             committed_ms: 0,
             changes: merged.into(),
+            omitted: None,
         });
         done += 1;
     }
@@ -339,29 +381,52 @@ pub(crate) fn retry_parked(
 }
 
 /// Reads what `need` asks for that this database holds, as chunks; at most
-/// [`SERVE_VERSIONS_MAX`] versions. Returns the chunks and, when the need
-/// was larger, the rest of it to serve in another call.
+/// [`SERVE_VERSIONS_MAX`] versions, and a large version alone, a page at a
+/// time ([`pages`]). Returns the chunks and, when the need was larger, the
+/// rest of it, in order, to serve in other calls.
 pub(crate) fn serve(
     conn: &CrrConn,
-    replica: &Replica,
+    replica: &mut Replica,
     need: &Need,
-) -> patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)> {
+) -> patina_crr::Result<(Vec<ChangeChunk>, Vec<Need>)> {
     let db = replica.db;
     match need {
         Need::Versions {
             actor, versions, ..
         } => {
             let Some(start) = first_held(conn, replica, *actor, *versions) else {
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), Vec::new()));
             };
-            let end = versions
+            let mut end = versions
                 .end
                 .min(start.saturating_add(SERVE_VERSIONS_MAX - 1));
-            let rest = (end < versions.end).then(|| Need::Versions {
-                db,
-                actor: *actor,
-                versions: Span::new(end + 1, versions.end),
-            });
+            // A large version goes alone, in pages; the versions before it
+            // first.
+            if let Some(large) = pages::first_large(conn, *actor, start, end)? {
+                if large == start && !bookstore::is_parked(conn.connection(), *actor, start)? {
+                    let (chunks, page_rest) =
+                        pages::serve_page(conn, &mut replica.pages, db, *actor, start, None)?;
+                    let rest = page_rest.into_iter().chain((start < versions.end).then(|| {
+                        Need::Versions {
+                            db,
+                            actor: *actor,
+                            versions: Span::new(start + 1, versions.end),
+                        }
+                    }));
+                    return Ok((chunks, rest.collect()));
+                }
+                if large > start {
+                    end = large - 1;
+                }
+            }
+            let rest: Vec<Need> = (end < versions.end)
+                .then(|| Need::Versions {
+                    db,
+                    actor: *actor,
+                    versions: Span::new(end + 1, versions.end),
+                })
+                .into_iter()
+                .collect();
             let mut chunks = Vec::new();
             let mut by_version = group_by_version(conn.changes_of(*actor, start..=end)?);
             for v in start..=end {
@@ -389,9 +454,16 @@ pub(crate) fn serve(
             ..
         } => {
             if !holds(conn, replica, *actor, *version) {
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), Vec::new()));
             }
             let v = *version;
+            if pages::is_large(conn, *actor, v)?
+                && !bookstore::is_parked(conn.connection(), *actor, v)?
+            {
+                let (chunks, rest) =
+                    pages::serve_page(conn, &mut replica.pages, db, *actor, v, Some(seqs))?;
+                return Ok((chunks, rest.into_iter().collect()));
+            }
             let changes = match parked_changes(conn, *actor, v)? {
                 Some(c) => c,
                 None => conn.changes_of(*actor, v..=v)?,
@@ -421,7 +493,7 @@ pub(crate) fn serve(
                     chunks::wire_changes(&part),
                 ));
             }
-            Ok((chunks, None))
+            Ok((chunks, Vec::new()))
         }
     }
 }
