@@ -170,6 +170,20 @@ pub(crate) async fn updates(
         let (mut rx, table) = s?;
         loop {
             match rx.recv().await {
+                Ok(cs)
+                    if cs
+                        .omitted
+                        .as_ref()
+                        .is_some_and(|o| o.tables.contains(&table)) =>
+                {
+                    // Its changes were too many to carry (patina_node::LARGE_CHANGES):
+                    // like a lagging subscriber, this one missed rows.
+                    let message = format!(
+                        "a transaction changed more than {} cells of {table}: re-read the table and re-subscribe",
+                        patina_node::LARGE_CHANGES
+                    );
+                    return Some((line(&json!({ "error": message })), None));
+                }
                 Ok(cs) => {
                     let rows = cs.row_changes(&table);
                     if rows.is_empty() {

@@ -163,3 +163,118 @@ pub(crate) fn read_values(
         None => Ok(None),
     }
 }
+
+/// Where the entries of one version of one site are, by seq: a key per row
+/// and, per entry, its seq and row. Built once per version so that pages
+/// of its changes (a seq span each) are read without scanning every row
+/// again: a huge transaction is served and broadcast in bounded pieces.
+/// It may go stale as later writes replace entries; reading a page checks
+/// each row's clock, so a stale map only finds less.
+#[derive(Debug, Clone)]
+pub struct VersionSeqs {
+    pub site: SiteId,
+    pub version: u64,
+    rows: Vec<(u32, Vec<u8>)>,
+    /// (seq, index into `rows`), ascending.
+    entries: Vec<(u64, u32)>,
+}
+
+impl VersionSeqs {
+    /// Entries of the version still held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The highest seq still held (0 when none is).
+    pub fn last_seq(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.0)
+    }
+
+    /// The seq `count` entries after the first entry at or above `from`
+    /// (or past the last one): where a page of `count` entries starting at
+    /// `from` ends, exclusive.
+    pub fn seq_after(&self, from: u64, count: usize) -> Option<u64> {
+        let at = self.entries.partition_point(|e| e.0 < from);
+        self.entries.get(at + count).map(|e| e.0)
+    }
+}
+
+pub(crate) fn version_seqs(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    site: Option<u32>,
+    site_id: SiteId,
+    version: u64,
+) -> Result<VersionSeqs> {
+    let mut out = VersionSeqs {
+        site: site_id,
+        version,
+        rows: Vec::new(),
+        entries: Vec::new(),
+    };
+    let Some(site) = site else {
+        return Ok(out);
+    };
+    for rows in versions::rows_of(conn, site, version.saturating_sub(1), version)? {
+        let table = tables.get(&rows.tbl).ok_or_else(|| {
+            CrrError::Corrupt(format!("version index names unknown table id {}", rows.tbl))
+        })?;
+        for pk in rows.pks {
+            let Some(clock) = load_clock(conn, table, &pk)? else {
+                continue;
+            };
+            let row = out.rows.len() as u32;
+            let wanted = |e: &&Entry| e.site == site && e.db_version == version;
+            let seqs = clock.sentinel.iter().chain(clock.cols.iter().flatten());
+            let before = out.entries.len();
+            out.entries
+                .extend(seqs.filter(wanted).map(|e| (e.seq, row)));
+            if out.entries.len() > before {
+                out.rows.push((rows.tbl, pk));
+            }
+        }
+    }
+    out.entries.sort_unstable();
+    out.rows.shrink_to_fit();
+    Ok(out)
+}
+
+/// The changes of `seqs`' version whose seq is in `span`, ordered by seq.
+pub(crate) fn changes_in(
+    conn: &Connection,
+    tables: &HashMap<u32, CrrTable>,
+    sites: &Sites,
+    seqs: &VersionSeqs,
+    span: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    let Some(site) = sites.ordinal(&seqs.site) else {
+        return Ok(out);
+    };
+    let from = seqs.entries.partition_point(|e| e.0 < *span.start());
+    let to = seqs.entries.partition_point(|e| e.0 <= *span.end());
+    let mut rows: Vec<u32> = seqs.entries[from..to.max(from)]
+        .iter()
+        .map(|e| e.1)
+        .collect();
+    rows.sort_unstable();
+    rows.dedup();
+    for row in rows {
+        let (tbl, pk) = &seqs.rows[row as usize];
+        let table = tables.get(tbl).ok_or_else(|| {
+            CrrError::Corrupt(format!("version index names unknown table id {tbl}"))
+        })?;
+        let Some(clock) = load_clock(conn, table, pk)? else {
+            continue;
+        };
+        let wanted =
+            |e: &Entry| e.site == site && e.db_version == seqs.version && span.contains(&e.seq);
+        emit_row(conn, table, sites, pk, &clock, wanted, &mut out)?;
+    }
+    out.sort_by_key(|c| c.seq);
+    Ok(out)
+}

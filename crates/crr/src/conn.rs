@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Params};
 
 use crate::authorizer::{self, UserSql};
 use crate::capture::{self, Capture, Mode};
-use crate::changes::{self, Change, Filter};
+use crate::changes::{self, Change, Filter, VersionSeqs};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
 use crate::schema::{self, TableInfo};
@@ -232,7 +232,7 @@ impl CrrConn {
         }
         drop(rows);
         drop(stmt);
-        self.record_events(&events, false)?;
+        self.record_events(&events, None)?;
         Ok(())
     }
 
@@ -288,13 +288,14 @@ impl CrrConn {
 
     /// Turns recorded events into clock entries under the next db_version;
     /// returns it, or `None` if nothing was recorded, and with
-    /// `with_changes` the changes it made (what `changes_of` would read
-    /// back, without reading the clocks back). Caller owns the tx.
+    /// `changes_max` the changes it made (what `changes_of` would read
+    /// back, without reading the clocks back) when there are at most that
+    /// many, else only the tables written. Caller owns the tx.
     fn record_events(
         &mut self,
         events: &[capture::Event],
-        with_changes: bool,
-    ) -> Result<Option<(u64, Vec<Change>)>> {
+        changes_max: Option<usize>,
+    ) -> Result<Option<(u64, Committed)>> {
         if events.is_empty() {
             return Ok(None);
         }
@@ -317,19 +318,36 @@ impl CrrConn {
                     control(&self.conn, "RELEASE crr_flush")?;
                     self.sites.observe(0, db_version);
                     self.sites.save(&self.conn)?;
-                    let changes = if with_changes {
-                        changes::of_rows(
+                    let committed = match changes_max {
+                        Some(max) if written <= max as u64 => Committed::Changes(changes::of_rows(
                             &self.conn,
                             &self.tables,
                             &self.sites,
                             &rows,
                             0,
                             db_version,
-                        )?
-                    } else {
-                        Vec::new()
+                        )?),
+                        // Too many to hold at once (issue 15: a 100k-row
+                        // transaction's changes took ≈ 100 MiB): readers
+                        // page through them with `version_seqs`.
+                        Some(_) => {
+                            let mut ids: Vec<u32> = rows.iter().map(|((t, _), _)| *t).collect();
+                            ids.dedup();
+                            ids.sort_unstable();
+                            ids.dedup();
+                            let tables = ids
+                                .iter()
+                                .filter_map(|id| self.tables.get(id))
+                                .map(|t| t.info.name.clone())
+                                .collect();
+                            Committed::Large {
+                                tables,
+                                entries: written,
+                            }
+                        }
+                        None => Committed::Changes(Vec::new()),
                     };
-                    return Ok(Some((db_version, changes)));
+                    return Ok(Some((db_version, committed)));
                 }
                 Err(Ok(Misspeculated(keys))) => {
                     self.conn
@@ -381,6 +399,65 @@ impl CrrConn {
         )
     }
 
+    /// Rows of each of `site`'s versions in `versions` that still hold an
+    /// entry of it (the version index's counts), for the versions that have
+    /// any: how large reading one would be, without reading it.
+    pub fn version_rows(
+        &self,
+        site: SiteId,
+        versions: RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, u64)>> {
+        let Some(ordinal) = self.sites.ordinal(&site) else {
+            return Ok(Vec::new());
+        };
+        versions::live_rows(&self.conn, ordinal, *versions.start(), *versions.end())
+    }
+
+    /// Where the entries of one version of `site` are, by seq: what
+    /// [`changes_in`](Self::changes_in) pages through. Holds a key per row
+    /// and 16 bytes per entry instead of the changes themselves.
+    pub fn version_seqs(&self, site: SiteId, version: u64) -> Result<VersionSeqs> {
+        let ordinal = self.sites.ordinal(&site);
+        changes::version_seqs(&self.conn, &self.tables, ordinal, site, version)
+    }
+
+    /// The changes of the version `seqs` describes whose seq is in `span`,
+    /// ordered by seq; entries replaced since `seqs` was read are left out.
+    pub fn changes_in(&self, seqs: &VersionSeqs, span: RangeInclusive<u64>) -> Result<Vec<Change>> {
+        changes::changes_in(&self.conn, &self.tables, &self.sites, seqs, span)
+    }
+
+    /// Merges the changes `next` hands out, batch after batch until it
+    /// returns `None`, in one SQLite transaction, then runs `also` in it:
+    /// as [`apply_changes_with`](Self::apply_changes_with) of all of them,
+    /// without holding them all (merging is per cell and commutative, so
+    /// batches merge like one). A bad change fails the whole transaction.
+    /// The report's `won` indexes count from the first change handed out.
+    pub fn apply_changes_paged<T>(
+        &mut self,
+        mut next: impl FnMut(&Connection) -> rusqlite::Result<Option<Vec<Change>>>,
+        also: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<(MergeReport, T)> {
+        self.in_write_tx(|me| {
+            let mut total = MergeReport::default();
+            let mut seen = 0;
+            while let Some(batch) = next(&me.conn)? {
+                me.capture.set_mode(Mode::Merging);
+                let result = merge::check(&me.conn, &me.tables, &me.by_name, &mut me.sites, &batch)
+                    .and_then(|checked| {
+                        merge::merge(&me.conn, &me.tables, &mut me.sites, &checked)
+                    });
+                me.capture.set_mode(Mode::Idle);
+                let report = result?;
+                total.won.extend(report.won.iter().map(|i| i + seen));
+                total.lost += report.lost;
+                total.ignored += report.ignored;
+                seen += batch.len();
+            }
+            Ok((total, also(&me.conn)?))
+        })
+    }
+
     /// Merges a batch of remote changes in one SQLite transaction, in batch
     /// order. Idempotent. A malformed change fails the whole batch: nothing
     /// of it is applied.
@@ -417,6 +494,17 @@ impl CrrConn {
         };
         cid == crate::schema::SENTINEL || t.info.columns.iter().any(|c| c.name == cid)
     }
+}
+
+/// What a commit made, as [`CrrTx::commit_bounded`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Every change, ordered by seq.
+    Changes(Vec<Change>),
+    /// More changes than asked for: the tables written (by name, sorted)
+    /// and the number of clock entries written (the version's seqs are
+    /// `0..entries`).
+    Large { tables: Vec<String>, entries: u64 },
 }
 
 /// Runs a statement without parameters from the statement cache:
@@ -558,7 +646,7 @@ impl CrrTx<'_> {
     /// Commits; returns the db_version the writes were recorded under, or
     /// `None` when nothing replicated changed.
     pub fn commit(self) -> Result<Option<u64>> {
-        Ok(self.finish(false)?.map(|(v, _)| v))
+        Ok(self.finish(None)?.map(|(v, _)| v))
     }
 
     /// Commits like [`commit`](Self::commit) and also returns the changes
@@ -566,10 +654,22 @@ impl CrrTx<'_> {
     /// [`CrrConn::changes_of`] for this version right after the commit,
     /// taken from the clocks just written instead of read back.
     pub fn commit_changes(self) -> Result<Option<(u64, Vec<Change>)>> {
-        self.finish(true)
+        Ok(self.finish(Some(usize::MAX))?.map(|(v, c)| match c {
+            Committed::Changes(changes) => (v, changes),
+            Committed::Large { .. } => unreachable!("no bound on the changes returned"),
+        }))
     }
 
-    fn finish(mut self, with_changes: bool) -> Result<Option<(u64, Vec<Change>)>> {
+    /// Commits like [`commit_changes`](Self::commit_changes) when the
+    /// transaction made at most `changes_max` changes; a larger one reports
+    /// only the tables it wrote and how many changes it made, so that a
+    /// huge transaction is never held in memory as changes (read it back
+    /// in pages with [`CrrConn::version_seqs`]).
+    pub fn commit_bounded(self, changes_max: usize) -> Result<Option<(u64, Committed)>> {
+        self.finish(Some(changes_max))
+    }
+
+    fn finish(mut self, changes_max: Option<usize>) -> Result<Option<(u64, Committed)>> {
         self.done = true;
         if self.poisoned {
             self.rollback_now();
@@ -580,7 +680,7 @@ impl CrrTx<'_> {
         let sites = self.crr.sites.clone();
         let result = self
             .crr
-            .record_events(&events, with_changes)
+            .record_events(&events, changes_max)
             .and_then(|v| Ok(control(&self.crr.conn, "COMMIT").map(|_| v)?));
         if result.is_err() {
             self.crr.sites = sites;

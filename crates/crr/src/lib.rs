@@ -50,8 +50,8 @@ mod store;
 mod value;
 mod versions;
 
-pub use changes::Change;
-pub use conn::{CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
+pub use changes::{Change, VersionSeqs};
+pub use conn::{Committed, CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
 pub use error::{CrrError, Result, SchemaViolation};
 pub use merge::MergeReport;
 pub use patina_value::{ParseSiteIdError, SiteId, Value};

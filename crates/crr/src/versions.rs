@@ -170,3 +170,32 @@ pub(crate) fn rows_of(
     }
     Ok(out)
 }
+
+/// Per version of `site` in `first..=last` that has any: the rows that hold
+/// an entry of it.
+pub(crate) fn live_rows(
+    conn: &Connection,
+    site: u32,
+    first: u64,
+    last: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT db_version, sum(live) FROM crr_versions
+         WHERE site = ?1 AND db_version >= ?2 AND db_version <= ?3
+         GROUP BY db_version ORDER BY db_version",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            site,
+            first.min(i64::MAX as u64) as i64,
+            last.min(i64::MAX as u64) as i64
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

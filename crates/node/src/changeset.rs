@@ -15,7 +15,24 @@ pub struct Changeset {
     pub version: u64,
     /// When the origin committed it, Unix milliseconds (0: unknown).
     pub committed_ms: u64,
+    /// Every change of the version, ordered by seq — or none, when
+    /// `omitted` says the version was too large to carry.
     pub changes: Arc<[Change]>,
+    /// Set when the version has more than [`crate::LARGE_CHANGES`] changes:
+    /// they are not held in memory (a 100,000-row transaction's took
+    /// ≈ 100 MiB per copy), only what they touched. Consumers that need
+    /// the changes read them from the database (replication serves the
+    /// version in pages) or treat the tables as wholly changed.
+    pub omitted: Option<Arc<Omitted>>,
+}
+
+/// What a changeset too large to carry its changes touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Omitted {
+    /// The tables it wrote, sorted.
+    pub tables: Vec<String>,
+    /// How many changes it made (at least).
+    pub changes: u64,
 }
 
 /// One row a changeset changed: its primary key, and whether the row is
@@ -34,7 +51,8 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Changeset {
-    /// The rows of `table` this changeset changed, in order of first change.
+    /// The rows of `table` this changeset changed, in order of first change
+    /// (none when its changes were `omitted`).
     pub fn row_changes(&self, table: &str) -> Vec<RowChange> {
         let mut seen: HashMap<&[u8], usize> = HashMap::new();
         let mut out: Vec<RowChange> = Vec::new();

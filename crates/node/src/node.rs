@@ -345,12 +345,13 @@ impl Node {
     }
 
     /// Reads (part of) what a peer asked for from `db`; returns the chunks
-    /// and what is left of the need.
+    /// and what is left of the need, in the order to serve it (a large
+    /// version is served a page per call).
     pub async fn serve(
         &self,
         db: DbKind,
         need: patina_wire::Need,
-    ) -> Result<(Vec<patina_wire::ChangeChunk>, Option<patina_wire::Need>), NodeError> {
+    ) -> Result<(Vec<patina_wire::ChangeChunk>, Vec<patina_wire::Need>), NodeError> {
         self.writer(db)
             .serve(need)
             .await

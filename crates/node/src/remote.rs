@@ -15,6 +15,7 @@ use crate::bookstore;
 use crate::changeset::Changeset;
 use crate::chunks;
 use crate::held::{self, HeldVersions, Hold, Refused};
+use crate::pages::{self, PageCache};
 use patina_proto::{Bookkeeper, ChunkFate, RangeSet};
 
 /// Incomplete transactions buffered at most (per database). Each holds
@@ -102,6 +103,8 @@ pub(crate) struct Replica {
     /// Bytes on disk of what is buffered: incomplete and held versions.
     pub buffered: BufferedBytes,
     pub limits: BufferLimits,
+    /// The large version being served in pages.
+    pub pages: PageCache,
 }
 
 /// Bytes of buffered changes per version, split by why they are kept, to
@@ -176,6 +179,7 @@ impl Replica {
             held_published,
             buffered,
             limits: BufferLimits::default(),
+            pages: PageCache::default(),
         })
     }
 
@@ -302,6 +306,7 @@ fn try_batch(
     let mut touched = BTreeSet::new();
     // Versions (and bytes) this batch will hold, against the bounds.
     let (mut held_in_batch, mut held_bytes_in_batch) = (0, 0);
+    let mut large_done: Vec<pages::Completed> = Vec::new();
     for chunk in chunks {
         let key = (chunk.actor, chunk.version);
         let fate = if chunk.db == db {
@@ -368,8 +373,23 @@ fn try_batch(
             ChunkFate::Complete { buffered } => {
                 let mut changes = Vec::new();
                 if buffered {
+                    let tail = pending.remove(&key).unwrap_or_default();
+                    // A large version is merged from the buffer in pages.
+                    let tail = match pages::completes_large(conn, chunk, tail)? {
+                        Ok(large) => {
+                            replica
+                                .bookie
+                                .record_applied(db, chunk.actor, chunk.version);
+                            touched.insert(chunk.actor);
+                            writes.push(Write::Clear(chunk.actor, chunk.version));
+                            large_done.push(large);
+                            out.fresh.push(true);
+                            continue;
+                        }
+                        Err(tail) => tail,
+                    };
                     changes = bookstore::buffered(conn.connection(), chunk.actor, chunk.version)?;
-                    changes.extend(pending.remove(&key).unwrap_or_default());
+                    changes.extend(tail);
                 }
                 changes.extend(chunk.changes.iter().cloned());
                 // The same change may be buffered and arrive again; several
@@ -432,7 +452,7 @@ fn try_batch(
         .iter()
         .map(|(a, v, _, r)| (*a, *v, r.clone()))
         .collect();
-    let ((), refused) = held::merge_isolating(conn, &merge, |c, refused| {
+    let also = |c: &rusqlite::Connection, refused: &Refused| {
         for w in &writes {
             match w {
                 Write::Buffer {
@@ -451,7 +471,16 @@ fn try_batch(
             bookstore::save_applied(c, *actor, spans)?;
         }
         Ok(())
-    })?;
+    };
+    let refused = if large_done.is_empty() {
+        held::merge_isolating(conn, &merge, also)?.1
+    } else {
+        // A large version merges in pages from its buffer; a refusal fails
+        // the batch (`apply` retries chunk by chunk), not one row.
+        let source = pages::merge_source(db, merge.clone(), &large_done);
+        conn.apply_changes_paged(source, |c| also(c, &Vec::new()))?;
+        Vec::new()
+    };
     for w in &writes {
         match w {
             Write::Clear(actor, version) => replica.buffered.clear(*actor, *version),
@@ -470,8 +499,22 @@ fn try_batch(
     }
     out.versions_refused = note_refused(replica, &merge, &versions, &refused);
     let refused_mask = mask(merge.len(), &refused);
-    out.changes_merged = merge.len() - refused_mask.iter().filter(|r| **r).count();
-    out.versions_applied = applied.len();
+    out.changes_merged = merge.len() - refused_mask.iter().filter(|r| **r).count()
+        + large_done
+            .iter()
+            .map(|l| l.omitted.changes as usize)
+            .sum::<usize>();
+    out.versions_applied = applied.len() + large_done.len();
+    for large in large_done {
+        on_applied(Changeset {
+            db: replica.db,
+            actor: large.actor,
+            version: large.version,
+            committed_ms: large.committed_ms,
+            changes: Arc::from(Vec::new()),
+            omitted: Some(Arc::new(large.omitted)),
+        });
+    }
     for (actor, version, committed_ms, range) in applied {
         let changes: Vec<Change> = range
             .filter(|i| !refused_mask[*i])
@@ -486,6 +529,7 @@ fn try_batch(
             version,
             committed_ms,
             changes: changes.into(),
+            omitted: None,
         });
     }
     Ok(out)
@@ -618,6 +662,7 @@ pub(crate) fn retry_held(
                 version,
                 committed_ms: 0,
                 changes: changes.into(),
+                omitted: None,
             });
         }
     }
@@ -626,29 +671,52 @@ pub(crate) fn retry_held(
 }
 
 /// Reads what `need` asks for that this database holds, as chunks; at most
-/// [`SERVE_VERSIONS_MAX`] versions. Returns the chunks and, when the need
-/// was larger, the rest of it to serve in another call.
+/// [`SERVE_VERSIONS_MAX`] versions, and a large version alone, a page at a
+/// time ([`pages`]). Returns the chunks and, when the need was larger, the
+/// rest of it, in order, to serve in other calls.
 pub(crate) fn serve(
     conn: &CrrConn,
-    replica: &Replica,
+    replica: &mut Replica,
     need: &Need,
-) -> patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)> {
+) -> patina_crr::Result<(Vec<ChangeChunk>, Vec<Need>)> {
     let db = replica.db;
     match need {
         Need::Versions {
             actor, versions, ..
         } => {
             let Some(start) = first_held(conn, replica, *actor, *versions) else {
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), Vec::new()));
             };
-            let end = versions
+            let mut end = versions
                 .end
                 .min(start.saturating_add(SERVE_VERSIONS_MAX - 1));
-            let rest = (end < versions.end).then(|| Need::Versions {
-                db,
-                actor: *actor,
-                versions: Span::new(end + 1, versions.end),
-            });
+            // A large version goes alone, in pages; the versions before it
+            // first.
+            if let Some(large) = pages::first_large(conn, *actor, start, end)? {
+                if large == start && !replica.held.contains(*actor, start) {
+                    let (chunks, page_rest) =
+                        pages::serve_page(conn, &mut replica.pages, db, *actor, start, None)?;
+                    let rest = page_rest.into_iter().chain((start < versions.end).then(|| {
+                        Need::Versions {
+                            db,
+                            actor: *actor,
+                            versions: Span::new(start + 1, versions.end),
+                        }
+                    }));
+                    return Ok((chunks, rest.collect()));
+                }
+                if large > start {
+                    end = large - 1;
+                }
+            }
+            let rest: Vec<Need> = (end < versions.end)
+                .then(|| Need::Versions {
+                    db,
+                    actor: *actor,
+                    versions: Span::new(end + 1, versions.end),
+                })
+                .into_iter()
+                .collect();
             let mut chunks = Vec::new();
             let mut by_version = group_by_version(conn.changes_of(*actor, start..=end)?);
             for v in start..=end {
@@ -674,9 +742,14 @@ pub(crate) fn serve(
             ..
         } => {
             if !holds(conn, replica, *actor, *version) {
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), Vec::new()));
             }
             let v = *version;
+            if pages::is_large(conn, *actor, v)? && !replica.held.contains(*actor, v) {
+                let (chunks, rest) =
+                    pages::serve_page(conn, &mut replica.pages, db, *actor, v, Some(seqs))?;
+                return Ok((chunks, rest.into_iter().collect()));
+            }
             let mut changes = conn.changes_of(*actor, v..=v)?;
             changes.extend(held_changes(conn, replica, *actor, v)?);
             changes.retain(|c| c.seq >= 0);
@@ -707,7 +780,7 @@ pub(crate) fn serve(
                     chunks::wire_changes(&changes[from..to]),
                 ));
             }
-            Ok((chunks, None))
+            Ok((chunks, Vec::new()))
         }
     }
 }

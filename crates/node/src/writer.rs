@@ -2,17 +2,18 @@
 //! jobs one at a time. SQLite allows one writer per file anyway; owning the
 //! connection in one thread keeps the CRR state free of locks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use patina_crr::{CrrConn, SiteId};
+use patina_crr::{Committed, CrrConn, SiteId};
 use patina_wire::{ChangeChunk, Need};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::changeset::{unix_ms, Changeset, Origin};
+use crate::changeset::{unix_ms, Changeset, Omitted, Origin};
 use crate::error::TxError;
 use crate::held::HeldVersions;
+use crate::pages::LARGE_CHANGES;
 use crate::remote::{self, RemoteOutcome, Replica};
 use crate::statement::Statement;
 use crate::with_params;
@@ -49,7 +50,7 @@ enum Job {
     /// Reads what a peer asked for.
     Serve(
         Need,
-        Reply<patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)>>,
+        Reply<patina_crr::Result<(Vec<ChangeChunk>, Vec<Need>)>>,
     ),
     /// Merges held changes the schema now has.
     RetryHeld(Reply<()>),
@@ -95,11 +96,34 @@ impl Writer {
         std::thread::Builder::new()
             .name(format!("patina-{}-writer", db.name()))
             .spawn(move || {
+                let last_large = AtomicBool::new(false);
+                let on_commit = |cs: Changeset, origin: Origin| {
+                    if cs.omitted.is_some() {
+                        last_large.store(true, Ordering::Relaxed);
+                    }
+                    on_commit(cs, origin)
+                };
                 let remote_commit = |cs: Changeset| on_commit(cs, Origin::Remote);
                 // A job taken while gathering a group that is not a local
                 // transaction: it runs next, so jobs keep their order.
                 let mut next: Option<Job> = None;
-                while let Some(job) = next.take().or_else(|| rx.blocking_recv()) {
+                // Whether a job since the queue was last empty handled a
+                // large version: its memory is handed back before waiting.
+                let mut large = false;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => job,
+                        None => {
+                            if large && rx.is_empty() {
+                                release_memory(&conn);
+                                large = false;
+                            }
+                            match rx.blocking_recv() {
+                                Some(job) => job,
+                                None => break,
+                            }
+                        }
+                    };
                     match job {
                         Job::Transact(statements, reply) => {
                             let mut group = vec![(statements, reply)];
@@ -113,7 +137,10 @@ impl Writer {
                                     Err(_) => break,
                                 }
                             }
+                            let statements: usize = group.iter().map(|(s, _)| s.len()).sum();
                             let (version, replies) = transact_group(&mut conn, db, group, &on_commit);
+                            // Many statements: a large request, even if it wrote little.
+                            large |= statements > LARGE_CHANGES || last_large.swap(false, Ordering::Relaxed);
                             if let Some(v) = version {
                                 replica.on_local_commit(v);
                                 replica.publish();
@@ -128,10 +155,15 @@ impl Writer {
                             }
                         }
                         Job::Remote(chunks, reply) => {
-                            let _ = reply.send(remote::apply(&mut conn, &mut replica, &chunks, &remote_commit));
+                            let outcome = remote::apply(&mut conn, &mut replica, &chunks, &remote_commit);
+                            large |= outcome.changes_merged > LARGE_CHANGES;
+                            let _ = reply.send(outcome);
                         }
                         Job::Serve(need, reply) => {
-                            let _ = reply.send(remote::serve(&conn, &replica, &need));
+                            let paging = replica.pages.is_active();
+                            let served = remote::serve(&conn, &mut replica, &need);
+                            large |= paging || replica.pages.is_active();
+                            let _ = reply.send(served);
                         }
                         Job::RetryHeld(reply) => {
                             match remote::retry_held(&mut conn, &mut replica, &remote_commit) {
@@ -168,11 +200,11 @@ impl Writer {
     }
 
     /// Reads (part of) what a peer asked for; the second value is what is
-    /// left of the need.
+    /// left of the need, in order.
     pub async fn serve(
         &self,
         need: Need,
-    ) -> Option<patina_crr::Result<(Vec<ChangeChunk>, Option<Need>)>> {
+    ) -> Option<patina_crr::Result<(Vec<ChangeChunk>, Vec<Need>)>> {
         let (reply, answer) = oneshot::channel();
         self.jobs.send(Job::Serve(need, reply)).await.ok()?;
         answer.await.ok()
@@ -217,6 +249,23 @@ impl Writer {
         }));
         self.jobs.send(job).await.ok()?;
         answer.await.ok()
+    }
+}
+
+/// Hands memory back after a large version (issue 15: RSS stayed at
+/// 170–640 MiB after one 100,000-row transaction and grew with each):
+/// SQLite's page cache of this connection (refilled from the OS's cache
+/// when next needed), then the allocator's free memory — glibc keeps freed
+/// memory in its arenas, the HTTP threads' included, until trimmed.
+fn release_memory(conn: &CrrConn) {
+    if let Err(e) = conn.connection().execute_batch("PRAGMA shrink_memory") {
+        tracing::debug!(error = %e, "PRAGMA shrink_memory failed");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the OS; it has no
+    // preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -307,19 +356,30 @@ fn transact_group(
             }
         }
         if !lost {
-            break tx.commit_changes();
+            break tx.commit_bounded(LARGE_CHANGES);
         }
     };
     // The changes come from the commit itself: nothing is read back.
     let committed = committed.map(|done| {
-        done.map(|(v, changes)| {
+        done.map(|(v, committed)| {
+            let (changes, omitted) = match committed {
+                Committed::Changes(changes) => (changes.into(), None),
+                Committed::Large { tables, entries } => (
+                    Arc::from(Vec::new()),
+                    Some(Arc::new(Omitted {
+                        tables,
+                        changes: entries,
+                    })),
+                ),
+            };
             on_commit(
                 Changeset {
                     db,
                     actor,
                     version: v,
                     committed_ms: unix_ms(),
-                    changes: changes.into(),
+                    changes,
+                    omitted,
                 },
                 Origin::Local,
             );

@@ -46,11 +46,11 @@ async fn served_of(from: &Node, to: &Node, offered: Summary) -> Vec<ChangeChunk>
         .needs(&offered, 10_000);
     let mut chunks = Vec::new();
     for need in needs {
-        let mut next = Some(need);
-        while let Some(n) = next.take() {
+        let mut left = vec![need];
+        while let Some(n) = left.pop() {
             let (c, rest) = from.serve(DbKind::Regional, n).await.unwrap();
             chunks.extend(c);
-            next = rest;
+            left.extend(rest.into_iter().rev());
         }
     }
     chunks
@@ -410,17 +410,17 @@ mod relaying {
         let s = summary(n);
         for a in s.actors {
             for span in a.applied {
-                let mut next = Some(Need::Versions {
+                let mut left = vec![Need::Versions {
                     db: DbKind::Regional,
                     actor: a.actor,
                     versions: span,
-                });
-                while let Some(need) = next.take() {
+                }];
+                while let Some(need) = left.pop() {
                     let (chunks, rest) = n.serve(DbKind::Regional, need).await.unwrap();
                     for c in chunks {
                         out.extend(patina_node::chunk_changes(&c));
                     }
-                    next = rest;
+                    left.extend(rest.into_iter().rev());
                 }
             }
         }

@@ -26,6 +26,10 @@ pub struct SyncLimits {
     /// merges them before reading on (a hostile or huge pull never holds
     /// more in memory). 128.
     pub apply_chunks_max: usize,
+    /// Pulled changes merged per writer job, whatever the chunks: a large
+    /// version arrives as chunks of ≈ 900 changes each, ≈ 250 bytes apiece
+    /// once decoded, so 128 of them would be ≈ 28 MiB held at once. 8,192.
+    pub apply_changes_max: usize,
     /// Needs served from one pull; those beyond are ignored (the puller
     /// asks again next round). 4,096.
     pub needs_max: usize,
@@ -50,6 +54,7 @@ impl Default for SyncLimits {
             summary_timeout: Duration::from_secs(2),
             frame_timeout: Duration::from_secs(10),
             apply_chunks_max: 128,
+            apply_changes_max: 8192,
             needs_max: 4096,
             serving_max: 32,
             serving_per_peer_max: 4,
@@ -148,6 +153,8 @@ pub struct PullSession {
     deadline: Option<Instant>,
     /// Pulled chunks not yet handed out to merge.
     batch: Vec<ChangeChunk>,
+    /// Changes in `batch`.
+    batch_changes: usize,
 }
 
 impl PullSession {
@@ -161,6 +168,7 @@ impl PullSession {
             carried: carried.to_vec(),
             deadline,
             batch: Vec::new(),
+            batch_changes: 0,
         }
     }
 
@@ -215,6 +223,7 @@ impl PullSession {
             (PullStage::Pulling, Message::PullDone) => {
                 let mut actions = Vec::with_capacity(2);
                 if !self.batch.is_empty() {
+                    self.batch_changes = 0;
                     actions.push(PullAction::Apply(std::mem::take(&mut self.batch)));
                 }
                 actions.extend(self.end(PullAction::Finish));
@@ -230,8 +239,12 @@ impl PullSession {
             actions.push(PullAction::Count(SyncCount::WrongDatabase));
             return actions;
         }
+        self.batch_changes += chunk.changes.len();
         self.batch.push(chunk);
-        if self.batch.len() >= self.limits.apply_chunks_max {
+        if self.batch.len() >= self.limits.apply_chunks_max
+            || self.batch_changes >= self.limits.apply_changes_max
+        {
+            self.batch_changes = 0;
             actions.push(PullAction::Apply(std::mem::take(&mut self.batch)));
         }
         actions
@@ -282,6 +295,7 @@ impl PullSession {
         self.stage = PullStage::Ended;
         self.deadline = None;
         self.batch.clear();
+        self.batch_changes = 0;
     }
 }
 

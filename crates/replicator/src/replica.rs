@@ -28,12 +28,9 @@ pub trait Replica: Send + Sync + 'static {
     ) -> BoxFuture<'_, Option<RemoteOutcome>>;
 
     /// Reads (part of) what a peer asked for from `db`: the chunks, and
-    /// what is left of the need for another call.
-    fn serve(
-        &self,
-        db: DbKind,
-        need: Need,
-    ) -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Option<Need>)>>;
+    /// what is left of the need for other calls, in order.
+    fn serve(&self, db: DbKind, need: Need)
+        -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Vec<Need>)>>;
 
     /// `db`'s bookkeeping, updated after every commit and merge.
     fn bookkeeping(&self, db: DbKind) -> watch::Receiver<Arc<Bookkeeper>>;
@@ -59,7 +56,7 @@ impl Replica for Node {
         &self,
         db: DbKind,
         need: Need,
-    ) -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Option<Need>)>> {
+    ) -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Vec<Need>)>> {
         Box::pin(async move {
             match Node::serve(self, db, need).await {
                 Ok(served) => Some(served),

@@ -188,6 +188,14 @@ async fn local_commits(shared: Shared, push: mpsc::Sender<Push>) {
         if !shared.carries(cs.db) {
             continue;
         }
+        if cs.omitted.is_some() {
+            // Too large to hold (patina_node::LARGE_CHANGES): peers pull it
+            // at their next sync round (every 200 ms by default), which
+            // reads and sends it a page at a time; pushed here, it would
+            // have to be read whole or overflow the broadcast queue.
+            tracing::debug!(version = cs.version, "large local commit: left to sync");
+            continue;
+        }
         let chunks = patina_wire::chunk_changes(
             cs.db,
             cs.actor,

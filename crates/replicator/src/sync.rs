@@ -379,8 +379,10 @@ async fn serve_need(
     let db = match &need {
         Need::Versions { db, .. } | Need::Seqs { db, .. } => *db,
     };
-    let mut next = Some(need);
-    while let Some(need) = next.take() {
+    // What is left, next last: a large version comes back a page at a time
+    // with the versions after it behind its rest.
+    let mut left = vec![need];
+    while let Some(need) = left.pop() {
         let (chunks, rest) = shared
             .node
             .serve(db, need)
@@ -393,7 +395,7 @@ async fn serve_need(
                 return Ok(false);
             }
         }
-        next = rest;
+        left.extend(rest.into_iter().rev());
     }
     Ok(true)
 }

@@ -91,7 +91,7 @@ impl Replica for Shared {
         &self,
         db: DbKind,
         need: Need,
-    ) -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Option<Need>)>> {
+    ) -> BoxFuture<'_, Option<(Vec<ChangeChunk>, Vec<Need>)>> {
         Box::pin(async move {
             let versions = self.0.versions.lock().unwrap();
             let served = match need {
@@ -107,7 +107,7 @@ impl Replica for Shared {
                     .into_iter()
                     .collect(),
             };
-            Some((served, None))
+            Some((served, Vec::new()))
         })
     }
 

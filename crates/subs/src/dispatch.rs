@@ -71,6 +71,30 @@ impl Dispatch {
             if r.readers.is_empty() {
                 return;
             }
+            if let Some(omitted) = &cs.omitted {
+                // Too many changes to carry (or to restrict a re-run by):
+                // every subscription reading a table it wrote re-runs in
+                // full, as after an overflow.
+                let tables: BTreeSet<Table> =
+                    omitted.tables.iter().map(|t| (cs.db, t.clone())).collect();
+                let workers: BTreeSet<usize> = tables
+                    .iter()
+                    .filter_map(|t| r.readers.get(t))
+                    .flatten()
+                    .copied()
+                    .collect();
+                drop(r);
+                let tables = Arc::new(tables);
+                for w in workers {
+                    match self.workers[w].try_send(Msg::Tables(Arc::clone(&tables))) {
+                        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                        Err(TrySendError::Full(_)) => {
+                            self.overflow[w].store(true, Ordering::Release)
+                        }
+                    }
+                }
+                return;
+            }
             for change in cs.changes.iter() {
                 let table = (cs.db, change.table.clone());
                 let Some(w) = r.readers.get(&table) else {

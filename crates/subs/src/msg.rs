@@ -1,12 +1,13 @@
 //! What the subscription workers are sent.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use patina_node::Statement;
 use tokio::sync::oneshot;
 
-use crate::plan::Touched;
+use crate::plan::{Table, Touched};
 use crate::store::Stored;
 use crate::stream::{Attach, SubError, SubStream};
 
@@ -15,6 +16,9 @@ pub(crate) type Reply = oneshot::Sender<Result<SubStream, SubError>>;
 pub(crate) enum Msg {
     /// Primary keys a commit changed, for the tables some subscription reads.
     Commit(Arc<Touched>),
+    /// Tables a commit changed too much to list its keys: every
+    /// subscription reading one re-runs in full.
+    Tables(Arc<BTreeSet<Table>>),
     Subscribe {
         statement: Statement,
         key: String,

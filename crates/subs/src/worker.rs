@@ -3,7 +3,7 @@
 //! consecutive commits are folded, so a burst of writes costs one re-run
 //! per subscription. Events are stored before any subscriber sees them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -104,6 +104,7 @@ impl Worker {
             for msg in batch {
                 match msg {
                     Msg::Commit(touched) => self.note(&touched),
+                    Msg::Tables(tables) => self.note_tables(&tables),
                     Msg::Stop => return,
                     other => {
                         self.flush();
@@ -142,6 +143,23 @@ impl Worker {
                 let one = HashSet::from([key.clone()]);
                 for id in ids {
                     note_keys(&mut self.pending, id, table, &one, true);
+                }
+            }
+        }
+    }
+
+    /// Every subscription reading one of `tables` (pinned to a key or not)
+    /// re-runs in full at the next flush.
+    fn note_tables(&mut self, tables: &BTreeSet<Table>) {
+        for table in tables {
+            for id in self.by_table.get(table).into_iter().flatten() {
+                self.pending.insert(id.clone(), Pending::Full);
+            }
+        }
+        for ((table, _), ids) in &self.by_key {
+            if tables.contains(table) {
+                for id in ids {
+                    self.pending.insert(id.clone(), Pending::Full);
                 }
             }
         }
@@ -242,7 +260,7 @@ impl Worker {
                 let _ = reply.send(answer);
             }
             Msg::Restore(stored, legacy) => self.restore(*stored, legacy),
-            Msg::Commit(_) | Msg::Stop => {}
+            Msg::Commit(_) | Msg::Tables(_) | Msg::Stop => {}
         }
     }
 

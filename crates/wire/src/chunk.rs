@@ -90,11 +90,13 @@ pub fn chunk_changes_in(
         bytes += size;
         current.push(wc);
     }
+    // The last chunk ends where `cover` does: claiming up to `last_seq`
+    // would tell the receiver it holds seqs it was never sent.
     chunks.push(chunk(
         db,
         actor,
         version,
-        Span::new(start, last_seq),
+        Span::new(start, cover.end),
         last_seq,
         current,
     ));
