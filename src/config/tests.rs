@@ -669,7 +669,7 @@ fn gossip_trust_needs_tls_with_a_ca_or_an_explicit_insecure() {
     assert_eq!(trust(EXAMPLE).unwrap(), [("gossip", Trust::Authenticated)]);
 
     // A global member needs the same of its global cluster.
-    let global = format!("[node]\nregion = \"ams\"\nglobal = true\n[gossip]\ninsecure = true\n");
+    let global = "[node]\nregion = \"ams\"\nglobal = true\n[gossip]\ninsecure = true\n".to_string();
     let err = trust(&global).unwrap_err().to_string();
     assert!(
         err.contains("`global_gossip.tls`") && err.contains("`global_gossip.insecure`"),
