@@ -32,6 +32,12 @@ const RUNTIME_GRACE: Duration = Duration::from_secs(2);
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     init_logging();
     let config = Config::load(config_path, config::process_env())?;
+    // Before anything is opened: a node that would gossip with peers it
+    // cannot authenticate is refused unless the config says so explicitly.
+    let trust = config
+        .gossip_trust()
+        .with_context(|| format!("config file {}", config_path.display()))?;
+    warn_exposure(&config, &trust);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("patina")
@@ -42,6 +48,39 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     // yet) must not hold the exit past the stop budget.
     runtime.shutdown_timeout(RUNTIME_GRACE);
     result
+}
+
+/// Logs what the config leaves open: unauthenticated gossip, an API other
+/// hosts can reach without a token.
+fn warn_exposure(config: &Config, trust: &[(&str, config::Trust)]) {
+    for (section, trust) in trust {
+        let insecure = match *section {
+            "gossip" => config.gossip.insecure,
+            _ => config.global_gossip.as_ref().is_some_and(|g| g.insecure),
+        };
+        match trust {
+            config::Trust::Insecure => tracing::warn!(
+                "{section}.insecure = true: peers are NOT authenticated; anyone who can reach \
+                 the gossip port can join the cluster and write to every node. Dev clusters \
+                 only: configure [{section}.tls] with cert_file, key_file and ca_file for \
+                 production (docs/security.md)"
+            ),
+            config::Trust::Authenticated if insecure => tracing::warn!(
+                "{section}.insecure = true has no effect: [{section}.tls] with ca_file \
+                 authenticates peers; remove insecure"
+            ),
+            config::Trust::Authenticated => {}
+        }
+    }
+    let api = config.api.addr;
+    if !api.ip().is_loopback() && config.api.authz.is_none() {
+        tracing::warn!(
+            %api,
+            "the API listens on a non-loopback address without api.authz: any host that \
+             reaches it can read and write every table. Set api.authz.bearer_token, or bind \
+             api.addr to 127.0.0.1"
+        );
+    }
 }
 
 fn init_logging() {
@@ -135,7 +174,8 @@ fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> 
     let region = &config.node.region;
     let cluster = patina_wire::ClusterName::new(region.clone())
         .map_err(|e| anyhow::anyhow!("node.region {region:?} cannot name a cluster: {e}"))?;
-    // The transport itself warns at start when [gossip.tls] is missing.
+    // `gossip_trust` allowed this; the transport warns again when it runs
+    // without TLS.
     let runtime = ClusterRuntime::start(
         node.clone(),
         ClusterOptions {

@@ -36,6 +36,70 @@ pub enum Command {
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Makes the certificates of mutual TLS between nodes ([gossip.tls]).
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    Ca(TlsCaArgs),
+    Cert(TlsCertArgs),
+}
+
+/// Creates a CA: writes ca.pem (give it to every node as ca_file) and
+/// ca.key (keep it off the nodes; it signs their certificates).
+///
+/// One CA can serve every region: what admits a node to a cluster is the
+/// cluster its certificate names, not the CA.
+#[derive(Debug, Args)]
+pub struct TlsCaArgs {
+    /// Folder to write ca.pem and ca.key into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// The CA's common name.
+    #[arg(long, value_name = "NAME", default_value = "Patina CA")]
+    pub name: String,
+    /// Days the CA is valid.
+    #[arg(long, value_name = "N", default_value_t = 3650)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Issues a node certificate signed by the CA: writes NODE.pem and NODE.key
+/// (cert_file and key_file of [gossip.tls]).
+///
+/// Its SAN URIs name the node (patina://node/NODE) and every cluster it may
+/// join (patina://cluster/CLUSTER): its region, plus `global` for a global
+/// member. Peers of any other cluster refuse it.
+#[derive(Debug, Args)]
+pub struct TlsCertArgs {
+    /// The node's name: 1 to 63 of a-z, 0-9, - and ., e.g. web1.
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// A cluster the node may join (its region, or `global`); repeat for
+    /// several.
+    #[arg(long = "cluster", value_name = "CLUSTER", required = true)]
+    pub clusters: Vec<String>,
+    /// Folder holding the CA's ca.pem and ca.key (`patina tls ca`).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub ca: PathBuf,
+    /// Folder to write NODE.pem and NODE.key into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// Pin the node's actor id (32 hex characters, the content of
+    /// DATA_DIR/actor_id): peers then accept frames from this certificate
+    /// only as that actor.
+    #[arg(long, value_name = "HEX32", value_parser = parse_site_id)]
+    pub actor: Option<SiteId>,
+    /// Days the certificate is valid.
+    #[arg(long, value_name = "N", default_value_t = 365)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

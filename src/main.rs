@@ -10,6 +10,7 @@ mod client_cmd;
 mod config;
 mod db_cmd;
 mod jsonl;
+mod tls_cmd;
 
 use std::io;
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => client_cmd::reload(args),
         Command::Members(args) => client_cmd::members(args),
         Command::Db(cmd) => db_cmd::run(cmd),
+        Command::Tls(cmd) => tls_cmd::run(cmd),
     }
 }
 

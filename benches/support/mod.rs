@@ -28,7 +28,7 @@ pub fn setup(dir: &Path) -> PathBuf {
         &config,
         format!(
             "[node]\nregion = \"bench\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n\
-             [api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\n",
+             [api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
             dir.join("data"),
             dir.join("schema")
         ),
@@ -44,9 +44,9 @@ pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
     let list: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
     let text = std::fs::read_to_string(&config).unwrap();
     let with_bootstrap = text.replace(
-        "[gossip]\naddr = \"127.0.0.1:0\"\n",
+        "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
         &format!(
-            "[gossip]\naddr = \"127.0.0.1:0\"\nbootstrap = [{}]\n",
+            "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\nbootstrap = [{}]\n",
             list.join(", ")
         ),
     );

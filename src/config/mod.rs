@@ -97,8 +97,12 @@ pub struct GossipConfig {
     pub external_addr: Option<SocketAddr>,
     /// Peers to join through, `HOST:PORT` (host names allowed).
     pub bootstrap: Vec<String>,
-    /// None: a generated self-signed certificate, peers not verified.
+    /// None: a generated self-signed certificate, peers not verified —
+    /// allowed only with `insecure` ([`Config::gossip_trust`]).
     pub tls: Option<TlsConfig>,
+    /// Run without authenticating peers (dev clusters): must be said
+    /// explicitly, never a default.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -122,6 +126,8 @@ pub struct GlobalGossipConfig {
     /// Global members of any region, `HOST:PORT`.
     pub bootstrap: Vec<String>,
     pub tls: Option<TlsConfig>,
+    /// As `gossip.insecure`.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -172,6 +178,7 @@ impl Default for GossipConfig {
             external_addr: None,
             bootstrap: Vec::new(),
             tls: None,
+            insecure: false,
         }
     }
 }
@@ -183,6 +190,7 @@ impl Default for GlobalGossipConfig {
             external_addr: None,
             bootstrap: Vec::new(),
             tls: None,
+            insecure: false,
         }
     }
 }
@@ -260,6 +268,20 @@ pub enum ConfigError {
     /// A `PATINA_…__…` variable that cannot be an override at all.
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    #[error("`{section}.tls` is not set and `{section}.insecure` is not true: gossip refuses to run with peers it cannot authenticate. Configure [{section}.tls] cert_file, key_file and ca_file (`patina tls ca` and `patina tls cert` make them), or, for a dev cluster only, set {section}.insecure = true")]
+    Unauthenticated { section: &'static str },
+    #[error("`{section}.tls.ca_file` is not set, so peers would not be verified, and `{section}.insecure` is not true: set ca_file to the CA that signs your nodes' certificates, or, for a dev cluster only, set {section}.insecure = true")]
+    UnverifiedPeers { section: &'static str },
+}
+
+/// How a cluster's transport treats its peers, once
+/// [`Config::gossip_trust`] has allowed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Mutual TLS: peers present certificates the CA signed for this cluster.
+    Authenticated,
+    /// `insecure = true`: anyone who reaches the port is a peer.
+    Insecure,
 }
 
 impl Config {
@@ -278,12 +300,40 @@ impl Config {
         build(&text, &Origin::File(path.to_path_buf()), env)
     }
 
+    /// Whether each cluster's transport may start: it must authenticate
+    /// its peers (`tls` with `ca_file`) unless `insecure = true` says
+    /// otherwise explicitly. Checked by the agent at start rather than at
+    /// load, so `patina` tools reading a config do not depend on it.
+    /// Returns (section, trust) for each cluster the node joins.
+    pub fn gossip_trust(&self) -> Result<Vec<(&'static str, Trust)>, ConfigError> {
+        let g = &self.gossip;
+        let mut out = vec![("gossip", trust("gossip", g.tls.as_ref(), g.insecure)?)];
+        if let Some(gg) = &self.global_gossip {
+            let section = "global_gossip";
+            out.push((section, trust(section, gg.tls.as_ref(), gg.insecure)?));
+        }
+        Ok(out)
+    }
+
     /// Like [`Config::load`] for the text of a config file.
     pub fn from_toml_str(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         build(text, &Origin::Text, env)
+    }
+}
+
+fn trust(
+    section: &'static str,
+    tls: Option<&TlsConfig>,
+    insecure: bool,
+) -> Result<Trust, ConfigError> {
+    match (tls, insecure) {
+        (Some(tls), _) if tls.ca_file.is_some() => Ok(Trust::Authenticated),
+        (_, true) => Ok(Trust::Insecure),
+        (Some(_), false) => Err(ConfigError::UnverifiedPeers { section }),
+        (None, false) => Err(ConfigError::Unauthenticated { section }),
     }
 }
 

@@ -71,7 +71,7 @@ fn example_file_commented_keys_load() {
             }
         })
         .collect();
-    assert_eq!(uncommented, 4);
+    assert_eq!(uncommented, 5);
     let config = Config::from_toml_str(&text, env(&[("PATINA_NODE__GLOBAL", "true")])).unwrap();
     let global_gossip = config.global_gossip.unwrap();
     assert_eq!(global_gossip.external_addr, Some(addr("10.0.0.1:7879")));
@@ -97,6 +97,7 @@ fn example_file_documents_every_key() {
         "addr =",
         "external_addr =",
         "bootstrap =",
+        "insecure =",
         "[gossip.tls]",
         "cert_file =",
         "key_file =",
@@ -127,6 +128,12 @@ fn dev_file_loads_and_its_paths_exist_from_the_repo_root() {
     assert_eq!(config.gossip.addr, addr("127.0.0.1:7878"));
     assert!(config.gossip.bootstrap.is_empty());
     assert_eq!(config.gossip.tls, None);
+    // Said explicitly, as the agent requires without TLS.
+    assert!(config.gossip.insecure);
+    assert_eq!(
+        config.gossip_trust().unwrap(),
+        [("gossip", Trust::Insecure)]
+    );
     assert_eq!(config.api.authz, None);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for path in &config.db.schema_paths {
@@ -153,6 +160,7 @@ fn defaults() {
             external_addr: None,
             bootstrap: vec![],
             tls: None,
+            insecure: false,
         },
         global_gossip: None,
         api: ApiConfig {
@@ -367,7 +375,7 @@ fn unknown_keys_in_the_file_are_named() {
     assert_eq!(
         load_err(&format!("{MINIMAL}[global_gossip]\nadr = \"x\"\n"), &[]),
         "config: unknown key `global_gossip.adr` (known keys of [global_gossip]: addr, \
-         external_addr, bootstrap, tls)"
+         external_addr, bootstrap, tls, insecure)"
     );
 }
 
@@ -630,5 +638,55 @@ fn rollups() {
             &[]
         ),
         "config: `rollup[0].query` is required: the SELECT whose rows the leader writes"
+    );
+}
+
+/// Gossip must authenticate its peers unless insecure = true is said
+/// explicitly; the error names both keys and how to fix it.
+#[test]
+fn gossip_trust_needs_tls_with_a_ca_or_an_explicit_insecure() {
+    let trust = |text: &str| {
+        Config::from_toml_str(text, no_env())
+            .unwrap()
+            .gossip_trust()
+    };
+    let err = trust(MINIMAL).unwrap_err().to_string();
+    assert!(
+        err.contains("`gossip.tls`") && err.contains("`gossip.insecure`"),
+        "{err}"
+    );
+    assert!(err.contains("patina tls ca"), "{err}");
+
+    let no_ca = format!("{MINIMAL}[gossip.tls]\ncert_file = \"a\"\nkey_file = \"b\"\n");
+    let err = trust(&no_ca).unwrap_err().to_string();
+    assert!(
+        err.contains("`gossip.tls.ca_file`") && err.contains("gossip.insecure"),
+        "{err}"
+    );
+
+    let insecure = format!("{MINIMAL}[gossip]\ninsecure = true\n");
+    assert_eq!(trust(&insecure).unwrap(), [("gossip", Trust::Insecure)]);
+    assert_eq!(trust(EXAMPLE).unwrap(), [("gossip", Trust::Authenticated)]);
+
+    // A global member needs the same of its global cluster.
+    let global = "[node]\nregion = \"ams\"\nglobal = true\n[gossip]\ninsecure = true\n".to_string();
+    let err = trust(&global).unwrap_err().to_string();
+    assert!(
+        err.contains("`global_gossip.tls`") && err.contains("`global_gossip.insecure`"),
+        "{err}"
+    );
+    let both = format!("{global}[global_gossip]\ninsecure = true\n");
+    assert_eq!(
+        trust(&both).unwrap(),
+        [
+            ("gossip", Trust::Insecure),
+            ("global_gossip", Trust::Insecure)
+        ]
+    );
+    let env = env(&[("PATINA_GOSSIP__INSECURE", "true")]);
+    let config = Config::from_toml_str(MINIMAL, env).unwrap();
+    assert_eq!(
+        config.gossip_trust().unwrap(),
+        [("gossip", Trust::Insecure)]
     );
 }

@@ -20,6 +20,8 @@ pub struct Agent {
     pub addr: String,
     /// Its regional gossip address.
     pub gossip: String,
+    /// Its log up to "API listening".
+    pub startup_log: Vec<String>,
 }
 
 impl Agent {
@@ -30,6 +32,7 @@ impl Agent {
             child,
             addr: addrs.api,
             gossip: addrs.gossip,
+            startup_log: addrs.startup_log,
         }
     }
 
@@ -75,9 +78,9 @@ pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
     let list: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace(
-        "[gossip]\naddr = \"127.0.0.1:0\"\n",
+        "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
         &format!(
-            "[gossip]\naddr = \"127.0.0.1:0\"\nbootstrap = [{}]\n",
+            "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\nbootstrap = [{}]\n",
             list.join(", ")
         ),
     );
@@ -85,6 +88,10 @@ pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
     config
 }
 
+/// The agents of these tests share one host and carry no certificates, so
+/// their gossip runs with `insecure = true` (tests/tls_binary.rs runs them
+/// with mutual TLS).
+///
 /// As [`setup`], with the API on `api_addr`: a test restarting an agent
 /// whose clients must find it again rewrites the config with the address
 /// the first start bound (port 0 first: no guessed free port).
@@ -95,7 +102,7 @@ pub fn setup_on(dir: &Path, api_addr: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[node]\nregion = \"test\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n[api]\naddr = {:?}\n[gossip]\naddr = \"127.0.0.1:0\"\n",
+            "[node]\nregion = \"test\"\ndata_dir = {:?}\n[db]\nschema_paths = [{:?}]\n[api]\naddr = {:?}\n[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
             dir.join("data"),
             dir.join("schema"),
             api_addr,

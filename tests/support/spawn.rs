@@ -21,6 +21,8 @@ pub struct AgentAddrs {
     pub api: String,
     /// The regional cluster's gossip address (what peers bootstrap to).
     pub gossip: String,
+    /// The agent's log lines up to "API listening" (its start-up warnings).
+    pub startup_log: Vec<String>,
 }
 
 fn addr_after(line: &str, marker: &str) -> Option<String> {
@@ -44,13 +46,18 @@ pub fn spawn_agent_with_addrs(bin: &str, config: &Path) -> (Child, AgentAddrs) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut gossip = String::new();
+        let mut startup_log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if startup_log.len() < 1000 {
+                startup_log.push(line.clone());
+            }
             if let Some(addr) = addr_after(&line, "gossip listening") {
                 gossip = addr;
             } else if let Some(api) = addr_after(&line, "API listening") {
                 let _ = tx.send(Ok(AgentAddrs {
                     api,
                     gossip: gossip.clone(),
+                    startup_log: std::mem::take(&mut startup_log),
                 }));
             } else if line.contains("ERROR") || line.starts_with("error:") {
                 let _ = tx.send(Err(line));

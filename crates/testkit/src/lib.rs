@@ -184,7 +184,7 @@ impl TestCluster {
             tls: self
                 .ca
                 .as_ref()
-                .map(|ca| tls::node_tls(dir, "node", ca, ca)),
+                .map(|ca| tls::node_tls(dir, "node", &[&self.options.cluster], ca, ca)),
         }
     }
 
@@ -199,7 +199,7 @@ impl TestCluster {
         let subs = Subscriptions::open_for(&node).unwrap();
         let tls = self.ca.as_ref().map(|ca| {
             let signer = signed_by.unwrap_or(ca);
-            tls::node_tls(dir.path(), "outsider", signer, ca)
+            tls::node_tls(dir.path(), "outsider", &[cluster], signer, ca)
         });
         let launch = Launch {
             index: 1000 + self.nodes.len(),

@@ -1,50 +1,49 @@
-//! Certificates for tests of mutual TLS: a CA made with rcgen, and node
-//! certificates it signs, written as PEM files.
+//! Certificates for tests of mutual TLS: a CA and the node certificates it
+//! signs, made by the same code as `patina tls` ([`CertAuthority`]) and
+//! written as PEM files.
 
 use std::path::{Path, PathBuf};
 
-use patina_transport::TlsFiles;
+use patina_transport::{CertAuthority, NodeCertRequest, TlsFiles};
+use patina_wire::ClusterName;
 
 /// A certificate authority that signs node certificates.
-pub struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
+pub struct Ca(CertAuthority);
 
 impl Ca {
     pub fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("CA cert");
-        Ca {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
+        Ca(CertAuthority::generate(name, 30).expect("test CA"))
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        self.0.cert_pem()
+    }
+
+    pub fn authority(&self) -> &CertAuthority {
+        &self.0
     }
 }
 
-/// Writes, into `dir`, a certificate for `name` signed by `ca`, its key, and
-/// `trust`'s certificate as the CA file; returns the TLS config.
-pub fn node_tls(dir: &Path, name: &str, ca: &Ca, trust: &Ca) -> TlsFiles {
-    let key = rcgen::KeyPair::generate().expect("node key");
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).expect("sign node cert");
+/// Writes, into `dir`, a certificate for node `name` that may join
+/// `clusters`, signed by `ca`, its key, and `trust`'s certificate as the CA
+/// file; returns the TLS config.
+pub fn node_tls(dir: &Path, name: &str, clusters: &[&str], ca: &Ca, trust: &Ca) -> TlsFiles {
+    let cert =
+        ca.0.issue(&NodeCertRequest {
+            node: name.to_string(),
+            clusters: clusters
+                .iter()
+                .map(|c| ClusterName::new(*c).expect("valid cluster name"))
+                .collect(),
+            actor: None,
+            days: 30,
+        })
+        .expect("sign node cert");
     let path = |suffix: &str| -> PathBuf { dir.join(format!("{name}.{suffix}")) };
-    std::fs::write(path("pem"), cert.pem()).expect("write cert");
-    std::fs::write(path("key"), key.serialize_pem()).expect("write key");
-    std::fs::write(path("ca.pem"), &trust.pem).expect("write ca");
+    std::fs::write(path("pem"), cert.cert_pem).expect("write cert");
+    std::fs::write(path("key"), cert.key_pem).expect("write key");
+    std::fs::write(path("ca.pem"), trust.pem()).expect("write ca");
     TlsFiles {
         cert_file: path("pem"),
         key_file: path("key"),

@@ -17,6 +17,8 @@ pub struct TransportConfig {
     pub external_addr: Option<SocketAddr>,
     pub cluster: ClusterName,
     pub actor: ActorId,
-    /// `None`: self-signed certificate, peers not verified (dev only).
+    /// `None`: insecure — a self-signed certificate, no peer verified,
+    /// nothing authenticated (dev clusters and tests; the agent allows it
+    /// only with `gossip.insecure = true`).
     pub tls: Option<TlsFiles>,
 }

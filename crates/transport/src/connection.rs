@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::frames::{FrameReader, FrameWriter};
 use crate::inbound::Inbound;
 use crate::peers::Peers;
+use crate::sender::PeerSender;
 use crate::shared::Shared;
 
 /// Serves connections: reads their datagrams and accepts their streams.
@@ -28,8 +29,9 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: 
             match incoming.await {
                 Ok(conn) => {
                     ctx.shared.stats.connections_accepted.inc();
+                    let sender = ctx.shared.senders.admit(&conn, ctx.shared.verified_peers);
                     peers.offer_accepted(from, &conn);
-                    serve_connection(conn, ctx).await;
+                    serve_connection(conn, ctx, sender).await;
                 }
                 Err(e) => {
                     ctx.shared.stats.handshake_failures.inc();
@@ -42,7 +44,13 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: 
 
 /// Reads one connection's datagrams and accepts its streams until it
 /// closes. Stream tasks are bounded by the per-connection stream limits.
-pub(crate) async fn serve_connection(conn: quinn::Connection, ctx: ConnCtx) {
+/// `sender` is the connection's entry in `Shared::senders`, which is
+/// removed when the connection is done.
+pub(crate) async fn serve_connection(
+    conn: quinn::Connection,
+    ctx: ConnCtx,
+    sender: Arc<PeerSender>,
+) {
     let from = conn.remote_address();
     loop {
         tokio::select! {
@@ -52,18 +60,19 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, ctx: ConnCtx) {
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    tokio::spawn(ctx.clone().serve_uni(from, recv));
+                    tokio::spawn(ctx.clone().serve_uni(from, recv, Arc::clone(&sender)));
                 }
                 Err(_) => break,
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(ctx.clone().serve_bi(from, send, recv));
+                    tokio::spawn(ctx.clone().serve_bi(from, send, recv, Arc::clone(&sender)));
                 }
                 Err(_) => break,
             },
         }
     }
+    ctx.shared.senders.forget(&conn, &sender);
 }
 
 impl ConnCtx {
@@ -98,8 +107,8 @@ impl ConnCtx {
         }
     }
 
-    async fn serve_uni(self, from: SocketAddr, recv: quinn::RecvStream) {
-        let mut reader = FrameReader::new(recv, from, self.shared.clone());
+    async fn serve_uni(self, from: SocketAddr, recv: quinn::RecvStream, sender: Arc<PeerSender>) {
+        let mut reader = FrameReader::new(recv, from, self.shared.clone(), sender);
         // Errors are counted by the reader; the stream is then done.
         while let Ok(Some(envelope)) = reader.next().await {
             if self
@@ -113,8 +122,14 @@ impl ConnCtx {
         }
     }
 
-    async fn serve_bi(self, from: SocketAddr, send: quinn::SendStream, recv: quinn::RecvStream) {
-        let mut reader = FrameReader::new(recv, from, self.shared.clone());
+    async fn serve_bi(
+        self,
+        from: SocketAddr,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        sender: Arc<PeerSender>,
+    ) {
+        let mut reader = FrameReader::new(recv, from, self.shared.clone(), sender);
         let Ok(Some(first)) = reader.next().await else {
             return;
         };

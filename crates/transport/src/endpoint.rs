@@ -21,6 +21,7 @@ use crate::limits::{
     MAX_BI_STREAMS_PER_PEER, MAX_INCOMING_HANDSHAKES, MAX_UNI_STREAMS_PER_PEER,
 };
 use crate::peers::{PeerSlot, Peers};
+use crate::sender::Senders;
 use crate::shared::Shared;
 use crate::stats::TransportStats;
 use crate::{screen, tls};
@@ -66,7 +67,21 @@ impl Transport {
         cfg: TransportConfig,
         socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
-        let tls = tls::configs(cfg.tls.as_ref())?;
+        let shared = Arc::new(Shared {
+            cluster: cfg.cluster,
+            actor: cfg.actor,
+            stats: TransportStats::default(),
+            verified_peers: cfg.tls.as_ref().is_some_and(|f| f.ca_file.is_some()),
+            senders: Senders::default(),
+        });
+        let tls = tls::configs(
+            cfg.tls.as_ref(),
+            tls::Local {
+                cluster: &shared.cluster,
+                actor: shared.actor,
+                certs_refused: shared.stats.certs_refused.clone(),
+            },
+        )?;
         let transport_config = quic_transport_config();
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
@@ -84,11 +99,6 @@ impl Transport {
         // Peers then always set the fixed bit, which lets `screen.rs` tell
         // garbage from QUIC.
         endpoint_config.grease_quic_bit(false);
-        let shared = Arc::new(Shared {
-            cluster: cfg.cluster,
-            actor: cfg.actor,
-            stats: TransportStats::default(),
-        });
         let socket = match socket {
             Some(socket) => socket,
             None => {
@@ -264,9 +274,10 @@ impl Transport {
             why: e.to_string(),
         })?;
         let shared = self.inner.ctx.shared.clone();
+        let sender = shared.senders.of(&conn, shared.verified_peers);
         Ok((
             FrameWriter::new(send, to, shared.clone()),
-            FrameReader::new(recv, to, shared),
+            FrameReader::new(recv, to, shared, sender),
         ))
     }
 
@@ -357,7 +368,13 @@ impl Transport {
         let why = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => {
                 stats.connections_dialed.inc();
-                tokio::spawn(serve_connection(conn.clone(), self.inner.ctx.clone()));
+                let shared = &self.inner.ctx.shared;
+                let sender = shared.senders.admit(&conn, shared.verified_peers);
+                tokio::spawn(serve_connection(
+                    conn.clone(),
+                    self.inner.ctx.clone(),
+                    sender,
+                ));
                 return Ok(conn);
             }
             Ok(Err(e)) => e.to_string(),

@@ -41,6 +41,12 @@ pub enum TransportError {
     },
     #[error("frame from {addr} is for cluster {cluster:?}, not ours; the stream was stopped. Check that peer's region and bootstrap list")]
     WrongCluster { addr: SocketAddr, cluster: String },
+    #[error("frame from {addr} claims sender {claimed}, but that connection speaks for actor {bound}; the stream was stopped. A node sends as its own actor only: is that peer modified or misbehaving?")]
+    WrongSender {
+        addr: SocketAddr,
+        claimed: patina_wire::ActorId,
+        bound: patina_wire::ActorId,
+    },
     #[error("stream from {addr} was stopped after a refused frame")]
     StreamRefused { addr: SocketAddr },
     #[error("cannot encode a message: {0}")]

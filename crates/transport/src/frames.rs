@@ -7,6 +7,7 @@ use patina_wire::{Envelope, Message, FRAME_HEADER_BYTES};
 use quinn::VarInt;
 
 use crate::error::TransportError;
+use crate::sender::PeerSender;
 use crate::shared::Shared;
 
 /// Application error code sent (STOP_SENDING) when a stream carried a frame
@@ -20,7 +21,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Reads frames from one stream, checking each: the header's length against
 /// [`patina_wire::FRAME_BYTES_MAX`] before anything is buffered, the body's
-/// encoding, and the cluster name. A refused frame is counted in
+/// encoding, the cluster name, and the claimed sender (the actor the
+/// connection speaks for, `sender.rs`). A refused frame is counted in
 /// [`super::TransportStats`], the stream is stopped, and every later call
 /// returns [`TransportError::StreamRefused`].
 #[derive(Debug)]
@@ -28,15 +30,22 @@ pub struct FrameReader {
     recv: quinn::RecvStream,
     from: SocketAddr,
     shared: Arc<Shared>,
+    sender: Arc<PeerSender>,
     refused: bool,
 }
 
 impl FrameReader {
-    pub(crate) fn new(recv: quinn::RecvStream, from: SocketAddr, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        recv: quinn::RecvStream,
+        from: SocketAddr,
+        shared: Arc<Shared>,
+        sender: Arc<PeerSender>,
+    ) -> Self {
         FrameReader {
             recv,
             from,
             shared,
+            sender,
             refused: false,
         }
     }
@@ -81,6 +90,22 @@ impl FrameReader {
             return Err(TransportError::WrongCluster {
                 addr: self.from,
                 cluster: envelope.cluster.to_string(),
+            });
+        }
+        if let Err(bound) = self.sender.check(envelope.from) {
+            self.shared.stats.senders_refused.inc();
+            self.stop();
+            tracing::warn!(
+                peer = %self.from,
+                node = self.sender.node.as_deref().unwrap_or("<unauthenticated>"),
+                claimed = %envelope.from,
+                connection_actor = %bound,
+                "refused a frame claiming another sender than its connection's actor; stream stopped"
+            );
+            return Err(TransportError::WrongSender {
+                addr: self.from,
+                claimed: envelope.from,
+                bound,
             });
         }
         self.shared.stats.frames_in.inc();

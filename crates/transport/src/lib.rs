@@ -18,29 +18,41 @@
 //! ([`TransportStats::malformed`]); a stream carrying such a frame is
 //! stopped. Nothing a peer sends can panic the transport.
 //!
+//! Trust: with mutual TLS a peer's certificate must chain to the CA and
+//! name the cluster (`patina://cluster/<name>`, [`identity`]); a frame's
+//! claimed sender must be the actor its connection speaks for (`sender.rs`).
+//! [`CertAuthority`] issues such certificates.
+//!
 //! Datagrams reach the consumer as [`Inbound::Datagram`]; the node's
 //! cluster runtime forwards them to membership, or uses
 //! `patina_membership::route_datagrams` to do so.
 
+mod certs;
 mod config;
 mod connection;
 mod endpoint;
 mod error;
 mod faults;
 mod frames;
+mod identity;
 mod inbound;
 mod limits;
 mod peers;
 mod screen;
+mod sender;
 mod shared;
 mod stats;
 mod tls;
 
+pub use certs::{valid_node_name, CertAuthority, CertError, IssuedCert, NodeCertRequest};
 pub use config::TransportConfig;
 pub use endpoint::Transport;
 pub use error::TransportError;
 pub use faults::{FaultHandle, FaultySocket, DELAYED_PACKETS_MAX};
 pub use frames::{Frame, FrameReader, FrameWriter, STREAM_REFUSED};
+pub use identity::{
+    cluster_uri, CertIdentity, ACTOR_URI_PREFIX, CLUSTER_URI_PREFIX, NODE_URI_PREFIX,
+};
 pub use inbound::Inbound;
 pub use limits::{
     DIAL_TIMEOUT, IDLE_TIMEOUT, INBOUND_QUEUE_CAPACITY, KEEP_ALIVE, MAX_BI_STREAMS_PER_PEER,

@@ -3,6 +3,7 @@
 
 use patina_wire::{ActorId, ClusterName};
 
+use crate::sender::Senders;
 use crate::stats::TransportStats;
 
 /// What every connection and stream task needs.
@@ -11,4 +12,9 @@ pub(crate) struct Shared {
     pub cluster: ClusterName,
     pub actor: ActorId,
     pub stats: TransportStats,
+    /// Whether peers' certificates are verified (mutual TLS), i.e. whether
+    /// what they say means anything.
+    pub verified_peers: bool,
+    /// The sender each live connection's frames may claim.
+    pub senders: Senders,
 }

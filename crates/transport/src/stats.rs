@@ -33,6 +33,12 @@ pub struct TransportStats {
     /// UDP datagrams that cannot be QUIC packets for us, dropped before
     /// quinn (`screen.rs`).
     pub not_quic: Counter,
+    /// Peer certificates our CA signed that do not name this cluster
+    /// (`patina://cluster/<name>`): their handshakes failed.
+    pub certs_refused: Counter,
+    /// Frames whose claimed sender (`Envelope::from`) is not the actor
+    /// their connection speaks for; their streams were stopped.
+    pub senders_refused: Counter,
 }
 
 /// A copy of [`TransportStats`] at one moment.
@@ -52,6 +58,8 @@ pub struct StatsSnapshot {
     pub connections_accepted: u64,
     pub streams_refused: u64,
     pub not_quic: u64,
+    pub certs_refused: u64,
+    pub senders_refused: u64,
 }
 
 impl TransportStats {
@@ -71,6 +79,8 @@ impl TransportStats {
             connections_dialed: self.connections_dialed.get(),
             connections_accepted: self.connections_accepted.get(),
             streams_refused: self.streams_refused.get(),
+            certs_refused: self.certs_refused.get(),
+            senders_refused: self.senders_refused.get(),
         }
     }
 
@@ -80,7 +90,7 @@ impl TransportStats {
     /// it reads the live values at each scrape.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("transport");
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 16] = [
             (
                 "wrong_cluster",
                 "Datagrams and frames naming another cluster, dropped.",
@@ -138,6 +148,16 @@ impl TransportStats {
                 "streams_refused",
                 "Streams stopped because of a refused frame.",
                 &self.streams_refused,
+            ),
+            (
+                "certs_refused",
+                "Peer certificates signed by our CA refused for not naming this cluster.",
+                &self.certs_refused,
+            ),
+            (
+                "senders_refused",
+                "Frames refused for claiming another sender than their connection's actor.",
+                &self.senders_refused,
             ),
         ];
         for (name, help, counter) in counters {

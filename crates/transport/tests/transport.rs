@@ -296,8 +296,8 @@ async fn mutual_tls_admits_the_cas_nodes_and_refuses_others() {
     let ca = Ca::new("patina test CA");
     let other_ca = Ca::new("some other CA");
 
-    let tls_a = node_tls(dir.path(), "a", &ca, &ca);
-    let tls_b = node_tls(dir.path(), "b", &ca, &ca);
+    let tls_a = node_tls(dir.path(), "a", &["ams"], &ca, &ca);
+    let tls_b = node_tls(dir.path(), "b", &["ams"], &ca, &ca);
     let (a, _a_rx) = Transport::bind(config("ams", Some(tls_a)), None).expect("bind a");
     let (b, mut b_rx) = Transport::bind(config("ams", Some(tls_b)), None).expect("bind b");
     a.send_frames(b.local_addr(), vec![Message::SummaryRequest])
@@ -311,7 +311,7 @@ async fn mutual_tls_admits_the_cas_nodes_and_refuses_others() {
     }
 
     // An intruder whose cert another CA signed, though it trusts ours.
-    let tls_x = node_tls(dir.path(), "x", &other_ca, &ca);
+    let tls_x = node_tls(dir.path(), "x", &["ams"], &other_ca, &ca);
     let (x, _x_rx) = Transport::bind(config("ams", Some(tls_x)), None).expect("bind x");
     // In TLS 1.3 the client finishes its side of the handshake before the
     // server has judged the client's certificate, so the intruder's send
