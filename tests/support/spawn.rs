@@ -31,7 +31,15 @@ fn addr_after(line: &str, marker: &str) -> Option<String> {
 
 /// Like [`spawn_agent`], also reading the "gossip listening addr=…" line.
 pub fn spawn_agent_with_addrs(bin: &str, config: &Path) -> (Child, AgentAddrs) {
-    let mut child = Command::new(bin)
+    spawn_agent_command(Command::new(bin), config)
+}
+
+/// Like [`spawn_agent_with_addrs`] with the command that runs the binary
+/// given (`ip netns exec NS patina`: the arguments `agent -c CONFIG` are
+/// appended). The command must exec the agent, so that the child is the
+/// agent itself and a kill reaches it.
+pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, AgentAddrs) {
+    let mut child = command
         .args(["agent", "-c"])
         .arg(config)
         .env("RUST_LOG", "info")
@@ -41,10 +49,16 @@ pub fn spawn_agent_with_addrs(bin: &str, config: &Path) -> (Child, AgentAddrs) {
         .spawn()
         .expect("spawn patina agent");
     let stderr = child.stderr.take().expect("piped stderr");
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut gossip = String::new();
+        // PATINA_TEST_AGENT_LOG=1: the agents' logs in the test's output.
+        let echo = std::env::var("PATINA_TEST_AGENT_LOG").as_deref() == Ok("1");
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("[agent {pid}] {line}");
+            }
             if let Some(addr) = addr_after(&line, "gossip listening") {
                 gossip = addr;
             } else if let Some(api) = addr_after(&line, "API listening") {
