@@ -23,6 +23,17 @@ pub struct AgentAddrs {
     pub gossip: String,
 }
 
+/// `PATINA_TEST_AGENT_LOG=1` (or a `RUST_LOG` filter such as
+/// `info,patina_membership=debug`) copies the agents' logs, at that level,
+/// into the test's output.
+fn log_filter() -> Option<String> {
+    match std::env::var("PATINA_TEST_AGENT_LOG").ok()?.as_str() {
+        "" | "0" => None,
+        "1" => Some("info".into()),
+        filter => Some(filter.into()),
+    }
+}
+
 fn addr_after(line: &str, marker: &str) -> Option<String> {
     let rest = line.split(marker).nth(1)?;
     let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
@@ -42,7 +53,7 @@ pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, Agent
     let mut child = command
         .args(["agent", "-c"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter().unwrap_or("info".into()))
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -53,8 +64,7 @@ pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, Agent
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut gossip = String::new();
-        // PATINA_TEST_AGENT_LOG=1: the agents' logs in the test's output.
-        let echo = std::env::var("PATINA_TEST_AGENT_LOG").as_deref() == Ok("1");
+        let echo = log_filter().is_some();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if echo {
                 eprintln!("[agent {pid}] {line}");
