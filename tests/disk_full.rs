@@ -116,6 +116,20 @@ async fn ids(client: &Client) -> Option<BTreeSet<String>> {
     Some(out)
 }
 
+/// The value of counter `name` in the agent's `/metrics` (summed over its
+/// labels), by a plain HTTP/1.0 GET.
+fn metric(api: &str, name: &str) -> f64 {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(api).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every id of `want` is on the node behind `client`.
 async fn holds(client: &Client, want: &BTreeSet<String>) -> bool {
     ids(client).await.is_some_and(|have| want.is_subset(&have))
@@ -210,6 +224,24 @@ fn a_node_whose_disk_fills_refuses_writes_keeps_serving_and_resumes_by_itself() 
                 Outcome::Refused(m) => panic!("B has room: {m}"),
             };
         }
+        // ... which A counts, and leaves to sync for later.
+        let api = a.addr.clone();
+        eventually(
+            "A to count remote chunks it had no room for",
+            TIMEOUT,
+            || {
+                let api = api.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        metric(&api, "patina_replication_chunks_refused_storage_full_total")
+                    })
+                    .await
+                    .unwrap()
+                        > 0.0
+                }
+            },
+        )
+        .await;
     });
 
     // Room again: A resumes without any action on it.
