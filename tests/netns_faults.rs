@@ -82,16 +82,17 @@ async fn alive_count(api: String) -> Option<usize> {
     )
 }
 
-/// Whether node `observer` holds node `subject` as alive.
-async fn sees_alive(observer: usize, subject: usize) -> Option<bool> {
+/// Whether node `observer` holds node `subject` as down (or no longer
+/// lists it).
+async fn sees_down(observer: usize, subject: usize) -> Option<bool> {
     let members = Client::new(&api_addr(observer))
         .ok()?
         .members()
         .await
         .ok()?;
     let subject = gossip_addr(subject);
-    Some(members.iter().any(|m| {
-        m["cluster"] == "test" && m["state"] == "alive" && m["addr"].as_str() == Some(&subject)
+    Some(!members.iter().any(|m| {
+        m["cluster"] == "test" && m["state"] != "down" && m["addr"].as_str() == Some(&subject)
     }))
 }
 
@@ -219,11 +220,12 @@ impl Cluster {
         ));
     }
 
-    /// Waits until each `(observer, subject)` pair sees the subject as
-    /// not alive: the fault reached membership (SWIM suspected the node and
+    /// Waits until each `(observer, subject)` pair holds the subject as
+    /// down: the fault reached membership (SWIM suspected the node, then
     /// declared it down), so the heal must undo that too.
-    fn wait_noticed(&self, pairs: &[(usize, usize)]) {
+    fn wait_noticed(&self, fault: &str, pairs: &[(usize, usize)]) {
         let pairs = pairs.to_vec();
+        let shown = pairs.clone();
         let started = Instant::now();
         self.run(eventually(
             "the fault to reach membership",
@@ -232,7 +234,7 @@ impl Cluster {
                 let pairs = pairs.clone();
                 async move {
                     for (observer, subject) in pairs {
-                        if sees_alive(observer, subject).await != Some(false) {
+                        if sees_down(observer, subject).await != Some(true) {
                             return false;
                         }
                     }
@@ -241,7 +243,7 @@ impl Cluster {
             },
         ));
         println!(
-            "membership noticed the fault after {} ms",
+            "{fault}: held as down by {shown:?} (observer, subject) after {} ms",
             started.elapsed().as_millis()
         );
     }
@@ -373,7 +375,7 @@ fn one_way_partitions_heal_with_every_acknowledged_write_on_every_node() {
     cluster.lab.drop_from_to(0, 1);
     cluster.lab.drop_from_to(0, 2);
     cluster.wait_writes(&load, &[0, 1, 2]);
-    cluster.wait_noticed(&[(1, 0), (2, 0)]);
+    cluster.wait_noticed("one way, node 0 → {1, 2} lost", &[(1, 0), (2, 0)]);
     cluster.stop_load(load);
     cluster.lab.pass_from_to(0, 1);
     cluster.lab.pass_from_to(0, 2);
@@ -402,7 +404,10 @@ fn two_way_partition_with_kills_heals_with_every_acknowledged_write_on_every_nod
     let load = cluster.start_load();
     cluster.lab.isolate(2);
     cluster.wait_writes(&load, &[0, 1, 2]);
-    cluster.wait_noticed(&[(0, 2), (1, 2), (2, 0), (2, 1)]);
+    cluster.wait_noticed(
+        "both ways, node 2 | nodes 0 1",
+        &[(0, 2), (1, 2), (2, 0), (2, 1)],
+    );
     // SIGKILL a node on each side: node 2's acknowledged writes are on its
     // disk only; both restart while the partition lasts.
     cluster.kill(2);
