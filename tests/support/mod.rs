@@ -8,6 +8,8 @@ use std::process::Child;
 
 use patina_client::Client;
 
+#[path = "netlab.rs"]
+pub mod netlab;
 #[path = "spawn.rs"]
 mod spawn;
 
@@ -28,6 +30,21 @@ impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" log line.
     pub fn start(config: &Path) -> Agent {
         let (child, addrs) = spawn::spawn_agent_with_addrs(BIN, config);
+        Agent {
+            child,
+            addr: addrs.api,
+            gossip: addrs.gossip,
+            startup_log: addrs.startup_log,
+        }
+    }
+
+    /// Starts the agent inside network namespace `netns` (`ip netns exec`,
+    /// which execs the binary: the child is the agent) and waits for its
+    /// "API listening" line.
+    pub fn start_in(netns: &str, config: &Path) -> Agent {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", netns, BIN]);
+        let (child, addrs) = spawn::spawn_agent_command(command, config);
         Agent {
             child,
             addr: addrs.api,
@@ -81,6 +98,23 @@ pub fn setup_peer(dir: &Path, bootstrap: &[&str]) -> PathBuf {
         "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
         &format!(
             "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\nbootstrap = [{}]\n",
+            list.join(", ")
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// As [`setup`] for a node of region `test` with its API on `api`, its
+/// gossip bound on `gossip`, joining through `bootstrap`.
+pub fn setup_node(dir: &Path, api: &str, gossip: &str, bootstrap: &[String]) -> PathBuf {
+    let config = setup_on(dir, api);
+    let list: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[gossip]\naddr = \"127.0.0.1:0\"\ninsecure = true\n",
+        &format!(
+            "[gossip]\naddr = {gossip:?}\ninsecure = true\nbootstrap = [{}]\n",
             list.join(", ")
         ),
     );

@@ -25,6 +25,17 @@ pub struct AgentAddrs {
     pub startup_log: Vec<String>,
 }
 
+/// `PATINA_TEST_AGENT_LOG=1` (or a `RUST_LOG` filter such as
+/// `info,patina_membership=debug`) copies the agents' logs, at that level,
+/// into the test's output.
+fn log_filter() -> Option<String> {
+    match std::env::var("PATINA_TEST_AGENT_LOG").ok()?.as_str() {
+        "" | "0" => None,
+        "1" => Some("info".into()),
+        filter => Some(filter.into()),
+    }
+}
+
 fn addr_after(line: &str, marker: &str) -> Option<String> {
     let rest = line.split(marker).nth(1)?;
     let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
@@ -33,21 +44,34 @@ fn addr_after(line: &str, marker: &str) -> Option<String> {
 
 /// Like [`spawn_agent`], also reading the "gossip listening addr=…" line.
 pub fn spawn_agent_with_addrs(bin: &str, config: &Path) -> (Child, AgentAddrs) {
-    let mut child = Command::new(bin)
+    spawn_agent_command(Command::new(bin), config)
+}
+
+/// Like [`spawn_agent_with_addrs`] with the command that runs the binary
+/// given (`ip netns exec NS patina`: the arguments `agent -c CONFIG` are
+/// appended). The command must exec the agent, so that the child is the
+/// agent itself and a kill reaches it.
+pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, AgentAddrs) {
+    let mut child = command
         .args(["agent", "-c"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter().unwrap_or("info".into()))
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn patina agent");
     let stderr = child.stderr.take().expect("piped stderr");
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut gossip = String::new();
         let mut startup_log = Vec::new();
+        let echo = log_filter().is_some();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("[agent {pid}] {line}");
+            }
             if startup_log.len() < 1000 {
                 startup_log.push(line.clone());
             }

@@ -75,6 +75,7 @@ pub(crate) enum TxFailure {
     Statement,
     Timeout,
     ShuttingDown,
+    StorageFull,
 }
 
 /// How a query's start went.
@@ -203,6 +204,7 @@ impl Metrics {
             TxFailure::Statement => "statement",
             TxFailure::Timeout => "timeout",
             TxFailure::ShuttingDown => "shutting_down",
+            TxFailure::StorageFull => "storage_full",
         };
         self.tx_failed.get_or_create(&ReasonLabels { reason }).inc();
     }

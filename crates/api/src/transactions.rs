@@ -80,6 +80,13 @@ pub(crate) async fn handle(
                 message,
             )
         }
+        // 507 Insufficient Storage (RFC 4918): the client may retry once
+        // the node has room again; the message says so.
+        Ok(Err(e @ TxError::StorageFull { .. })) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            TxFailure::StorageFull,
+            e.to_string(),
+        ),
         Ok(Err(e @ TxError::ShuttingDown)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             TxFailure::ShuttingDown,

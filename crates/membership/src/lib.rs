@@ -402,9 +402,15 @@ impl Swim {
         let mut rejoined = None;
         for note in std::mem::take(&mut self.effects.notes) {
             match note {
-                OwnedNotification::MemberUp(_)
-                | OwnedNotification::MemberDown(_)
-                | OwnedNotification::Rename(_, _) => changed = true,
+                OwnedNotification::Rename(old, new) => {
+                    // A new incarnation (a restart): the connection to the
+                    // old one is dead even where it looks live.
+                    if old.0.generation != new.0.generation {
+                        self.transport.forget(old.0.addr);
+                    }
+                    changed = true;
+                }
+                OwnedNotification::MemberUp(_) | OwnedNotification::MemberDown(_) => changed = true,
                 OwnedNotification::Rejoin(id) => {
                     tracing::warn!(
                         generation = id.0.generation,

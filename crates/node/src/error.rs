@@ -40,8 +40,22 @@ pub enum TxError {
     /// Statement `index` (0-based) failed.
     #[error("{message}")]
     Statement { index: usize, message: String },
+    /// SQLite found no room to write (SQLITE_FULL: the filesystem of the
+    /// data dir is full). The transaction was rolled back whole.
+    #[error("{db}.db: the disk holding the data dir is full, so nothing of this transaction was written; free space on that filesystem and retry (the node resumes writing by itself once there is room; reads and replication to peers go on meanwhile)")]
+    StorageFull { db: &'static str },
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// Whether SQLite failed for want of disk space (SQLITE_FULL: `write(2)`
+/// answered ENOSPC or EDQUOT, or `max_page_count` was reached).
+pub(crate) fn is_storage_full(e: &patina_crr::CrrError) -> bool {
+    matches!(
+        e,
+        patina_crr::CrrError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DiskFull
+    )
 }
 
 /// Why a query could not start (before any row was sent).

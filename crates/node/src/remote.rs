@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::bookstore;
 use crate::changeset::Changeset;
 use crate::chunks;
+use crate::error::is_storage_full;
 use crate::held::{self, HeldVersions, Hold, Refused};
 use crate::pages::{self, PageCache};
 use patina_proto::{Bookkeeper, ChunkFate, RangeSet};
@@ -90,6 +91,9 @@ pub struct RemoteOutcome {
     /// Versions not recorded because `HELD_VERSIONS_MAX` or
     /// `HELD_BYTES_MAX` are held already.
     pub refused_held_full: usize,
+    /// Chunks not merged because the disk holding the data dir is full;
+    /// nothing of them was kept, sync fetches them again.
+    pub storage_full: usize,
 }
 
 /// A database's replication state on its writer thread.
@@ -236,6 +240,17 @@ pub(crate) fn apply(
 ) -> RemoteOutcome {
     let outcome = match try_batch(conn, replica, chunks, on_applied) {
         Ok(outcome) => outcome,
+        // No room: every chunk alone would fail the same way (and log it).
+        // The writer logs that the disk is full; sync brings the chunks
+        // again once there is room.
+        Err(e) if is_storage_full(&e) => {
+            reload(conn, replica);
+            RemoteOutcome {
+                fresh: vec![false; chunks.len()],
+                storage_full: chunks.len(),
+                ..RemoteOutcome::default()
+            }
+        }
         Err(e) => {
             tracing::warn!(db = replica.db.name(), chunks = chunks.len(), error = %e, "applying a batch of remote chunks failed; retrying one by one");
             reload(conn, replica);
@@ -243,6 +258,11 @@ pub(crate) fn apply(
             for chunk in chunks {
                 match try_batch(conn, replica, std::slice::from_ref(chunk), on_applied) {
                     Ok(one) => add(&mut all, one),
+                    Err(e) if is_storage_full(&e) => {
+                        reload(conn, replica);
+                        all.fresh.push(false);
+                        all.storage_full += 1;
+                    }
                     Err(e) => {
                         tracing::warn!(db = replica.db.name(), actor = %chunk.actor, version = chunk.version, error = %e, "refused a remote chunk");
                         reload(conn, replica);
@@ -268,6 +288,7 @@ fn add(all: &mut RemoteOutcome, one: RemoteOutcome) {
     all.failed += one.failed;
     all.refused_partials_full += one.refused_partials_full;
     all.refused_held_full += one.refused_held_full;
+    all.storage_full += one.storage_full;
 }
 
 /// The bookkeeping records a batch as it goes (later chunks of the batch

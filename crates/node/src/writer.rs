@@ -11,7 +11,7 @@ use patina_wire::{ChangeChunk, Need};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::changeset::{unix_ms, Changeset, Omitted, Origin};
-use crate::error::TxError;
+use crate::error::{is_storage_full, TxError};
 use crate::held::HeldVersions;
 use crate::pages::LARGE_CHANGES;
 use crate::remote::{self, RemoteOutcome, Replica};
@@ -103,6 +103,7 @@ impl Writer {
                     }
                     on_commit(cs, origin)
                 };
+                let mut disk = DiskState::default();
                 let remote_commit = |cs: Changeset| on_commit(cs, Origin::Remote);
                 // A job taken while gathering a group that is not a local
                 // transaction: it runs next, so jobs keep their order.
@@ -146,6 +147,8 @@ impl Writer {
                                 replica.publish();
                             }
                             let committed = replies.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+                            let full = replies.iter().any(|(_, r)| matches!(r, Err(TxError::StorageFull { .. })));
+                            disk.wrote(db, full, committed > 0);
                             if committed > 0 {
                                 count.transactions.fetch_add(committed, Ordering::Relaxed);
                                 count.commits.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +160,7 @@ impl Writer {
                         Job::Remote(chunks, reply) => {
                             let outcome = remote::apply(&mut conn, &mut replica, &chunks, &remote_commit);
                             large |= outcome.changes_merged > LARGE_CHANGES;
+                            disk.wrote(db, outcome.storage_full > 0, outcome.versions_applied > 0);
                             let _ = reply.send(outcome);
                         }
                         Job::Serve(need, reply) => {
@@ -269,6 +273,33 @@ fn release_memory(conn: &CrrConn) {
     }
 }
 
+/// Whether the disk was full at the last write: the change is logged, not
+/// every write it refuses (under load that would be thousands of lines a
+/// second on a disk that is full already).
+#[derive(Default)]
+struct DiskState {
+    full: bool,
+}
+
+impl DiskState {
+    fn wrote(&mut self, db: DbKind, full: bool, committed: bool) {
+        if full && !self.full {
+            self.full = true;
+            tracing::warn!(
+                db = db.name(),
+                "the disk holding the data dir is full: writes are refused (HTTP 507) and remote \
+                 changes wait, until there is room again; reads and serving peers go on"
+            );
+        } else if committed && self.full {
+            self.full = false;
+            tracing::info!(
+                db = db.name(),
+                "there is room on the disk again: writing resumed"
+            );
+        }
+    }
+}
+
 /// One client transaction of a group, and what became of it.
 struct Member {
     statements: Vec<Statement>,
@@ -349,7 +380,7 @@ fn transact_group(
             } else {
                 tx.part(run)
             };
-            m.outcome = Some(result.map_err(|e| fail(at, e)));
+            m.outcome = Some(result.map_err(|e| fail(db, at, &e)));
             if !tx.is_usable() {
                 lost = true;
                 break;
@@ -394,10 +425,7 @@ fn transact_group(
             let last = m.statements.len().saturating_sub(1);
             let result = match (m.outcome, &committed) {
                 (Some(Err(e)), _) => Err(e),
-                (_, Err(e)) => Err(TxError::Statement {
-                    index: last,
-                    message: e.to_string(),
-                }),
+                (_, Err(e)) => Err(fail(db, last, e)),
                 (Some(Ok((results, wrote))), Ok(_)) => Ok(TxOutcome {
                     results,
                     time,
@@ -405,7 +433,7 @@ fn transact_group(
                     db,
                 }),
                 // Unreachable: the group commits only after every member ran.
-                (None, Ok(_)) => Err(fail(0, patina_crr::CrrError::TransactionPoisoned)),
+                (None, Ok(_)) => Err(fail(db, 0, &patina_crr::CrrError::TransactionPoisoned)),
             };
             (m.reply, result)
         })
@@ -413,7 +441,11 @@ fn transact_group(
     (version, replies)
 }
 
-fn fail(index: usize, e: patina_crr::CrrError) -> TxError {
+/// What a client is told of statement `index`'s failure (or the commit's).
+fn fail(db: DbKind, index: usize, e: &patina_crr::CrrError) -> TxError {
+    if is_storage_full(e) {
+        return TxError::StorageFull { db: db.name() };
+    }
     TxError::Statement {
         index,
         message: e.to_string(),
@@ -559,5 +591,80 @@ mod tests {
                 commits: 2
             }
         );
+    }
+
+    /// An insert of a row needing a few pages (overflow pages for `v`).
+    fn insert_big(id: i64) -> Vec<Statement> {
+        vec![Statement::with_params(
+            "INSERT INTO t (id, v) VALUES (?, ?)",
+            vec![Value::Integer(id), Value::Text("x".repeat(10_000))],
+        )]
+    }
+
+    /// SQLITE_FULL without a full filesystem: SQLite refuses to grow the
+    /// file past `max_page_count` with the same error a full disk gives.
+    async fn set_max_pages(w: &Writer, pages: Option<i64>) {
+        w.with(move |c| {
+            let conn = c.connection();
+            let now: i64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages.unwrap_or(now))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_writes_whole_and_they_resume_when_there_is_room() {
+        let (w, _dir, changesets) = writer();
+        assert_eq!(w.transact(insert(1)).await.unwrap().version, Some(1));
+        assert_eq!(changesets.recv().unwrap().version, 1);
+        set_max_pages(&w, None).await;
+
+        // Alone, and as a group of clients queued behind one commit.
+        let refused = w.transact(insert_big(2)).await.unwrap_err();
+        assert_eq!(refused, TxError::StorageFull { db: "regional" });
+        assert!(refused.to_string().contains("free space"), "{refused}");
+        let release = block(&w).await;
+        let mut txs = tokio::task::JoinSet::new();
+        for id in 10..15 {
+            let w2 = w.clone();
+            txs.spawn(async move { w2.transact(insert_big(id)).await });
+            queued(&w, txs.len()).await;
+        }
+        drop(release);
+        while let Some(done) = txs.join_next().await {
+            assert_eq!(
+                done.unwrap().unwrap_err(),
+                TxError::StorageFull { db: "regional" }
+            );
+        }
+        assert!(
+            changesets.try_recv().is_err(),
+            "nothing refused is replicated"
+        );
+
+        // Room again: the next write commits under the next version, and
+        // nothing of the refused ones is there.
+        set_max_pages(&w, Some(1 << 30)).await;
+        assert_eq!(w.transact(insert_big(2)).await.unwrap().version, Some(2));
+        let cs = changesets.recv().unwrap();
+        assert_eq!(cs.version, 2);
+        assert_eq!(cs.changes.len(), 1);
+        let (rows, integrity): (i64, String) = w
+            .with(|c| {
+                let conn = c.connection();
+                (
+                    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                        .unwrap(),
+                    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                        .unwrap(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows, integrity.as_str()), (2, "ok"));
     }
 }

@@ -25,6 +25,8 @@ pub struct ReplicatorStats {
     pub chunks_failed: Counter,
     /// Chunks of new incomplete transactions refused: too many buffered.
     pub chunks_refused_partials_full: Counter,
+    /// Chunks not merged because this node's disk is full.
+    pub chunks_refused_storage_full: Counter,
     pub versions_applied: Counter,
     pub versions_parked: Counter,
     pub versions_refused: Counter,
@@ -83,7 +85,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
             self.catchup_lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 22] = [
+        let counters: [(&str, &str, &Counter); 23] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -113,6 +115,11 @@ impl ReplicatorStats {
                 "chunks_refused_partials_full",
                 "Chunks of incomplete transactions refused because 1,024 versions or 512 MiB are buffered already (sync fetches them again)",
                 &self.chunks_refused_partials_full,
+            ),
+            (
+                "chunks_refused_storage_full",
+                "Chunks not merged because the disk holding the data dir is full (sync fetches them again once there is room)",
+                &self.chunks_refused_storage_full,
             ),
             (
                 "versions_applied",
@@ -257,6 +264,9 @@ pub(crate) fn record(
     stats
         .chunks_refused_partials_full
         .inc_by(outcome.refused_partials_full as u64);
+    stats
+        .chunks_refused_storage_full
+        .inc_by(outcome.storage_full as u64);
     stats
         .versions_applied
         .inc_by(outcome.versions_applied as u64);

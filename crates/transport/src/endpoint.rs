@@ -162,6 +162,24 @@ impl Transport {
         conn.close_reason().is_none().then(|| conn.rtt())
     }
 
+    /// Closes the connection cached for `peer`, if any, so the next send
+    /// dials anew. For a peer known to have restarted at the same address:
+    /// its old process's connection looks live here until the idle timeout
+    /// (it never answers, and the new process cannot reset it), and every
+    /// send and sync with that peer would go into it meanwhile. A dial in
+    /// progress is left alone (it reaches the new process).
+    pub fn forget(&self, peer: SocketAddr) {
+        let Some(slot) = self.inner.peers.map().get(&peer).cloned() else {
+            return;
+        };
+        let Ok(mut state) = slot.state.try_lock() else {
+            return;
+        };
+        if let Some(conn) = state.conn.take() {
+            conn.close(VarInt::from_u32(0), b"peer restarted");
+        }
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         // The socket was bound at construction; its address does not change

@@ -430,3 +430,40 @@ async fn a_partition_from_a_peer_drops_what_it_sends() {
         other => panic!("expected a datagram, got {other:?}"),
     }
 }
+
+/// A peer that dies without a word (its CONNECTION_CLOSE lost, as after a
+/// SIGKILL) and comes back on the same address: the cached connection to
+/// its old process still looks live, and only `forget` (membership calls it
+/// when it sees the new incarnation) makes the next send reach the new one.
+#[tokio::test]
+async fn forget_drops_the_connection_to_a_restarted_peers_old_process() {
+    let (sock_b, faults_b) = FaultySocket::bind(localhost(), SEED).expect("faulty socket");
+    let (b, mut b_rx) = Transport::bind(config("ams", None), Some(sock_b)).expect("bind b");
+    let addr = b.local_addr();
+    let (a, _a_rx) = start("ams");
+    hears_next(&a, &b, &mut b_rx, b"first life").await;
+
+    faults_b.set_loss(1.0);
+    drop(b);
+    drop(b_rx);
+    // The old process's socket is released once its endpoint task ends.
+    let mut rebound = None;
+    eventually("the old process's port to be free", WAIT, || {
+        if rebound.is_none() {
+            let mut cfg = config("ams", None);
+            cfg.bind = addr;
+            rebound = Transport::bind(cfg, None).ok();
+        }
+        ready(rebound.is_some())
+    })
+    .await;
+    let (b2, mut b2_rx) = rebound.expect("rebound");
+
+    assert!(
+        a.rtt(addr).is_some(),
+        "the dead connection still looks live"
+    );
+    a.forget(addr);
+    assert!(a.rtt(addr).is_none(), "forgotten");
+    hears_next(&a, &b2, &mut b2_rx, b"second life").await;
+}
