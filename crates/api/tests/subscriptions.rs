@@ -319,7 +319,7 @@ async fn updates_notify_rows_merged_from_another_node() {
     let mut chunks = Vec::new();
     for need in needs {
         let (served, rest) = a.node.serve(DbKind::Regional, need).await.unwrap();
-        assert!(rest.is_none());
+        assert!(rest.is_empty());
         chunks.extend(served.into_iter().map(Arc::new));
     }
     let outcome = b.node.apply_remote(DbKind::Regional, chunks).await.unwrap();

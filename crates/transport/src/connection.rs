@@ -1,14 +1,16 @@
 //! Serving connections: accepting them, reading their datagrams and
 //! accepting their streams, and handing what arrives to the consumer.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::frames::{FrameReader, FrameWriter};
 use crate::inbound::Inbound;
+use crate::limits::{MAX_ACCEPTED_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 use crate::peers::Peers;
 use crate::sender::PeerSender;
 use crate::shared::Shared;
@@ -21,11 +23,20 @@ pub(crate) struct ConnCtx {
 }
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: Arc<Peers>) {
+    let slots = Arc::new(Slots::default());
     while let Some(incoming) = endpoint.accept().await {
+        let from = incoming.remote_address();
+        let Some(slot) = Slots::admit(&slots, from.ip()) else {
+            ctx.shared.stats.connections_refused.inc();
+            tracing::debug!(peer = %from, "incoming connection refused: too many open");
+            incoming.refuse();
+            continue;
+        };
         let ctx = ctx.clone();
         let peers = Arc::clone(&peers);
         tokio::spawn(async move {
-            let from = incoming.remote_address();
+            // Held while the connection is served.
+            let _slot = slot;
             match incoming.await {
                 Ok(conn) => {
                     ctx.shared.stats.connections_accepted.inc();
@@ -39,6 +50,47 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: ConnCtx, peers: 
                 }
             }
         });
+    }
+}
+
+/// Accepted connections open, in total and per IP address.
+#[derive(Debug, Default)]
+struct Slots {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One accepted connection's place in [`Slots`], given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Slots {
+    fn admit(slots: &Arc<Slots>, ip: IpAddr) -> Option<Slot> {
+        let mut open = slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        let of_ip = open.1.get(&ip).copied().unwrap_or(0);
+        if open.0 >= MAX_ACCEPTED_CONNECTIONS || of_ip >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        open.0 += 1;
+        *open.1.entry(ip).or_default() += 1;
+        Some(Slot {
+            slots: Arc::clone(slots),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use patina_wire::{Envelope, Message, FRAME_HEADER_BYTES};
 use quinn::VarInt;
 
 use crate::error::TransportError;
+use crate::limits::FRAME_READ_TIMEOUT;
 use crate::sender::PeerSender;
 use crate::shared::Shared;
 
@@ -74,12 +75,20 @@ impl FrameReader {
         let len = patina_wire::frame_body_len(header).map_err(|e| self.refuse(e))?;
         // Grows with what arrives, never past `len` (checked above).
         let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+        let deadline = tokio::time::Instant::now() + FRAME_READ_TIMEOUT;
         while body.len() < len {
             let want = (len - body.len()).min(READ_CHUNK_BYTES);
-            match self.recv.read_chunk(want, true).await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-                Ok(None) => return Err(self.refuse(patina_wire::WireError::Truncated)),
-                Err(e) => return Err(self.stream_error(e)),
+            let read = tokio::time::timeout_at(deadline, self.recv.read_chunk(want, true));
+            match read.await {
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk.bytes),
+                Ok(Ok(None)) => return Err(self.refuse(patina_wire::WireError::Truncated)),
+                Ok(Err(e)) => return Err(self.stream_error(e)),
+                Err(_) => {
+                    self.shared.stats.frames_timed_out.inc();
+                    self.stop();
+                    tracing::debug!(peer = %self.from, len, "a frame still incomplete {FRAME_READ_TIMEOUT:?} after its header; stream stopped");
+                    return Err(TransportError::StreamRefused { addr: self.from });
+                }
             }
         }
         let envelope = patina_wire::decode_frame_body(&body).map_err(|e| self.refuse(e))?;

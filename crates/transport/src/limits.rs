@@ -36,3 +36,19 @@ pub const PEER_SLOTS_MAX: usize = 4096;
 
 /// How long [`Transport::close`](crate::Transport::close) waits for peers to acknowledge the close.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Connections peers opened to us, open at once, at most: each holds
+/// stream tasks and buffers (bounded per connection above). Past it,
+/// incoming connections are refused and counted; our own dials are not
+/// limited (they go to members, at most [`PEER_SLOTS_MAX`]).
+pub const MAX_ACCEPTED_CONNECTIONS: usize = 1024;
+
+/// Accepted connections from one IP address at most: one host opening
+/// connections from many ports cannot take every slot. Generous because
+/// test clusters and dev setups run many nodes on one address.
+pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// Once a frame's header has arrived, its body must within this long: a
+/// peer trickling a 4 MiB frame a byte at a time (keep-alives keep the
+/// connection up) would otherwise hold its buffer and stream task for good.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);

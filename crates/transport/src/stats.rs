@@ -39,6 +39,12 @@ pub struct TransportStats {
     /// Frames whose claimed sender (`Envelope::from`) is not the actor
     /// their connection speaks for; their streams were stopped.
     pub senders_refused: Counter,
+    /// Incoming connections refused: `MAX_ACCEPTED_CONNECTIONS` in total or
+    /// `MAX_CONNECTIONS_PER_IP` from that host are open already.
+    pub connections_refused: Counter,
+    /// Streams stopped because a frame took longer than
+    /// `FRAME_READ_TIMEOUT` to arrive once its header had.
+    pub frames_timed_out: Counter,
 }
 
 /// A copy of [`TransportStats`] at one moment.
@@ -60,6 +66,8 @@ pub struct StatsSnapshot {
     pub not_quic: u64,
     pub certs_refused: u64,
     pub senders_refused: u64,
+    pub connections_refused: u64,
+    pub frames_timed_out: u64,
 }
 
 impl TransportStats {
@@ -81,6 +89,8 @@ impl TransportStats {
             streams_refused: self.streams_refused.get(),
             certs_refused: self.certs_refused.get(),
             senders_refused: self.senders_refused.get(),
+            connections_refused: self.connections_refused.get(),
+            frames_timed_out: self.frames_timed_out.get(),
         }
     }
 
@@ -90,7 +100,7 @@ impl TransportStats {
     /// it reads the live values at each scrape.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("transport");
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "wrong_cluster",
                 "Datagrams and frames naming another cluster, dropped.",
@@ -158,6 +168,16 @@ impl TransportStats {
                 "senders_refused",
                 "Frames refused for claiming another sender than their connection's actor.",
                 &self.senders_refused,
+            ),
+            (
+                "connections_refused",
+                "Incoming connections refused: 1,024 open in total or 64 from that host.",
+                &self.connections_refused,
+            ),
+            (
+                "frames_timed_out",
+                "Streams stopped because a frame was still incomplete 30 s after its header.",
+                &self.frames_timed_out,
             ),
         ];
         for (name, help, counter) in counters {

@@ -467,3 +467,55 @@ async fn forget_drops_the_connection_to_a_restarted_peers_old_process() {
     assert!(a.rtt(addr).is_none(), "forgotten");
     hears_next(&a, &b2, &mut b2_rx, b"second life").await;
 }
+
+/// A peer that sends a frame's header and then trickles nothing holds its
+/// stream only until the frame read timeout (keep-alives would keep it
+/// open for good otherwise); counted, and the connection still works.
+#[tokio::test]
+async fn a_frame_that_never_completes_is_given_up_on() {
+    let (a, _a_rx) = start("ams");
+    let (b, mut b_rx) = start("ams");
+    let (mut w, _r) = a.open_bi(b.local_addr()).await.expect("open_bi");
+    let mut partial = 1000u32.to_le_bytes().to_vec();
+    partial.extend_from_slice(&[patina_wire::WIRE_VERSION; 10]);
+    w.send_raw(&partial).await.expect("write");
+    let limit = patina_transport::FRAME_READ_TIMEOUT;
+    eventually("the stalled frame given up on", limit + WAIT, || {
+        ready(stats(&b).frames_timed_out == 1)
+    })
+    .await;
+    hears_next(&a, &b, &mut b_rx, b"still here").await;
+}
+
+/// One host opening more connections than `MAX_CONNECTIONS_PER_IP` gets
+/// the rest refused and counted; a peer connected before keeps talking.
+#[tokio::test]
+async fn connections_from_one_host_are_bounded() {
+    use patina_transport::MAX_CONNECTIONS_PER_IP;
+    let (node, mut node_rx) = start("ams");
+    let (honest, _honest_rx) = start("ams");
+    hears_next(&honest, &node, &mut node_rx, b"hello").await;
+    let mut crowd = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_IP + 5 {
+        let (t, rx) = start("ams");
+        // Each dials its own connection; some are refused.
+        let _ = t.send_datagram(node.local_addr(), b"x").await;
+        crowd.push((t, rx));
+    }
+    eventually("the connections past the bound refused", WAIT, || {
+        ready(stats(&node).connections_refused >= 5)
+    })
+    .await;
+    // The crowd's datagrams may come first: wait for the honest one.
+    honest
+        .send_datagram(node.local_addr(), b"still here")
+        .await
+        .expect("the honest peer reaches the node");
+    loop {
+        if let Inbound::Datagram { payload, .. } = next(&mut node_rx).await {
+            if &payload[..] == b"still here" {
+                break;
+            }
+        }
+    }
+}

@@ -10,8 +10,11 @@ fn actor(n: u8) -> ActorId {
     ActorId([n; 16])
 }
 
+/// One actor's applied spans in a test summary: (db, actor, spans).
+type Entry<'a> = (DbKind, u8, &'a [(u64, u64)]);
+
 /// A summary of applied spans, per (db, actor).
-fn summary(entries: &[(DbKind, u8, &[(u64, u64)])]) -> Summary {
+fn summary(entries: &[Entry<'_>]) -> Summary {
     Summary {
         actors: entries
             .iter()
