@@ -122,7 +122,7 @@ async fn dispatch(
                 // Membership keeps up or loses packets; SWIM tolerates loss.
                 let _ = datagrams.try_send((from, payload));
             }
-            Inbound::Frames { from, envelope } => match envelope.message {
+            Inbound::Frames { from, envelope, .. } => match envelope.message {
                 Message::Changes(chunk) => enqueue(&shared, &apply, &push, from, chunk),
                 other => {
                     tracing::debug!(%from, message = ?std::mem::discriminant(&other), "unexpected message on a broadcast stream")

@@ -163,9 +163,14 @@ impl ConnCtx {
         let mut reader = FrameReader::new(recv, from, self.shared.clone(), sender);
         // Errors are counted by the reader; the stream is then done.
         while let Ok(Some(envelope)) = reader.next().await {
+            let bytes = reader.take_bytes();
             if self
                 .inbound
-                .send(Inbound::Frames { from, envelope })
+                .send(Inbound::Frames {
+                    from,
+                    envelope,
+                    bytes,
+                })
                 .await
                 .is_err()
             {

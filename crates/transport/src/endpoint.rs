@@ -73,6 +73,9 @@ impl Transport {
             stats: TransportStats::default(),
             verified_peers: cfg.tls.as_ref().is_some_and(|f| f.ca_file.is_some()),
             senders: Senders::default(),
+            frame_bytes: Arc::new(tokio::sync::Semaphore::new(
+                crate::limits::INBOUND_FRAME_BYTES_MAX,
+            )),
         });
         let tls = tls::configs(
             cfg.tls.as_ref(),

@@ -33,6 +33,17 @@ pub struct FrameReader {
     shared: Arc<Shared>,
     sender: Arc<PeerSender>,
     refused: bool,
+    /// The inbound bytes the last frame holds, until the next frame or
+    /// until [`take_bytes`](Self::take_bytes) hands them on with it.
+    bytes: Option<FrameBytes>,
+}
+
+/// A frame's share of the inbound byte budgets (the node's and its
+/// connection's), given back when dropped.
+#[derive(Debug)]
+pub struct FrameBytes {
+    _node: tokio::sync::OwnedSemaphorePermit,
+    _connection: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl FrameReader {
@@ -48,7 +59,45 @@ impl FrameReader {
             shared,
             sender,
             refused: false,
+            bytes: None,
         }
+    }
+
+    /// The budget share of the frame [`next`](Self::next) returned last:
+    /// whoever keeps the frame keeps it.
+    pub(crate) fn take_bytes(&mut self) -> Option<FrameBytes> {
+        self.bytes.take()
+    }
+
+    /// Waits until the node's and this connection's inbound budgets have
+    /// room for `len` bytes.
+    async fn reserve(&mut self, len: usize) -> Result<FrameBytes, TransportError> {
+        let n = len as u32;
+        let connection = Arc::clone(&self.sender.frame_bytes);
+        let node = Arc::clone(&self.shared.frame_bytes);
+        let closed = |_| TransportError::StreamRefused { addr: self.from };
+        let (c, t) = match (
+            Arc::clone(&connection).try_acquire_many_owned(n),
+            Arc::clone(&node).try_acquire_many_owned(n),
+        ) {
+            (Ok(c), Ok(t)) => (c, t),
+            (c, t) => {
+                self.shared.stats.frames_waited_for_bytes.inc();
+                let c = match c {
+                    Ok(c) => c,
+                    Err(_) => connection.acquire_many_owned(n).await.map_err(closed)?,
+                };
+                let t = match t {
+                    Ok(t) => t,
+                    Err(_) => node.acquire_many_owned(n).await.map_err(closed)?,
+                };
+                (c, t)
+            }
+        };
+        Ok(FrameBytes {
+            _node: t,
+            _connection: c,
+        })
     }
 
     /// The peer this stream comes from.
@@ -73,6 +122,9 @@ impl FrameReader {
             }
         }
         let len = patina_wire::frame_body_len(header).map_err(|e| self.refuse(e))?;
+        // The last frame's share goes back before this one waits for its own.
+        self.bytes = None;
+        let bytes = self.reserve(FRAME_HEADER_BYTES + len).await?;
         // Grows with what arrives, never past `len` (checked above).
         let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
         let deadline = tokio::time::Instant::now() + FRAME_READ_TIMEOUT;
@@ -117,6 +169,7 @@ impl FrameReader {
                 bound,
             });
         }
+        self.bytes = Some(bytes);
         self.shared.stats.frames_in.inc();
         self.shared
             .stats

@@ -49,7 +49,7 @@ pub use config::TransportConfig;
 pub use endpoint::Transport;
 pub use error::TransportError;
 pub use faults::{FaultHandle, FaultySocket, DELAYED_PACKETS_MAX};
-pub use frames::{Frame, FrameReader, FrameWriter, STREAM_REFUSED};
+pub use frames::{Frame, FrameBytes, FrameReader, FrameWriter, STREAM_REFUSED};
 pub use identity::{
     cluster_uri, CertIdentity, ACTOR_URI_PREFIX, CLUSTER_URI_PREFIX, NODE_URI_PREFIX,
 };

@@ -52,3 +52,14 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 64;
 /// peer trickling a 4 MiB frame a byte at a time (keep-alives keep the
 /// connection up) would otherwise hold its buffer and stream task for good.
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of inbound frames being read or waiting for the consumer, over
+/// all connections: without it, 32 streams per connection each reading a
+/// 4 MiB frame would let peers make a node hold gigabytes. A frame waits
+/// for its bytes before its body is read (QUIC flow control then pushes
+/// back on the peer).
+pub const INBOUND_FRAME_BYTES_MAX: usize = 128 << 20;
+
+/// The part of [`INBOUND_FRAME_BYTES_MAX`] one connection may hold, so one
+/// peer cannot starve the others.
+pub const CONNECTION_FRAME_BYTES_MAX: usize = 16 << 20;

@@ -25,11 +25,27 @@ use crate::identity::CertIdentity;
 
 /// Who one connection's peer is, as far as its certificate and its first
 /// frame tell.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PeerSender {
     /// The peer certificate's node name (mutual TLS only), for logs.
     pub(crate) node: Option<String>,
     bound: OnceLock<ActorId>,
+    /// Bytes of this connection's frames being read or waiting for the
+    /// consumer ([`crate::limits::CONNECTION_FRAME_BYTES_MAX`]): one peer
+    /// cannot take the whole inbound budget.
+    pub(crate) frame_bytes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for PeerSender {
+    fn default() -> PeerSender {
+        PeerSender {
+            node: None,
+            bound: OnceLock::new(),
+            frame_bytes: Arc::new(tokio::sync::Semaphore::new(
+                crate::limits::CONNECTION_FRAME_BYTES_MAX,
+            )),
+        }
+    }
 }
 
 impl PeerSender {

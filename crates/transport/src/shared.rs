@@ -17,4 +17,6 @@ pub(crate) struct Shared {
     pub verified_peers: bool,
     /// The sender each live connection's frames may claim.
     pub senders: Senders,
+    /// Bytes of inbound frames in flight ([`crate::limits::INBOUND_FRAME_BYTES_MAX`]).
+    pub frame_bytes: std::sync::Arc<tokio::sync::Semaphore>,
 }

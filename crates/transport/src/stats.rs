@@ -45,6 +45,8 @@ pub struct TransportStats {
     /// Streams stopped because a frame took longer than
     /// `FRAME_READ_TIMEOUT` to arrive once its header had.
     pub frames_timed_out: Counter,
+    /// Frames that waited for room in the inbound byte budgets.
+    pub frames_waited_for_bytes: Counter,
 }
 
 /// A copy of [`TransportStats`] at one moment.
@@ -68,6 +70,7 @@ pub struct StatsSnapshot {
     pub senders_refused: u64,
     pub connections_refused: u64,
     pub frames_timed_out: u64,
+    pub frames_waited_for_bytes: u64,
 }
 
 impl TransportStats {
@@ -91,6 +94,7 @@ impl TransportStats {
             senders_refused: self.senders_refused.get(),
             connections_refused: self.connections_refused.get(),
             frames_timed_out: self.frames_timed_out.get(),
+            frames_waited_for_bytes: self.frames_waited_for_bytes.get(),
         }
     }
 
@@ -100,7 +104,7 @@ impl TransportStats {
     /// it reads the live values at each scrape.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("transport");
-        let counters: [(&str, &str, &Counter); 18] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "wrong_cluster",
                 "Datagrams and frames naming another cluster, dropped.",
@@ -178,6 +182,11 @@ impl TransportStats {
                 "frames_timed_out",
                 "Streams stopped because a frame was still incomplete 30 s after its header.",
                 &self.frames_timed_out,
+            ),
+            (
+                "frames_waited_for_bytes",
+                "Frames that waited for room in the inbound byte budgets (128 MiB per node, 16 MiB per connection).",
+                &self.frames_waited_for_bytes,
             ),
         ];
         for (name, help, counter) in counters {

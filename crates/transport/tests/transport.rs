@@ -519,3 +519,60 @@ async fn connections_from_one_host_are_bounded() {
         }
     }
 }
+
+/// Frames a consumer has not taken yet hold their bytes: one connection
+/// can have at most 16 MiB of them, after which its streams wait (QUIC
+/// pushes back on the peer), while another peer's frames still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_frames_are_bounded_in_bytes_per_connection() {
+    use patina_wire::{ChangeChunk, DbKind, Span, WireChange};
+    let (flood, _flood_rx) = start("ams");
+    let (honest, _honest_rx) = start("ams");
+    let (node, mut node_rx) = start("ams");
+    let big = |version: u64| ChangeChunk {
+        db: DbKind::Regional,
+        actor: ActorId::random(),
+        version,
+        seqs: Span::new(0, 0),
+        last_seq: 0,
+        committed_ms: 0,
+        changes: vec![WireChange {
+            table: "t".into(),
+            pk: vec![1],
+            cid: "v".into(),
+            val: patina_wire::Value::Blob(vec![7; 1 << 20]),
+            col_version: 1,
+            cl: 1,
+            seq: 0,
+        }],
+    };
+    let flood = Arc::new(flood);
+    let to = node.local_addr();
+    for v in 0..40 {
+        let flood = Arc::clone(&flood);
+        tokio::spawn(async move {
+            let _ = flood.send_frames(to, vec![Message::Changes(big(v))]).await;
+        });
+    }
+    // Nobody reads `node_rx` yet: the flood's frames keep their bytes.
+    eventually("the flood waits for inbound bytes", WAIT, || {
+        ready(stats(&node).frames_waited_for_bytes >= 1)
+    })
+    .await;
+    assert!(
+        stats(&node).frames_in <= 16,
+        "{} frames of 1 MiB held from one connection",
+        stats(&node).frames_in
+    );
+    honest
+        .send_frames(to, vec![Message::PullDone])
+        .await
+        .expect("the honest peer's frame goes out");
+    loop {
+        if let Inbound::Frames { envelope, .. } = next(&mut node_rx).await {
+            if matches!(envelope.message, Message::PullDone) {
+                break;
+            }
+        }
+    }
+}
