@@ -42,6 +42,18 @@ fn open(path: &Path, site_id: Option<SiteId>) -> Result<CrrConn> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the database's directory {}", dir.display()))?;
+        // A node's data dir (it has an actor id): take its lock for the rest
+        // of this short process, as the agent does, so the two never write
+        // it at once (they would hand out the same versions).
+        if dir.join("actor_id").exists() {
+            let lock = patina_node::lock_data_dir(dir).with_context(|| {
+                format!(
+                    "{} belongs to a running node: use its HTTP API (`patina exec`, `patina query`)",
+                    path.display()
+                )
+            })?;
+            std::mem::forget(lock);
+        }
     }
     CrrConn::open_with_site_id(path, site_id)
         .with_context(|| format!("cannot open database {}", path.display()))

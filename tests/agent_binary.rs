@@ -194,3 +194,30 @@ fn a_bad_config_is_refused_with_the_key_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("api.adrr"), "{stderr}");
 }
+
+/// A second agent, or `patina db`, on a running agent's data dir is
+/// refused: two writers would give different changes the same versions.
+#[test]
+fn a_data_dir_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let _agent = Agent::start(&config);
+    let second = Command::new(BIN)
+        .args(["agent", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(stderr.contains("in use by another patina process"), "{stderr}");
+    let db = dir.path().join("data/regional.db");
+    let out = Command::new(BIN)
+        .args(["db", "exec", "--db"])
+        .arg(&db)
+        .arg("INSERT INTO machines VALUES ('x', 'web', 1)")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("running node"), "{stderr}");
+}

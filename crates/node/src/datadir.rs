@@ -10,6 +10,39 @@ use crate::error::NodeError;
 
 pub(crate) struct DataDir {
     pub path: PathBuf,
+    /// Held (locked) while the node runs: see [`lock`].
+    _lock: fs::File,
+}
+
+/// The file in a data dir that one process at a time holds locked.
+pub const LOCK_FILE: &str = "patina.lock";
+
+/// Locks data dir `path` for this process, or says who has it. Two
+/// processes writing one data dir would hand out the same versions of the
+/// same actor to different changes, and peers would keep one of each pair
+/// for good. The OS drops the lock when the process dies, `kill -9`
+/// included: no stale lock to clean up.
+pub fn lock(path: &Path) -> Result<fs::File, NodeError> {
+    let file_path = path.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&file_path)
+        .map_err(|source| NodeError::DataDir {
+            path: file_path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(NodeError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(NodeError::DataDir {
+            path: file_path,
+            source,
+        }),
+    }
 }
 
 impl DataDir {
@@ -20,6 +53,7 @@ impl DataDir {
         })?;
         Ok(DataDir {
             path: path.to_owned(),
+            _lock: lock(path)?,
         })
     }
 

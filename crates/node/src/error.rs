@@ -9,6 +9,8 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("data dir {path} is in use by another patina process (an agent, or `patina db`): two writers would give different changes the same versions; stop the other one first")]
+    Locked { path: PathBuf },
     #[error("actor id file {path} is corrupt ({reason}); restore it from a backup or remove the data dir to start as a new node")]
     ActorId { path: PathBuf, reason: String },
     #[error("schema path {path}: {source} (check db.schema_paths / db.global_schema_paths)")]

@@ -25,6 +25,7 @@ mod writer;
 
 pub use changeset::{unix_ms, Changeset, CommitObserver, Omitted, Origin, RowChange};
 pub use chunks::{chunk_changes, wire_changes};
+pub use datadir::{lock as lock_data_dir, LOCK_FILE};
 pub use error::{NodeError, QueryError, TxError};
 pub use held::{HeldVersions, Hold};
 pub use node::{Node, NodeOptions};

@@ -287,3 +287,24 @@ async fn restarts_keep_the_actor_and_the_data() {
         .unwrap();
     assert_eq!(out.version, version.map(|v| v + 1));
 }
+
+#[tokio::test]
+async fn one_process_at_a_time_writes_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::open(options(dir.path())).unwrap();
+    let second = Node::open(options(dir.path()));
+    match second {
+        Err(e @ patina_node::NodeError::Locked { .. }) => {
+            assert!(e.to_string().contains("in use by another patina process"), "{e}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("two nodes opened one data dir"),
+    }
+    drop(first);
+    // Writer threads let go of the lock with the node's last handle.
+    patina_testkit::eventually("the data dir free again", Duration::from_secs(10), || {
+        let opened = Node::open(options(dir.path())).is_ok();
+        async move { opened }
+    })
+    .await;
+}
