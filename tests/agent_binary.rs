@@ -209,7 +209,10 @@ fn a_data_dir_has_one_writer() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
-    assert!(stderr.contains("in use by another patina process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another patina process"),
+        "{stderr}"
+    );
     let db = dir.path().join("data/regional.db");
     let out = Command::new(BIN)
         .args(["db", "exec", "--db"])

@@ -86,7 +86,54 @@ fn a_new_column_rolled_out_node_by_node_keeps_every_insert_flowing() {
     );
     assert_eq!(metric(&b, "patina_replication_versions_refused_total"), 0);
 
+    // A version that set the new column is held on b: after= waits for
+    // all of it and says why it cannot be had yet.
+    let rt = runtime();
+    let http = reqwest::Client::new();
+    let written: Json = rt.block_on(async {
+        http.post(format!("http://{}/v1/transactions", a.addr))
+            .header("content-type", "application/json")
+            .body(r#"["INSERT INTO machines VALUES ('held', 'web', 0, 'z')"]"#)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap()
+    });
+    let after = format!(
+        "{}:{}",
+        written["actor_id"].as_str().unwrap(),
+        written["version"]
+    );
+    let ask = |timeout: &str| {
+        rt.block_on(async {
+            let r = http
+                .post(format!(
+                    "http://{}/v1/queries?after={after}&timeout={timeout}",
+                    b.addr
+                ))
+                .header("content-type", "application/json")
+                .body(r#""SELECT count(*) FROM machines""#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    eventually(
+        "b holds the row of that version",
+        Duration::from_secs(30),
+        || query(&b, "SELECT id FROM machines WHERE id = 'held'").len() == 1,
+    );
+    let (status, text) = ask("0.5");
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("held"), "{text}");
+
     reload(&b, db.path());
+    let (status, text) = ask("10");
+    assert_eq!(status, 200, "{text}");
     let with_zone = "SELECT id, app, n, zone FROM machines ORDER BY id";
     eventually(
         "b serves every value after its reload",

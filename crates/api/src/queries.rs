@@ -49,9 +49,20 @@ pub(crate) async fn handle(
         let left = deadline.saturating_duration_since(Deadline::now());
         if !state.node.wait_applied(db, actor, version, left).await {
             metrics.query(QueryOutcome::Timeout);
+            let held = state
+                .node
+                .held_versions(db)
+                .borrow()
+                .contains(actor, version);
+            let why = if held {
+                "it arrived, but part of it is held: it names a table or column this node's \
+                 schema lacks (reload the schema files) or this node's constraints refused a \
+                 row (see /v1/health's parked_versions and refused_versions)"
+            } else {
+                "the write has not reached it yet; retry later or with a longer ?timeout="
+            };
             return Err(ApiError::Timeout(format!(
-                "this node has not applied {} version {version} of actor {actor} within {} s: \
-                 the write has not reached it yet; retry later or with a longer ?timeout=",
+                "this node has not applied {} version {version} of actor {actor} within {} s: {why}",
                 db.name(),
                 params.timeout.as_secs_f64()
             )));

@@ -108,3 +108,25 @@ async fn infinities_round_trip_as_1e999() {
     }
     assert!(!text.contains("null"), "{text}");
 }
+
+/// A value too big to travel in one replication frame is refused when
+/// written (it used to be accepted and then never replicated).
+#[tokio::test]
+async fn a_row_too_big_to_replicate_is_refused() {
+    let s = start().await;
+    let too_big = "x".repeat(patina_wire::ROW_BYTES_MAX + 1);
+    let r = s
+        .post_json(
+            "/v1/transactions",
+            &json!([["INSERT INTO vals (k, v) VALUES (1, ?)", [too_big]]]),
+        )
+        .await;
+    // A failing statement answers 500 (api.md), with the reason.
+    let body = r.json();
+    assert_eq!(r.status, 500, "{body}");
+    let error = body["results"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("is at most"), "{body}");
+    let fits = "x".repeat(1 << 20);
+    s.exec(json!([["INSERT INTO vals (k, v) VALUES (2, ?)", [fits]]]))
+        .await;
+}

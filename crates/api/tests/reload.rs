@@ -103,3 +103,26 @@ async fn a_check_over_two_columns_is_refused() {
         "names the table and the columns: {error}"
     );
 }
+
+/// Every read connection answers `SELECT *` with the new column list right
+/// after a reload: statements cached before it are not reused.
+#[tokio::test]
+async fn select_star_sees_an_added_column_on_every_read_connection() {
+    let s = start().await;
+    s.exec(json!(["INSERT INTO vals (k, v) VALUES (1, 2)"]))
+        .await;
+    let columns = |r: common::Answer| r.lines()[0]["columns"].clone();
+    let star = json!("SELECT * FROM vals");
+    // Warm every pooled connection's statement cache, concurrently.
+    let warm: Vec<_> = (0..16).map(|_| s.post_json("/v1/queries", &star)).collect();
+    for r in futures_util::future::join_all(warm).await {
+        assert_eq!(columns(r), json!(["k", "v"]));
+    }
+    let added = REGIONAL_SCHEMA.replace("v);", "v, note TEXT);");
+    std::fs::write(s.regional_schema_path(), added).unwrap();
+    assert_eq!(s.post_raw("/v1/reload", "").await.status, 200);
+    let after: Vec<_> = (0..16).map(|_| s.post_json("/v1/queries", &star)).collect();
+    for r in futures_util::future::join_all(after).await {
+        assert_eq!(columns(r), json!(["k", "v", "note"]));
+    }
+}

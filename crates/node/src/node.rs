@@ -63,7 +63,15 @@ impl Node {
         let dir = DataDir::create(&options.data_dir)?;
         let actor = dir.actor_id()?;
         let open = |db: DbKind, path: PathBuf| {
-            CrrConn::open_with_site_id(path, Some(actor)).map_err(|source| NodeError::Database {
+            let conn = CrrConn::open_with_site_id(path, Some(actor)).and_then(|conn| {
+                // What a change can carry in one frame (patina_wire::ROW_BYTES_MAX).
+                conn.connection().set_limit(
+                    rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+                    patina_wire::ROW_BYTES_MAX as i32,
+                )?;
+                Ok(conn)
+            });
+            conn.map_err(|source| NodeError::Database {
                 db: db.name(),
                 source,
             })
@@ -231,6 +239,7 @@ impl Node {
             conn.apply_schema(&sql)
         })
         .await?;
+        self.inner.reads.schema_changed();
         // Versions that arrived before their tables or columns may apply now.
         self.inner.regional.retry_held().await;
         self.inner.global.retry_held().await;

@@ -77,7 +77,14 @@ pub struct QueryStream {
 }
 
 pub(crate) struct ReadPool {
-    idle: Mutex<Vec<Connection>>,
+    /// Each idle connection with the schema generation its statement cache
+    /// was prepared under.
+    idle: Mutex<Vec<(Connection, u64)>>,
+    /// Raised by each schema reload: a connection from before flushes its
+    /// cached statements, whose column lists (`SELECT *`) were the old
+    /// schema's — SQLite re-prepares a stale statement when it runs, but
+    /// its columns were read before that.
+    schema_generation: std::sync::atomic::AtomicU64,
     permits: Arc<Semaphore>,
     /// Set when the node stops: running queries are interrupted.
     closing: Arc<AtomicBool>,
@@ -103,10 +110,11 @@ impl ReadPool {
                     db: "read connection",
                     source: e.into(),
                 })?;
-            idle.push(conn);
+            idle.push((conn, 0));
         }
         Ok(ReadPool {
             idle: Mutex::new(idle),
+            schema_generation: std::sync::atomic::AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(size)),
             closing: Arc::new(AtomicBool::new(false)),
         })
@@ -131,9 +139,9 @@ impl ReadPool {
             .map_err(|_| QueryError::ShuttingDown)?;
         let pool = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.take();
-            let out = conn.as_mut().map(f);
-            if let Some(conn) = conn {
+            let mut taken = pool.take();
+            let out = taken.as_mut().map(|(conn, _)| f(conn));
+            if let Some((conn, generation)) = taken {
                 // A connection goes back only outside any transaction: one
                 // left open would pin its snapshot for every later query
                 // (and the WAL behind it). The authorizer refuses BEGIN;
@@ -142,7 +150,7 @@ impl ReadPool {
                     tracing::warn!("a read connection came back inside a transaction; rolled back");
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                pool.give_back(conn);
+                pool.give_back(conn, generation);
             }
             drop(permit);
             out.ok_or(QueryError::ShuttingDown)
@@ -191,15 +199,40 @@ impl ReadPool {
         Ok(QueryStream { columns, rows })
     }
 
-    fn take(&self) -> Option<Connection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// An idle connection, its cache current, and the generation it is
+    /// current for (to stamp it with when it comes back).
+    fn take(&self) -> Option<(Connection, u64)> {
+        let (conn, generation) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let now = self.schema_generation.load(Ordering::Acquire);
+        if generation != now {
+            conn.flush_prepared_statement_cache();
+            // Preparing uses the connection's copy of the schema, which
+            // SQLite refreshes only when a statement runs against a changed
+            // one: run one on each database first, so that the next
+            // `SELECT *` is prepared with the new columns.
+            let refreshed = conn.execute_batch(
+                "SELECT 1 FROM main.sqlite_schema LIMIT 1; SELECT 1 FROM global.sqlite_schema LIMIT 1;",
+            );
+            if let Err(e) = refreshed {
+                tracing::warn!(error = %e, "refreshing a read connection's schema failed");
+            }
+        }
+        Some((conn, now))
     }
 
-    fn give_back(&self, conn: Connection) {
+    /// The schema changed: statements cached before are flushed before
+    /// their connection's next query.
+    pub fn schema_changed(&self) {
+        self.schema_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Back to the pool, stamped with the generation it was taken at: a
+    /// reload while it ran flushes it before its next query.
+    fn give_back(&self, conn: Connection, generation: u64) {
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+            .push((conn, generation));
     }
 }
 

@@ -446,10 +446,18 @@ fn fail(db: DbKind, index: usize, e: &patina_crr::CrrError) -> TxError {
     if is_storage_full(e) {
         return TxError::StorageFull { db: db.name() };
     }
-    TxError::Statement {
-        index,
-        message: e.to_string(),
-    }
+    let too_big = matches!(e, patina_crr::CrrError::Sqlite(s)
+        if s.sqlite_error_code() == Some(rusqlite::ErrorCode::TooBig));
+    let message = if too_big {
+        format!(
+            "{e}: a row (and so any value) is at most {} bytes, so that each change fits \
+             one replication frame; store bigger data elsewhere and a reference here",
+            patina_wire::ROW_BYTES_MAX
+        )
+    } else {
+        e.to_string()
+    };
+    TxError::Statement { index, message }
 }
 
 #[cfg(test)]

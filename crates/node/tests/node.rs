@@ -295,7 +295,10 @@ async fn one_process_at_a_time_writes_a_data_dir() {
     let second = Node::open(options(dir.path()));
     match second {
         Err(e @ patina_node::NodeError::Locked { .. }) => {
-            assert!(e.to_string().contains("in use by another patina process"), "{e}")
+            assert!(
+                e.to_string().contains("in use by another patina process"),
+                "{e}"
+            )
         }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("two nodes opened one data dir"),

@@ -29,7 +29,9 @@ pub use codec::{
     encode_frame, encode_value, frame_body_len, Datagram,
 };
 pub use error::WireError;
-pub use limits::{CLUSTER_NAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, WIRE_VERSION};
+pub use limits::{
+    CLUSTER_NAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, ROW_BYTES_MAX, WIRE_VERSION,
+};
 pub use message::{
     ActorId, ActorSummary, ChangeChunk, ClusterName, DbKind, Envelope, Message, Need, NodeIdentity,
     PartialVersion, Span, Summary, WireChange,

@@ -10,6 +10,12 @@ pub const WIRE_VERSION: u8 = 1;
 /// what a peer can make us buffer per stream.
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
 
+/// The largest row (so the largest value) a node's databases accept: a
+/// change carries a row's key and one value, and must fit one frame with
+/// room to spare for the rest of the chunk. Larger values were accepted
+/// and then could never replicate.
+pub const ROW_BYTES_MAX: usize = FRAME_BYTES_MAX - (64 << 10);
+
 /// Stream frame header: the little-endian u32 length.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
