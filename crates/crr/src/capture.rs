@@ -48,14 +48,22 @@ pub(crate) enum Event {
         tbl: u32,
         pk: Vec<u8>,
     },
-    /// `new_pk` is set when the primary key changed; `changed` lists the
-    /// clock slots whose value changed, ascending.
-    Update {
-        tbl: u32,
-        old_pk: Vec<u8>,
-        new_pk: Option<Vec<u8>>,
-        changed: Vec<usize>,
-    },
+    /// Boxed: inline it made every event 80 bytes instead of 32, and a
+    /// 100k-row insert holds 100k events until its commit (issue 15).
+    Update(Box<UpdateEvent>),
+}
+
+// Keeps the events of a large transaction small (see `Event::Update`).
+const _: () = assert!(std::mem::size_of::<Event>() <= 32);
+
+/// `new_pk` is set when the primary key changed; `changed` lists the clock
+/// slots whose value changed, ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpdateEvent {
+    pub tbl: u32,
+    pub old_pk: Vec<u8>,
+    pub new_pk: Option<Vec<u8>>,
+    pub changed: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,12 +211,12 @@ impl Capture {
                 if new_pk.is_none() && changed.is_empty() {
                     return Ok(());
                 }
-                Event::Update {
+                Event::Update(Box::new(UpdateEvent {
                     tbl,
                     old_pk,
                     new_pk,
                     changed,
-                }
+                }))
             }
         };
         state.events.push(event);
@@ -334,12 +342,13 @@ pub(crate) fn record(
                 row.dirty = true;
                 mark_deleted(&mut row.clock, &mut stamp)?;
             }
-            Event::Update {
-                tbl,
-                old_pk,
-                new_pk,
-                changed,
-            } => {
+            Event::Update(update) => {
+                let UpdateEvent {
+                    tbl,
+                    old_pk,
+                    new_pk,
+                    changed,
+                } = &**update;
                 let table = table_of(tables, *tbl)?;
                 let target = match new_pk {
                     None => old_pk,

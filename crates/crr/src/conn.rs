@@ -313,38 +313,34 @@ impl CrrConn {
                 return Ok(None);
             }
             control(&self.conn, "SAVEPOINT crr_flush")?;
-            match cache.flush(&self.conn, &self.tables) {
-                Ok(rows) => {
+            // The rows are only kept when their changes will be built.
+            let keep = changes_max.is_some_and(|max| written <= max as u64);
+            match cache.flush(&self.conn, &self.tables, keep) {
+                Ok(flushed) => {
                     control(&self.conn, "RELEASE crr_flush")?;
                     self.sites.observe(0, db_version);
                     self.sites.save(&self.conn)?;
                     let committed = match changes_max {
-                        Some(max) if written <= max as u64 => Committed::Changes(changes::of_rows(
+                        Some(_) if keep => Committed::Changes(changes::of_rows(
                             &self.conn,
                             &self.tables,
                             &self.sites,
-                            &rows,
+                            &flushed.rows,
                             0,
                             db_version,
                         )?),
                         // Too many to hold at once (issue 15: a 100k-row
                         // transaction's changes took ≈ 100 MiB): readers
                         // page through them with `version_seqs`.
-                        Some(_) => {
-                            let mut ids: Vec<u32> = rows.iter().map(|((t, _), _)| *t).collect();
-                            ids.dedup();
-                            ids.sort_unstable();
-                            ids.dedup();
-                            let tables = ids
+                        Some(_) => Committed::Large {
+                            tables: flushed
+                                .tables
                                 .iter()
                                 .filter_map(|id| self.tables.get(id))
                                 .map(|t| t.info.name.clone())
-                                .collect();
-                            Committed::Large {
-                                tables,
-                                entries: written,
-                            }
-                        }
+                                .collect(),
+                            entries: written,
+                        },
                         None => Committed::Changes(Vec::new()),
                     };
                     return Ok(Some((db_version, committed)));

@@ -346,7 +346,7 @@ pub(crate) fn merge(
         })?;
     }
     // The merge never assumes keys new, so the flush cannot misspeculate.
-    cache.flush(conn, tables).map_err(|e| match e {
+    cache.flush(conn, tables, false).map_err(|e| match e {
         Err(e) => e,
         Ok(_) => CrrError::Corrupt("merge flushed an assumed key".into()),
     })?;
