@@ -266,12 +266,42 @@ impl TestCluster {
     /// Reopens node `i`'s data dir and rejoins.
     pub async fn restart(&mut self, i: usize) {
         self.stop(i).await;
-        let dir = self.nodes[i].dir.path().to_path_buf();
-        let node = Node::open(cluster_node_options(&dir)).unwrap();
+        // The old node lets go of its data dir's lock once its last handle
+        // is gone (tasks of the stopped runtime may still hold one a
+        // moment): drop ours, then open again until the lock is free.
+        let TestNode {
+            node,
+            subs,
+            runtime,
+            faults,
+            dir: temp,
+        } = self.nodes.remove(i);
+        drop((node, subs, runtime, faults));
+        let dir = temp.path().to_path_buf();
+        let started = std::time::Instant::now();
+        let node = loop {
+            match Node::open(cluster_node_options(&dir)) {
+                Ok(node) => break node,
+                Err(patina_node::NodeError::Locked { .. })
+                    if started.elapsed() < Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopening node {i}: {e}"),
+            }
+        };
         let subs = Subscriptions::open_for(&node).unwrap();
         let (runtime, faults) = self.launch(&node, &dir, self.member_launch(&dir, i));
-        let t = &mut self.nodes[i];
-        (t.node, t.subs, t.runtime, t.faults) = (node, subs, Some(runtime), faults);
+        self.nodes.insert(
+            i,
+            TestNode {
+                node,
+                subs,
+                runtime: Some(runtime),
+                faults,
+                dir: temp,
+            },
+        );
     }
 
     fn running(&self) -> impl Iterator<Item = &TestNode> {
