@@ -23,7 +23,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
-    let conn = Connection::open_in_memory().unwrap();
+    let mut conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(
         "CREATE TABLE bench(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, n INTEGER);",
     )
