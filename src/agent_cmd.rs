@@ -28,33 +28,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
 /// Then the runtime gets this long to wind down its threads.
 const RUNTIME_GRACE: Duration = Duration::from_secs(2);
-/// glibc malloc arenas the agent's threads share (its default: 8 per core).
-/// One: with two, the writer's second 100k-row transaction still peaked at
-/// 124–129 MiB (fragments of the first in the other arena); threads keep
-/// their own small-allocation caches (tcache), so contention stays low.
-const MALLOC_ARENAS: libc::c_int = 1;
-
-/// Caps glibc's malloc arenas, unless `MALLOC_ARENA_MAX` or
-/// `GLIBC_TUNABLES` says otherwise. A big request is parsed on an HTTP
-/// thread and its commit's clocks are built on the writer's: with an arena
-/// per thread, what one freed could not be reused by the other and RSS held
-/// both (benches/big_tx: writer peak 131–164 MiB with the default, 92–110
-/// MiB with one arena; issue 15). Called before any thread starts.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-        && std::env::var_os("GLIBC_TUNABLES").is_none()
-    {
-        // SAFETY: mallopt only changes allocator parameters; no allocation
-        // is touched, and no other thread exists yet to race with it.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
-
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    limit_malloc_arenas();
     init_logging();
     let config = Config::load(config_path, config::process_env())?;
     // Before anything is opened: a node that would gossip with peers it

@@ -265,6 +265,12 @@ fn release_memory(conn: &CrrConn) {
     if let Err(e) = conn.connection().execute_batch("PRAGMA shrink_memory") {
         tracing::debug!(error = %e, "PRAGMA shrink_memory failed");
     }
+    trim_allocator();
+}
+
+/// Returns the free memory of every malloc arena to the OS (glibc keeps it
+/// otherwise). Milliseconds: for after large work only.
+fn trim_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the OS; it has no
     // preconditions and touches no live allocation.
@@ -395,8 +401,15 @@ fn transact_group(
             // is final): the requests go before the commit builds its
             // clocks. A 100k-statement request is ≈ 40 MiB that otherwise
             // sat beside the commit's own peak (issue 15).
+            let statements: usize = members.iter().map(|m| m.statements.len()).sum();
             for m in &mut members {
                 m.statements = Vec::new();
+            }
+            if statements > LARGE_CHANGES {
+                // The request was parsed on an HTTP thread, in that thread's
+                // malloc arena: hand its pages back to the OS now, or RSS
+                // holds them beside the clocks built in this thread's arena.
+                trim_allocator();
             }
             break tx.commit_bounded(LARGE_CHANGES);
         }
