@@ -101,10 +101,17 @@ impl Worker {
                     self.pending.insert(id.clone(), Pending::Full);
                 }
             }
+            // A commit too large to carry its changes re-runs whole tables:
+            // the pages that read are let go of after, not kept in this
+            // worker's cache (8 MiB) beside the next large commit.
+            let mut large = false;
             for msg in batch {
                 match msg {
                     Msg::Commit(touched) => self.note(&touched),
-                    Msg::Tables(tables) => self.note_tables(&tables),
+                    Msg::Tables(tables) => {
+                        large = true;
+                        self.note_tables(&tables)
+                    }
                     Msg::Stop => return,
                     other => {
                         self.flush();
@@ -114,6 +121,11 @@ impl Worker {
                 }
             }
             self.flush();
+            if large {
+                if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+                    tracing::debug!(error = %e, "PRAGMA shrink_memory failed");
+                }
+            }
         }
     }
 
