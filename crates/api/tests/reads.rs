@@ -27,6 +27,7 @@ async fn statements_that_would_change_a_pooled_connection_are_refused() {
         ("PRAGMA writable_schema = 1", "PRAGMA"),
         ("PRAGMA query_only = 0", "PRAGMA"),
         ("PRAGMA user_version = 7", "PRAGMA"),
+        ("PRAGMA journal_mode", "not a known read"),
         ("SELECT 1; SELECT 2", "one"),
         ("DELETE FROM machines", "read-only"),
     ] {

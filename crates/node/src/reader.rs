@@ -57,7 +57,6 @@ const SETTING_PRAGMAS: &[&str] = &[
     "schema_version",
     "user_version",
     "application_id",
-    "journal_mode",
     "encoding",
     "auto_vacuum",
 ];
@@ -344,7 +343,22 @@ fn stream_rows(
         }
     };
     if !stmt.readonly() {
-        let _ = prepared.send(Err(QueryError::NotReadOnly));
+        // SQLite counts some pragmas that only report a setting as writes
+        // (`PRAGMA journal_mode` may switch modes): say so, rather than
+        // point at /v1/transactions, which refuses pragmas too.
+        let pragma = st
+            .sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("pragma"));
+        let error = if pragma {
+            QueryError::NotAQuery(
+                "this PRAGMA can change the database (SQLite does not count it as a read)".into(),
+            )
+        } else {
+            QueryError::NotReadOnly
+        };
+        let _ = prepared.send(Err(error));
         return;
     }
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
