@@ -104,17 +104,7 @@ async fn write(client: &Client, id: &str) -> Outcome {
     }
 }
 
-async fn ids(client: &Client) -> Option<BTreeSet<String>> {
-    let mut rows = client
-        .query(&Statement::from("SELECT id FROM machines"))
-        .await
-        .ok()?;
-    let mut out = BTreeSet::new();
-    while let Some(row) = rows.next().await.ok()? {
-        out.insert(row[0].as_str()?.to_owned());
-    }
-    Some(out)
-}
+use support::machine_ids as ids;
 
 /// The value of counter `name` in the agent's `/metrics` (summed over its
 /// labels), by a plain HTTP/1.0 GET.

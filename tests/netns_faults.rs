@@ -97,16 +97,7 @@ async fn sees_down(observer: usize, subject: usize) -> Option<bool> {
 }
 
 async fn ids(api: &str) -> Option<BTreeSet<String>> {
-    let client = Client::new(api).ok()?;
-    let mut rows = client
-        .query(&Statement::from("SELECT id FROM machines"))
-        .await
-        .ok()?;
-    let mut out = BTreeSet::new();
-    while let Some(row) = rows.next().await.ok()? {
-        out.insert(row[0].as_str()?.to_owned());
-    }
-    Some(out)
+    support::machine_ids(&Client::new(api).ok()?).await
 }
 
 /// Inserts `{phase}-n{node}-c{c}-{n}` on `node` until `stop`; counts

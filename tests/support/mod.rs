@@ -152,3 +152,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// The ids of the `machines` rows `client`'s node holds, or `None` when it
+/// does not answer.
+pub async fn machine_ids(client: &Client) -> Option<std::collections::BTreeSet<String>> {
+    let mut rows = client
+        .query(&patina_client::Statement::from("SELECT id FROM machines"))
+        .await
+        .ok()?;
+    let mut out = std::collections::BTreeSet::new();
+    while let Some(row) = rows.next().await.ok()? {
+        out.insert(row[0].as_str()?.to_owned());
+    }
+    Some(out)
+}
