@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use patina_node::{DbKind, Node, NodeOptions};
-use patina_replicator::ReplicatorConfig;
-use patina_replicator::{ClusterOptions, ClusterRuntime};
+use patina_region::{RegionError, RegionOptions, RegionRuntime, RollupConfig, RollupTiming};
+use patina_replicator::{ClusterOptions, ReplicatorConfig, SwimProfile};
 use patina_subs::Subscriptions;
 use patina_transport::TlsFiles;
 use tokio::net::TcpListener;
@@ -37,6 +37,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .gossip_trust()
         .with_context(|| format!("config file {}", config_path.display()))?;
     warn_exposure(&config, &trust);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("patina")
@@ -111,7 +114,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on api.addr {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
     let mut metrics = patina_api::Metrics::new();
-    metrics.register_cluster(&region);
+    metrics.register_region(&region);
     metrics.register_node(node.clone());
     let state = patina_api::ApiState::new(
         node.clone(),
@@ -123,7 +126,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     )
     .with_metrics(Arc::new(metrics))
-    .with_cluster_view(Arc::new(patina_api::RegionView::new(node.clone(), &region)));
+    .with_cluster_view(Arc::new(patina_api::RegionView::new(&region)));
     let (stop, stopped) = watch::channel(false);
     if let Some(addr) = config.telemetry.prometheus_addr {
         let listener = TcpListener::bind(addr)
@@ -167,39 +170,104 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Joins the node's regional cluster: `[gossip]`, carrying both databases.
-fn start_region(config: &Config, node: &Node) -> anyhow::Result<ClusterRuntime> {
-    let g = &config.gossip;
+/// Joins the node's regional cluster (`[gossip]`, carrying both
+/// databases) and, for a global member, the global cluster
+/// (`[global_gossip]`, `global.db` only), and starts the rollups; a rollup
+/// that does not fit the schema stops the start.
+fn start_region(config: &Config, node: &Node) -> anyhow::Result<RegionRuntime> {
     let region = &config.node.region;
-    let cluster = patina_wire::ClusterName::new(region.clone())
-        .map_err(|e| anyhow::anyhow!("node.region {region:?} cannot name a cluster: {e}"))?;
-    // `gossip_trust` allowed this; the transport warns again when it runs
-    // without TLS.
-    let runtime = ClusterRuntime::start(
-        node.clone(),
-        ClusterOptions {
-            cluster,
-            bind: g.addr,
-            external_addr: g.external_addr,
-            bootstrap: g.bootstrap.clone(),
-            tls: g.tls.as_ref().map(|t| TlsFiles {
-                cert_file: t.cert_file.clone(),
-                key_file: t.key_file.clone(),
-                ca_file: t.ca_file.clone(),
-            }),
-            members_file: config.node.data_dir.join(format!("members-{region}")),
-            dbs: &[DbKind::Regional, DbKind::Global],
+    let cluster_name = |name: &str, key: &str| {
+        patina_wire::ClusterName::new(name)
+            .map_err(|e| anyhow::anyhow!("{key} {name:?} cannot name a cluster: {e}"))
+    };
+    let region_name = cluster_name(region, "node.region")?;
+    let tls = |t: &Option<config::TlsConfig>| {
+        t.as_ref().map(|t| TlsFiles {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            ca_file: t.ca_file.clone(),
+        })
+    };
+    let g = &config.gossip;
+    // `gossip_trust` allowed what runs without TLS; the transport warns
+    // again when it does.
+    let regional = ClusterOptions {
+        cluster: region_name.clone(),
+        region: region_name.clone(),
+        global_member: config.node.global,
+        swim: SwimProfile::Lan,
+        bind: g.addr,
+        external_addr: g.external_addr,
+        bootstrap: g.bootstrap.clone(),
+        tls: tls(&g.tls),
+        members_file: config.node.data_dir.join(format!("members-{region}")),
+        dbs: &[DbKind::Regional, DbKind::Global],
+        replicator: ReplicatorConfig::default(),
+        socket: None,
+    };
+    let global = match &config.global_gossip {
+        Some(gg) => Some(ClusterOptions {
+            cluster: cluster_name(config::GLOBAL_CLUSTER_NAME, "the global cluster")?,
+            region: region_name,
+            global_member: true,
+            swim: SwimProfile::Wan,
+            bind: gg.addr,
+            external_addr: gg.external_addr,
+            bootstrap: gg.bootstrap.clone(),
+            tls: tls(&gg.tls),
+            members_file: config.node.data_dir.join("members-global"),
+            dbs: &[DbKind::Global],
             replicator: ReplicatorConfig::default(),
             socket: None,
+        }),
+        None => None,
+    };
+    let rollups = config
+        .rollup
+        .iter()
+        .map(|r| RollupConfig {
+            name: r.name.clone(),
+            key: r.key.clone(),
+            query: r.query.clone(),
+        })
+        .collect();
+    let runtime = RegionRuntime::start(
+        node.clone(),
+        RegionOptions {
+            regional,
+            global,
+            rollups,
+            rollup_timing: RollupTiming::default(),
         },
     )
-    .with_context(|| {
-        format!(
-            "cannot start the regional transport on gossip.addr {}",
-            g.addr
-        )
+    .map_err(|e| match e {
+        RegionError::Cluster { cluster, error } => {
+            let addr = match cluster {
+                "global" => config.global_gossip.as_ref().map(|g| g.addr),
+                _ => Some(g.addr),
+            };
+            let key = if cluster == "global" {
+                "global_gossip.addr"
+            } else {
+                "gossip.addr"
+            };
+            anyhow::anyhow!(
+                "cannot start the {cluster} transport on {key} {}: {error}",
+                addr.map_or_else(String::new, |a| a.to_string())
+            )
+        }
+        other => anyhow::anyhow!(other),
     })?;
-    tracing::info!(addr = %runtime.addr(), cluster = %region, "gossip listening");
+    tracing::info!(addr = %runtime.regional().addr(), cluster = %region, "gossip listening");
+    if let Some(global) = runtime.global() {
+        tracing::info!(addr = %global.addr(), cluster = "global", "global gossip listening");
+    }
+    if !config.rollup.is_empty() && !config.node.global {
+        tracing::info!(
+            rollups = config.rollup.len(),
+            "rollups are published by the region's leader, a global member; this node only reads them"
+        );
+    }
     Ok(runtime)
 }
 

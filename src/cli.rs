@@ -33,6 +33,10 @@ pub enum Command {
     /// Lists the members of the node's clusters as it sees them
     /// (GET /v1/members).
     Members(MembersArgs),
+    /// Lists the regions the node knows (its own, the global cluster's,
+    /// those whose rows the rollup tables hold): leader, global members,
+    /// last rollup, rollup rows (GET /v1/regions).
+    Regions(MembersArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),

@@ -166,7 +166,15 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let columns = ["actor_id", "addr", "region", "cluster", "state", "rtt_ms"];
+    let columns = [
+        "actor_id",
+        "addr",
+        "region",
+        "cluster",
+        "global_member",
+        "state",
+        "rtt_ms",
+    ];
     let table: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
@@ -177,6 +185,57 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
         })
         .collect();
     let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    print_table(&mut out, &columns, &table)?;
+    Ok(())
+}
+
+/// Prints the regions the node knows.
+pub fn regions(args: MembersArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    let regions = runtime.block_on(client.regions())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in &regions {
+            writeln!(out, "{r}")?;
+        }
+        return Ok(());
+    }
+    let columns: Vec<String> = [
+        "region",
+        "leader",
+        "global_members",
+        "last_rollup",
+        "rollups",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let table: Vec<Vec<String>> = regions
+        .iter()
+        .map(|r| {
+            let members = r
+                .get("global_members")
+                .and_then(Json::as_array)
+                .map_or(0, Vec::len);
+            let rollups = r
+                .get("rollups")
+                .and_then(Json::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                cell(r.get("region").unwrap_or(&Json::Null)),
+                cell(r.get("leader").unwrap_or(&Json::Null)),
+                members.to_string(),
+                cell(r.get("last_rollup").unwrap_or(&Json::Null)),
+                rollups,
+            ]
+        })
+        .collect();
     print_table(&mut out, &columns, &table)?;
     Ok(())
 }

@@ -15,7 +15,6 @@
 
 // `patina agent` is this module's user and is being wired in separately;
 // until then only the tests below call it.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::fmt;
@@ -62,6 +61,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub rollup: Vec<RollupConfig>,
+    /// What loading ignored and the agent should say so about (logged at
+    /// start).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -222,7 +225,8 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     File(PathBuf),
-    /// Text given to [`Config::from_toml_str`].
+    /// Text given to [`Config::from_toml_str`] (tests).
+    #[cfg(test)]
     Text,
     Env(String),
 }
@@ -231,6 +235,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File(path) => write!(f, "config file {}", path.display()),
+            #[cfg(test)]
             Origin::Text => f.write_str("config"),
             Origin::Env(var) => write!(f, "environment variable {var}"),
         }
@@ -316,6 +321,7 @@ impl Config {
     }
 
     /// Like [`Config::load`] for the text of a config file.
+    #[cfg(test)]
     pub fn from_toml_str(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -838,6 +844,18 @@ fn is_identifier(name: &str) -> bool {
 
 fn normalize(config: &mut Config) {
     if !config.node.global {
+        if config
+            .global_gossip
+            .as_ref()
+            .is_some_and(|g| !g.bootstrap.is_empty())
+        {
+            config.warnings.push(
+                "[global_gossip] has bootstrap peers but node.global = false: this node does not \
+                 join the global cluster (it reads global tables through its region's global \
+                 members). Set node.global = true to make it a global member, or remove the section"
+                    .into(),
+            );
+        }
         config.global_gossip = None;
     } else if config.global_gossip.is_none() {
         config.global_gossip = Some(GlobalGossipConfig::default());

@@ -143,6 +143,19 @@ fn dev_file_loads_and_its_paths_exist_from_the_repo_root() {
 }
 
 #[test]
+fn global_bootstrap_on_a_node_that_is_not_global_is_dropped_with_a_warning() {
+    let text = format!("{MINIMAL}\n[global_gossip]\nbootstrap = [\"10.0.0.9:7879\"]\n");
+    let config = Config::from_toml_str(&text, no_env()).unwrap();
+    assert_eq!(config.global_gossip, None);
+    assert_eq!(config.warnings.len(), 1);
+    assert!(
+        config.warnings[0].contains("node.global = false"),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
 fn defaults() {
     let config = Config::from_toml_str(MINIMAL, no_env()).unwrap();
     let expected = Config {
@@ -173,6 +186,7 @@ fn defaults() {
             prometheus_addr: None,
         },
         rollup: vec![],
+        warnings: vec![],
     };
     assert_eq!(config, expected);
 

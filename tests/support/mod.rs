@@ -22,6 +22,8 @@ pub struct Agent {
     pub addr: String,
     /// Its regional gossip address.
     pub gossip: String,
+    /// Its global gossip address, on a global member.
+    pub global_gossip: Option<String>,
     /// Its log up to "API listening".
     pub startup_log: Vec<String>,
 }
@@ -34,6 +36,7 @@ impl Agent {
             child,
             addr: addrs.api,
             gossip: addrs.gossip,
+            global_gossip: addrs.global_gossip,
             startup_log: addrs.startup_log,
         }
     }
@@ -49,6 +52,7 @@ impl Agent {
             child,
             addr: addrs.api,
             gossip: addrs.gossip,
+            global_gossip: addrs.global_gossip,
             startup_log: addrs.startup_log,
         }
     }

@@ -21,6 +21,8 @@ pub struct AgentAddrs {
     pub api: String,
     /// The regional cluster's gossip address (what peers bootstrap to).
     pub gossip: String,
+    /// The global cluster's gossip address, on a global member.
+    pub global_gossip: Option<String>,
     /// The agent's log lines up to "API listening" (its start-up warnings).
     pub startup_log: Vec<String>,
 }
@@ -66,6 +68,7 @@ pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, Agent
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut gossip = String::new();
+        let mut global_gossip = None;
         let mut startup_log = Vec::new();
         let echo = log_filter().is_some();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -75,12 +78,15 @@ pub fn spawn_agent_command(mut command: Command, config: &Path) -> (Child, Agent
             if startup_log.len() < 1000 {
                 startup_log.push(line.clone());
             }
-            if let Some(addr) = addr_after(&line, "gossip listening") {
+            if let Some(addr) = addr_after(&line, "global gossip listening") {
+                global_gossip = Some(addr);
+            } else if let Some(addr) = addr_after(&line, "gossip listening") {
                 gossip = addr;
             } else if let Some(api) = addr_after(&line, "API listening") {
                 let _ = tx.send(Ok(AgentAddrs {
                     api,
                     gossip: gossip.clone(),
+                    global_gossip: global_gossip.clone(),
                     startup_log: std::mem::take(&mut startup_log),
                 }));
             } else if line.contains("ERROR") || line.starts_with("error:") {

@@ -19,6 +19,11 @@ pub trait ClusterView: Send + Sync + 'static {
     fn members(&self) -> Vec<MemberInfo>;
     /// Every region known from the global view.
     fn regions(&self) -> Vec<RegionInfo>;
+    /// The rollups' target tables (`GET /v1/regions` counts their rows
+    /// per region, which also names regions no membership shows).
+    fn rollup_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// `GET /v1/health`'s `response` object.
@@ -37,8 +42,15 @@ pub struct HealthReport {
     /// This region's leader, if any.
     #[serde(serialize_with = "opt_hex")]
     pub leader: Option<SiteId>,
-    /// Seconds since the newest global change seen; null if none yet.
+    /// Seconds since the origin commit of the newest global change this
+    /// node holds (merged from its clusters or written here); null if none
+    /// yet. Grows while nothing global is written, too: a gate on it wants
+    /// regular global writes (rollups of busy tables are such writes).
     pub global_lag: Option<f64>,
+    /// 99th percentile of the last minute's live lag of global changes
+    /// (origin commit in any region → merged here), seconds; null without
+    /// samples.
+    pub global_p99_lag: Option<f64>,
     /// Whether this node still lacks what its peers held when it joined;
     /// while true, health answers the failure status whatever the
     /// thresholds.
@@ -102,6 +114,8 @@ pub struct MemberInfo {
     pub region: String,
     /// `<region>` or `global`.
     pub cluster: String,
+    /// A member of the global cluster (a candidate for its region's leader).
+    pub global_member: bool,
     pub state: MemberState,
     /// Round-trip time, milliseconds; null when unmeasured.
     pub rtt_ms: Option<f64>,
@@ -164,6 +178,7 @@ impl ClusterView for LoneNode {
             global_member: self.node.is_global_member(),
             leader: self.leader(),
             global_lag: None,
+            global_p99_lag: None,
             catching_up: false,
             catch_up: CatchUpReport::alone(),
             catchup_p99_lag: 0.0,
@@ -178,6 +193,7 @@ impl ClusterView for LoneNode {
             addr: None,
             region: self.node.region().to_owned(),
             cluster: cluster.to_owned(),
+            global_member: self.node.is_global_member(),
             state: MemberState::Alive,
             rtt_ms: None,
         };
@@ -199,29 +215,70 @@ impl ClusterView for LoneNode {
     }
 }
 
-/// A node in a regional cluster: members from SWIM, gaps from the
-/// bookkeeping of both databases, queue from the replicator.
+/// A node in the fleet (what `patina agent` runs): members of its regional
+/// cluster and, for a global member, of the global cluster, from SWIM;
+/// the leader the region's membership names; gaps from the bookkeeping of
+/// both databases; lag and queue from the replicators.
 pub struct RegionView {
     node: Node,
+    regional: ClusterSide,
+    global: Option<ClusterSide>,
+    leader: tokio::sync::watch::Receiver<Option<SiteId>>,
+    rollups: tokio::sync::watch::Receiver<patina_region::RollupsStatus>,
+    rollup_names: Vec<String>,
+}
+
+/// What the view reads of one cluster.
+struct ClusterSide {
     me: patina_wire::NodeIdentity,
     members: tokio::sync::watch::Receiver<Vec<patina_membership::Member>>,
     counters: patina_replicator::ClusterCounters,
 }
 
-impl RegionView {
-    pub fn new(node: Node, runtime: &patina_replicator::ClusterRuntime) -> RegionView {
-        RegionView {
-            node,
+impl ClusterSide {
+    fn of(runtime: &patina_replicator::ClusterRuntime) -> ClusterSide {
+        ClusterSide {
             me: runtime.identity().clone(),
             members: runtime.members(),
             counters: runtime.counters(),
         }
     }
 
+    fn infos(&self) -> Vec<MemberInfo> {
+        let info = |id: &patina_wire::NodeIdentity, state, rtt_ms| MemberInfo {
+            actor_id: id.actor,
+            addr: Some(id.addr.to_string()),
+            region: id.region.as_str().to_owned(),
+            cluster: id.cluster.as_str().to_owned(),
+            global_member: id.global_member,
+            state,
+            rtt_ms,
+        };
+        // The node itself has no round trip to measure.
+        let mut out = vec![info(&self.me, MemberState::Alive, None)];
+        out.extend(self.members.borrow().iter().map(|m| {
+            let rtt = self.counters.rtt(m.identity.addr);
+            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+            info(&m.identity, member_state(m.state), rtt_ms)
+        }));
+        out
+    }
+}
+
+impl RegionView {
+    pub fn new(runtime: &patina_region::RegionRuntime) -> RegionView {
+        RegionView {
+            node: runtime.node().clone(),
+            regional: ClusterSide::of(runtime.regional()),
+            global: runtime.global().map(ClusterSide::of),
+            leader: runtime.leader(),
+            rollups: runtime.rollups(),
+            rollup_names: runtime.rollup_names().to_vec(),
+        }
+    }
+
     fn leader(&self) -> Option<SiteId> {
-        // Leader choice needs the global members' list (next issue); a
-        // global member alone in its region view is the only candidate.
-        self.node.is_global_member().then(|| self.node.actor_id())
+        *self.leader.borrow()
     }
 }
 
@@ -257,51 +314,106 @@ impl ClusterView for RegionView {
             .iter()
             .map(|&db| self.node.bookkeeping(db).borrow().missing_versions())
             .sum();
-        let alive = patina_membership::alive(&self.members.borrow()).count() as u64;
-        let catch_up = self.counters.catch_up();
+        let alive = patina_membership::alive(&self.regional.members.borrow()).count() as u64;
+        let regional = &self.regional.counters;
+        // A global member catching up on either cluster is not ready.
+        let catch_up = self
+            .global
+            .iter()
+            .map(|g| g.counters.catch_up())
+            .filter(|c| c.catching_up())
+            .chain([regional.catch_up()])
+            .next()
+            .unwrap_or_else(|| regional.catch_up());
+        let clusters = || {
+            [Some(regional)]
+                .into_iter()
+                .chain([self.global.as_ref().map(|g| &g.counters)])
+                .flatten()
+        };
+        let global_p99_lag = clusters()
+            .filter_map(|c| c.global_p99_lag_secs())
+            .reduce(f64::max);
+        let global_lag = clusters()
+            .filter_map(|c| c.newest_global_commit_ms())
+            .max()
+            .map(|ms| patina_node::unix_ms().saturating_sub(ms) as f64 / 1000.0);
         HealthReport {
             gaps,
             members: alive + 1,
-            p99_lag: self.counters.p99_lag_secs(),
-            queue_size: self.counters.apply_queue_chunks(),
+            p99_lag: regional.p99_lag_secs(),
+            queue_size: regional.apply_queue_chunks()
+                + self
+                    .global
+                    .as_ref()
+                    .map_or(0, |g| g.counters.apply_queue_chunks()),
             region: self.node.region().to_owned(),
             global_member: self.node.is_global_member(),
             leader: self.leader(),
-            global_lag: None,
+            global_lag,
+            global_p99_lag,
             catching_up: catch_up.catching_up(),
             catch_up: catch_up_report(&catch_up, std::time::Instant::now()),
-            catchup_p99_lag: self.counters.catchup_p99_lag_secs(),
+            catchup_p99_lag: regional.catchup_p99_lag_secs(),
             parked_versions: held(&self.node, |h| h.waiting()),
             refused_versions: held(&self.node, |h| h.refused()),
         }
     }
 
     fn members(&self) -> Vec<MemberInfo> {
-        let info = |id: &patina_wire::NodeIdentity, state, rtt_ms| MemberInfo {
-            actor_id: id.actor,
-            addr: Some(id.addr.to_string()),
-            region: id.cluster.as_str().to_owned(),
-            cluster: id.cluster.as_str().to_owned(),
-            state,
-            rtt_ms,
-        };
-        // The node itself has no round trip to measure.
-        let mut out = vec![info(&self.me, MemberState::Alive, None)];
-        out.extend(self.members.borrow().iter().map(|m| {
-            let rtt = self.counters.rtt(m.identity.addr);
-            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
-            info(&m.identity, member_state(m.state), rtt_ms)
-        }));
+        let mut out = self.regional.infos();
+        if let Some(g) = &self.global {
+            out.extend(g.infos());
+        }
         out
     }
 
     fn regions(&self) -> Vec<RegionInfo> {
-        vec![RegionInfo {
-            region: self.node.region().to_owned(),
-            leader: self.leader(),
-            global_members: self.leader().into_iter().collect(),
+        let mut regions: BTreeMap<String, RegionInfo> = BTreeMap::new();
+        let empty = |region: &str| RegionInfo {
+            region: region.to_owned(),
+            leader: None,
+            global_members: Vec::new(),
             last_rollup: None,
             rollups: BTreeMap::new(),
-        }]
+        };
+        // Other regions' global members, as the global cluster sees them.
+        if let Some(g) = &self.global {
+            let live = g
+                .infos()
+                .into_iter()
+                .filter(|m| m.state == MemberState::Alive);
+            for m in live {
+                let r = regions
+                    .entry(m.region.clone())
+                    .or_insert_with(|| empty(&m.region));
+                r.global_members.push(m.actor_id);
+            }
+            for r in regions.values_mut() {
+                r.global_members.sort();
+                r.leader = patina_region::region_leader(r.global_members.iter().copied());
+            }
+        }
+        // This region as its own membership sees it (authoritative here).
+        let mine = self.node.region().to_owned();
+        let r = regions.entry(mine.clone()).or_insert_with(|| empty(&mine));
+        r.global_members = self
+            .regional
+            .infos()
+            .into_iter()
+            .filter(|m| m.global_member && m.state == MemberState::Alive)
+            .map(|m| m.actor_id)
+            .collect();
+        r.global_members.sort();
+        r.leader = self.leader();
+        let status = self.rollups.borrow();
+        if status.leading {
+            r.last_rollup = status.last_run_ms.map(|ms| ms as f64 / 1000.0);
+        }
+        regions.into_values().collect()
+    }
+
+    fn rollup_names(&self) -> Vec<String> {
+        self.rollup_names.clone()
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::body::query_pairs;
-use crate::cluster::HealthReport;
+use crate::cluster::{HealthReport, RegionInfo};
 use crate::errors::ApiError;
 use crate::state::ApiState;
 
@@ -125,8 +125,49 @@ pub(crate) async fn members(State(state): State<ApiState>) -> Response {
     Json(state.cluster.members()).into_response()
 }
 
-pub(crate) async fn regions(State(state): State<ApiState>) -> Response {
-    Json(state.cluster.regions()).into_response()
+/// Regions as memberships show them, plus every region whose rows a
+/// rollup target holds (what a node outside the global cluster learns of
+/// other regions through `global.db`), with those row counts.
+pub(crate) async fn regions(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let mut regions = state.cluster.regions();
+    for name in state.cluster.rollup_names() {
+        let sql = format!(
+            "SELECT region, count(*) FROM global.\"{}\" GROUP BY region",
+            name.replace('"', "\"\"")
+        );
+        let stream = state
+            .node
+            .query(patina_node::Statement::new(sql), state.config.query_timeout)
+            .await
+            .map_err(|e| ApiError::Internal(format!("counting rollup {name:?}: {e}")))?;
+        let mut rows = stream.rows;
+        while let Some(event) = rows.recv().await {
+            let patina_node::RowEvent::Row(row) = event else {
+                continue;
+            };
+            let (Some(patina_node::Value::Text(region)), Some(patina_node::Value::Integer(n))) =
+                (row.first(), row.get(1))
+            else {
+                continue;
+            };
+            let at = match regions.iter().position(|r| &r.region == region) {
+                Some(at) => at,
+                None => {
+                    regions.push(RegionInfo {
+                        region: region.clone(),
+                        leader: None,
+                        global_members: Vec::new(),
+                        last_rollup: None,
+                        rollups: Default::default(),
+                    });
+                    regions.len() - 1
+                }
+            };
+            regions[at].rollups.insert(name.clone(), (*n).max(0) as u64);
+        }
+    }
+    regions.sort_by(|a, b| a.region.cmp(&b.region));
+    Ok(Json(regions).into_response())
 }
 
 #[cfg(test)]
@@ -143,6 +184,7 @@ mod tests {
             global_member: false,
             leader: None,
             global_lag: None,
+            global_p99_lag: None,
             catching_up: false,
             catch_up: crate::cluster::CatchUpReport::alone(),
             catchup_p99_lag: 0.0,

@@ -376,4 +376,10 @@ impl Metrics {
     pub fn register_cluster(&mut self, runtime: &patina_replicator::ClusterRuntime) {
         runtime.register(&mut self.registry);
     }
+
+    /// Registers the metrics of a node's clusters (regional, and global on
+    /// a global member).
+    pub fn register_region(&mut self, runtime: &patina_region::RegionRuntime) {
+        runtime.register(&mut self.registry);
+    }
 }

@@ -597,7 +597,7 @@ async fn health_of_a_lone_node() {
         answer.json(),
         json!({"response": {"gaps": 0, "members": 1, "p99_lag": 0.0, "queue_size": 0,
                             "region": "ams", "global_member": false, "leader": null,
-                            "global_lag": null, "catching_up": false,
+                            "global_lag": null, "global_p99_lag": null, "catching_up": false,
                             "catch_up": {"phase": "alone", "missing_versions": 0,
                                          "elapsed_secs": 0.0, "reason": null},
                             "catchup_p99_lag": 0.0, "parked_versions": 0,
@@ -631,6 +631,7 @@ impl ClusterView for Lagging {
             global_member: false,
             leader: None,
             global_lag: Some(1.0),
+            global_p99_lag: Some(0.2),
             catching_up: false,
             catch_up: CatchUpReport {
                 phase: "caught_up",
@@ -744,7 +745,7 @@ async fn members_and_regions_of_a_regional_node() {
     assert_eq!(
         members.json(),
         json!([{"actor_id": s.actor(), "addr": null, "region": "ams", "cluster": "ams",
-                "state": "alive", "rtt_ms": null}])
+                "global_member": false, "state": "alive", "rtt_ms": null}])
     );
     let regions = s.get("/v1/regions").await;
     assert_eq!(regions.status, 200);

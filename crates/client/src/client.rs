@@ -281,6 +281,16 @@ impl Client {
         }
     }
 
+    /// `GET /v1/regions`: every region the node knows, its leader, global
+    /// members and rollup rows.
+    pub async fn regions(&self) -> Result<Vec<Json>, ClientError> {
+        let resp = self.get("/v1/regions").await?;
+        match read_json(resp).await? {
+            Json::Array(regions) => Ok(regions),
+            other => Err(bad_line(&other)),
+        }
+    }
+
     pub async fn health(&self) -> Result<Json, ClientError> {
         let resp = self.get("/v1/health").await?;
         let json = read_json(resp).await?;

@@ -31,7 +31,9 @@ impl SwimId {
         SwimId(NodeIdentity {
             actor: UNKNOWN_ACTOR,
             addr,
+            region: cluster.clone(),
             cluster,
+            global_member: false,
             generation: 0,
         })
     }
@@ -156,6 +158,8 @@ mod tests {
             actor: ActorId::random(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             cluster: ClusterName::new(cluster).unwrap(),
+            region: ClusterName::new("ams").unwrap(),
+            global_member: true,
             generation: 3,
         })
     }

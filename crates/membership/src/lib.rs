@@ -45,6 +45,18 @@ pub const MAX_PACKET_BYTES: usize = 1024;
 /// updates then take a few more rounds.
 pub const EXPECTED_CLUSTER_SIZE: u32 = 16;
 
+/// Which of foca's timing profiles a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwimProfile {
+    /// A region: members a millisecond apart; probes every 1.5 s,
+    /// suspicion resolved within seconds.
+    Lan,
+    /// The global cluster: members on other continents, 100–300 ms
+    /// round trips and lossier paths; slower probes and longer suspicion
+    /// so a slow path is not mistaken for a dead member.
+    Wan,
+}
+
 /// Datagram sends in flight at once; past this, foca's packets are
 /// dropped (SWIM tolerates loss; the next probe round retries).
 pub const SENDS_IN_FLIGHT_MAX: usize = 256;
@@ -128,6 +140,7 @@ impl Membership {
         bootstrap: Vec<String>,
         members_file: PathBuf,
         datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
+        profile: SwimProfile,
     ) -> Membership {
         let generation = persist::next_generation(&members_file, identity.generation);
         let identity = NodeIdentity {
@@ -139,11 +152,12 @@ impl Membership {
             .iter()
             .filter(|m| m.actor != identity.actor && m.cluster == identity.cluster)
             .count();
-        let foca = new_foca(identity.clone());
+        let foca = new_foca(identity.clone(), profile);
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(1);
         let swim = Swim {
             foca,
+            profile,
             transport,
             members_file,
             members_tx,
@@ -262,9 +276,12 @@ impl Effects {
 type SwimFoca = Foca<SwimId, WireCodec, StdRng, NoCustomBroadcast>;
 
 /// A foca for `identity` with Patina's settings.
-fn new_foca(identity: NodeIdentity) -> SwimFoca {
-    let mut config =
-        foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN));
+fn new_foca(identity: NodeIdentity, profile: SwimProfile) -> SwimFoca {
+    let size = NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN);
+    let mut config = match profile {
+        SwimProfile::Lan => foca::Config::new_lan(size),
+        SwimProfile::Wan => foca::Config::new_wan(size),
+    };
     config.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).unwrap_or(NonZeroUsize::MIN);
     // After a partition heals, each side holds the other as down and
     // SWIM never probes down members: only these announces reconnect
@@ -286,6 +303,7 @@ fn new_foca(identity: NodeIdentity) -> SwimFoca {
 
 struct Swim {
     foca: SwimFoca,
+    profile: SwimProfile,
     transport: Transport,
     members_file: PathBuf,
     members_tx: watch::Sender<Vec<Member>>,
@@ -363,7 +381,7 @@ impl Swim {
             .map(|m| m.id().clone())
             .filter(|m| m.0.actor != id.0.actor)
             .collect();
-        self.foca = new_foca(id.0);
+        self.foca = new_foca(id.0, self.profile);
         // Timers of the old foca must not reach the new one.
         self.effects.timers.clear();
         for member in known {

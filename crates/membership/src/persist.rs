@@ -116,6 +116,8 @@ mod tests {
                 actor: ActorId::random(),
                 addr: SocketAddr::from(([127, 0, 0, 1], 4000 + i)),
                 cluster: ClusterName::new("ams").unwrap(),
+                region: ClusterName::new("ams").unwrap(),
+                global_member: i % 2 == 0,
                 generation: u64::from(i),
             })
             .collect()

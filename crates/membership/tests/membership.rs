@@ -51,11 +51,20 @@ fn start(cluster: &str, actor: ActorId, bootstrap: &[SocketAddr], file: PathBuf)
     let identity = NodeIdentity {
         actor,
         addr: transport.advertised_addr(),
+        region: cluster.clone(),
         cluster,
+        global_member: false,
         generation: 0,
     };
     let bootstrap = bootstrap.iter().map(|a| a.to_string()).collect();
-    let membership = Membership::spawn(transport.clone(), identity, bootstrap, file, datagrams);
+    let membership = Membership::spawn(
+        transport.clone(),
+        identity,
+        bootstrap,
+        file,
+        datagrams,
+        patina_membership::SwimProfile::Lan,
+    );
     Node {
         transport,
         membership,

@@ -91,9 +91,22 @@ impl Classifier {
         all
     }
 
-    /// Forgets classifications (after a schema change).
+    /// Forgets classifications (after a schema change), and makes this
+    /// connection read the new schema: it only ever prepares, and a
+    /// prepare alone goes on with the schema it read last — a statement
+    /// naming a new column would fail to prepare here and be sent to the
+    /// regional writer ("no such table" for a global table). Running a
+    /// read makes SQLite check both databases' schema cookies.
     pub fn forget(&mut self) {
         self.cache.clear();
+        let refreshed = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM main.sqlite_master) + (SELECT count(*) FROM global.sqlite_master)",
+            [],
+            |_| Ok(()),
+        );
+        if let Err(e) = refreshed {
+            tracing::warn!(error = %e, "the classifier could not re-read the schema");
+        }
     }
 
     fn classify_one(&mut self, sql: &str) -> Writes {

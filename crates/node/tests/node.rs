@@ -311,3 +311,28 @@ async fn one_process_at_a_time_writes_a_data_dir() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_global_column_added_by_a_reload_is_writable_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    // Classified once before the reload: the statement's target is known.
+    node.transact(vec![Statement::new(
+        "INSERT INTO app_regions (app, region, machines) VALUES ('web', 'ams', 1)",
+    )])
+    .await
+    .unwrap();
+    std::fs::write(
+        dir.path().join("global/global.sql"),
+        GLOBAL.replace("machines INTEGER", "machines INTEGER, started INTEGER"),
+    )
+    .unwrap();
+    node.reload_schema().await.unwrap();
+    let outcome = node
+        .transact(vec![Statement::new(
+            "INSERT INTO app_regions VALUES ('api', 'ams', 2, 1)",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(outcome.db, DbKind::Global);
+}

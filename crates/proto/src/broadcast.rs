@@ -92,6 +92,13 @@ impl BroadcastConfig {
                     choose_peers(peers, self.fanout, rng)
                 }
             }
+            Hop::Relayed => {
+                if peers.len() <= self.tree_max_peers {
+                    peers.to_vec()
+                } else {
+                    choose_peers(peers, self.fanout, rng)
+                }
+            }
             Hop::Received { from, from_origin } => {
                 let others = peers.iter().filter(|p| *p != from);
                 match self.forward_policy(true).role(from, *from_origin, peers) {
@@ -280,6 +287,24 @@ mod tests {
         let mut t = config.targets(&me, &hop, peers, spread, &mut rng);
         t.sort();
         t
+    }
+
+    #[test]
+    fn a_relayed_version_reaches_every_peer_a_tree_would_and_gossips_beyond() {
+        let config = BroadcastConfig::default();
+        // Its receivers are leaves (the relay is not the version's actor):
+        // the relay reaches every member of a tree-sized cluster itself.
+        let peers: Vec<u32> = (1..=12).collect();
+        assert_eq!(targets(&config, 0, Hop::Relayed, &peers, 7), peers);
+        let policy = config.forward_policy(true);
+        assert_eq!(policy.on_arrival(0, false, &peers), Forward::Never);
+        // Beyond the tree, receivers gossip what is new to them.
+        let peers: Vec<u32> = (1..=40).collect();
+        assert_eq!(targets(&config, 0, Hop::Relayed, &peers, 7).len(), 3);
+        assert!(matches!(
+            policy.on_arrival(0, false, &peers),
+            Forward::IfFresh(_)
+        ));
     }
 
     #[test]

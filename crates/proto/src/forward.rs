@@ -11,6 +11,11 @@ pub enum Hop<P> {
     /// Received from `from` and new here; `from_origin` when `from` is the
     /// version's own actor.
     Received { from: P, from_origin: bool },
+    /// Merged from this node's other cluster and handed into this one by a
+    /// global member's relay (docs/regions.md). Receivers see a sender that
+    /// is not the version's actor and would act as leaves of the two-hop
+    /// tree, so the relay itself reaches every peer a tree would.
+    Relayed,
 }
 
 /// Where a node that received a version from a peer stands in its spread

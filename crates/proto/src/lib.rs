@@ -6,7 +6,9 @@
 //! ([`PullSession`], [`ServeSession`], bounded by [`SyncLimits`]) and what
 //! to ask which peer ([`SyncPlanner`]); where a commit or a received chunk
 //! goes ([`BroadcastConfig::targets`], [`ForwardPolicy`]) and the bounded
-//! queue of those sends ([`BroadcastQueue`]).
+//! queue of those sends ([`BroadcastQueue`]); who leads a region
+//! ([`region_leader`]) and when and what its leader writes for the
+//! rollups ([`RollupSchedule`], [`rollup_diff`]).
 //!
 //! Every one is a plain value: fed messages, outcomes and `Instant`s, it
 //! answers with decisions and actions for the shell (`patina-replicator`)
@@ -24,6 +26,7 @@ mod lag;
 mod planner;
 mod queued;
 mod ranges;
+mod region;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -36,6 +39,7 @@ pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
 pub use queued::QueuedVersions;
 pub use ranges::RangeSet;
+pub use region::{region_leader, rollup_diff, RollupDiff, RollupSchedule, RollupTiming};
 pub use session::{
     PullAction, PullSession, ServeAction, ServeRefusal, ServeSession, SyncCount, SyncFailure,
     SyncLimits,

@@ -103,9 +103,6 @@ pub enum SyncFailure {
 pub enum SyncCount {
     /// A pulled chunk arrived.
     ChunkReceived,
-    /// A pulled chunk was for a database this cluster does not carry: it
-    /// was dropped.
-    WrongDatabase,
     /// A peer's pull is being served.
     PullServed,
     /// A served conversation ran past `serve_timeout` and was ended.
@@ -124,6 +121,10 @@ pub enum PullAction {
     /// Merge these chunks (all of databases the cluster carries), then call
     /// [`PullSession::on_applied`] and go on.
     Apply(Vec<ChangeChunk>),
+    /// A pulled chunk of a database this cluster does not carry (a regional
+    /// change offered on the global cluster): drop it, counting its tables
+    /// (isolation, docs/regions.md).
+    Refuse(ChangeChunk),
     /// The conversation is over: finish the stream.
     Finish,
     /// Give up on this peer for this round.
@@ -236,7 +237,7 @@ impl PullSession {
     fn on_chunk(&mut self, chunk: ChangeChunk) -> Vec<PullAction> {
         let mut actions = vec![PullAction::Count(SyncCount::ChunkReceived)];
         if !self.carried.contains(&chunk.db) {
-            actions.push(PullAction::Count(SyncCount::WrongDatabase));
+            actions.push(PullAction::Refuse(chunk));
             return actions;
         }
         self.batch_changes += chunk.changes.len();

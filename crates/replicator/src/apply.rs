@@ -11,8 +11,9 @@ use patina_wire::ChangeChunk;
 use tokio::sync::mpsc;
 
 use crate::broadcast::Push;
+use crate::relay::relay_fresh;
 use crate::shared::Shared;
-use crate::stats::{record, Delivery};
+use crate::stats::{record, refuse_not_carried, Delivery};
 
 /// Chunks received and waiting for a writer; when full, new chunks are
 /// dropped and counted (sync fetches them again).
@@ -42,7 +43,7 @@ pub(crate) fn enqueue(
 ) {
     shared.stats.chunks_received.inc();
     if !shared.carries(chunk.db) {
-        shared.stats.wrong_database.inc();
+        refuse_not_carried(&shared.stats, from, &chunk);
         return;
     }
     let chunk = Arc::new(chunk);
@@ -118,6 +119,7 @@ pub(crate) async fn apply_loop(
                 Delivery::Broadcast,
                 &catch_up,
             );
+            relay_fresh(&shared, &chunks, &outcome.fresh);
             for ((chunk, forward), fresh) in chunks.into_iter().zip(forwards).zip(&outcome.fresh) {
                 let Some(hop) = forward.on_applied(*fresh) else {
                     continue;

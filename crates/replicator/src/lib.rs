@@ -12,13 +12,15 @@
 //! `apply` (batches chunks into writer jobs, `apply.rs`), `local` (this
 //! node's commits into the broadcast queue), `broadcast` (sends what the
 //! queue says), `sync` (periodic anti-entropy rounds), and one task per
-//! served pull. What they all share is `shared.rs`, `stats.rs` and
+//! served pull; on a global member, `relay_in` (the other cluster's fresh
+//! global changes, pushed to this one: `relay.rs`). What they all share is `shared.rs`, `stats.rs` and
 //! `config.rs`; this file only names the modules, so file imports form a
 //! tree without cycles.
 
 mod apply;
 mod broadcast;
 mod config;
+mod relay;
 mod replica;
 mod replicator;
 mod runtime;
@@ -27,7 +29,9 @@ mod stats;
 mod sync;
 
 pub use config::ReplicatorConfig;
+pub use patina_membership::SwimProfile;
 pub use patina_proto::{CatchUpPhase, CatchUpStatus};
+pub use relay::RelayLink;
 pub use replica::{BoxFuture, Replica};
 pub use replicator::Replicator;
 pub use runtime::{ClusterCounters, ClusterOptions, ClusterRuntime};

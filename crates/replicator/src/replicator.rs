@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::apply::{apply_loop, enqueue, Arrived, APPLY_QUEUE_CHUNKS_MAX};
 use crate::broadcast::{self, Push, PUSH_QUEUE_MAX};
 use crate::config::ReplicatorConfig;
+use crate::relay::{self, RelayLink};
 use crate::replica::Replica;
 use crate::shared::Shared;
 use crate::stats::ReplicatorStats;
@@ -31,7 +32,8 @@ pub struct Replicator {
 
 impl Replicator {
     /// Starts replicating the databases `dbs` of `node` through
-    /// `transport`. SWIM datagrams from `inbound` go to `datagrams` (the
+    /// `transport`; with `relay`, a global member's link to its other
+    /// cluster. SWIM datagrams from `inbound` go to `datagrams` (the
     /// membership's input). `learns_from_peers`: the node has a bootstrap
     /// list or remembered members, so it starts catching up
     /// ([`CatchUp`]).
@@ -45,6 +47,7 @@ impl Replicator {
         dbs: &'static [DbKind],
         config: ReplicatorConfig,
         learns_from_peers: bool,
+        relay: Option<RelayLink>,
     ) -> Replicator {
         let stats = Arc::new(ReplicatorStats::default());
         let catch_up = CatchUp::new(
@@ -55,6 +58,10 @@ impl Replicator {
             config.catch_up_wait,
         );
         let (catch_up_tx, catch_up_rx) = watch::channel(catch_up.status());
+        let (relay_out, relay_inbound) = match relay {
+            Some(link) => (Some(link.out), Some(link.inbound)),
+            None => (None, None),
+        };
         let shared = Shared {
             node,
             transport,
@@ -66,6 +73,7 @@ impl Replicator {
             forward: config.broadcast_queue.forward_policy(config.broadcast),
             sync_limits: config.sync_limits.clone(),
             catch_up: catch_up_rx.clone(),
+            relay_out,
         };
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
@@ -79,6 +87,9 @@ impl Replicator {
         ));
         tasks.spawn(apply_loop(shared.clone(), apply_rx, push_tx.clone()));
         if config.broadcast {
+            if let Some(inbound) = relay_inbound {
+                tasks.spawn(relay::relay_in(shared.clone(), inbound, push_tx.clone()));
+            }
             tasks.spawn(local_commits(shared.clone(), push_tx));
             tasks.spawn(broadcast::run(shared.clone(), push_rx, config.clone()));
         }
@@ -187,6 +198,12 @@ async fn local_commits(shared: Shared, push: mpsc::Sender<Push>) {
         };
         if !shared.carries(cs.db) {
             continue;
+        }
+        if cs.db == DbKind::Global {
+            shared
+                .stats
+                .newest_global_commit_ms
+                .fetch_max(cs.committed_ms, std::sync::atomic::Ordering::Relaxed);
         }
         if cs.omitted.is_some() {
             // Too large to hold (patina_node::LARGE_CHANGES): peers pull it

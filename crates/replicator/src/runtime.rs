@@ -10,12 +10,13 @@ use patina_wire::{ClusterName, NodeIdentity};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
-use patina_membership::{Member, Membership, DATAGRAM_QUEUE_CAPACITY};
+use patina_membership::{Member, Membership, SwimProfile, DATAGRAM_QUEUE_CAPACITY};
 use patina_proto::CatchUpStatus;
 use patina_transport::{StatsSnapshot, TlsFiles, Transport, TransportConfig, TransportError};
 use patina_wire::DbKind;
 
 use crate::config::ReplicatorConfig;
+use crate::relay::RelayLink;
 use crate::replica::Replica;
 use crate::replicator::Replicator;
 use crate::stats::{LagStats, ReplicatorStats};
@@ -25,6 +26,12 @@ use crate::stats::{LagStats, ReplicatorStats};
 pub struct ClusterOptions {
     /// The region's name, or `global`.
     pub cluster: ClusterName,
+    /// The node's region (the same as `cluster` for its regional cluster).
+    pub region: ClusterName,
+    /// Whether the node is a global member (its identity says so).
+    pub global_member: bool,
+    /// foca's timings: `Lan` for a region, `Wan` for the global cluster.
+    pub swim: SwimProfile,
     pub bind: SocketAddr,
     pub external_addr: Option<SocketAddr>,
     /// `HOST:PORT` of peers to join through.
@@ -54,6 +61,16 @@ impl ClusterRuntime {
         node: impl Replica,
         options: ClusterOptions,
     ) -> Result<ClusterRuntime, TransportError> {
+        Self::start_relaying(node, options, None)
+    }
+
+    /// [`start`](Self::start) for a global member's two clusters: `relay`
+    /// links this one to the other ([`RelayLink::pair`]).
+    pub fn start_relaying(
+        node: impl Replica,
+        options: ClusterOptions,
+        relay: Option<RelayLink>,
+    ) -> Result<ClusterRuntime, TransportError> {
         let node: Arc<dyn Replica> = Arc::new(node);
         let (transport, inbound) = Transport::bind(
             TransportConfig {
@@ -70,6 +87,8 @@ impl ClusterRuntime {
             actor: node.actor_id(),
             addr: transport.advertised_addr(),
             cluster: options.cluster.clone(),
+            region: options.region.clone(),
+            global_member: options.global_member,
             generation: 0,
         };
         let membership = Membership::spawn(
@@ -78,6 +97,7 @@ impl ClusterRuntime {
             options.bootstrap.clone(),
             options.members_file.clone(),
             datagrams_rx,
+            options.swim,
         );
         // A node that knows peers learns from them: it reports itself
         // catching up until it holds what they advertise.
@@ -91,6 +111,7 @@ impl ClusterRuntime {
             options.dbs,
             options.replicator.clone(),
             learns_from_peers,
+            relay,
         );
         Ok(ClusterRuntime {
             transport,
@@ -183,6 +204,30 @@ impl ClusterCounters {
     /// after this node started and caught up), seconds; 0 without samples.
     pub fn p99_lag_secs(&self) -> f64 {
         p99_secs(&self.replicator.lag)
+    }
+
+    /// The same for `global.db` versions alone (through any relay).
+    pub fn global_p99_lag_secs(&self) -> Option<f64> {
+        self.replicator
+            .global_lag
+            .p99_ms(std::time::Instant::now())
+            .map(|ms| ms as f64 / 1000.0)
+    }
+
+    /// The origin commit time (Unix ms) of the newest global version
+    /// merged through this cluster or committed here; `None` before any.
+    pub fn newest_global_commit_ms(&self) -> Option<u64> {
+        let ms = self
+            .replicator
+            .newest_global_commit_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then_some(ms)
+    }
+
+    /// Changes refused because this cluster does not carry their
+    /// database, for `table`.
+    pub fn isolation_refused(&self, table: &str) -> u64 {
+        self.replicator.isolation_refused.of(table)
     }
 
     /// The same for catch-up: versions written while this node was away or

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// Where catching up stands (the sync task owns the `CatchUp`): lag
     /// samples are live or catch-up by it.
     pub catch_up: watch::Receiver<CatchUpStatus>,
+    /// A global member's relay to its other cluster ([`crate::relay`]).
+    pub relay_out: Option<tokio::sync::mpsc::Sender<Arc<ChangeChunk>>>,
 }
 
 impl Shared {

@@ -8,7 +8,9 @@ use std::time::Instant;
 use patina_node::RemoteOutcome;
 use patina_proto::{CatchUpStatus, LagWindow, SyncCount};
 use patina_wire::ChangeChunk;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -46,6 +48,18 @@ pub struct ReplicatorStats {
     /// Sync streams not served: `serving_per_peer_max` of that peer busy.
     pub serves_refused_peer_busy: Counter,
     pub wrong_database: Counter,
+    /// Changes offered for a database this cluster does not carry (a
+    /// regional change on the global cluster), by table: isolation at
+    /// work, or a peer that breaks it.
+    pub isolation_refused: IsolationRefusals,
+    /// Fresh global changes this cluster merged and handed to the node's
+    /// other cluster (a global member's relay), in chunks.
+    pub relayed_out: Counter,
+    /// Chunks the other cluster handed here to push to this one's peers.
+    pub relayed_in: Counter,
+    /// Relay chunks dropped because the other side's queue was full (sync
+    /// carries them instead).
+    pub relay_dropped: Counter,
     /// Broadcast sends shed by the broadcast queue.
     pub broadcast_shed: Counter,
     /// Chunks not handed to the broadcast task (its queue was full): a
@@ -64,6 +78,74 @@ pub struct ReplicatorStats {
     /// The same for the rest: versions written while this node was away,
     /// or applied while it caught up (they queued behind the backlog).
     pub catchup_lag: LagStats,
+    /// Live lag of `global.db` versions only (a subset of `lag`): origin
+    /// commit in any region → applied here, through every relay.
+    pub global_lag: LagStats,
+    /// The origin commit time (Unix ms) of the newest `global.db` version
+    /// this node merged through this cluster or committed itself; 0: none
+    /// yet. `/v1/health`'s `global_lag` is the time since.
+    pub newest_global_commit_ms: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    table: String,
+}
+
+/// Refusals by table, with a bounded number of distinct tables: table
+/// names come from peers, and a label per name would let one grow the
+/// registry without end.
+#[derive(Debug, Default)]
+pub struct IsolationRefusals {
+    family: Family<TableLabel, Counter>,
+    tables: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct table labels of [`IsolationRefusals`]; the rest count as
+/// `_other`.
+const REFUSED_TABLE_LABELS_MAX: usize = 64;
+
+impl IsolationRefusals {
+    pub fn add(&self, table: &str, changes: u64) {
+        let label = {
+            let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            if tables.contains(table) || tables.len() < REFUSED_TABLE_LABELS_MAX {
+                tables.insert(table.to_owned());
+                table.to_owned()
+            } else {
+                "_other".to_owned()
+            }
+        };
+        self.family
+            .get_or_create(&TableLabel { table: label })
+            .inc_by(changes);
+    }
+
+    /// Changes refused for `table` so far (tests, health).
+    pub fn of(&self, table: &str) -> u64 {
+        self.family
+            .get_or_create(&TableLabel {
+                table: table.to_owned(),
+            })
+            .get()
+    }
+}
+
+/// Drops a chunk of a database this cluster does not carry, counting it.
+pub(crate) fn refuse_not_carried(
+    stats: &ReplicatorStats,
+    from: std::net::SocketAddr,
+    chunk: &ChangeChunk,
+) {
+    stats.wrong_database.inc();
+    let mut by_table: std::collections::BTreeMap<&str, u64> = Default::default();
+    for change in &chunk.changes {
+        *by_table.entry(change.table.as_str()).or_default() += 1;
+    }
+    for (table, n) in &by_table {
+        stats.isolation_refused.add(table, *n);
+    }
+    tracing::warn!(%from, db = chunk.db.name(), actor = %chunk.actor, version = chunk.version, tables = ?by_table.keys().collect::<Vec<_>>(), "refused changes of a database this cluster does not carry");
 }
 
 impl ReplicatorStats {
@@ -85,7 +167,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
             self.catchup_lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 23] = [
+        let counters: [(&str, &str, &Counter); 26] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -201,10 +283,35 @@ impl ReplicatorStats {
                 "Chunks for a database this cluster does not carry, dropped",
                 &self.wrong_database,
             ),
+            (
+                "relayed_out",
+                "Chunks of global changes merged here and handed to this node's other cluster",
+                &self.relayed_out,
+            ),
+            (
+                "relayed_in",
+                "Chunks of global changes from this node's other cluster pushed to this one",
+                &self.relayed_in,
+            ),
+            (
+                "relay_dropped",
+                "Relay chunks dropped because the other cluster's queue was full (sync carries them)",
+                &self.relay_dropped,
+            ),
         ];
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
+        r.register(
+            "isolation_refused_changes",
+            "Changes refused because this cluster does not carry their database (regional changes offered on the global cluster), by table",
+            self.isolation_refused.family.clone(),
+        );
+        r.register(
+            "global_lag_seconds",
+            "Commit-to-applied lag of global.db versions, from their origin in any region",
+            self.global_lag.histogram.clone(),
+        );
         r.register(
             "apply_queue_chunks",
             "Chunks waiting to be merged",
@@ -227,7 +334,6 @@ impl ReplicatorStats {
 pub(crate) fn count(stats: &ReplicatorStats, event: SyncCount) {
     let counter = match event {
         SyncCount::ChunkReceived => &stats.chunks_received,
-        SyncCount::WrongDatabase => &stats.wrong_database,
         SyncCount::PullServed => &stats.pulls_served,
         SyncCount::ServeTimedOut => &stats.serves_timed_out,
         SyncCount::ServeBytesCapped => &stats.serves_bytes_capped,
@@ -305,6 +411,24 @@ fn record_lag(
             catchup.push(lag_ms);
         }
     }
+    let global: Vec<u64> = chunks
+        .iter()
+        .zip(fresh)
+        .filter(|(c, f)| **f && c.committed_ms > 0 && c.db == patina_wire::DbKind::Global)
+        .filter(|(c, _)| delivery == Delivery::Broadcast && catch_up.is_live(c.committed_ms))
+        .map(|(c, _)| now_ms.saturating_sub(c.committed_ms))
+        .collect();
+    stats.global_lag.record(now, global);
+    let newest = chunks
+        .iter()
+        .zip(fresh)
+        .filter(|(c, f)| **f && c.db == patina_wire::DbKind::Global)
+        .map(|(c, _)| c.committed_ms)
+        .max()
+        .unwrap_or(0);
+    stats
+        .newest_global_commit_ms
+        .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
     stats.lag.record(now, live);
     stats.catchup_lag.record(now, catchup);
 }

@@ -27,8 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::ReplicatorConfig;
+use crate::relay::relay_fresh;
 use crate::shared::Shared;
-use crate::stats::{count, record, Delivery};
+use crate::stats::{count, record, refuse_not_carried, Delivery};
 
 /// Sync rounds every `sync_interval`; the task also owns the node's
 /// [`CatchUp`]: the first round a peer answers sets its target, and after
@@ -130,12 +131,14 @@ async fn round(
         if needs.is_empty() {
             // Nothing to pull: the session finishes the stream at once.
             let Asked {
+                peer,
                 mut session,
                 mut writer,
                 ..
             } = a;
             let actions = session.pull(needs, Instant::now());
-            if let Ok(Next::Done) = perform(shared, &mut session, &mut writer, actions).await {
+            if let Ok(Next::Done) = perform(shared, peer, &mut session, &mut writer, actions).await
+            {
                 let _ = writer.finish();
             }
             continue;
@@ -179,7 +182,7 @@ async fn ask_summary(shared: &Shared, peer: SocketAddr) -> Result<Asked, SyncErr
     let (mut writer, mut reader) = within(&mut session, shared.transport.open_bi(peer)).await??;
     let mut actions = session.open();
     loop {
-        match perform(shared, &mut session, &mut writer, actions).await? {
+        match perform(shared, peer, &mut session, &mut writer, actions).await? {
             Next::Plan(summary) => {
                 return Ok(Asked {
                     peer,
@@ -197,6 +200,7 @@ async fn ask_summary(shared: &Shared, peer: SocketAddr) -> Result<Asked, SyncErr
 
 async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), SyncError> {
     let Asked {
+        peer,
         mut session,
         mut writer,
         mut reader,
@@ -204,7 +208,7 @@ async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), Syn
     } = asked;
     let mut actions = session.pull(needs, Instant::now());
     loop {
-        match perform(shared, &mut session, &mut writer, actions).await? {
+        match perform(shared, peer, &mut session, &mut writer, actions).await? {
             Next::Done => {
                 let _ = writer.finish();
                 return Ok(());
@@ -249,6 +253,7 @@ async fn within<T>(
 
 async fn perform(
     shared: &Shared,
+    peer: SocketAddr,
     session: &mut PullSession,
     writer: &mut FrameWriter,
     actions: Vec<PullAction>,
@@ -261,6 +266,7 @@ async fn perform(
             PullAction::Send(message) => within(session, writer.send(message)).await??,
             PullAction::Plan(summary) => next = Next::Plan(summary),
             PullAction::Count(event) => count(&shared.stats, event),
+            PullAction::Refuse(chunk) => refuse_not_carried(&shared.stats, peer, &chunk),
             PullAction::Apply(chunks) => {
                 apply(shared, chunks).await?;
                 session.on_applied(Instant::now());
@@ -290,6 +296,7 @@ async fn apply(shared: &Shared, chunks: Vec<ChangeChunk>) -> Result<(), SyncErro
             .ok_or(SyncError::ShuttingDown)?;
         let catch_up = *shared.catch_up.borrow();
         record(&shared.stats, &mine, &outcome, Delivery::Sync, &catch_up);
+        relay_fresh(shared, &mine, &outcome.fresh);
     }
     Ok(())
 }

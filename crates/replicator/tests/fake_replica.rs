@@ -123,6 +123,9 @@ impl Replica for Shared {
 fn options(dir: &std::path::Path, bootstrap: Option<SocketAddr>) -> ClusterOptions {
     ClusterOptions {
         cluster: ClusterName::new("ams").unwrap(),
+        region: ClusterName::new("ams").unwrap(),
+        global_member: false,
+        swim: patina_replicator::SwimProfile::Lan,
         bind: "127.0.0.1:0".parse().unwrap(),
         external_addr: None,
         bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(),

@@ -4,9 +4,16 @@
 //! hash; nodes outside the cluster (another cluster name, an untrusted
 //! certificate) that try to join it; mutual TLS with a generated CA.
 
+mod fleet;
+mod nodes;
 pub mod tls;
 mod written;
 
+pub use fleet::{
+    app_regions_rollup, expected_app_regions, FleetNode, FleetOptions, RegionSpec, TestFleet,
+    GLOBAL_SCHEMA,
+};
+pub use nodes::{node_options, rows, SCHEMA, TABLES};
 pub use written::Written;
 
 use std::collections::hash_map::DefaultHasher;
@@ -26,12 +33,6 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use self::tls::Ca;
-
-pub const SCHEMA: &str = "
-CREATE TABLE machines (id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT, n INTEGER);
-CREATE TABLE apps (name TEXT PRIMARY KEY NOT NULL, owner TEXT);
-";
-pub const TABLES: &[&str] = &["machines", "apps"];
 
 #[derive(Clone)]
 pub struct Options {
@@ -91,31 +92,6 @@ struct Launch<'a> {
     index: usize,
     cluster: &'a str,
     tls: Option<TlsFiles>,
-}
-
-/// Options of a node of region `ams` living in `dir`: data in `dir/data`,
-/// regional schema files in `dir/schema/` (first `regional.sql`), global
-/// ones in `dir/global/` (first `global.sql`). The first files are written
-/// only when absent, so a reopened node keeps whatever schema its test has
-/// written since (to test reloads).
-pub fn node_options(dir: &Path, regional: &str, global: &str) -> NodeOptions {
-    for (folder, file, sql) in [
-        ("schema", "regional.sql", regional),
-        ("global", "global.sql", global),
-    ] {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        let path = dir.join(folder).join(file);
-        if !path.exists() {
-            std::fs::write(path, sql).unwrap();
-        }
-    }
-    NodeOptions {
-        region: "ams".into(),
-        global_member: false,
-        data_dir: dir.join("data"),
-        schema_paths: vec![dir.join("schema")],
-        global_schema_paths: vec![dir.join("global")],
-    }
 }
 
 fn cluster_node_options(dir: &Path) -> NodeOptions {
@@ -239,6 +215,9 @@ impl TestCluster {
             node.clone(),
             ClusterOptions {
                 cluster: ClusterName::new(cluster).unwrap(),
+                region: ClusterName::new(cluster).unwrap(),
+                global_member: false,
+                swim: patina_replicator::SwimProfile::Lan,
                 bind,
                 external_addr: None,
                 bootstrap: self.seed_addr.iter().map(|a| a.to_string()).collect(),
@@ -425,21 +404,6 @@ impl TestCluster {
         }
         String::new()
     }
-}
-
-pub async fn rows(node: &Node, sql: &str) -> Vec<Vec<Value>> {
-    let QueryStream { mut rows, .. } = node
-        .query(Statement::new(sql), std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(event) = rows.recv().await {
-        match event {
-            RowEvent::Row(r) => out.push(r),
-            RowEvent::Error(e) => panic!("query failed: {e}"),
-        }
-    }
-    out
 }
 
 /// Waits until `cond` holds, polling, up to `timeout`.

@@ -2,7 +2,8 @@
 
 /// The encoding version this build writes and reads. A peer sending any
 /// other version is refused frame by frame (counted), not misread.
-pub const WIRE_VERSION: u8 = 1;
+/// 2: SWIM identities carry the node's region and global-member flag.
+pub const WIRE_VERSION: u8 = 2;
 
 /// The largest stream frame, header excluded. Change chunks aim at
 /// [`crate::CHUNK_BYTES_TARGET`] but one change travels whole, so this is

@@ -79,7 +79,14 @@ impl DbKind {
 pub struct NodeIdentity {
     pub actor: ActorId,
     pub addr: SocketAddr,
+    /// The cluster this identity is a member of: the region, or `global`.
     pub cluster: ClusterName,
+    /// The node's region (in its regional cluster, the same as `cluster`):
+    /// the global cluster groups its members by it.
+    pub region: ClusterName,
+    /// Whether the node is a global member: in its region, the candidates
+    /// for leader.
+    pub global_member: bool,
     pub generation: u64,
 }
 

@@ -137,7 +137,7 @@ fn a_chunk_of_a_database_not_carried_is_dropped_and_counted() {
         s.on_frame(Message::Changes(chunk(DbKind::Regional, 1)), t0),
         vec![
             PullAction::Count(SyncCount::ChunkReceived),
-            PullAction::Count(SyncCount::WrongDatabase)
+            PullAction::Refuse(chunk(DbKind::Regional, 1))
         ]
     );
     s.on_frame(Message::Changes(chunk(DbKind::Global, 2)), t0);
