@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use patina_membership::{alive, Member};
-use patina_node::{DbKind, Node, NodeOptions, QueryStream, RowEvent, Statement, Value};
+use patina_node::{DbKind, Node, NodeOptions, Statement, Value};
 use patina_replicator::{ClusterOptions, ClusterRuntime, ReplicatorConfig};
 use patina_subs::Subscriptions;
 use patina_transport::{AsyncUdpSocket, FaultHandle, FaultySocket, TlsFiles};
