@@ -37,6 +37,10 @@ pub enum Command {
     /// those whose rows the rollup tables hold): leader, global members,
     /// last rollup, rollup rows (GET /v1/regions).
     Regions(MembersArgs),
+    /// Checks the node's health (GET /v1/health) against thresholds: exits
+    /// 0 when healthy, 1 when not; with --wait, polls until healthy (a
+    /// deploy gate: roll out a region, `patina health --wait`, go on).
+    Health(HealthArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
@@ -186,6 +190,31 @@ pub struct MembersArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     /// One JSON object per member instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Poll until the node is healthy (or --timeout passes). An unreachable
+    /// node (restarting) counts as not healthy yet.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 1).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Unhealthy with more versions missing than this.
+    #[arg(long, value_name = "N")]
+    pub gaps: Option<u64>,
+    /// Unhealthy with a live replication lag p99 over this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub p99_lag: Option<f64>,
+    /// Unhealthy with more received changes waiting than this.
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<u64>,
+    /// Print the whole health report as one JSON line.
     #[arg(long)]
     pub json: bool,
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use patina_client::{Cell, Client, Statement, SubEvent, Subscription};
 use serde_json::Value as Json;
 
-use crate::cli::{ApiArgs, ExecArgs, MembersArgs, QueryArgs, ReloadArgs, SubArgs};
+use crate::cli::{ApiArgs, ExecArgs, HealthArgs, MembersArgs, QueryArgs, ReloadArgs, SubArgs};
 
 fn connect(api: &ApiArgs) -> anyhow::Result<(Client, tokio::runtime::Runtime)> {
     let client = Client::new(&api.api)?.with_token(api.token.clone());
@@ -187,6 +187,91 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
     let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     print_table(&mut out, &columns, &table)?;
     Ok(())
+}
+
+/// How often `patina health --wait` asks.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checks the node's health against the thresholds given; with `--wait`,
+/// until it passes. Exits non-zero (an error) when it does not.
+pub fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let (client, runtime) = connect(&args.api)?;
+    let mut query = Vec::new();
+    if let Some(n) = args.gaps {
+        query.push(format!("gaps={n}"));
+    }
+    if let Some(s) = args.p99_lag {
+        anyhow::ensure!(
+            s.is_finite() && s >= 0.0,
+            "--p99-lag {s} is not a number of seconds ≥ 0"
+        );
+        query.push(format!("p99_lag={s}"));
+    }
+    if let Some(n) = args.max_queue {
+        query.push(format!("max_queue={n}"));
+    }
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout >= 0.0,
+        "--timeout {} is not a number of seconds ≥ 0",
+        args.timeout
+    );
+    let query = query.join("&");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.timeout);
+    runtime.block_on(async {
+        loop {
+            let why = match client.health_check(&query).await {
+                Ok((200, report)) => {
+                    print_health(&report, args.json);
+                    return Ok(());
+                }
+                Ok((status, report)) => {
+                    let reason = report
+                        .get("reason")
+                        .and_then(Json::as_str)
+                        .unwrap_or("no reason given")
+                        .to_owned();
+                    if !args.wait {
+                        print_health(&report, args.json);
+                    }
+                    format!("not healthy (HTTP {status}): {reason}")
+                }
+                // A node restarting is not healthy yet.
+                Err(e) if args.wait && e.is_transient() => format!("{e}"),
+                Err(e) => return Err(anyhow::Error::new(e)),
+            };
+            if !args.wait || std::time::Instant::now() >= deadline {
+                let waited = if args.wait {
+                    format!(" after waiting {}s", args.timeout)
+                } else {
+                    String::new()
+                };
+                anyhow::bail!("{why}{waited}");
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    })
+}
+
+fn print_health(report: &Json, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    let field = |k: &str| cell(report.get(k).unwrap_or(&Json::Null));
+    let status = if report.get("reason").is_some_and(|r| !r.is_null()) {
+        "not healthy"
+    } else {
+        "healthy"
+    };
+    println!(
+        "{status}: region {} leader {} gaps {} p99_lag {}s queue {} global_lag {}",
+        field("region"),
+        field("leader"),
+        field("gaps"),
+        field("p99_lag"),
+        field("queue_size"),
+        field("global_lag"),
+    );
 }
 
 /// Prints the regions the node knows.

@@ -52,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => client_cmd::reload(args),
         Command::Members(args) => client_cmd::members(args),
         Command::Regions(args) => client_cmd::regions(args),
+        Command::Health(args) => client_cmd::health(args),
         Command::Db(cmd) => db_cmd::run(cmd),
         Command::Tls(cmd) => tls_cmd::run(cmd),
     }

@@ -86,6 +86,14 @@ fn a_restarted_node_is_unhealthy_until_it_holds_what_its_peer_had() {
     let loose = rt.block_on(async { reqwest::get(&b_url).await.unwrap().status().as_u16() });
     assert_eq!(loose, 503, "loose thresholds do not open the gate");
     assert!(row_count(&rt, &b) < ROWS);
+    // The CLI gate says the same, and waiting for it runs out.
+    let (ok, _, err) = b.cli(&["health"]);
+    assert!(
+        !ok && err.contains("not healthy (HTTP 503): catching up"),
+        "{err}"
+    );
+    let (ok, _, err) = b.cli(&["health", "--wait", "--timeout", "0.3"]);
+    assert!(!ok && err.contains("after waiting 0.3s"), "{err}");
     signal(&a, libc::SIGCONT);
 
     // Health first, rows second: rows only grow, so a 200 followed by
@@ -118,6 +126,10 @@ fn a_restarted_node_is_unhealthy_until_it_holds_what_its_peer_had() {
     }
     println!("phases seen: {phases:?}");
     assert_eq!(row_count(&rt, &b), ROWS);
+    let (ok, out, err) = b.cli(&["health", "--wait", "--gaps", "0", "--json"]);
+    assert!(ok, "{err}");
+    let report: Json = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["gaps"], 0, "{out}");
 }
 
 #[test]
@@ -131,4 +143,27 @@ fn a_node_alone_is_healthy_at_once() {
     assert_eq!(report["catch_up"]["phase"], "alone", "{report}");
     assert_eq!(report["parked_versions"], 0, "{report}");
     assert_eq!(report["reason"], Json::Null, "{report}");
+    let (ok, out, err) = a.cli(&["health"]);
+    assert!(ok && out.starts_with("healthy: region test"), "{out} {err}");
+}
+
+#[test]
+fn waiting_for_a_node_that_does_not_answer_gives_up_at_the_timeout() {
+    let out = std::process::Command::new(support::BIN)
+        .args([
+            "health",
+            "--wait",
+            "--timeout",
+            "0.5",
+            "--api",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("after waiting 0.5s"),
+        "{err}"
+    );
 }

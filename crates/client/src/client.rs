@@ -291,6 +291,30 @@ impl Client {
         }
     }
 
+    /// `GET /v1/health?QUERY` (thresholds such as `gaps=0&p99_lag=1`): the
+    /// HTTP status (200 healthy, else the failure status) and `response`.
+    pub async fn health_check(&self, query: &str) -> Result<(u16, Json), ClientError> {
+        let path = if query.is_empty() {
+            "/v1/health".to_owned()
+        } else {
+            format!("/v1/health?{query}")
+        };
+        let resp = self.get(&path).await?;
+        let status = resp.status().as_u16();
+        let json = read_json(resp).await?;
+        match json.get("response") {
+            Some(response) => Ok((status, response.clone())),
+            None => Err(ClientError::Api {
+                status,
+                message: json
+                    .get("error")
+                    .and_then(Json::as_str)
+                    .unwrap_or("no response object")
+                    .to_owned(),
+            }),
+        }
+    }
+
     pub async fn health(&self) -> Result<Json, ClientError> {
         let resp = self.get("/v1/health").await?;
         let json = read_json(resp).await?;
