@@ -63,6 +63,8 @@ pub struct Agent {
     pub addr: String,
     /// Its regional gossip address (what peers bootstrap to).
     pub gossip: String,
+    /// Its global gossip address, on a global member.
+    pub global_gossip: Option<String>,
     stopped: bool,
 }
 
@@ -79,6 +81,7 @@ impl Agent {
             child,
             addr: addrs.api,
             gossip: addrs.gossip,
+            global_gossip: addrs.global_gossip,
             stopped: false,
         }
     }
