@@ -282,7 +282,7 @@ async fn part2(rate: usize) -> Vec<AgentCost> {
     let started = Instant::now();
     let mut k = 0u64;
     while started.elapsed() < Duration::from_secs(10) {
-        let sql = if k % 3 == 0 {
+        let sql = if k.is_multiple_of(3) {
             format!(
                 "INSERT INTO machines VALUES ({k}, 'app{}', 'started', 0)",
                 k % 50
