@@ -141,3 +141,93 @@ fn insecure_gossip_and_an_exposed_api_without_a_token_are_warned_about() {
     let log = agent.startup_log.join("\n");
     assert!(!log.contains("api.authz"), "loopback needs no token: {log}");
 }
+
+/// Makes `config` (from `setup`, after `use_tls`) a global member of
+/// region `region` with a `flags` global table, its global gossip under
+/// TLS with the node's files, joining through `bootstrap`.
+fn make_global(config: &Path, certs: &Path, node: &str, region: &str, bootstrap: Option<&str>) {
+    let dir = config.parent().unwrap();
+    std::fs::create_dir_all(dir.join("global")).unwrap();
+    std::fs::write(
+        dir.join("global/flags.sql"),
+        "CREATE TABLE flags (name TEXT PRIMARY KEY NOT NULL, value TEXT);",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text
+        .replace(
+            "region = \"test\"\n",
+            &format!("region = {region:?}\nglobal = true\n"),
+        )
+        .replace(
+            "[db]\n",
+            &format!("[db]\nglobal_schema_paths = [{:?}]\n", dir.join("global")),
+        );
+    let list = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default();
+    let global = format!(
+        "[global_gossip]\naddr = \"127.0.0.1:0\"\nbootstrap = [{list}]\n[global_gossip.tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
+        certs.join(format!("{node}.pem")),
+        certs.join(format!("{node}.key")),
+        certs.join("ca.pem"),
+    );
+    std::fs::write(config, text + &global).unwrap();
+}
+
+#[test]
+fn the_global_cluster_admits_only_certificates_that_name_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_str().unwrap();
+    assert!(patina(&["tls", "ca", "--out", dir]).0);
+    issue(certs.path(), "ams1", &["ams", "global"]);
+    issue(certs.path(), "ord1", &["ord", "global"]);
+    issue(certs.path(), "ord2", &["ord"]);
+
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let config_a = setup(da.path());
+    use_tls(&config_a, certs.path(), "ams1");
+    make_global(&config_a, certs.path(), "ams1", "ams", None);
+    let a = Agent::start(&config_a);
+    let a_global = a.global_gossip.clone().expect("a global member");
+
+    // A certificate that names ord but not global: refused at start.
+    let config_c = setup(dc.path());
+    use_tls(&config_c, certs.path(), "ord2");
+    make_global(&config_c, certs.path(), "ord2", "ord", Some(&a_global));
+    let (ok, _, err) = patina(&["agent", "-c", config_c.to_str().unwrap()]);
+    assert!(
+        !ok,
+        "a certificate without global served the global cluster"
+    );
+    assert!(err.contains("not for cluster \"global\""), "{err}");
+
+    // One that names both joins, and a global write crosses regions.
+    let config_b = setup(db.path());
+    use_tls(&config_b, certs.path(), "ord1");
+    make_global(&config_b, certs.path(), "ord1", "ord", Some(&a_global));
+    let b = Agent::start(&config_b);
+    let rt = support::runtime();
+    rt.block_on(async {
+        a.client()
+            .transact(&[patina_client::Statement::from(
+                "INSERT INTO flags VALUES ('tls', 'on')",
+            )])
+            .await
+            .unwrap();
+    });
+    eventually("the flag in ord", Duration::from_secs(30), || {
+        rt.block_on(async {
+            let Ok(mut rows) = b
+                .client()
+                .query(&patina_client::Statement::from("SELECT value FROM flags"))
+                .await
+            else {
+                return false;
+            };
+            matches!(rows.next().await, Ok(Some(row)) if row[0] == "on")
+        })
+    });
+}
