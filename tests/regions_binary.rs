@@ -206,6 +206,23 @@ fn global_tables_and_rollups_cross_regions_and_machines_stay_home() {
             .filter_map(|m| m["cluster"].as_str())
             .collect();
         assert_eq!(clusters, ["ams", "global"].into());
+        // The leader's metrics: it leads, it wrote rows, and its global
+        // cluster's replication is labelled so.
+        let metrics = reqwest::get(format!("http://{}/metrics", ams1.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("patina_rollup_leading 1"), "{metrics}");
+        assert!(
+            !metrics.contains("patina_rollup_rows_written_total 0\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("patina_replication_relayed_out_total{cluster=\"global\"}"),
+            "{metrics}"
+        );
     });
     let (ok, out, err) = ord1.cli(&["regions"]);
     assert!(ok, "{err}");

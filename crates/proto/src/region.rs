@@ -52,7 +52,14 @@ pub struct RollupSchedule {
     /// The latest change not yet evaluated.
     last_change: Option<Instant>,
     last_run: Option<Instant>,
+    /// Evaluations that failed in a row: each doubles the wait before the
+    /// next try (a rollup whose rows the target refuses must not retry four
+    /// times a second for good).
+    failures: u32,
 }
+
+/// The longest wait between retries of a failing evaluation.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl RollupSchedule {
     pub fn new(timing: RollupTiming) -> RollupSchedule {
@@ -62,6 +69,7 @@ impl RollupSchedule {
             dirty_since: None,
             last_change: None,
             last_run: None,
+            failures: 0,
         }
     }
 
@@ -90,6 +98,15 @@ impl RollupSchedule {
         if !self.leading {
             return None;
         }
+        if self.failures > 0 {
+            let wait = self
+                .timing
+                .max_delay
+                .saturating_mul(1 << self.failures.min(16))
+                .min(RETRY_MAX);
+            // `on_failed` set `last_run`.
+            return self.last_run.map(|at| at + wait);
+        }
         match (self.dirty_since, self.last_change) {
             (Some(first), Some(last)) => {
                 Some((last + self.timing.quiet).min(first + self.timing.max_delay))
@@ -103,16 +120,26 @@ impl RollupSchedule {
         self.next_run().is_some_and(|at| at <= now)
     }
 
-    /// An evaluation started at `now`: changes until now are covered by it.
+    /// An evaluation started at `now`: changes until now are covered by
+    /// it, if it succeeds.
     pub fn on_run(&mut self, now: Instant) {
         self.dirty_since = None;
         self.last_change = None;
         self.last_run = Some(now);
     }
 
-    /// The evaluation started at `started` failed (the target is being
-    /// reloaded, the node is busy): retry after the longest delay.
+    /// The evaluation started by the last [`on_run`](Self::on_run)
+    /// succeeded.
+    pub fn on_succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The evaluation started at `started` failed (the node is busy, a row
+    /// is refused by the target): retried after `max_delay`, then after
+    /// twice that, and so on up to 30 s, whatever changes meanwhile.
     pub fn on_failed(&mut self, started: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        self.last_run = Some(started);
         self.dirty_since.get_or_insert(started);
         self.last_change.get_or_insert(started);
     }
@@ -223,13 +250,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_evaluation_is_retried() {
+    fn a_failing_evaluation_is_retried_less_and_less_often() {
         let t0 = Instant::now();
         let mut s = RollupSchedule::new(RollupTiming::default());
         s.on_leadership(true, t0);
-        s.on_run(t0);
-        s.on_failed(t0);
-        assert!(s.due(t0 + ms(250)));
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            s.on_run(at);
+            s.on_failed(at);
+            // Changes do not bring a failing retry forward.
+            s.on_source_change(at + ms(1));
+            let next = s.next_run().unwrap();
+            waits.push(next - at);
+            at = next;
+        }
+        assert_eq!(waits[0], ms(500));
+        assert_eq!(waits[1], ms(1000));
+        assert_eq!(*waits.last().unwrap(), Duration::from_secs(30));
+        s.on_run(at);
+        s.on_succeeded();
+        s.on_source_change(at + ms(10));
+        assert_eq!(s.next_run(), Some(at + ms(60)), "back to the debounce");
     }
 
     #[test]

@@ -13,6 +13,42 @@ use tokio::sync::{broadcast, watch};
 
 use crate::rollup::Rollup;
 
+/// The publisher's counters, exported by [`crate::RegionRuntime::register`]
+/// as `patina_rollup_*`.
+#[derive(Debug, Default)]
+pub(crate) struct RollupMetrics {
+    pub evaluations: prometheus_client::metrics::counter::Counter,
+    pub failures: prometheus_client::metrics::counter::Counter,
+    pub rows_written: prometheus_client::metrics::counter::Counter,
+    pub leading: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl RollupMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("rollup");
+        r.register(
+            "evaluations",
+            "Rollup evaluations this node ran as its region's leader",
+            self.evaluations.clone(),
+        );
+        r.register(
+            "failures",
+            "Rollup evaluations that failed (retried with backoff up to 30 s)",
+            self.failures.clone(),
+        );
+        r.register(
+            "rows_written",
+            "Rollup target rows upserted or deleted by this node",
+            self.rows_written.clone(),
+        );
+        r.register(
+            "leading",
+            "1 while this node leads its region and publishes the rollups",
+            self.leading.clone(),
+        );
+    }
+}
+
 /// What this node's publisher has done, for `/v1/regions` and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RollupsStatus {
@@ -40,6 +76,7 @@ pub(crate) async fn run(
     timing: RollupTiming,
     mut leader: watch::Receiver<Option<ActorId>>,
     status: watch::Sender<RollupsStatus>,
+    metrics: Arc<RollupMetrics>,
 ) {
     let me = node.actor_id();
     let region = node.region().to_owned();
@@ -51,6 +88,7 @@ pub(crate) async fn run(
         if leading != schedule.leading() {
             schedule.on_leadership(leading, Instant::now());
             status.send_modify(|s| s.leading = leading);
+            metrics.leading.set(i64::from(leading));
             if leading {
                 tracing::info!(%region, "this node leads its region: publishing rollups");
             }
@@ -75,8 +113,12 @@ pub(crate) async fn run(
             _ = sleep_until(next) => {
                 let started = Instant::now();
                 schedule.on_run(started);
+                metrics.evaluations.inc();
                 match evaluate(&node, &rollups, &region, &mut reader).await {
-                    Ok(reports) => status.send_modify(|s| {
+                    Ok(reports) => {
+                        schedule.on_succeeded();
+                        metrics.rows_written.inc_by(reports.iter().map(|r| r.written).sum());
+                        status.send_modify(|s| {
                         s.last_run_ms = Some(patina_node::unix_ms());
                         for r in reports {
                             match s.reports.iter_mut().find(|x| x.name == r.name) {
@@ -87,10 +129,12 @@ pub(crate) async fn run(
                                 None => s.reports.push(r),
                             }
                         }
-                    }),
+                    })
+                    }
                     Err(e) => {
                         tracing::warn!(%region, error = %e, "evaluating the rollups failed; retrying");
                         schedule.on_failed(started);
+                        metrics.failures.inc();
                         status.send_modify(|s| s.failures += 1);
                         // A broken reader is opened again.
                         reader = None;

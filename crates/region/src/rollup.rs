@@ -191,6 +191,11 @@ impl Rollup {
                 .collect::<Result<Vec<Value>, _>>()
                 .map_err(|e| e.to_string())?;
             let key: Vec<Value> = self.key_at.iter().map(|&i| values[i].clone()).collect();
+            // A NULL key cannot be a target row (its primary key): such a
+            // group is left out, or the whole rollup would fail for good.
+            if key.iter().any(|v| matches!(v, Value::Null)) {
+                continue;
+            }
             let key = patina_crr::pk::pack_values(&key).map_err(|e| e.to_string())?;
             // Two rows with one key: the query's GROUP BY does not match
             // its key; the last one wins, as an upsert of both would.

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::publisher::{self, RollupsStatus};
+use crate::publisher::{self, RollupMetrics, RollupsStatus};
 use crate::rollup::{Rollup, RollupConfig, RollupError};
 
 /// How a node takes part in the fleet.
@@ -50,6 +50,7 @@ pub struct RegionRuntime {
     leader: watch::Receiver<Option<ActorId>>,
     rollups: watch::Receiver<RollupsStatus>,
     rollup_names: Vec<String>,
+    rollup_metrics: Arc<RollupMetrics>,
     tasks: JoinSet<()>,
 }
 
@@ -117,6 +118,7 @@ impl RegionRuntime {
         ));
         let (status_tx, status) = watch::channel(RollupsStatus::default());
         let rollup_names = rollups.iter().map(|r| r.config.name.clone()).collect();
+        let rollup_metrics = Arc::new(RollupMetrics::default());
         if !rollups.is_empty() && node.is_global_member() {
             tasks.spawn(publisher::run(
                 node.clone(),
@@ -124,6 +126,7 @@ impl RegionRuntime {
                 rollup_timing,
                 leader.clone(),
                 status_tx,
+                Arc::clone(&rollup_metrics),
             ));
         }
         Ok(RegionRuntime {
@@ -133,6 +136,7 @@ impl RegionRuntime {
             leader,
             rollups: status,
             rollup_names,
+            rollup_metrics,
             tasks,
         })
     }
@@ -166,8 +170,10 @@ impl RegionRuntime {
         &self.rollup_names
     }
 
-    /// Registers both clusters' metrics (labelled `cluster`).
+    /// Registers both clusters' metrics (labelled `cluster`) and the
+    /// rollup publisher's (`rollup_*`).
     pub fn register(&self, registry: &mut Registry) {
+        self.rollup_metrics.register(registry);
         self.regional.register(registry);
         if let Some(global) = &self.global {
             global.register(registry);
