@@ -345,3 +345,59 @@ async fn a_global_column_rolled_out_region_by_region_loses_nothing() {
         .await;
     }
 }
+
+/// A peer of the global cluster that offers a regional change (a bug, or
+/// an attack) gets nothing written anywhere, and the refusal is counted by
+/// table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_change_offered_on_the_global_cluster_is_refused_and_counted() {
+    use patina_wire::{ActorId, ChangeChunk, ClusterName, DbKind, Message, Span, WireChange};
+    let fleet = TestFleet::start(&three_regions(), FleetOptions::default()).await;
+    let target = fleet.of_region("ord")[0];
+    let global = fleet.nodes[target].runtime().global().unwrap();
+    let (rogue, _inbound) = patina_transport::Transport::bind(
+        patina_transport::TransportConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            external_addr: None,
+            cluster: ClusterName::new("global").unwrap(),
+            actor: ActorId::random(),
+            tls: None,
+        },
+        None,
+    )
+    .unwrap();
+    let pk = patina_crr::pk::pack_values(&[Value::Integer(666)]).unwrap();
+    let poison = ChangeChunk {
+        db: DbKind::Regional,
+        actor: ActorId::random(),
+        version: 1,
+        seqs: Span::new(0, 0),
+        last_seq: 0,
+        committed_ms: 0,
+        changes: vec![WireChange {
+            table: "machines".into(),
+            pk,
+            cid: "app".into(),
+            val: Value::Text("poison".into()),
+            col_version: 1,
+            cl: 1,
+            seq: 0,
+        }],
+    };
+    rogue
+        .send_frames(global.addr(), vec![Message::Changes(poison)])
+        .await
+        .unwrap();
+    let counters = global.counters();
+    eventually("the refusal counted", WAIT, || async {
+        counters.isolation_refused("machines") == 1
+    })
+    .await;
+    for i in 0..fleet.nodes.len() {
+        assert_eq!(
+            count(&fleet, i, "SELECT count(*) FROM machines").await,
+            0,
+            "node {i}"
+        );
+    }
+}
