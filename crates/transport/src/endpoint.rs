@@ -241,6 +241,7 @@ impl Transport {
             })?;
         shared.stats.datagrams_out.inc();
         shared.stats.bytes_out.inc_by(len);
+        shared.stats.datagram_bytes_out.inc_by(len);
         Ok(())
     }
 

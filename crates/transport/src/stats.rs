@@ -23,6 +23,9 @@ pub struct TransportStats {
     /// Bytes of accepted frames and datagrams (headers and tags included).
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// The datagrams' share of `bytes_out` (membership; the rest is
+    /// replication's stream frames).
+    pub datagram_bytes_out: Counter,
     /// Handshakes that failed or timed out, either direction (refused
     /// certificates, unreachable peers, wrong ALPN).
     pub handshake_failures: Counter,
@@ -61,6 +64,7 @@ pub struct StatsSnapshot {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub datagram_bytes_out: u64,
     pub handshake_failures: u64,
     pub connections_dialed: u64,
     pub connections_accepted: u64,
@@ -85,6 +89,7 @@ impl TransportStats {
             frames_out: self.frames_out.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
+            datagram_bytes_out: self.datagram_bytes_out.get(),
             handshake_failures: self.handshake_failures.get(),
             not_quic: self.not_quic.get(),
             connections_dialed: self.connections_dialed.get(),
@@ -104,7 +109,7 @@ impl TransportStats {
     /// it reads the live values at each scrape.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("transport");
-        let counters: [(&str, &str, &Counter); 19] = [
+        let counters: [(&str, &str, &Counter); 20] = [
             (
                 "wrong_cluster",
                 "Datagrams and frames naming another cluster, dropped.",
@@ -142,6 +147,11 @@ impl TransportStats {
                 "bytes_out",
                 "Bytes of frames and datagrams sent.",
                 &self.bytes_out,
+            ),
+            (
+                "datagram_bytes_out",
+                "Bytes of datagrams (membership) sent, part of bytes_out.",
+                &self.datagram_bytes_out,
             ),
             (
                 "handshake_failures",
