@@ -309,6 +309,39 @@ impl Bookkeeper {
     /// `spans_max` spans (see [`SUMMARY_SPANS_MAX`]): applied spans first,
     /// lowest actors and versions first, then partial versions. Truncation
     /// only drops, so the summary never claims what is not held.
+    /// A digest of the versions held applied, per (database, actor): two
+    /// bookkeepers holding the same versions have the same digest, whoever
+    /// owns them (partial versions are left out: sync cannot complete
+    /// them from a peer that holds them in part too). FNV-1a over a fixed
+    /// layout, so it is the same on every build and platform.
+    pub fn digest(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h = OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(PRIME);
+            }
+        };
+        for (&(db, actor), book) in &self.books {
+            let mut spans = book.applied.iter().peekable();
+            if spans.peek().is_none() {
+                continue;
+            }
+            eat(&[db as u8]);
+            eat(&actor.0);
+            for span in spans {
+                eat(&span.start.to_le_bytes());
+                eat(&span.end.to_le_bytes());
+            }
+            // Ends the actor's spans, so that moving a span from one actor
+            // to the next changes the digest.
+            eat(&[0xff]);
+        }
+        h
+    }
+
     pub fn summary(&self, spans_max: usize) -> Summary {
         let mut budget = spans_max;
         let mut actors: Vec<ActorSummary> = self

@@ -4,7 +4,7 @@
 //! ([`QueuedVersions`]); whether a node that just started still lacks what
 //! its peers held when it joined ([`CatchUp`]); the sync conversation with one peer
 //! ([`PullSession`], [`ServeSession`], bounded by [`SyncLimits`]) and what
-//! to ask which peer ([`SyncPlanner`]); where a commit or a received chunk
+//! to ask which peer ([`SyncPlanner`]) and how often ([`SyncPace`]); where a commit or a received chunk
 //! goes ([`BroadcastConfig::targets`], [`ForwardPolicy`]) and the bounded
 //! queue of those sends ([`BroadcastQueue`]); who leads a region
 //! ([`region_leader`]) and when and what its leader writes for the
@@ -23,6 +23,7 @@ mod broadcast;
 mod catchup;
 mod forward;
 mod lag;
+mod pace;
 mod planner;
 mod queued;
 mod ranges;
@@ -36,6 +37,7 @@ pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
 pub use catchup::{CatchUp, CatchUpPhase, CatchUpStatus, CATCH_UP_WAIT};
 pub use forward::{Forward, ForwardPolicy, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
+pub use pace::SyncPace;
 pub use planner::{choose_peers, PlannerConfig, SyncPlanner};
 pub use queued::QueuedVersions;
 pub use ranges::RangeSet;

@@ -105,6 +105,8 @@ pub enum SyncCount {
     ChunkReceived,
     /// A peer's pull is being served.
     PullServed,
+    /// A peer's digest matched this node's: it got `InSync`, no summary.
+    DigestMatched,
     /// A served conversation ran past `serve_timeout` and was ended.
     ServeTimedOut,
     /// A pull reached `serve_bytes_max`; its remaining needs were skipped.
@@ -125,6 +127,9 @@ pub enum PullAction {
     /// change offered on the global cluster): drop it, counting its tables
     /// (isolation, docs/regions.md).
     Refuse(ChangeChunk),
+    /// The peer holds the same versions as this node (its digest matched):
+    /// nothing to plan or pull; finish the stream.
+    InSync,
     /// The conversation is over: finish the stream.
     Finish,
     /// Give up on this peer for this round.
@@ -175,11 +180,22 @@ impl PullSession {
 
     /// The stream is open: ask for the summary. Only the first call does.
     pub fn open(&mut self) -> Vec<PullAction> {
+        self.ask(Message::SummaryRequest)
+    }
+
+    /// As [`open`](Self::open), saying this node's
+    /// [`Bookkeeper::digest`](crate::Bookkeeper::digest): a peer holding the
+    /// same answers [`PullAction::InSync`] instead of a summary.
+    pub fn open_with_digest(&mut self, digest: u64) -> Vec<PullAction> {
+        self.ask(Message::DigestRequest(digest))
+    }
+
+    fn ask(&mut self, request: Message) -> Vec<PullAction> {
         if self.stage != PullStage::Opening {
             return Vec::new();
         }
         self.stage = PullStage::AwaitingSummary;
-        vec![PullAction::Send(Message::SummaryRequest)]
+        vec![PullAction::Send(request)]
     }
 
     /// When the peer has taken too long; `None` while nothing is awaited
@@ -213,6 +229,10 @@ impl PullSession {
                 self.stage = PullStage::Planning;
                 self.deadline = None;
                 vec![PullAction::Plan(summary)]
+            }
+            (PullStage::AwaitingSummary, Message::InSync) => {
+                self.close();
+                vec![PullAction::InSync]
             }
             (PullStage::AwaitingSummary, _) => self.fail("expected a summary"),
             (PullStage::Opening, _) => self.fail("a message before the summary request"),
@@ -306,6 +326,9 @@ pub enum ServeAction {
     /// Send this node's summary: what it holds, versions waiting to be
     /// merged included ([`crate::QueuedVersions`]).
     SendSummary,
+    /// Compare the peer's digest with this node's (of what the summary
+    /// would say) and call [`ServeSession::digest_checked`].
+    CheckDigest(u64),
     Count(SyncCount),
     /// Send the chunks answering these needs, in order (every one of a
     /// database the cluster carries).
@@ -319,6 +342,7 @@ pub enum ServeAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServeStage {
     AwaitingRequest,
+    CheckingDigest,
     AwaitingPull,
     Ended,
 }
@@ -387,6 +411,11 @@ impl ServeSession {
                 self.stage = ServeStage::AwaitingPull;
                 vec![ServeAction::SendSummary]
             }
+            (ServeStage::AwaitingRequest, Message::DigestRequest(digest)) => {
+                self.stage = ServeStage::CheckingDigest;
+                vec![ServeAction::CheckDigest(digest)]
+            }
+            (ServeStage::CheckingDigest, _) => self.fail("a message before the digest's answer"),
             (ServeStage::AwaitingRequest, _) => {
                 self.fail("a sync stream starts with a summary request")
             }
@@ -408,10 +437,32 @@ impl ServeSession {
         }
     }
 
+    /// The shell compared the peer's digest with this node's
+    /// ([`ServeAction::CheckDigest`]): the same ends the conversation with
+    /// `InSync`; a difference is answered with the summary, as a summary
+    /// request is.
+    pub fn digest_checked(&mut self, same: bool) -> Vec<ServeAction> {
+        if self.stage != ServeStage::CheckingDigest {
+            return Vec::new();
+        }
+        if same {
+            self.stage = ServeStage::Ended;
+            vec![
+                ServeAction::Count(SyncCount::DigestMatched),
+                ServeAction::Send(Message::InSync),
+                ServeAction::Finish,
+            ]
+        } else {
+            self.stage = ServeStage::AwaitingPull;
+            vec![ServeAction::SendSummary]
+        }
+    }
+
     /// The peer finished its side of the stream.
     pub fn on_closed(&mut self) -> Vec<ServeAction> {
         let last = match self.stage {
             ServeStage::Ended => return Vec::new(),
+            ServeStage::CheckingDigest => ServeAction::Fail(SyncFailure::Closed),
             // It needed nothing from us.
             ServeStage::AwaitingPull => ServeAction::Finish,
             ServeStage::AwaitingRequest => ServeAction::Fail(SyncFailure::Closed),

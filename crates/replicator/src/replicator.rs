@@ -58,6 +58,7 @@ impl Replicator {
             config.catch_up_wait,
         );
         let (catch_up_tx, catch_up_rx) = watch::channel(catch_up.status());
+        let (hints_tx, hints_rx) = mpsc::channel(sync::HINTS_MAX);
         let (relay_out, relay_inbound) = match relay {
             Some(link) => (Some(link.out), Some(link.inbound)),
             None => (None, None),
@@ -74,6 +75,7 @@ impl Replicator {
             sync_limits: config.sync_limits.clone(),
             catch_up: catch_up_rx.clone(),
             relay_out,
+            hints: hints_tx,
         };
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_CHUNKS_MAX);
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
@@ -93,7 +95,7 @@ impl Replicator {
             tasks.spawn(local_commits(shared.clone(), push_tx));
             tasks.spawn(broadcast::run(shared.clone(), push_rx, config.clone()));
         }
-        tasks.spawn(sync::run(shared, config, catch_up, catch_up_tx));
+        tasks.spawn(sync::run(shared, config, catch_up, catch_up_tx, hints_rx));
         Replicator {
             stats,
             catch_up: catch_up_rx,

@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub catch_up: watch::Receiver<CatchUpStatus>,
     /// A global member's relay to its other cluster ([`crate::relay`]).
     pub relay_out: Option<tokio::sync::mpsc::Sender<Arc<ChangeChunk>>>,
+    /// Peers whose sync request showed a digest different from this
+    /// node's: the sync task asks them first, at once.
+    pub hints: tokio::sync::mpsc::Sender<SocketAddr>,
 }
 
 impl Shared {

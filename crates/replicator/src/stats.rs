@@ -39,6 +39,8 @@ pub struct ReplicatorStats {
     pub sync_rounds: Counter,
     pub sync_failures: Counter,
     pub pulls_served: Counter,
+    /// Sync requests answered `InSync`: the peer's digest matched.
+    pub sync_in_sync: Counter,
     /// Served conversations ended by `serve_timeout`.
     pub serves_timed_out: Counter,
     /// Pulls cut at `serve_bytes_max`.
@@ -167,7 +169,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
             self.catchup_lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 26] = [
+        let counters: [(&str, &str, &Counter); 27] = [
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",
@@ -284,6 +286,11 @@ impl ReplicatorStats {
                 &self.wrong_database,
             ),
             (
+                "sync_in_sync",
+                "Sync requests answered in sync: the asking peer's digest matched this node's, no summary sent",
+                &self.sync_in_sync,
+            ),
+            (
                 "relayed_out",
                 "Chunks of global changes merged here and handed to this node's other cluster",
                 &self.relayed_out,
@@ -335,6 +342,7 @@ pub(crate) fn count(stats: &ReplicatorStats, event: SyncCount) {
     let counter = match event {
         SyncCount::ChunkReceived => &stats.chunks_received,
         SyncCount::PullServed => &stats.pulls_served,
+        SyncCount::DigestMatched => &stats.sync_in_sync,
         SyncCount::ServeTimedOut => &stats.serves_timed_out,
         SyncCount::ServeBytesCapped => &stats.serves_bytes_capped,
     };

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use patina_proto::{
     CatchUp, CatchUpPhase, CatchUpStatus, PlannerConfig, PullAction, PullSession, ServeAction,
-    ServeSession, SyncCount, SyncFailure, SyncPlanner, SUMMARY_SPANS_MAX,
+    ServeSession, SyncCount, SyncFailure, SyncPace, SyncPlanner, SUMMARY_SPANS_MAX,
 };
 use patina_transport::{FrameReader, FrameWriter};
 use patina_wire::{ChangeChunk, Envelope, Message, Need, Summary};
@@ -31,28 +31,89 @@ use crate::relay::relay_fresh;
 use crate::shared::Shared;
 use crate::stats::{count, record, refuse_not_carried, Delivery};
 
-/// Sync rounds every `sync_interval`; the task also owns the node's
-/// [`CatchUp`]: the first round a peer answers sets its target, and after
-/// every round (and tick) it is measured against what is merged.
+/// Hints waiting for the sync task; more are dropped (a round asks at most
+/// `sync_peers` peers anyway).
+pub(crate) const HINTS_MAX: usize = 64;
+
+/// Sync rounds at the pace [`SyncPace`] keeps: every `sync_interval` while
+/// anything happens, backing off to `sync_interval_max` while every peer
+/// asked holds what this node holds. Activity — this node's bookkeeping
+/// changing (a commit, a merge), the membership changing, a peer asking
+/// with a different digest (a hint) — brings the next round forward to
+/// `sync_interval` after the last one; hinted peers are asked first.
+///
+/// The task also owns the node's [`CatchUp`]: the first round a peer
+/// answers sets its target, and after every round it is measured against
+/// what is merged.
 pub(crate) async fn run(
     shared: Shared,
     config: ReplicatorConfig,
     mut catch_up: CatchUp,
     status: watch::Sender<CatchUpStatus>,
+    mut hints: tokio::sync::mpsc::Receiver<SocketAddr>,
 ) {
     let mut planner: SyncPlanner<SocketAddr> = SyncPlanner::new(PlannerConfig::default());
     let mut rng = SmallRng::seed_from_u64(config.seed.rotate_left(17) ^ 0x5eed);
-    let mut tick = tokio::time::interval(config.sync_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = SyncPace::new(config.sync_interval, config.sync_interval_max);
+    let mut books: Vec<_> = shared
+        .dbs
+        .iter()
+        .map(|&db| shared.node.bookkeeping(db))
+        .collect();
+    let mut members = shared.members.clone();
+    let mut hinted: Vec<SocketAddr> = Vec::new();
+    let mut last_round = tokio::time::Instant::now();
     publish(&shared, &catch_up, &status);
     loop {
-        tick.tick().await;
+        let next = last_round + pace.interval();
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            changed = any_changed(&mut books) => {
+                if !changed {
+                    return;
+                }
+                pace.on_activity();
+                continue;
+            }
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                pace.on_activity();
+                continue;
+            }
+            hint = hints.recv() => {
+                let Some(peer) = hint else { return };
+                if !hinted.contains(&peer) {
+                    hinted.push(peer);
+                }
+                pace.on_activity();
+                continue;
+            }
+        }
+        last_round = tokio::time::Instant::now();
         let peers = shared.peers();
         let mut answered = Vec::new();
+        let mut quiet = true;
         if !peers.is_empty() {
-            let chosen = patina_proto::choose_peers(&peers, config.sync_peers, &mut rng);
-            answered = round(&shared, &mut planner, chosen).await;
+            let mut chosen: Vec<SocketAddr> = hinted
+                .drain(..)
+                .filter(|p| peers.contains(p))
+                .take(config.sync_peers)
+                .collect();
+            let others: Vec<SocketAddr> = peers
+                .iter()
+                .filter(|p| !chosen.contains(p))
+                .copied()
+                .collect();
+            let more = config.sync_peers.saturating_sub(chosen.len());
+            chosen.extend(patina_proto::choose_peers(&others, more, &mut rng));
+            let outcome = round(&shared, &mut planner, chosen).await;
+            quiet = outcome.quiet;
+            answered = outcome.answered;
         }
+        hinted.clear();
+        pace.on_round(quiet);
         let catching_up = status.borrow().catching_up();
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
@@ -60,6 +121,19 @@ pub(crate) async fn run(
             catch_up.on_held(&merged, now);
             publish(&shared, &catch_up, &status);
         }
+    }
+}
+
+/// Waits until the bookkeeping of one of the cluster's databases (at most
+/// both) changes; `false` once the node is gone.
+async fn any_changed(books: &mut [watch::Receiver<Arc<patina_proto::Bookkeeper>>]) -> bool {
+    match books {
+        [one] => one.changed().await.is_ok(),
+        [a, b] => tokio::select! {
+            r = a.changed() => r.is_ok(),
+            r = b.changed() => r.is_ok(),
+        },
+        _ => std::future::pending().await,
     }
 }
 
@@ -96,31 +170,53 @@ struct Asked {
     reader: FrameReader,
 }
 
-/// One round; returns the summaries of the peers that answered.
+/// What a round found.
+struct RoundOutcome {
+    /// The summaries of the peers that answered (a peer in sync counts as
+    /// answering with this node's own summary).
+    answered: Vec<Summary>,
+    /// Every peer asked answered that it holds what this node holds.
+    quiet: bool,
+}
+
+/// One round.
 async fn round(
     shared: &Shared,
     planner: &mut SyncPlanner<SocketAddr>,
     peers: Vec<SocketAddr>,
-) -> Vec<Summary> {
+) -> RoundOutcome {
     shared.stats.sync_rounds.inc();
+    let held = shared.held();
+    let digest = held.digest();
     let mut asking = JoinSet::new();
     for peer in peers {
         let shared = shared.clone();
-        asking.spawn(async move { (peer, ask_summary(&shared, peer).await) });
+        asking.spawn(async move { (peer, ask_summary(&shared, peer, digest).await) });
     }
     let mut asked: Vec<Asked> = Vec::new();
+    let mut in_sync = 0;
+    let mut quiet = true;
     while let Some(Ok((peer, result))) = asking.join_next().await {
         match result {
-            Ok(a) => asked.push(a),
+            Ok(Some(a)) => {
+                quiet = false;
+                asked.push(a);
+            }
+            Ok(None) => in_sync += 1,
             Err(e) => {
+                quiet = false;
                 shared.stats.sync_failures.inc();
                 tracing::debug!(%peer, error = %e, "sync: no summary");
             }
         }
     }
+    let mut answered: Vec<Summary> = Vec::new();
+    if in_sync > 0 {
+        answered.push(held.summary(SUMMARY_SPANS_MAX));
+    }
     let summaries: Vec<(SocketAddr, Summary)> =
         asked.iter().map(|a| (a.peer, a.summary.clone())).collect();
-    let plan = planner.plan(Instant::now(), &shared.held(), &summaries);
+    let plan = planner.plan(Instant::now(), &held, &summaries);
     let mut pulls = JoinSet::new();
     for a in asked {
         let needs = plan
@@ -156,7 +252,8 @@ async fn round(
             }
         }
     }
-    summaries.into_iter().map(|(_, s)| s).collect()
+    answered.extend(summaries.into_iter().map(|(_, s)| s));
+    RoundOutcome { answered, quiet }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,24 +270,36 @@ enum SyncError {
 enum Next {
     Read,
     Plan(Summary),
+    /// The peer holds what this node holds: nothing to pull.
+    InSync,
     /// Over: finish the stream.
     Done,
 }
 
-async fn ask_summary(shared: &Shared, peer: SocketAddr) -> Result<Asked, SyncError> {
+/// Asks `peer` for its summary, saying this node's `digest`: `None` when
+/// the peer answered that it holds the same.
+async fn ask_summary(
+    shared: &Shared,
+    peer: SocketAddr,
+    digest: u64,
+) -> Result<Option<Asked>, SyncError> {
     let mut session = PullSession::new(shared.dbs, shared.sync_limits.clone(), Instant::now());
     let (mut writer, mut reader) = within(&mut session, shared.transport.open_bi(peer)).await??;
-    let mut actions = session.open();
+    let mut actions = session.open_with_digest(digest);
     loop {
         match perform(shared, peer, &mut session, &mut writer, actions).await? {
             Next::Plan(summary) => {
-                return Ok(Asked {
+                return Ok(Some(Asked {
                     peer,
                     summary,
                     session,
                     writer,
                     reader,
-                })
+                }))
+            }
+            Next::InSync => {
+                let _ = writer.finish();
+                return Ok(None);
             }
             Next::Read => actions = read(&mut session, &mut reader).await?,
             Next::Done => return Err(SyncFailure::Closed.into()),
@@ -213,7 +322,9 @@ async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), Syn
                 let _ = writer.finish();
                 return Ok(());
             }
-            Next::Read | Next::Plan(_) => actions = read(&mut session, &mut reader).await?,
+            Next::Read | Next::Plan(_) | Next::InSync => {
+                actions = read(&mut session, &mut reader).await?
+            }
         }
     }
 }
@@ -265,6 +376,7 @@ async fn perform(
             // whole exchange.
             PullAction::Send(message) => within(session, writer.send(message)).await??,
             PullAction::Plan(summary) => next = Next::Plan(summary),
+            PullAction::InSync => next = Next::InSync,
             PullAction::Count(event) => count(&shared.stats, event),
             PullAction::Refuse(chunk) => refuse_not_carried(&shared.stats, peer, &chunk),
             PullAction::Apply(chunks) => {
@@ -313,7 +425,7 @@ pub(crate) async fn serve(
     let deadline = session.deadline();
     let served = tokio::time::timeout_at(
         deadline.into(),
-        serve_inner(&shared, &mut session, first, &mut writer, &mut reader),
+        serve_inner(&shared, from, &mut session, first, &mut writer, &mut reader),
     )
     .await;
     let result = match served {
@@ -341,18 +453,30 @@ fn run_serve_actions(shared: &Shared, actions: Vec<ServeAction>) -> Result<(), S
 
 async fn serve_inner(
     shared: &Shared,
+    from: SocketAddr,
     session: &mut ServeSession,
     first: Envelope,
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
 ) -> Result<(), SyncError> {
-    let mut actions = session.on_frame(first.message);
+    let mut actions: std::collections::VecDeque<ServeAction> =
+        session.on_frame(first.message).into();
     loop {
-        for action in actions {
+        while let Some(action) = actions.pop_front() {
             match action {
                 ServeAction::SendSummary => {
                     let summary = shared.held().summary(SUMMARY_SPANS_MAX);
                     writer.send(Message::Summary(summary)).await?;
+                }
+                ServeAction::CheckDigest(theirs) => {
+                    let same = shared.held().digest() == theirs;
+                    if !same {
+                        // The peer holds something else: one of the two
+                        // has to pull. Ask it back soon (it may hold what
+                        // this node lacks); a full queue only delays that.
+                        let _ = shared.hints.try_send(from);
+                    }
+                    actions.extend(session.digest_checked(same));
                 }
                 ServeAction::Count(event) => count(&shared.stats, event),
                 ServeAction::Serve(needs) => {
@@ -371,7 +495,8 @@ async fn serve_inner(
         actions = match reader.next().await? {
             Some(envelope) => session.on_frame(envelope.message),
             None => session.on_closed(),
-        };
+        }
+        .into();
     }
 }
 

@@ -266,6 +266,13 @@ pub enum Message {
     Summary(Summary),
     Pull(Vec<Need>),
     PullDone,
+    /// A summary request carrying a digest of the asker's summary: a peer
+    /// whose own digest is the same answers [`Message::InSync`] instead of
+    /// its summary (idle clusters exchange 8 bytes, not summaries).
+    DigestRequest(u64),
+    /// The answer to a [`Message::DigestRequest`] whose digest matched: the
+    /// two hold the same versions; the conversation is over.
+    InSync,
 }
 
 /// A stream frame: the sender's cluster and the message.

@@ -352,3 +352,28 @@ fn missing_versions_counts_holes_and_partials() {
     b.restore_partial(DbKind::Regional, a, 9, 10, vec![Span::new(0, 2)]);
     assert_eq!(b.missing_versions(), 5, "4, 5, 6, 8, 9");
 }
+
+#[test]
+fn the_digest_is_of_the_versions_held_whoever_holds_them() {
+    let (a, b) = (actor(1), actor(2));
+    let mut one = Bookkeeper::new(a);
+    let mut two = Bookkeeper::new(b);
+    assert_eq!(one.digest(), two.digest(), "empty");
+    for v in 1..=3 {
+        feed(&mut one, &chunk(a, v, (0, 0), 0));
+    }
+    assert_ne!(one.digest(), two.digest());
+    for v in [3, 1, 2] {
+        feed(&mut two, &chunk(a, v, (0, 0), 0));
+    }
+    assert_eq!(
+        one.digest(),
+        two.digest(),
+        "same versions, other order, other owner"
+    );
+    // A partial version is not in the digest; another actor's version is.
+    feed(&mut two, &chunk(b, 1, (0, 0), 5));
+    assert_eq!(one.digest(), two.digest());
+    feed(&mut two, &chunk(b, 2, (0, 0), 0));
+    assert_ne!(one.digest(), two.digest());
+}

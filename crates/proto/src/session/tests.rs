@@ -401,3 +401,56 @@ fn serving_slots_are_bounded_in_total_and_per_peer() {
     assert_eq!(l.admits(31, 4), Err(ServeRefusal::PeerBusy));
     assert_eq!(l.admits(32, 0), Err(ServeRefusal::Busy));
 }
+
+#[test]
+fn a_peer_with_the_same_digest_answers_in_sync_and_the_pull_ends() {
+    let t0 = Instant::now();
+    let mut puller = PullSession::new(REGION, limits(), t0);
+    assert_eq!(
+        puller.open_with_digest(42),
+        vec![PullAction::Send(Message::DigestRequest(42))]
+    );
+    let mut server = ServeSession::new(REGION, limits(), t0);
+    assert_eq!(
+        server.on_frame(Message::DigestRequest(42)),
+        vec![ServeAction::CheckDigest(42)]
+    );
+    assert_eq!(
+        server.digest_checked(true),
+        vec![
+            ServeAction::Count(SyncCount::DigestMatched),
+            ServeAction::Send(Message::InSync),
+            ServeAction::Finish,
+        ]
+    );
+    assert!(server.is_ended());
+    assert_eq!(
+        puller.on_frame(Message::InSync, t0),
+        vec![PullAction::InSync]
+    );
+    assert!(puller.is_ended());
+    assert_eq!(puller.deadline(), None);
+}
+
+#[test]
+fn a_different_digest_is_answered_with_the_summary() {
+    let t0 = Instant::now();
+    let mut server = ServeSession::new(REGION, limits(), t0);
+    server.on_frame(Message::DigestRequest(1));
+    assert_eq!(server.digest_checked(false), vec![ServeAction::SendSummary]);
+    assert!(server.digest_checked(false).is_empty(), "answered once");
+    let needs = vec![need(DbKind::Regional, 1)];
+    assert_eq!(
+        server.on_frame(Message::Pull(needs.clone()))[1],
+        ServeAction::Serve(needs)
+    );
+    // Before the answer, anything from the peer is out of order.
+    let mut server = ServeSession::new(REGION, limits(), t0);
+    server.on_frame(Message::DigestRequest(1));
+    assert_eq!(
+        server.on_frame(Message::Pull(Vec::new())),
+        vec![ServeAction::Fail(SyncFailure::Unexpected(
+            "a message before the digest's answer"
+        ))]
+    );
+}
