@@ -16,7 +16,7 @@ pub(crate) const OUTSIDE_RANGE: &str = "outside SQLite's range";
 
 use std::fmt;
 
-use patina_node::{Params, Statement, Value};
+use patina_node::{Params, Statement, Statements, Value};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,9 @@ const STATEMENT_FORMS: &str = r#"a statement: "SQL", ["SQL", [params]], ["SQL", 
 /// One statement in any of its JSON forms.
 pub(crate) struct JsonStatement(pub Statement);
 
-/// `POST /v1/transactions`'s body.
-pub(crate) struct JsonStatements(pub Vec<Statement>);
+/// `POST /v1/transactions`'s body, packed as it is read: each statement's
+/// own allocations live only until it is appended.
+pub(crate) struct JsonStatements(pub Statements);
 
 impl BodyShape for JsonStatement {
     const EXPECTED: &'static str = STATEMENT_FORMS;
@@ -49,10 +50,11 @@ impl<'de> Deserialize<'de> for JsonStatements {
                 f.write_str("a JSON array of statements")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                let mut out = Statements::new();
                 while let Some(JsonStatement(st)) = seq.next_element()? {
                     out.push(st);
                 }
+                out.shrink_to_fit();
                 Ok(JsonStatements(out))
             }
         }
@@ -141,10 +143,6 @@ impl<'de> Deserialize<'de> for JsonParams {
                 while let Some(JsonValue(v)) = seq.next_element()? {
                     values.push(v);
                 }
-                // Exact size: a 100,000-statement transaction holds this
-                // many parameter lists until it commits, and growth left
-                // five parameters in room for eight (+10 MiB there).
-                values.shrink_to_fit();
                 Ok(JsonParams(Params::Positional(values)))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<JsonParams, A::Error> {

@@ -327,7 +327,7 @@ pub(crate) fn record(
                 let table = table_of(tables, *tbl)?;
                 // An inserted key is new or a tombstone; the cache checks
                 // the guess when it writes (see ClockCache::get_assume_new).
-                let row = cache.get_assume_new(table, pk);
+                let row = cache.get_assume_new(conn, table, pk)?;
                 row.dirty = true;
                 let clock = &mut row.clock;
                 if table.slots() == 0 || clock.cl.is_multiple_of(2) && clock.cl > 0 {
@@ -364,6 +364,7 @@ pub(crate) fn record(
                 }
             }
         }
+        cache.spill_if_full(conn, tables)?;
     }
     Ok(stamp.next_seq)
 }

@@ -24,6 +24,11 @@ use crate::{migrate, SiteId};
 /// pages (measured: 7× slower capture of a 100k-row transaction).
 pub const CACHE_SIZE_PRAGMA: i64 = -32 * 1024;
 
+/// Rows whose clocks a committing local transaction holds at most before
+/// writing them out (≈ 350 bytes each): bounds a large commit's memory
+/// without changing how many clock writes it makes.
+const SPILL_ROWS: usize = 8192;
+
 /// A database whose CRR tables replicate. Own one per database file; it is
 /// `Send` but not `Sync` (like the SQLite connection inside).
 pub struct CrrConn {
@@ -300,19 +305,30 @@ impl CrrConn {
             return Ok(None);
         }
         let db_version = crate::clock::add(self.sites.db_version(0), 1)?;
+        // A transaction whose changes are not kept needs its rows' clocks
+        // only until they are written: the cache writes them out every
+        // SPILL_ROWS rows. One whose changes are kept never spills (its rows
+        // are at most its changes, so up to `changes_max` of them).
+        let spill_at = match changes_max {
+            None => SPILL_ROWS,
+            Some(usize::MAX) => 0,
+            Some(max) => max.max(SPILL_ROWS),
+        };
         let mut known = Vec::new();
         // Inserted keys are assumed new; a wrong guess (a re-insert after a
         // delete) is undone and redone with those keys looked up: twice at
         // most.
         for _ in 0..2 {
-            let mut cache = ClockCache::with_capacity(events.len());
-            cache.load(&self.conn, &self.tables, &known)?;
+            let mut cache = ClockCache::for_commit(events.len(), spill_at, known.iter().cloned());
+            // Spills write clocks while recording: a misspeculation undoes
+            // them too.
+            control(&self.conn, "SAVEPOINT crr_flush")?;
             let written =
                 capture::record(&self.conn, &self.tables, events, db_version, &mut cache)?;
             if written == 0 {
+                control(&self.conn, "RELEASE crr_flush")?;
                 return Ok(None);
             }
-            control(&self.conn, "SAVEPOINT crr_flush")?;
             // The rows are only kept when their changes will be built.
             let keep = changes_max.is_some_and(|max| written <= max as u64);
             match cache.flush(&self.conn, &self.tables, keep) {

@@ -261,18 +261,51 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// Row clocks touched by one transaction or merge batch, written back at
 /// its end: each clock is read and written once however often it changes.
+/// A cache made with a spill bound writes its rows out and forgets them
+/// whenever it holds that many, so a 100k-row transaction never holds
+/// every row's clock at once (issue 15: the map and the rows' column clocks
+/// were ≈ 34 MiB, the writer's peak at commit); a row touched again after
+/// that is read back from the clock table, as written.
 #[derive(Default)]
 pub(crate) struct ClockCache {
     rows: FastHashMap<(u32, Vec<u8>), CachedClock>,
+    /// Rows held at most before they are written out; 0: no bound.
+    spill_at: usize,
+    /// Keys an earlier attempt assumed new and found stored: always looked
+    /// up. A set rather than rows loaded up front, because a spill would
+    /// forget those rows and a later insert would assume the key again.
+    known: FastHashMap<(u32, Vec<u8>), ()>,
+    /// What the rows written out so far did: the version index's changes,
+    /// the tables written, the keys assumed new but found stored.
+    versions: VersionDelta,
+    written: Vec<u32>,
+    misses: Vec<(u32, Vec<u8>)>,
+    spilled: bool,
 }
 
 /// Keys of which some were assumed new but found stored by a flush.
 pub(crate) struct Misspeculated(pub Vec<(u32, Vec<u8>)>);
 
 impl ClockCache {
-    pub fn with_capacity(rows: usize) -> Self {
-        let mut cache = ClockCache::default();
-        cache.rows.reserve(rows);
+    /// A cache for one local transaction of `rows` events at most, written
+    /// out every `spill_at` rows (0: never), looking up the `known` keys
+    /// instead of assuming them new.
+    pub fn for_commit(
+        rows: usize,
+        spill_at: usize,
+        known: impl IntoIterator<Item = (u32, Vec<u8>)>,
+    ) -> Self {
+        let mut cache = ClockCache {
+            spill_at,
+            known: known.into_iter().map(|k| (k, ())).collect(),
+            ..ClockCache::default()
+        };
+        let bound = if spill_at == 0 {
+            rows
+        } else {
+            rows.min(spill_at + 1)
+        };
+        cache.rows.reserve(bound);
         cache
     }
 
@@ -302,64 +335,71 @@ impl ClockCache {
 
     /// Like [`get`](Self::get), but a key not yet cached is assumed never
     /// seen instead of looked up. Right for the key of a local INSERT unless
-    /// it was deleted before (a tombstone): [`flush`](Self::flush) detects
-    /// that and the caller redoes the transaction's clocks with
-    /// [`load`](Self::load)ed keys.
-    pub fn get_assume_new(&mut self, table: &CrrTable, pk: &[u8]) -> &mut CachedClock {
-        self.rows
+    /// it was deleted before (a tombstone), or written out by a spill
+    /// earlier in the transaction: [`flush`](Self::flush) detects that and
+    /// the caller redoes the transaction's clocks with those keys `known`.
+    pub fn get_assume_new(
+        &mut self,
+        conn: &Connection,
+        table: &CrrTable,
+        pk: &[u8],
+    ) -> Result<&mut CachedClock> {
+        if !self.known.is_empty() && self.known.contains_key(&(table.id, pk.to_vec())) {
+            return self.get(conn, table, pk);
+        }
+        Ok(self
+            .rows
             .entry((table.id, pk.to_vec()))
-            .or_insert_with(|| CachedClock::unseen(table, true))
+            .or_insert_with(|| CachedClock::unseen(table, true)))
     }
 
-    /// Loads keys (from an earlier misspeculation) so they are not assumed.
-    pub fn load(
+    /// Writes the rows out and forgets them once the cache holds more than
+    /// its spill bound of them (so a spilled transaction changed more rows,
+    /// and entries, than the bound). Only between events: a row being
+    /// changed stays.
+    pub fn spill_if_full(
         &mut self,
         conn: &Connection,
         tables: &HashMap<u32, CrrTable>,
-        keys: &[(u32, Vec<u8>)],
     ) -> Result<()> {
-        for (tbl, pk) in keys {
-            let table = table_of(tables, *tbl)?;
-            self.get(conn, table, pk)?;
+        if self.spill_at == 0 || self.rows.len() <= self.spill_at {
+            return Ok(());
         }
+        self.write_dirty(conn, tables)?;
+        // Keeps the map's table (bounded by the spill size) for the next rows.
+        self.rows.clear();
+        self.spilled = true;
         Ok(())
     }
 
-    /// Writes every changed clock and the version index; returns the ids
-    /// of the tables written and, with `keep_rows`, the changed rows' keys
-    /// and clocks in key order. Fails with `Err(Ok(Misspeculated))`,
-    /// having written part of it, when an assumed new key was stored: the
-    /// caller rolls back to before the flush.
-    pub fn flush(
-        self,
-        conn: &Connection,
-        tables: &HashMap<u32, CrrTable>,
-        keep_rows: bool,
-    ) -> std::result::Result<Flushed, std::result::Result<Misspeculated, CrrError>> {
+    /// Writes every changed clock held now; the version index's changes,
+    /// the tables and the misspeculated keys are collected for `flush`.
+    fn write_dirty(&mut self, conn: &Connection, tables: &HashMap<u32, CrrTable>) -> Result<()> {
+        let ClockCache {
+            rows,
+            versions,
+            written,
+            misses,
+            ..
+        } = self;
         // Key order keeps B-tree writes local: far fewer pages touched than
         // the hash map's random order for large transactions. The order is
         // a list of references (16 bytes a row), not the entries moved out:
         // for a 100k-row transaction a moved copy was 17.8 MiB beside the
         // map's 18 (issue 15).
-        let mut order: Vec<_> = self.rows.iter().filter(|(_, c)| c.dirty).collect();
+        let mut order: Vec<_> = rows.iter().filter(|(_, c)| c.dirty).collect();
         order.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut versions = VersionDelta::default();
-        let mut misses = Vec::new();
-        let mut written = Vec::new();
         // Encoded clocks wait for at most one multi-row INSERT at a time.
         let mut upserts: Vec<(&[u8], Vec<u8>)> = Vec::with_capacity(ROWS_PER_INSERT);
         for group in order.chunk_by(|a, b| (a.0 .0, a.1.speculative) == (b.0 .0, b.1.speculative)) {
             let tbl = group[0].0 .0;
             let speculative = group[0].1.speculative;
-            let table = table_of(tables, tbl).map_err(Err)?;
-            if written.last() != Some(&tbl) {
+            let table = table_of(tables, tbl)?;
+            if !written.contains(&tbl) {
                 written.push(tbl);
             }
-            let mut write = |upserts: &mut Vec<(&[u8], Vec<u8>)>| -> std::result::Result<
-                (),
-                std::result::Result<Misspeculated, CrrError>,
-            > {
-                let skipped = write_clocks(conn, table, upserts, speculative).map_err(Err)?;
+            let mut write = |upserts: &mut Vec<(&[u8], Vec<u8>)>| -> Result<()> {
+                let skipped = write_clocks(conn, table, upserts, speculative)?;
                 misses.extend(skipped.into_iter().map(|pk| (tbl, pk)));
                 upserts.clear();
                 Ok(())
@@ -368,9 +408,8 @@ impl ClockCache {
                 let now = cached.clock.versions();
                 versions.row_changed(tbl, pk, &cached.stored_versions, &now);
                 if cached.clock.is_empty() {
-                    conn.prepare_cached(&table.sql.delete_clock)
-                        .and_then(|mut s| s.execute([pk]))
-                        .map_err(|e| Err(e.into()))?;
+                    conn.prepare_cached(&table.sql.delete_clock)?
+                        .execute([pk])?;
                 } else {
                     upserts.push((pk.as_slice(), cached.clock.encode()));
                     if upserts.len() == ROWS_PER_INSERT {
@@ -382,11 +421,30 @@ impl ClockCache {
                 write(&mut upserts)?;
             }
         }
-        drop(order);
-        if !misses.is_empty() {
-            return Err(Ok(Misspeculated(misses)));
+        Ok(())
+    }
+
+    /// Writes every changed clock and the version index; returns the ids
+    /// of the tables written and, with `keep_rows`, the changed rows' keys
+    /// and clocks in key order (only for a cache that never spilled).
+    /// Fails with `Err(Ok(Misspeculated))`, having written part of it, when
+    /// an assumed new key was stored: the caller rolls back to before the
+    /// first row was written (a spill's included).
+    pub fn flush(
+        mut self,
+        conn: &Connection,
+        tables: &HashMap<u32, CrrTable>,
+        keep_rows: bool,
+    ) -> std::result::Result<Flushed, std::result::Result<Misspeculated, CrrError>> {
+        debug_assert!(
+            !(keep_rows && self.spilled),
+            "a spilled cache no longer holds every row"
+        );
+        self.write_dirty(conn, tables).map_err(Err)?;
+        if !self.misses.is_empty() {
+            return Err(Ok(Misspeculated(self.misses)));
         }
-        versions.write(conn).map_err(Err)?;
+        self.versions.write(conn).map_err(Err)?;
         let rows = if keep_rows {
             let mut rows: Vec<_> = self
                 .rows
@@ -399,10 +457,9 @@ impl ClockCache {
         } else {
             Vec::new()
         };
-        Ok(Flushed {
-            rows,
-            tables: written,
-        })
+        let mut tables = self.written;
+        tables.sort_unstable();
+        Ok(Flushed { rows, tables })
     }
 }
 

@@ -420,3 +420,74 @@ fn rows_affected_is_each_statements_own() {
     assert_eq!(tx.execute("SELECT count(*) FROM t", []).unwrap(), 0);
     tx.commit().unwrap();
 }
+
+/// Everything a commit leaves that replication reads: the changes, the
+/// version index's counts (site, db_version, table, live), each version's
+/// changes through the index, and the row count.
+type CommittedState = (Vec<Change>, Vec<(i64, i64, i64, i64)>, Vec<Change>, i64);
+
+fn committed_state(c: &CrrConn) -> CommittedState {
+    let index = c
+        .connection()
+        .prepare("SELECT site, db_version, tbl, live FROM crr_versions ORDER BY 1, 2, 3")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let rows = c
+        .connection()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    (
+        c.changes_since(0, None).unwrap(),
+        index,
+        c.changes_of(site(0x11), 1..=c.db_version()).unwrap(),
+        rows,
+    )
+}
+
+#[test]
+fn a_commit_larger_than_the_clock_cache_records_the_same_clocks() {
+    // More rows than the cache holds (8,192), touched again after being
+    // written out: updated, deleted, re-inserted (assumed new, found
+    // stored), their keys changed; and a tombstone from before re-inserted.
+    let big = "
+        WITH RECURSIVE n(x) AS (SELECT 100 UNION ALL SELECT x + 1 FROM n WHERE x < 20099)
+        INSERT INTO t SELECT x, 'v' || x, x, NULL FROM n;
+        UPDATE t SET b = b + 1 WHERE id % 7 = 0;
+        DELETE FROM t WHERE id % 11 = 0 AND id >= 100;
+        WITH RECURSIVE n(x) AS (SELECT 100 UNION ALL SELECT x + 1 FROM n WHERE x < 20099)
+        INSERT INTO t SELECT x, 'again', x, 1 FROM n WHERE x % 11 = 0 AND x % 3 = 0;
+        INSERT INTO t VALUES (5, 'back', 5, 5);
+        UPDATE t SET id = id + 100000 WHERE id % 13 = 0 AND id >= 100;
+        UPDATE t SET c = 2 WHERE id % 17 = 0;";
+    let setup = |c: &mut CrrConn| {
+        tx(
+            c,
+            "INSERT INTO t VALUES (1,'x',1,1), (5,'y',5,5), (9,'z',9,9)",
+        );
+        tx(c, "DELETE FROM t WHERE id = 5");
+    };
+    // commit() spills its cache; commit_changes() never does.
+    let mut spilled = db(T);
+    setup(&mut spilled);
+    let mut whole = db(T);
+    setup(&mut whole);
+    let mut t = spilled.transaction().unwrap();
+    t.execute_batch(big).unwrap();
+    assert_eq!(t.commit().unwrap(), Some(3));
+    let mut t = whole.transaction().unwrap();
+    t.execute_batch(big).unwrap();
+    let (v, changes) = t.commit_changes().unwrap().unwrap();
+    assert_eq!(v, 3);
+    let state = committed_state(&spilled);
+    assert_eq!(state, committed_state(&whole));
+    assert!(changes.len() > 50_000, "{} changes", changes.len());
+    assert_eq!(
+        changes,
+        spilled.changes_of(site(0x11), 3..=3).unwrap(),
+        "the changes the unspilled commit built are the spilled one's"
+    );
+    assert_eq!(row(&spilled, 5).1, 3, "the tombstone came back");
+}

@@ -36,5 +36,5 @@ pub use reader::{QueryStream, RowEvent};
 pub use remote::{
     RemoteOutcome, HELD_BYTES_MAX, HELD_VERSIONS_MAX, PARTIAL_BYTES_MAX, PARTIAL_VERSIONS_MAX,
 };
-pub use statement::{Params, Statement};
+pub use statement::{PackedParams, Params, Statement, StatementRef, Statements};
 pub use writer::{StatementResult, TxOutcome, WriteStats};

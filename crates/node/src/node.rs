@@ -18,7 +18,7 @@ use crate::held::HeldVersions;
 use crate::reader::{open_reader, QueryStream, ReadPool};
 use crate::remote::RemoteOutcome;
 use crate::schema_files;
-use crate::statement::Statement;
+use crate::statement::{Statement, Statements};
 use crate::writer::{TxOutcome, WriteStats, Writer};
 
 /// Committed changesets buffered for slow seam listeners; a listener that
@@ -152,7 +152,8 @@ impl Node {
     }
 
     /// Runs `statements` as one transaction on the database they write.
-    pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
+    pub async fn transact(&self, statements: impl Into<Statements>) -> Result<TxOutcome, TxError> {
+        let statements = statements.into();
         if statements.is_empty() {
             return Err(TxError::Empty);
         }
@@ -162,7 +163,7 @@ impl Node {
                 .classifier
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            classifier.classify(statements.iter().map(|s| s.sql.as_str()))
+            classifier.classify(statements.sql_texts())
         };
         match writes {
             Writes::Both => Err(TxError::MixedDatabases),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use patina_crr::{Committed, CrrConn, SiteId};
 use patina_wire::{ChangeChunk, Need};
+use rusqlite::types::{ToSql, ToSqlOutput};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::changeset::{unix_ms, Changeset, Omitted, Origin};
@@ -15,8 +16,7 @@ use crate::error::{is_storage_full, TxError};
 use crate::held::HeldVersions;
 use crate::pages::LARGE_CHANGES;
 use crate::remote::{self, RemoteOutcome, Replica};
-use crate::statement::Statement;
-use crate::with_params;
+use crate::statement::{StatementRef, Statements};
 use patina_proto::Bookkeeper;
 use patina_wire::DbKind;
 
@@ -44,7 +44,7 @@ pub struct TxOutcome {
 type Reply<T> = oneshot::Sender<T>;
 
 enum Job {
-    Transact(Vec<Statement>, Reply<Result<TxOutcome, TxError>>),
+    Transact(Statements, Reply<Result<TxOutcome, TxError>>),
     /// Merges chunks from peers.
     Remote(Vec<Arc<ChangeChunk>>, Reply<RemoteOutcome>),
     /// Reads what a peer asked for.
@@ -233,7 +233,7 @@ impl Writer {
         self.held.clone()
     }
 
-    pub async fn transact(&self, statements: Vec<Statement>) -> Result<TxOutcome, TxError> {
+    pub async fn transact(&self, statements: Statements) -> Result<TxOutcome, TxError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job::Transact(statements, reply))
@@ -308,7 +308,7 @@ impl DiskState {
 
 /// One client transaction of a group, and what became of it.
 struct Member {
-    statements: Vec<Statement>,
+    statements: Statements,
     /// How many statements the client sent (`statements` is emptied once
     /// they all ran).
     count: usize,
@@ -331,7 +331,7 @@ struct Member {
 fn transact_group(
     conn: &mut CrrConn,
     db: DbKind,
-    group: Vec<(Vec<Statement>, Reply<Result<TxOutcome, TxError>>)>,
+    group: Vec<(Statements, Reply<Result<TxOutcome, TxError>>)>,
     on_commit: &impl Fn(Changeset, Origin),
 ) -> (
     Option<u64>,
@@ -376,7 +376,7 @@ fn transact_group(
                 for (index, st) in m.statements.iter().enumerate() {
                     at = index;
                     let t0 = Instant::now();
-                    let rows_affected = with_params!(st, |p| tx.execute(&st.sql, p))?;
+                    let rows_affected = execute(tx, st)?;
                     results.push(StatementResult {
                         rows_affected,
                         time: t0.elapsed(),
@@ -403,7 +403,7 @@ fn transact_group(
             // sat beside the commit's own peak (issue 15).
             let statements: usize = members.iter().map(|m| m.statements.len()).sum();
             for m in &mut members {
-                m.statements = Vec::new();
+                m.statements = Statements::new();
             }
             if statements > LARGE_CHANGES {
                 // The request was parsed on an HTTP thread, in that thread's
@@ -465,6 +465,26 @@ fn transact_group(
     (version, replies)
 }
 
+/// Runs one statement with its parameters bound from the packed buffer
+/// (no value is copied out of it).
+fn execute(tx: &mut patina_crr::CrrTx<'_>, st: StatementRef<'_>) -> patina_crr::Result<usize> {
+    if let Some(named) = st.named() {
+        let values: Vec<(&str, ToSqlOutput<'_>)> = named
+            .map(|(name, v)| (name, ToSqlOutput::Borrowed(v)))
+            .collect();
+        let bound: Vec<(&str, &dyn ToSql)> = values
+            .iter()
+            .map(|(name, v)| (*name, v as &dyn ToSql))
+            .collect();
+        return tx.execute(st.sql, bound.as_slice());
+    }
+    let values = st.positional().into_iter().flatten();
+    tx.execute(
+        st.sql,
+        rusqlite::params_from_iter(values.map(ToSqlOutput::Borrowed)),
+    )
+}
+
 /// What a client is told of statement `index`'s failure (or the commit's).
 fn fail(db: DbKind, index: usize, e: &patina_crr::CrrError) -> TxError {
     if is_storage_full(e) {
@@ -487,6 +507,7 @@ fn fail(db: DbKind, index: usize, e: &patina_crr::CrrError) -> TxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Statement;
     use patina_crr::Value;
 
     /// A writer on a fresh file with `t(id, v)`, and the changesets it
@@ -508,11 +529,11 @@ mod tests {
         (w, dir, rx)
     }
 
-    fn insert(id: i64) -> Vec<Statement> {
-        vec![Statement::with_params(
+    fn insert(id: i64) -> Statements {
+        Statements::from(Statement::with_params(
             "INSERT INTO t (id, v) VALUES (?, 'x')",
             vec![Value::Integer(id)],
-        )]
+        ))
     }
 
     /// Blocks the writer thread until the returned sender is dropped or
@@ -626,11 +647,11 @@ mod tests {
     }
 
     /// An insert of a row needing a few pages (overflow pages for `v`).
-    fn insert_big(id: i64) -> Vec<Statement> {
-        vec![Statement::with_params(
+    fn insert_big(id: i64) -> Statements {
+        Statements::from(Statement::with_params(
             "INSERT INTO t (id, v) VALUES (?, ?)",
             vec![Value::Integer(id), Value::Text("x".repeat(10_000))],
-        )]
+        ))
     }
 
     /// SQLITE_FULL without a full filesystem: SQLite refuses to grow the

@@ -200,7 +200,7 @@ proptest! {
                 subs.push((sql, s, m));
             }
             for tx in &txs {
-                node.transact(tx.iter().map(Op::statement).collect()).await.unwrap();
+                node.transact(tx.iter().map(Op::statement).collect::<Vec<_>>()).await.unwrap();
             }
             for (sql, s, m) in &mut subs {
                 converge(&node, sql, s, m).await;
