@@ -266,9 +266,11 @@ fn new_temp_dir() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Where a started agent listens, read from its log.
+/// Who a started agent is and where it listens, read from its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Addrs {
+    /// Its actor id, as `patina regions` and `patina members` name it.
+    actor: String,
     api: SocketAddr,
     gossip: SocketAddr,
     global_gossip: Option<SocketAddr>,
@@ -617,6 +619,7 @@ async fn wait_ready(agent: &mut Agent, deadline: Instant) -> anyhow::Result<Addr
 #[derive(Default)]
 struct LogScan {
     partial: Vec<u8>,
+    actor: Option<String>,
     gossip: Option<SocketAddr>,
     global_gossip: Option<SocketAddr>,
 }
@@ -628,12 +631,15 @@ impl LogScan {
         while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
-            if let Some(addr) = listening_addr(&line, "global gossip listening") {
+            if let Some(actor) = field(&line, "node started", "actor") {
+                self.actor = Some(actor.to_owned());
+            } else if let Some(addr) = addr_field(&line, "global gossip listening") {
                 self.global_gossip = Some(addr);
-            } else if let Some(addr) = listening_addr(&line, "gossip listening") {
+            } else if let Some(addr) = addr_field(&line, "gossip listening") {
                 self.gossip = Some(addr);
-            } else if let Some(api) = listening_addr(&line, "API listening") {
+            } else if let Some(api) = addr_field(&line, "API listening") {
                 return Some(Addrs {
+                    actor: self.actor.clone()?,
                     api,
                     gossip: self.gossip?,
                     global_gossip: self.global_gossip,
@@ -644,15 +650,17 @@ impl LogScan {
     }
 }
 
-/// The `addr=` field of a `… <message> addr=IP:PORT …` log line.
-fn listening_addr(line: &str, message: &str) -> Option<SocketAddr> {
+/// Field `name` of a `… <message> … name=value …` log line.
+fn field<'a>(line: &'a str, message: &str, name: &str) -> Option<&'a str> {
     let rest = line.split(message).nth(1)?;
-    rest.split("addr=")
+    rest.split(&format!(" {name}="))
         .nth(1)?
         .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+        .next()
+}
+
+fn addr_field(line: &str, message: &str) -> Option<SocketAddr> {
+    field(line, message, "addr")?.parse().ok()
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -685,8 +693,11 @@ async fn stop_all(agents: &mut [Agent]) {
         if matches!(agent.child.try_wait(), Ok(None)) {
             // SAFETY: plain syscall. The pid is still our unreaped child
             // (try_wait just said it runs), so it names no other process.
+            // SIGCONT: an agent paused with SIGSTOP (to try leader
+            // failover) would handle its SIGTERM only once resumed.
             unsafe {
                 libc::kill(agent.pid as libc::pid_t, libc::SIGTERM);
+                libc::kill(agent.pid as libc::pid_t, libc::SIGCONT);
             }
             running.push(agent);
         }
@@ -714,19 +725,27 @@ async fn stop_all(agents: &mut [Agent]) {
 }
 
 fn print_table(exe: &Path, dir: &Path, regions: &RegionCounts, agents: &[Agent]) {
-    let header = ["node", "region", "global", "pid", "api", "query it"];
-    let rows: Vec<[String; 6]> = agents
+    let header = [
+        "node", "region", "global", "pid", "actor", "api", "query it",
+    ];
+    let rows: Vec<[String; 7]> = agents
         .iter()
         .map(|a| {
             let api = a
                 .addrs
                 .as_ref()
                 .map_or(String::new(), |x| x.api.to_string());
+            // Enough to tell which node `patina regions` names leader.
+            let actor: String = a
+                .addrs
+                .as_ref()
+                .map_or(String::new(), |x| x.actor.chars().take(8).collect());
             [
                 a.plan.name.clone(),
                 a.plan.region.clone(),
                 if a.plan.global { "yes" } else { "no" }.to_owned(),
                 a.pid.to_string(),
+                format!("{actor}…"),
                 api.clone(),
                 format!("patina query --api {api} \"SELECT * FROM machines\""),
             ]
@@ -734,7 +753,7 @@ fn print_table(exe: &Path, dir: &Path, regions: &RegionCounts, agents: &[Agent])
         .collect();
     let width = |i: usize| {
         rows.iter()
-            .map(|r| r[i].len())
+            .map(|r| r[i].chars().count())
             .chain([header[i].len()])
             .max()
             .unwrap_or(0)
@@ -832,7 +851,8 @@ mod tests {
     #[test]
     fn the_log_gives_the_addresses() {
         let mut scan = LogScan::default();
-        let log = "2025-01-01T00:00:00Z  INFO patina::agent_cmd: gossip listening addr=127.0.0.1:4001 cluster=ams\n\
+        let log = "2025-01-01T00:00:00Z  INFO patina::agent_cmd: node started actor=515efebd12bc4bdca3827a19ef6d9bc2 region=\"ams\" data_dir=/tmp/x\n\
+                   2025-01-01T00:00:00Z  INFO patina::agent_cmd: gossip listening addr=127.0.0.1:4001 cluster=ams\n\
                    2025-01-01T00:00:00Z  INFO patina::agent_cmd: global gossip listening addr=127.0.0.1:4002 cluster=global\n\
                    2025-01-01T00:00:00Z  INFO patina::agent_cmd: API listening addr=127.0.0.1:";
         assert_eq!(
@@ -842,6 +862,7 @@ mod tests {
         );
         let addrs = scan.feed(b"4003\n").unwrap();
         assert_eq!(addrs.api, "127.0.0.1:4003".parse().unwrap());
+        assert_eq!(addrs.actor, "515efebd12bc4bdca3827a19ef6d9bc2");
         assert_eq!(addrs.gossip, "127.0.0.1:4001".parse().unwrap());
         assert_eq!(addrs.global_gossip, Some("127.0.0.1:4002".parse().unwrap()));
     }

@@ -73,13 +73,13 @@ impl Devcluster {
             if line.starts_with("Ctrl-C stops") {
                 break;
             }
-            // node, region, global, pid, api, query command
+            // node, region, global, pid, actor, api, query command
             let cells: Vec<&str> = line.split_whitespace().collect();
-            if cells.len() >= 5 && cells[4].parse::<SocketAddr>().is_ok() {
+            if cells.len() >= 6 && cells[5].parse::<SocketAddr>().is_ok() {
                 nodes.push(Node {
                     name: cells[0].to_owned(),
                     pid: cells[3].parse().unwrap(),
-                    api: cells[4].to_owned(),
+                    api: cells[5].to_owned(),
                 });
             }
             seen.push(line);
