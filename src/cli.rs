@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use patina_crr::SiteId;
 
+use crate::devcluster_cmd::{parse_regions, RegionCounts};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "patina",
@@ -47,6 +49,28 @@ pub enum Command {
     /// Makes the certificates of mutual TLS between nodes ([gossip.tls]).
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Runs a local multi-region cluster of agents until Ctrl-C.
+    Devcluster(DevclusterArgs),
+}
+
+/// Starts a local multi-region cluster, each node a `patina agent`
+/// process on 127.0.0.1 (no certificates: dev only), with a demo schema: a
+/// regional `machines` table and the global `app_regions` rollup of it.
+/// Prints every node's API address; Ctrl-C or SIGTERM stops them all.
+///
+/// The first node of each region is a global member, and the second too in
+/// a region of 3 or more nodes (kill the leader to see another take over).
+#[derive(Debug, Args)]
+pub struct DevclusterArgs {
+    /// The regions and their node counts (1 to 16 each), e.g.
+    /// ams=3,ord=3,nrt=2.
+    #[arg(long, value_name = "REGION=N,...", value_parser = parse_regions)]
+    pub regions: RegionCounts,
+    /// Folder for the nodes' configs, data and logs: new, empty, or one a
+    /// previous devcluster of the same regions used (restarted with its
+    /// data). Default: a new folder under the temp dir, kept.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

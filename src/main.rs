@@ -9,6 +9,7 @@ mod cli;
 mod client_cmd;
 mod config;
 mod db_cmd;
+mod devcluster_cmd;
 mod jsonl;
 mod tls_cmd;
 
@@ -55,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => client_cmd::health(args),
         Command::Db(cmd) => db_cmd::run(cmd),
         Command::Tls(cmd) => tls_cmd::run(cmd),
+        Command::Devcluster(args) => devcluster_cmd::run(args.regions, args.dir),
     }
 }
 

@@ -619,25 +619,31 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Semantic checks serde cannot do; on failure, the key and the message.
-fn validate(config: &Config) -> Result<(), (String, String)> {
-    let err = |key: &str, message: String| Err((key.to_string(), message));
-    let region = &config.node.region;
+/// Whether `region` may name a region (also what `patina devcluster`
+/// accepts); on failure, what is wrong with it.
+pub fn check_region(region: &str) -> Result<(), String> {
     let region_ok = (1..=REGION_LEN_MAX).contains(&region.len())
         && region
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !region_ok {
-        return err(
-            "node.region",
-            format!("invalid region {region:?}: use 1 to {REGION_LEN_MAX} characters of a-z, 0-9 and -, e.g. \"ams\""),
-        );
+        return Err(format!(
+            "invalid region {region:?}: use 1 to {REGION_LEN_MAX} characters of a-z, 0-9 and -, e.g. \"ams\""
+        ));
     }
     if region == GLOBAL_CLUSTER_NAME {
-        return err(
-            "node.region",
-            format!("{region:?} is the global cluster's name; pick another region name"),
-        );
+        return Err(format!(
+            "{region:?} is the global cluster's name; pick another region name"
+        ));
+    }
+    Ok(())
+}
+
+/// Semantic checks serde cannot do; on failure, the key and the message.
+fn validate(config: &Config) -> Result<(), (String, String)> {
+    let err = |key: &str, message: String| Err((key.to_string(), message));
+    if let Err(message) = check_region(&config.node.region) {
+        return err("node.region", message);
     }
     if config.node.data_dir.as_os_str().is_empty() {
         return err("node.data_dir", "must not be empty".to_string());
