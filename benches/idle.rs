@@ -13,6 +13,14 @@
 //! datagrams) and replication (stream frames) apart; QUIC's own packets
 //! (acks, keep-alives, handshakes) are not counted — sync rounds per
 //! node-second, and each agent's RSS at the end (median and max).
+//!
+//! Then what the slower idle pace costs when something must be repaired:
+//! an in-process region of `PATINA_BENCH_REPAIR_NODES` (default 10) nodes
+//! with broadcast switched off (every write is a "lost broadcast" that
+//! sync alone must repair), idle long enough for rounds to back off, then
+//! one write; the time until every node holds it, `PATINA_BENCH_REPAIRS`
+//! (default 10) times, with the idle back-off (`sync_interval_max` 3.2 s)
+//! and without it (rounds every 200 ms, as before the back-off existed).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -74,6 +82,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Per write: ms from before the write until every node holds it.
+async fn repair_times(nodes: usize, writes: usize, interval_max: Duration) -> Vec<f64> {
+    use patina_replicator::ReplicatorConfig;
+    let options = patina_testkit::Options {
+        replicator: ReplicatorConfig {
+            broadcast: false,
+            sync_interval_max: interval_max,
+            seed: 11,
+            ..ReplicatorConfig::default()
+        },
+        ..patina_testkit::Options::default()
+    };
+    let cluster = patina_testkit::TestCluster::start(nodes, options).await;
+    let mut times = Vec::with_capacity(writes);
+    for k in 0..writes {
+        // Idle: long enough for the rounds to back off to the maximum.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let t0 = Instant::now();
+        let writer = k % nodes;
+        cluster
+            .exec(writer, &format!("INSERT INTO apps VALUES ('a{k}', 'o')"))
+            .await;
+        for i in 0..nodes {
+            loop {
+                let rows = patina_testkit::rows(
+                    &cluster.nodes[i].node,
+                    &format!("SELECT 1 FROM apps WHERE name = 'a{k}'"),
+                )
+                .await;
+                if !rows.is_empty() {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "write {k} never reached node {i}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times
+}
+
 fn main() {
     let sizes: Vec<usize> = env_or::<String>("PATINA_BENCH_NODES", "3,10".into())
         .split(',')
@@ -89,6 +142,34 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let repair_nodes: usize = env_or("PATINA_BENCH_REPAIR_NODES", 10);
+    let repairs: usize = env_or("PATINA_BENCH_REPAIRS", 10);
+    if repairs > 0 {
+        let mt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for (label, max) in [
+            ("paced", Duration::from_millis(3200)),
+            ("fixed_200ms", Duration::from_millis(200)),
+        ] {
+            let t = mt.block_on(repair_times(repair_nodes, repairs, max));
+            let summary = json!({
+                "bench": "idle_repair",
+                "nodes": repair_nodes,
+                "pace": label,
+                "writes": repairs,
+                "ms_until_every_node": {"p50": round2(t[t.len() / 2]), "max": round2(t[t.len() - 1])},
+            });
+            println!("{summary}");
+            if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
+                let mut old = std::fs::read_to_string(&path).unwrap_or_default();
+                old.push_str(&format!("{summary}\n"));
+                std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
+            }
+        }
+    }
     for n in sizes {
         let summary = rt.block_on(async {
             let mut cluster = Cluster::start(n).await;
