@@ -457,7 +457,7 @@ impl Swim {
 
     fn publish(&mut self) {
         let me = self.foca.identity().0.actor;
-        let members: Vec<Member> = self
+        let mut members: Vec<Member> = self
             .foca
             .iter_membership_state()
             .filter(|m| m.id().0.actor != me)
@@ -470,6 +470,10 @@ impl Swim {
                 },
             })
             .collect();
+        // foca reorders its members every probe cycle (it shuffles whom to
+        // probe next); watchers care about who and in what state, so the
+        // list is published in one order and only when that changes.
+        members.sort_by_key(|m| m.identity.actor);
         self.members_tx.send_if_modified(|current| {
             if *current == members {
                 return false;

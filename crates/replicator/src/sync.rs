@@ -72,6 +72,7 @@ pub(crate) async fn run(
                 if !changed {
                     return;
                 }
+                tracing::trace!("sync pace: bookkeeping changed");
                 pace.on_activity();
                 continue;
             }
@@ -79,6 +80,7 @@ pub(crate) async fn run(
                 if changed.is_err() {
                     return;
                 }
+                tracing::trace!("sync pace: membership changed");
                 pace.on_activity();
                 continue;
             }
@@ -87,6 +89,7 @@ pub(crate) async fn run(
                 if !hinted.contains(&peer) {
                     hinted.push(peer);
                 }
+                tracing::trace!(%peer, "sync pace: a peer asked with another digest");
                 pace.on_activity();
                 continue;
             }
@@ -114,6 +117,7 @@ pub(crate) async fn run(
         }
         hinted.clear();
         pace.on_round(quiet);
+        tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
