@@ -3,12 +3,16 @@
 //!
 //! A node that has peers to learn from (a bootstrap list, or members
 //! remembered from its last run) starts *catching up*. Its target is what
-//! the peers that answered its first sync round advertised (the union of
-//! their summaries' applied versions, its own actor left out: it is its
-//! own versions' only source). It stays catching up until its bookkeeping
-//! holds every version of that target whole (a version held in part does
-//! not count). Versions committed after that first round do not move the
-//! target: a node under a steady write load still gets there.
+//! its peers advertised in their first answers (the union of their
+//! summaries' applied versions, its own actor left out: it is its own
+//! versions' only source): each peer's first summary adds to it, later
+//! ones from the same peer do not, so a node under a steady write load
+//! still gets there. It stays catching up until its bookkeeping holds
+//! every version of that target whole (a version held in part does not
+//! count) *and* every live peer has answered once — a peer too busy to
+//! answer the first round (the one that just took a large write) may hold
+//! what the others do not have yet. Peers silent for [`CATCH_UP_WAIT`]
+//! since the start are not waited for any longer.
 //!
 //! A node with nobody to learn from is not catching up. Nor is one whose
 //! peers stay silent for [`CATCH_UP_WAIT`]: a node must not wait forever
@@ -19,7 +23,8 @@
 //! Plain value: the shell feeds it summaries and the node's bookkeeping
 //! with the time, and reads [`CatchUp::status`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use patina_wire::{ActorId, DbKind, Span, Summary};
@@ -68,6 +73,9 @@ pub struct CatchUpStatus {
     pub phase: CatchUpPhase,
     /// Versions of the target not yet held whole (0 unless `Fetching`).
     pub missing_versions: u64,
+    /// Live peers whose first summary has not arrived yet (while
+    /// `Fetching`; they are waited for up to [`CATCH_UP_WAIT`]).
+    pub unanswered_peers: u64,
     /// When the node started (catching up or not).
     pub started: Instant,
     /// When catching up ended (`None` while it goes on).
@@ -88,6 +96,10 @@ impl CatchUpStatus {
         match self.phase {
             CatchUpPhase::Waiting => Some(format!(
                 "catching up: waiting for a peer's summary of what it holds ({secs:.1} s since start)"
+            )),
+            CatchUpPhase::Fetching if self.missing_versions == 0 => Some(format!(
+                "catching up: waiting for the first summary of {} more live peers ({secs:.1} s since start)",
+                self.unanswered_peers
             )),
             CatchUpPhase::Fetching => Some(format!(
                 "catching up: {} versions its peers held when it joined are not applied yet ({secs:.1} s since start)",
@@ -115,6 +127,10 @@ pub struct CatchUp {
     /// The target's versions not held yet, per (db, actor); empty sets
     /// are removed.
     remaining: BTreeMap<(DbKind, ActorId), RangeSet>,
+    /// Peers whose first summary is in the target.
+    answered: BTreeSet<SocketAddr>,
+    /// Live peers that have not answered yet (as of the last `on_held`).
+    unanswered: usize,
     dbs: Vec<DbKind>,
     started: Instant,
     ended: Option<Instant>,
@@ -141,6 +157,8 @@ impl CatchUp {
         CatchUp {
             phase,
             remaining: BTreeMap::new(),
+            answered: BTreeSet::new(),
+            unanswered: 0,
             dbs: dbs.to_vec(),
             started: now,
             ended: (!learns_from_peers).then_some(now),
@@ -149,27 +167,32 @@ impl CatchUp {
         }
     }
 
-    /// The summaries of one sync round, from the peers that answered it.
-    /// The first round with an answer sets the target; later rounds change
-    /// nothing. `held` is what the node has merged (not what waits in its
-    /// apply queue: that is not readable yet).
+    /// The summaries of one sync round, by the peer that answered. A
+    /// peer's first summary adds to the target; the first answer of all
+    /// starts the fetching. `held` is what the node has merged (not what
+    /// waits in its apply queue: that is not readable yet).
     pub fn on_summaries<'a>(
         &mut self,
-        summaries: impl IntoIterator<Item = &'a Summary>,
+        summaries: impl IntoIterator<Item = (SocketAddr, &'a Summary)>,
         held: &Bookkeeper,
-        now: Instant,
     ) {
-        if self.phase != CatchUpPhase::Waiting {
+        if !self.status().catching_up() {
             return;
         }
         let mut answered = false;
-        for summary in summaries {
+        for (peer, summary) in summaries {
             answered = true;
+            if !self.answered.insert(peer) {
+                continue;
+            }
             for actor in &summary.actors {
                 if actor.actor == held.own_actor() || !self.dbs.contains(&actor.db) {
                     continue;
                 }
-                let claimed = claimed(&actor.applied);
+                let mut claimed = claimed(&actor.applied);
+                if let Some(have) = held.applied(actor.db, actor.actor) {
+                    claimed = claimed.difference(have);
+                }
                 if claimed.is_empty() {
                     continue;
                 }
@@ -179,19 +202,25 @@ impl CatchUp {
                 }
             }
         }
-        if answered {
+        if answered && self.phase == CatchUpPhase::Waiting {
             self.phase = CatchUpPhase::Fetching;
-            self.on_held(held, now);
         }
     }
 
-    /// What the node holds now (after merges), and the time: ends
-    /// catching up when the target is held, or when no peer answered
-    /// within the wait.
-    pub fn on_held(&mut self, held: &Bookkeeper, now: Instant) {
+    /// What the node holds now (after merges), its live peers, and the
+    /// time: ends catching up when the target is held and every live peer
+    /// has answered (or stayed silent past the wait), or when no peer
+    /// answered at all within the wait.
+    pub fn on_held(&mut self, held: &Bookkeeper, live: &[SocketAddr], now: Instant) {
+        let waited = now.saturating_duration_since(self.started) >= self.wait;
+        self.unanswered = if waited {
+            0
+        } else {
+            live.iter().filter(|p| !self.answered.contains(p)).count()
+        };
         match self.phase {
             CatchUpPhase::Waiting => {
-                if now.saturating_duration_since(self.started) >= self.wait {
+                if waited {
                     self.end(CatchUpPhase::NoAnswer, now);
                 }
             }
@@ -202,7 +231,7 @@ impl CatchUp {
                     *versions = versions.difference(have);
                 }
                 self.remaining.retain(|_, v| !v.is_empty());
-                if self.remaining.is_empty() {
+                if self.remaining.is_empty() && self.unanswered == 0 {
                     self.end(CatchUpPhase::CaughtUp, now);
                 }
             }
@@ -214,11 +243,13 @@ impl CatchUp {
         self.phase = phase;
         self.ended = Some(now);
         self.remaining.clear();
+        self.unanswered = 0;
     }
 
     pub fn status(&self) -> CatchUpStatus {
         CatchUpStatus {
             phase: self.phase,
+            unanswered_peers: self.unanswered as u64,
             missing_versions: self
                 .remaining
                 .values()

@@ -121,8 +121,8 @@ pub(crate) async fn run(
         let catching_up = status.borrow().catching_up();
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
-            catch_up.on_summaries(answered.iter(), &merged, now);
-            catch_up.on_held(&merged, now);
+            catch_up.on_summaries(answered.iter().map(|(p, s)| (*p, s)), &merged);
+            catch_up.on_held(&merged, &shared.peers(), now);
             publish(&shared, &catch_up, &status);
         }
     }
@@ -178,7 +178,7 @@ struct Asked {
 struct RoundOutcome {
     /// The summaries of the peers that answered (a peer in sync counts as
     /// answering with this node's own summary).
-    answered: Vec<Summary>,
+    answered: Vec<(SocketAddr, Summary)>,
     /// Every peer asked answered that it holds what this node holds.
     quiet: bool,
 }
@@ -198,7 +198,7 @@ async fn round(
         asking.spawn(async move { (peer, ask_summary(&shared, peer, digest).await) });
     }
     let mut asked: Vec<Asked> = Vec::new();
-    let mut in_sync = 0;
+    let mut in_sync = Vec::new();
     let mut quiet = true;
     while let Some(Ok((peer, result))) = asking.join_next().await {
         match result {
@@ -206,7 +206,7 @@ async fn round(
                 quiet = false;
                 asked.push(a);
             }
-            Ok(None) => in_sync += 1,
+            Ok(None) => in_sync.push(peer),
             Err(e) => {
                 quiet = false;
                 shared.stats.sync_failures.inc();
@@ -214,9 +214,10 @@ async fn round(
             }
         }
     }
-    let mut answered: Vec<Summary> = Vec::new();
-    if in_sync > 0 {
-        answered.push(held.summary(SUMMARY_SPANS_MAX));
+    let mut answered: Vec<(SocketAddr, Summary)> = Vec::new();
+    if !in_sync.is_empty() {
+        let mine = held.summary(SUMMARY_SPANS_MAX);
+        answered.extend(in_sync.into_iter().map(|p| (p, mine.clone())));
     }
     let summaries: Vec<(SocketAddr, Summary)> =
         asked.iter().map(|a| (a.peer, a.summary.clone())).collect();
@@ -256,7 +257,7 @@ async fn round(
             }
         }
     }
-    answered.extend(summaries.into_iter().map(|(_, s)| s));
+    answered.extend(summaries);
     RoundOutcome { answered, quiet }
 }
 
