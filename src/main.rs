@@ -26,8 +26,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help and --version are "errors" too, printed to stdout.
             let _ = e.print();
+            // 2 for a usage error, as clap itself would: scripts (a
+            // `patina health` deploy gate) tell a typo from a failure (1).
             return if e.use_stderr() {
-                ExitCode::FAILURE
+                ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
             };

@@ -43,8 +43,9 @@ pub struct HealthReport {
     #[serde(serialize_with = "opt_hex")]
     pub leader: Option<SiteId>,
     /// Seconds since the origin commit of the newest global change this
-    /// node holds (merged from its clusters or written here); null if none
-    /// yet. Grows while nothing global is written, too: a gate on it wants
+    /// node has seen since it started (merged from its clusters or written
+    /// here); null until the first after a start (commit times are not
+    /// stored). Grows while nothing global is written, too: a gate on it wants
     /// regular global writes (rollups of busy tables are such writes).
     pub global_lag: Option<f64>,
     /// 99th percentile of the last minute's live lag of global changes

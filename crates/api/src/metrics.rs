@@ -190,7 +190,7 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "could not encode metrics");
         }
-        out
+        merge_families(&out)
     }
 
     pub(crate) fn tx_committed(&self) {
@@ -320,6 +320,59 @@ impl std::fmt::Debug for WriterCollector {
     }
 }
 
+/// One family per metric name. A global member registers its two
+/// clusters' metrics under the same names with a different `cluster`
+/// label, and the encoder writes one family per registration: the same
+/// `# HELP`/`# TYPE` twice, which OpenMetrics parsers reject ("clashing
+/// name") — the whole scrape would be lost. The samples of every family of
+/// a name are gathered under its first header, in order.
+fn merge_families(text: &str) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> =
+        std::collections::HashMap::new();
+    let mut current: Option<&str> = None;
+    let mut tail: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .or_else(|| line.strip_prefix("# UNIT "))
+        {
+            let name = rest.split(' ').next().unwrap_or(rest);
+            if current != Some(name) {
+                current = Some(name);
+                if !families.contains_key(name) {
+                    order.push(name);
+                }
+            }
+            let (headers, _) = families.entry(name).or_default();
+            // The second registration's header lines are the first's.
+            if !headers.contains(&line) {
+                headers.push(line);
+            }
+        } else if line.starts_with("# EOF") || line.is_empty() {
+            tail.push(line);
+        } else if let Some(name) = current {
+            families.entry(name).or_default().1.push(line);
+        } else {
+            tail.push(line);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for name in order {
+        let (headers, samples) = &families[name];
+        for line in headers.iter().chain(samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for line in tail {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DbLabels {
     db: &'static str,
@@ -381,5 +434,30 @@ impl Metrics {
     /// a global member).
     pub fn register_region(&mut self, runtime: &patina_region::RegionRuntime) {
         runtime.register(&mut self.registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_families;
+
+    #[test]
+    fn two_registrations_of_a_name_become_one_family() {
+        let text = "# HELP a_total Things.\n# TYPE a_total counter\na_total{cluster=\"ams\"} 1\n\
+                    # HELP b Other.\n# TYPE b gauge\nb{cluster=\"ams\"} 2\n\
+                    # HELP a_total Things.\n# TYPE a_total counter\na_total{cluster=\"global\"} 3\n\
+                    # EOF\n";
+        assert_eq!(
+            merge_families(text),
+            "# HELP a_total Things.\n# TYPE a_total counter\na_total{cluster=\"ams\"} 1\n\
+             a_total{cluster=\"global\"} 3\n\
+             # HELP b Other.\n# TYPE b gauge\nb{cluster=\"ams\"} 2\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn a_text_without_duplicates_is_unchanged() {
+        let text = "# HELP h Lag.\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 0\nh_sum 0.0\nh_count 0\n# EOF\n";
+        assert_eq!(merge_families(text), text);
     }
 }

@@ -120,9 +120,16 @@ pub(crate) fn configs(
     let (certs, key) = match files {
         Some(f) => (load_certs(&f.cert_file)?, load_key(&f.key_file)?),
         None => {
+            // The global cluster's section is [global_gossip.tls].
+            let section = if local.cluster.as_str() == "global" {
+                "global_gossip"
+            } else {
+                "gossip"
+            };
             tracing::warn!(
-                "gossip runs INSECURE (no [gossip.tls]): using a generated self-signed \
-                 certificate and NOT verifying peers; anyone who can reach the gossip port can \
+                cluster = %local.cluster,
+                "{section} runs INSECURE (no [{section}.tls]): using a generated self-signed \
+                 certificate and NOT verifying peers; anyone who can reach the port can \
                  join and send changes. Configure cert_file, key_file and ca_file for production"
             );
             self_signed()?
