@@ -56,11 +56,21 @@ fn ok(args: &[&str], stdin: &str) -> String {
 
 /// Runs a command that must fail cleanly; returns its stderr.
 fn fail(args: &[&str], stdin: &str) -> String {
+    fail_with(1, args, stdin)
+}
+
+/// Runs a command whose arguments are wrong: it fails with status 2 (as
+/// clap's own programs do), which scripts tell from a failure (1).
+fn usage_error(args: &[&str], stdin: &str) -> String {
+    fail_with(2, args, stdin)
+}
+
+fn fail_with(code: i32, args: &[&str], stdin: &str) -> String {
     let run = patina(args, stdin);
     assert_eq!(
         run.code,
-        Some(1),
-        "patina {args:?} should fail with status 1:\n{}{}",
+        Some(code),
+        "patina {args:?} should fail with status {code}:\n{}{}",
         run.stdout,
         run.stderr
     );
@@ -441,7 +451,7 @@ fn bad_site_ids_are_refused() {
     let db = env.path("new.db");
     let schema = env.schema();
     for bad in ["xyz", "1111", &"g".repeat(32), &"1".repeat(34)] {
-        let err = fail(
+        let err = usage_error(
             &[
                 "db",
                 "exec",
@@ -459,7 +469,7 @@ fn bad_site_ids_are_refused() {
     assert!(!Path::new(&db).exists(), "no database created");
 
     let a = env.create("a.db", SITE_A, &["INSERT INTO t VALUES (1,'x',1,1)"]);
-    let err = fail(&["db", "changes", "--db", &a, "--exclude-site", "nope"], "");
+    let err = usage_error(&["db", "changes", "--db", &a, "--exclude-site", "nope"], "");
     assert!(err.contains("32 hex characters"), "{err}");
 
     // An existing database keeps its site id.
@@ -546,14 +556,14 @@ fn missing_files_are_reported() {
 }
 
 #[test]
-fn usage_errors_exit_1() {
-    let err = fail(&["db", "exec"], "");
+fn usage_errors_exit_2() {
+    let err = usage_error(&["db", "exec"], "");
     assert!(err.contains("--db"), "{err}");
-    let err = fail(&["db", "frobnicate"], "");
+    let err = usage_error(&["db", "frobnicate"], "");
     assert!(err.contains("frobnicate"), "{err}");
     let env = Env::new();
     let db = env.path("x.db");
-    let err = fail(&["db", "changes", "--db", &db, "--since", "ten"], "");
+    let err = usage_error(&["db", "changes", "--db", &db, "--since", "ten"], "");
     assert!(err.contains("--since"), "{err}");
     let help = ok(&["db", "changes", "--help"], "");
     assert!(help.contains("col_version"), "{help}");
