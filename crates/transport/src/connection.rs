@@ -138,7 +138,20 @@ impl ConnCtx {
             }
             Ok(d) if d.cluster != self.shared.cluster => {
                 stats.wrong_cluster.inc();
-                tracing::debug!(peer = %from, cluster = %d.cluster, "datagram of another cluster dropped");
+                if self.shared.wrong_cluster_logged.due() {
+                    tracing::warn!(
+                        peer = %from,
+                        their_cluster = %d.cluster,
+                        "a node of cluster {:?} at {from} sends to this {:?} port: its bootstrap list \
+                         names this node by mistake (another region's gossip port, or a \
+                         global_gossip port given as gossip); dropped and counted \
+                         (patina_transport_wrong_cluster_total), logged once a minute",
+                        d.cluster.as_str(),
+                        self.shared.cluster.as_str()
+                    );
+                } else {
+                    tracing::debug!(peer = %from, cluster = %d.cluster, "datagram of another cluster dropped");
+                }
                 return;
             }
             Ok(d) => d.payload.len(),

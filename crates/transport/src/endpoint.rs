@@ -76,6 +76,7 @@ impl Transport {
             frame_bytes: Arc::new(tokio::sync::Semaphore::new(
                 crate::limits::INBOUND_FRAME_BYTES_MAX,
             )),
+            wrong_cluster_logged: crate::shared::WarnEvery::new(std::time::Duration::from_secs(60)),
         });
         let tls = tls::configs(
             cfg.tls.as_ref(),
