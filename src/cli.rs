@@ -238,6 +238,10 @@ pub struct HealthArgs {
     /// Unhealthy with more received changes waiting than this.
     #[arg(long, value_name = "N")]
     pub max_queue: Option<u64>,
+    /// Unhealthy while the node's region has no leader (no live global
+    /// member: rollups and global relay stopped).
+    #[arg(long)]
+    pub require_leader: bool,
     /// Print the whole health report as one JSON line.
     #[arg(long)]
     pub json: bool,

@@ -210,6 +210,9 @@ pub fn health(args: HealthArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_queue {
         query.push(format!("max_queue={n}"));
     }
+    if args.require_leader {
+        query.push("require_leader=1".to_owned());
+    }
     anyhow::ensure!(
         args.timeout.is_finite() && args.timeout >= 0.0,
         "--timeout {} is not a number of seconds ≥ 0",

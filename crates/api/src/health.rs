@@ -19,6 +19,10 @@ struct Thresholds {
     gaps: Option<u64>,
     p99_lag: Option<f64>,
     max_queue: Option<u64>,
+    /// `require_leader=1`: unhealthy while the region has no live global
+    /// member (no leader: rollups are not published, global changes are
+    /// not relayed).
+    require_leader: bool,
     failure_status: Option<StatusCode>,
 }
 
@@ -29,6 +33,17 @@ impl Thresholds {
             match key.as_str() {
                 "gaps" => t.gaps = Some(count(&key, &value)?),
                 "max_queue" => t.max_queue = Some(count(&key, &value)?),
+                "require_leader" => {
+                    t.require_leader = match value.trim() {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => {
+                            return Err(ApiError::QueryString(format!(
+                                "require_leader={value:?} is not 1 or 0: e.g. require_leader=1"
+                            )))
+                        }
+                    }
+                }
                 "p99_lag" => {
                     let secs = value
                         .trim()
@@ -73,6 +88,12 @@ impl Thresholds {
         }
         if let Some(max) = self.max_queue.filter(|max| report.queue_size > *max) {
             out.push(format!("queue_size {} > {max}", report.queue_size));
+        }
+        if self.require_leader && report.leader.is_none() {
+            out.push(format!(
+                "region {} has no leader (no live global member)",
+                report.region
+            ));
         }
         out
     }
@@ -206,6 +227,24 @@ mod tests {
     }
 
     #[test]
+    fn a_region_without_a_leader_fails_when_one_is_required() {
+        let t = Thresholds::parse(Some("require_leader=1")).unwrap();
+        let leaderless = report(0, 0.0, 0);
+        assert_eq!(leaderless.leader, None);
+        let why = t.exceeded(&leaderless);
+        assert_eq!(why, ["region ams has no leader (no live global member)"]);
+        let led = HealthReport {
+            leader: Some(patina_node::SiteId([1; 16])),
+            ..report(0, 0.0, 0)
+        };
+        assert!(t.exceeded(&led).is_empty());
+        assert!(Thresholds::parse(Some("require_leader=0"))
+            .unwrap()
+            .exceeded(&leaderless)
+            .is_empty());
+    }
+
+    #[test]
     fn bad_thresholds() {
         for bad in [
             "gaps=-1",
@@ -216,6 +255,7 @@ mod tests {
             "failure_status=99",
             "failure_status=600",
             "failure_status=abc",
+            "require_leader=yes",
         ] {
             assert!(Thresholds::parse(Some(bad)).is_err(), "{bad}");
         }
