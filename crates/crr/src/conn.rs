@@ -730,7 +730,11 @@ fn check_statement(sql: &str) -> Result<()> {
     match keyword.as_str() {
         "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "VALUES" => Ok(()),
         "" => Ok(()),
-        other => Err(CrrError::StatementNotAllowed(other.to_owned())),
+        // What SQLite would run, but not here.
+        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "CREATE" | "DROP"
+        | "ALTER" | "PRAGMA" | "ATTACH" | "DETACH" | "VACUUM" | "ANALYZE" | "REINDEX"
+        | "EXPLAIN" => Err(CrrError::StatementNotAllowed(keyword)),
+        _ => Err(CrrError::NotAStatement(first_keyword(sql).to_owned())),
     }
 }
 

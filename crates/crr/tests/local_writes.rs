@@ -240,6 +240,21 @@ fn transaction_control_is_refused() {
 }
 
 #[test]
+fn a_typo_is_a_syntax_error_not_a_refusal() {
+    let mut c = db(T);
+    let mut t = c.transaction().unwrap();
+    let err = t.execute("INSRT INTO t VALUES (1)", []).unwrap_err();
+    assert!(
+        matches!(err, CrrError::NotAStatement(ref w) if w == "INSRT"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("near \"INSRT\": syntax error"),
+        "{err}"
+    );
+}
+
+#[test]
 fn backfill_records_existing_rows_in_one_version() {
     let mut c = CrrConn::open_in_memory().unwrap();
     c.connection()
