@@ -36,21 +36,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use support::{cpu_secs, proc_status_kib, round2, setup, setup_peer, Agent};
+use support::{cpu_secs, env_or, proc_status_kib, round2, setup, setup_peer, Agent};
 
 const INSERT: &str = "INSERT INTO bench (id, a, b, c, d) VALUES (?, ?, ?, ?, ?)";
 const CLUSTER: &str = "bench";
 /// Bound on forming the region, on replication of one shape, on settling.
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}")),
-        Err(_) => default,
-    }
-}
 
 fn main() {
     let rows: u64 = env_or("PATINA_BENCH_ROWS", 100_000);
@@ -66,11 +57,7 @@ fn main() {
         let _ = writeln!(text, "{line}");
     }
     print!("{text}");
-    if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
-        let mut old = std::fs::read_to_string(&path).unwrap_or_default();
-        old.push_str(&text);
-        std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
-    }
+    support::append_json_lines(&text);
 }
 
 fn http_client() -> reqwest::Client {

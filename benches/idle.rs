@@ -37,16 +37,7 @@ use std::time::{Duration, Instant};
 use http::{metric, CLUSTER};
 use nodes::Cluster;
 use serde_json::json;
-use support::{cpu_secs, proc_status_kib, round2, round3};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}")),
-        Err(_) => default,
-    }
-}
+use support::{append_json_lines, cpu_secs, env_or, proc_status_kib, round2, round3};
 
 /// Per agent: bytes sent, datagram bytes sent, sync rounds.
 async fn counters(cluster: &Cluster) -> Vec<(u64, u64, u64)> {
@@ -163,11 +154,7 @@ fn main() {
                 "ms_until_every_node": {"p50": round2(t[t.len() / 2]), "max": round2(t[t.len() - 1])},
             });
             println!("{summary}");
-            if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
-                let mut old = std::fs::read_to_string(&path).unwrap_or_default();
-                old.push_str(&format!("{summary}\n"));
-                std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
-            }
+            append_json_lines(&format!("{summary}\n"));
         }
     }
     for n in sizes {
@@ -209,10 +196,6 @@ fn main() {
             })
         });
         println!("{summary}");
-        if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
-            let mut old = std::fs::read_to_string(&path).unwrap_or_default();
-            old.push_str(&format!("{summary}\n"));
-            std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
-        }
+        append_json_lines(&format!("{summary}\n"));
     }
 }

@@ -35,16 +35,9 @@ use patina_node::Value;
 use patina_replicator::ReplicatorConfig;
 use patina_testkit::{FleetOptions, RegionSpec, TestFleet};
 use serde_json::json;
-use support::{cpu_secs, proc_status_kib, round2, Agent};
+use support::{cpu_secs, env_or, proc_status_kib, round2, Agent};
 
 const REGIONS: [&str; 3] = ["ams", "ord", "nrt"];
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -318,8 +311,8 @@ fn global_gossip_of(agent: &Agent) -> String {
 }
 
 fn main() {
-    let writes = env_usize("PATINA_BENCH_WRITES", 40);
-    let rate = env_usize("PATINA_BENCH_RATE", 100);
+    let writes = env_or("PATINA_BENCH_WRITES", 40);
+    let rate = env_or("PATINA_BENCH_RATE", 100);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -353,9 +346,5 @@ fn main() {
         "agents": p2.iter().map(|a| json!({"region": a.region, "role": a.role, "cpu_secs": round2(a.cpu_secs), "rss_mib": round2(a.rss_mib)})).collect::<Vec<_>>(),
     });
     println!("{summary}");
-    if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
-        let mut old = std::fs::read_to_string(&path).unwrap_or_default();
-        old.push_str(&format!("{summary}\n"));
-        std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
-    }
+    support::append_json_lines(&format!("{summary}\n"));
 }

@@ -40,16 +40,7 @@ use phases::{
     burst, lone_node_load, replication_latency, write_load, Burst, Latency, Load, Rng, CLIENTS,
 };
 use serde_json::{json, Value as Json};
-use support::{proc_status_kib, round2, round3, Agent};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}")),
-        Err(_) => default,
-    }
-}
+use support::{env_or, proc_status_kib, round2, round3, Agent};
 
 struct Settings {
     writes: usize,
@@ -111,15 +102,11 @@ fn main() {
     for line in &lines {
         println!("{line}");
     }
-    if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
-        let mut text = String::new();
-        for line in &lines {
-            let _ = writeln!(text, "{line}");
-        }
-        let mut old = std::fs::read_to_string(&path).unwrap_or_default();
-        old.push_str(&text);
-        std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
+    let mut text = String::new();
+    for line in &lines {
+        let _ = writeln!(text, "{line}");
     }
+    support::append_json_lines(&text);
     println!();
     println!(
         "lone node, {CLIENTS} clients: {:.0} tx/s, CPU {:.2} cores ({:.0} µs per tx), {:.2} tx per commit",

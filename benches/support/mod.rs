@@ -190,6 +190,27 @@ pub fn load_client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// `name` from the environment, parsed; `default` when unset. A value that
+/// does not parse stops the bench naming it.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}")),
+        Err(_) => default,
+    }
+}
+
+/// Appends `text` (JSON lines) to the file `PATINA_BENCH_JSON` names, if
+/// it is set.
+pub fn append_json_lines(text: &str) {
+    if let Ok(path) = std::env::var("PATINA_BENCH_JSON") {
+        let mut old = std::fs::read_to_string(&path).unwrap_or_default();
+        old.push_str(text);
+        std::fs::write(&path, old).expect("write PATINA_BENCH_JSON");
+    }
+}
+
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

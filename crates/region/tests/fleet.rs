@@ -159,6 +159,17 @@ async fn a_global_write_reaches_every_region_and_a_regional_one_stays_home() {
     assert_eq!(regions, vec!["ams", "ord"]);
 }
 
+/// Waits until every node of `nodes` names `leader` as its region's.
+async fn wait_leader(fleet: &TestFleet, nodes: &[usize], leader: patina_wire::ActorId) {
+    for &i in nodes {
+        let mut named = fleet.nodes[i].runtime().leader();
+        let ok = tokio::time::timeout(WAIT, named.wait_for(|l| *l == Some(leader)))
+            .await
+            .is_ok();
+        assert!(ok, "node {i} names {:?}, not {leader}", *named.borrow());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_replaced() {
     let mut fleet = TestFleet::start(&three_regions(), FleetOptions::default()).await;
@@ -174,13 +185,7 @@ async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_rep
         .min_by_key(|&i| fleet.nodes[i].node.actor_id())
         .unwrap();
     let leader_id = fleet.nodes[smallest].node.actor_id();
-    for &i in &ams {
-        let mut leader = fleet.nodes[i].runtime().leader();
-        let named = tokio::time::timeout(WAIT, leader.wait_for(|l| *l == Some(leader_id)))
-            .await
-            .is_ok();
-        assert!(named, "node {i} names {:?}", *leader.borrow());
-    }
+    wait_leader(&fleet, &ams, leader_id).await;
     for id in 0..10 {
         fleet
             .exec(
@@ -195,17 +200,8 @@ async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_rep
     fleet.crash(smallest).await;
     let next = globals.iter().copied().find(|&i| i != smallest).unwrap();
     let next_id = fleet.nodes[next].node.actor_id();
-    for &i in ams.iter().filter(|&&i| i != smallest) {
-        let mut leader = fleet.nodes[i].runtime().leader();
-        let named = tokio::time::timeout(WAIT, leader.wait_for(|l| *l == Some(next_id)))
-            .await
-            .is_ok();
-        assert!(
-            named,
-            "node {i} names {:?} after the crash",
-            *leader.borrow()
-        );
-    }
+    let rest: Vec<usize> = ams.iter().copied().filter(|&i| i != smallest).collect();
+    wait_leader(&fleet, &rest, next_id).await;
     // The new leader keeps the rollups converging.
     for id in 10..15 {
         fleet
