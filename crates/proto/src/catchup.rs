@@ -207,6 +207,16 @@ impl CatchUp {
         }
     }
 
+    /// The live peers whose first summary has not arrived: a catching-up
+    /// node asks them before others, so the wait ends on answers rather
+    /// than on the luck of random peer choice. Empty once caught up.
+    pub fn unanswered<'a>(&self, live: &'a [SocketAddr]) -> Vec<&'a SocketAddr> {
+        if !self.status().catching_up() {
+            return Vec::new();
+        }
+        live.iter().filter(|p| !self.answered.contains(p)).collect()
+    }
+
     /// What the node holds now (after merges), its live peers, and the
     /// time: ends catching up when the target is held and every live peer
     /// has answered (or stayed silent past the wait), or when no peer

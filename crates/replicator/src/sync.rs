@@ -104,6 +104,16 @@ pub(crate) async fn run(
                 .filter(|p| peers.contains(p))
                 .take(config.sync_peers)
                 .collect();
+            // Catching up ends when every live peer has answered once: ask
+            // the silent ones first (random among them).
+            let silent: Vec<SocketAddr> = catch_up
+                .unanswered(&peers)
+                .into_iter()
+                .filter(|p| !chosen.contains(p))
+                .copied()
+                .collect();
+            let room = config.sync_peers.saturating_sub(chosen.len());
+            chosen.extend(patina_proto::choose_peers(&silent, room, &mut rng));
             let others: Vec<SocketAddr> = peers
                 .iter()
                 .filter(|p| !chosen.contains(p))
@@ -116,7 +126,8 @@ pub(crate) async fn run(
             answered = outcome.answered;
         }
         hinted.clear();
-        pace.on_round(quiet);
+        // No backing off while catching up: the gate waits on these rounds.
+        pace.on_round(quiet && !status.borrow().catching_up());
         tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
         if catching_up {

@@ -200,6 +200,8 @@ fn a_live_peer_that_has_not_answered_yet_is_waited_for_and_adds_to_the_target() 
     let s = c.status();
     assert!(s.catching_up(), "{s:?}");
     assert_eq!(s.unanswered_peers, 1);
+    // The sync task asks it first.
+    assert_eq!(c.unanswered(&live), vec![&peer(3)]);
     assert!(
         s.reason(t0).unwrap().contains("1 more live peers"),
         "{:?}",
@@ -213,6 +215,10 @@ fn a_live_peer_that_has_not_answered_yet_is_waited_for_and_adds_to_the_target() 
     assert_eq!(c.status().missing_versions, 1);
     c.on_held(&holding(&[(REG, 7, 1, 1)]), &live, t0);
     assert_eq!(c.status().phase, CatchUpPhase::CaughtUp);
+    assert!(
+        c.unanswered(&[peer(4)]).is_empty(),
+        "caught up: no one to ask first"
+    );
 }
 
 #[test]
