@@ -13,7 +13,7 @@ use crate::changes::{self, Change, Filter, VersionSeqs};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
 use crate::schema::{self, TableInfo};
-use crate::schema_rules;
+use crate::schema_rules::{self, Owner};
 use crate::store::{ClockCache, CrrTable, Misspeculated, Sites, BOOTSTRAP_SQL};
 use crate::versions;
 use crate::{migrate, SiteId};
@@ -174,11 +174,24 @@ impl CrrConn {
     /// local transaction), or — for a table that already is one — picks up
     /// columns added since. Refused with every broken rule named.
     pub fn as_crr(&mut self, table: &str) -> Result<()> {
-        self.in_write_tx(|me| me.as_crr_inner(table))
+        self.in_write_tx(|me| me.as_crr_inner(table, Owner::User))
     }
 
-    fn as_crr_inner(&mut self, name: &str) -> Result<()> {
-        let violations = schema_rules::validate(&self.conn, "main", name)?;
+    /// Creates (if missing) one of Patina's own replicated tables — a name
+    /// reserved to Patina, `create` its `CREATE TABLE IF NOT EXISTS` — and
+    /// makes it a CRR. Clients may read it; only
+    /// [`CrrTx::execute_internal`] writes it. Schema files never name it,
+    /// and applying them leaves it be.
+    pub fn ensure_internal_crr(&mut self, table: &str, create: &str) -> Result<()> {
+        debug_assert!(schema::is_reserved_table_name(table));
+        self.in_write_tx(|me| {
+            me.conn.execute_batch(create)?;
+            me.as_crr_inner(table, Owner::Patina)
+        })
+    }
+
+    fn as_crr_inner(&mut self, name: &str, owner: Owner) -> Result<()> {
+        let violations = schema_rules::validate_as(&self.conn, "main", name, owner)?;
         if !violations.is_empty() {
             return Err(CrrError::Schema(violations));
         }
@@ -251,7 +264,7 @@ impl CrrConn {
                 me.conn.execute_batch(statement)?;
             }
             for name in plan.new_tables.iter().chain(&plan.altered_tables) {
-                me.as_crr_inner(name)?;
+                me.as_crr_inner(name, Owner::User)?;
             }
             Ok(())
         })
@@ -555,6 +568,16 @@ impl CrrTx<'_> {
         })
     }
 
+    /// Runs one statement of Patina's own, never a client's: unlike
+    /// [`execute`](Self::execute) it may write Patina's replicated tables
+    /// (see [`CrrConn::ensure_internal_crr`]); the write is captured and
+    /// replicates like any other.
+    pub fn execute_internal(&mut self, sql: &str, params: impl Params) -> Result<usize> {
+        self.guarded(false, |conn| {
+            Ok(conn.prepare_cached(sql)?.execute(params)?)
+        })
+    }
+
     /// Runs every statement of `sql` (no parameters).
     pub fn execute_batch(&mut self, sql: &str) -> Result<()> {
         self.guard(|conn| {
@@ -589,10 +612,16 @@ impl CrrTx<'_> {
     }
 
     fn guard<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.guarded(true, f)
+    }
+
+    /// Runs `f`, a client's statement when `user` (the authorizer then
+    /// refuses what clients may not do).
+    fn guarded<T>(&mut self, user: bool, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         if self.poisoned {
             return Err(CrrError::TransactionPoisoned);
         }
-        self.crr.user_sql.set(true);
+        self.crr.user_sql.set(user);
         let result = f(&self.crr.conn).map_err(|e| match (e, self.crr.user_sql.refused()) {
             (CrrError::Sqlite(_), Some(what)) => CrrError::StatementNotAllowed(what),
             (e, _) => e,

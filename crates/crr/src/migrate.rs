@@ -149,6 +149,11 @@ impl Planner<'_> {
             Err(_) => Vec::new(),
         };
         for name in existing {
+            // Patina's own tables (`ensure_internal_crr`) are never in the
+            // schema files.
+            if crate::schema::is_reserved_table_name(&name) {
+                continue;
+            }
             if !kept.iter().any(|(k, _)| k.eq_ignore_ascii_case(&name)) {
                 self.violations.push(violation(
                     &name,

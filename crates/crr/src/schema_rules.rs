@@ -28,6 +28,23 @@ pub(crate) fn validate(
     schema: &str,
     table: &str,
 ) -> Result<Vec<SchemaViolation>> {
+    validate_as(conn, schema, table, Owner::User)
+}
+
+/// Whose table is validated: Patina's own replicated tables take the
+/// reserved names no user table may take, and follow every other rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    User,
+    Patina,
+}
+
+pub(crate) fn validate_as(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    owner: Owner,
+) -> Result<Vec<SchemaViolation>> {
     let sql = match table_sql(conn, schema, table)? {
         TableSql::Table(sql) => sql,
         TableSql::Missing => return Ok(vec![violation(table, None, "no such table")]),
@@ -50,6 +67,9 @@ pub(crate) fn validate(
         return Ok(vec![violation(table, None, "no such table")]);
     };
     let mut out = reserved_names(&info);
+    if owner == Owner::Patina {
+        out.retain(|v| v.column.is_some());
+    }
     out.extend(primary_key_rules(&info));
     out.extend(not_null_rules(&info));
     out.extend(unique_rules(conn, schema, table)?);

@@ -506,3 +506,51 @@ fn a_commit_larger_than_the_clock_cache_records_the_same_clocks() {
     );
     assert_eq!(row(&spilled, 5).1, 3, "the tombstone came back");
 }
+
+#[test]
+fn patinas_own_tables_replicate_and_only_patina_writes_them() {
+    const CREATE: &str =
+        "CREATE TABLE IF NOT EXISTS patina_notes (k TEXT NOT NULL PRIMARY KEY, v TEXT)";
+    let mut a = db("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, x TEXT)");
+    a.ensure_internal_crr("patina_notes", CREATE).unwrap();
+    // Idempotent: every start ensures it.
+    a.ensure_internal_crr("patina_notes", CREATE).unwrap();
+
+    // A client statement may not write it, and may not name a table so.
+    let mut t = a.transaction().unwrap();
+    let refused = t
+        .execute("INSERT INTO patina_notes VALUES ('a', 'b')", [])
+        .unwrap_err();
+    assert!(refused.to_string().contains("patina_notes"), "{refused}");
+    drop(t);
+    assert!(a
+        .apply_schema("CREATE TABLE patina_x (id INTEGER NOT NULL PRIMARY KEY)")
+        .is_err());
+
+    // Patina's statement is captured like any write.
+    let mut t = a.transaction().unwrap();
+    t.execute_internal("INSERT INTO patina_notes VALUES (?1, ?2)", ["ams", "up"])
+        .unwrap();
+    let version = t.commit().unwrap();
+    assert_eq!(version, Some(1));
+
+    // Applying the schema files, which never name it, keeps it.
+    a.apply_schema("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, x TEXT)")
+        .unwrap();
+
+    // A replica that ensured the same table merges the change.
+    let mut b = CrrConn::open_in_memory_with_site_id(Some(site(0x22))).unwrap();
+    b.apply_schema("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, x TEXT)")
+        .unwrap();
+    b.ensure_internal_crr("patina_notes", CREATE).unwrap();
+    let changes = a.changes_since(0, None).unwrap();
+    assert!(!changes.is_empty());
+    b.apply_changes(&changes).unwrap();
+    let v: String = b
+        .connection()
+        .query_row("SELECT v FROM patina_notes WHERE k = 'ams'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, "up");
+}

@@ -18,6 +18,7 @@ mod held;
 mod node;
 mod pages;
 mod reader;
+mod regions_table;
 mod remote;
 mod schema_files;
 mod statement;
@@ -33,6 +34,7 @@ pub use pages::LARGE_CHANGES;
 pub use patina_crr::{SiteId, Value};
 pub use patina_wire::DbKind;
 pub use reader::{QueryStream, RowEvent};
+pub use regions_table::{RegionRecord, REGIONS_TABLE};
 pub use remote::{
     RemoteOutcome, HELD_BYTES_MAX, HELD_VERSIONS_MAX, PARTIAL_BYTES_MAX, PARTIAL_VERSIONS_MAX,
 };

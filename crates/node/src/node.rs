@@ -16,6 +16,7 @@ use crate::datadir::DataDir;
 use crate::error::{NodeError, QueryError, TxError};
 use crate::held::HeldVersions;
 use crate::reader::{open_reader, QueryStream, ReadPool};
+use crate::regions_table::{RegionRecord, CREATE_REGIONS_TABLE, REGIONS_TABLE};
 use crate::remote::RemoteOutcome;
 use crate::schema_files;
 use crate::statement::{Statement, Statements};
@@ -80,6 +81,12 @@ impl Node {
         let mut global = open(DbKind::Global, dir.global_db())?;
         let schemas = read_schemas(&options)?;
         apply_schemas(&mut regional, &mut global, &schemas)?;
+        global
+            .ensure_internal_crr(REGIONS_TABLE, CREATE_REGIONS_TABLE)
+            .map_err(|source| NodeError::Database {
+                db: DbKind::Global.name(),
+                source,
+            })?;
         let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
         let (commits, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
         let observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>> = Arc::default();
@@ -170,6 +177,30 @@ impl Node {
             Writes::Global => self.inner.global.transact(statements).await,
             Writes::Regional | Writes::Nothing => self.inner.regional.transact(statements).await,
         }
+    }
+
+    /// Writes this node's region's row of `global.patina_regions` (see
+    /// [`RegionRecord`]); the region runtime's leader calls it.
+    pub async fn record_region(&self, record: &RegionRecord) -> Result<TxOutcome, TxError> {
+        let mut statements = Statements::new();
+        statements.push(Statement::with_params(
+            RegionRecord::UPSERT,
+            record.params(),
+        ));
+        statements.internal = true;
+        self.inner.global.transact(statements).await
+    }
+
+    /// Every region's row of `global.patina_regions`, sorted by region.
+    pub async fn region_records(&self) -> Result<Vec<RegionRecord>, QueryError> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = node.open_reader()?;
+            RegionRecord::read_all(&conn)
+        })
+        .await
+        .map_err(|_| QueryError::ShuttingDown)?
+        .map_err(|e| QueryError::Prepare(format!("reading {REGIONS_TABLE}: {e}")))
     }
 
     /// Starts a read-only query over both databases: one statement that

@@ -77,6 +77,9 @@ pub struct Statements {
     items: Vec<Packed>,
     /// Every statement's parameters, encoded (see `put_value`).
     params: Vec<u8>,
+    /// Patina's own statements, which may write its replicated tables
+    /// (`regions_table`); never set for a client's.
+    pub(crate) internal: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -371,12 +371,13 @@ fn transact_group(
         let mut lost = false;
         for m in members.iter_mut().filter(|m| m.outcome.is_none()) {
             let mut at = 0;
+            let internal = m.statements.internal;
             let mut run = |tx: &mut patina_crr::CrrTx<'_>| {
                 let mut results = Vec::with_capacity(m.statements.len());
                 for (index, st) in m.statements.iter().enumerate() {
                     at = index;
                     let t0 = Instant::now();
-                    let rows_affected = execute(tx, st)?;
+                    let rows_affected = execute(tx, st, internal)?;
                     results.push(StatementResult {
                         rows_affected,
                         time: t0.elapsed(),
@@ -467,7 +468,18 @@ fn transact_group(
 
 /// Runs one statement with its parameters bound from the packed buffer
 /// (no value is copied out of it).
-fn execute(tx: &mut patina_crr::CrrTx<'_>, st: StatementRef<'_>) -> patina_crr::Result<usize> {
+fn execute(
+    tx: &mut patina_crr::CrrTx<'_>,
+    st: StatementRef<'_>,
+    internal: bool,
+) -> patina_crr::Result<usize> {
+    if internal {
+        let values = st.positional().into_iter().flatten();
+        return tx.execute_internal(
+            st.sql,
+            rusqlite::params_from_iter(values.map(ToSqlOutput::Borrowed)),
+        );
+    }
     if let Some(named) = st.named() {
         let values: Vec<(&str, ToSqlOutput<'_>)> = named
             .map(|(name, v)| (name, ToSqlOutput::Borrowed(v)))

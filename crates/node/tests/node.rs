@@ -336,3 +336,43 @@ async fn a_global_column_added_by_a_reload_is_writable_at_once() {
         .unwrap();
     assert_eq!(outcome.db, DbKind::Global);
 }
+
+#[tokio::test]
+async fn the_regions_table_is_patinas_to_write_and_everyones_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let record = patina_node::RegionRecord {
+        region: "ams".into(),
+        leader: Some(node.actor_id()),
+        global_members: vec![node.actor_id()],
+        last_rollup_ms: Some(1_700_000_000_000),
+        global_p99_lag_ms: Some(12.5),
+        updated_ms: 1_700_000_000_001,
+    };
+    let out = node.record_region(&record).await.unwrap();
+    assert_eq!((out.db, out.version), (DbKind::Global, Some(1)));
+    assert_eq!(node.region_records().await.unwrap(), vec![record.clone()]);
+
+    // A client may read it but never write it.
+    let refused = node
+        .transact(vec![Statement::new(
+            "UPDATE patina_regions SET leader = NULL",
+        )])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("patina_regions"), "{refused}");
+    let rows = rows(
+        &node,
+        "SELECT region, last_rollup_ms FROM global.patina_regions",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![text("ams"), Value::Integer(1_700_000_000_000)]]
+    );
+
+    // It survives a restart, which applies the schema files again.
+    drop(node);
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(node.region_records().await.unwrap(), vec![record]);
+}
