@@ -242,6 +242,9 @@ pub struct HealthArgs {
     /// member: rollups and global relay stopped).
     #[arg(long)]
     pub require_leader: bool,
+    /// Unhealthy while the region leader's last rollup evaluation failed.
+    #[arg(long)]
+    pub require_rollups: bool,
     /// Print the whole health report as one JSON line.
     #[arg(long)]
     pub json: bool,

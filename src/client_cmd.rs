@@ -210,6 +210,9 @@ pub fn health(args: HealthArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_queue {
         query.push(format!("max_queue={n}"));
     }
+    if args.require_rollups {
+        query.push("require_rollups=1".to_owned());
+    }
     if args.require_leader {
         query.push("require_leader=1".to_owned());
     }
@@ -293,6 +296,7 @@ pub fn regions(args: MembersArgs) -> anyhow::Result<()> {
         "leader",
         "global_members",
         "last_rollup",
+        "global_p99_lag",
         "rollups",
     ]
     .iter()
@@ -319,13 +323,34 @@ pub fn regions(args: MembersArgs) -> anyhow::Result<()> {
                 cell(r.get("region").unwrap_or(&Json::Null)),
                 cell(r.get("leader").unwrap_or(&Json::Null)),
                 members.to_string(),
-                cell(r.get("last_rollup").unwrap_or(&Json::Null)),
+                ago(r.get("last_rollup")),
+                r.get("global_p99_lag")
+                    .and_then(Json::as_f64)
+                    .map_or_else(|| "-".to_owned(), |s| format!("{:.0}ms", s * 1000.0)),
                 rollups,
             ]
         })
         .collect();
     print_table(&mut out, &columns, &table)?;
     Ok(())
+}
+
+/// A Unix time in seconds as its age (`12s ago`), `-` when absent.
+fn ago(unix_secs: Option<&Json>) -> String {
+    let Some(at) = unix_secs.and_then(Json::as_f64) else {
+        return "-".to_owned();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let age = (now - at).max(0.0);
+    if age < 120.0 {
+        format!("{age:.1}s ago")
+    } else if age < 7200.0 {
+        format!("{:.0}m ago", age / 60.0)
+    } else {
+        format!("{:.1}h ago", age / 3600.0)
+    }
 }
 
 /// `{"column": cell, …}`, written by hand so each cell keeps its text.

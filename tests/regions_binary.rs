@@ -198,6 +198,31 @@ fn global_tables_and_rollups_cross_regions_and_machines_stay_home() {
             "a plain node learns of ord from global.db"
         );
         let leader = regions[0]["leader"].as_str().unwrap().to_owned();
+        // What ord's leader wrote of ord in global.patina_regions reaches
+        // ams's plain node, which has no membership of ord to ask.
+        let ord_leader = ord1.client().health().await.unwrap()["leader"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let ord = loop {
+            let regions = ams2.client().regions().await.unwrap();
+            let ord = regions
+                .iter()
+                .find(|r| r["region"] == "ord")
+                .cloned()
+                .unwrap();
+            if ord["leader"] == ord_leader.as_str() && ord["last_rollup"].is_number() {
+                break ord;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ord's row never reached ams2: {regions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(ord["global_members"], serde_json::json!([ord_leader]));
+        assert!(ord["updated"].is_number(), "{ord}");
         let health = ams2.client().health().await.unwrap();
         assert_eq!(health["leader"].as_str(), Some(leader.as_str()));
         let members = ams1.client().members().await.unwrap();
@@ -299,4 +324,82 @@ fn a_rollup_that_does_not_fit_the_schema_stops_the_start_naming_it() {
             "{rollup}: {err}"
         );
     }
+}
+
+/// Polls `patina health --require-rollups` on `agent` until its exit
+/// status is `ok`; returns what it printed.
+fn wait_rollups_health(agent: &Agent, ok: bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (passed, out, err) = agent.cli(&["health", "--require-rollups"]);
+        if passed == ok {
+            return format!("{out}{err}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health --require-rollups stayed {passed}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failing_rollup_shuts_the_regions_health_gate_on_every_node() {
+    // A target that refuses an app with 3 machines or more.
+    const CHECKED: &str = "CREATE TABLE app_regions (app TEXT NOT NULL, region TEXT NOT NULL, machines INTEGER CHECK (machines < 3), PRIMARY KEY (app, region));
+CREATE TABLE flags (name TEXT PRIMARY KEY NOT NULL, value TEXT);";
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    fn spec(global: bool, bootstrap: Option<&str>) -> NodeSpec<'_> {
+        NodeSpec {
+            region: "ams",
+            global,
+            bootstrap,
+            global_bootstrap: None,
+            rollups: ROLLUP,
+        }
+    }
+    let checked = |path: PathBuf| {
+        std::fs::write(path.parent().unwrap().join("global/global.sql"), CHECKED).unwrap();
+        path
+    };
+    let leader = Agent::start(&checked(config(dirs[0].path(), spec(true, None))));
+    let plain = Agent::start(&checked(config(
+        dirs[1].path(),
+        spec(false, Some(&leader.gossip)),
+    )));
+    wait_rollups_health(&plain, true);
+
+    runtime().block_on(async {
+        let c = plain.client();
+        for id in ["m1", "m2", "m3"] {
+            let sql = format!("INSERT INTO machines VALUES ('{id}', 'web', 0)");
+            c.transact(&[Statement::from(sql.as_str())]).await.unwrap();
+        }
+    });
+    // The plain node learns of the failure from the leader's row.
+    let said = wait_rollups_health(&plain, false);
+    assert!(
+        said.contains("rollups are failing") && said.contains("CHECK"),
+        "{said}"
+    );
+    let regions = runtime().block_on(plain.client().regions()).unwrap();
+    assert!(
+        regions[0]["rollup_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("app_regions")),
+        "{regions:?}"
+    );
+    // Without the threshold the node is healthy: rollups are the
+    // region's concern, not this node's.
+    assert!(plain.cli(&["health"]).0);
+
+    runtime().block_on(async {
+        plain
+            .client()
+            .transact(&[Statement::from("DELETE FROM machines WHERE id = 'm3'")])
+            .await
+            .unwrap();
+    });
+    wait_rollups_health(&plain, true);
+    wait_rollups_health(&leader, true);
 }

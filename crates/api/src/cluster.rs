@@ -24,6 +24,12 @@ pub trait ClusterView: Send + Sync + 'static {
     fn rollup_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether [`regions`](Self::regions) names other regions' live
+    /// global members first-hand (a global member sees the global
+    /// cluster); otherwise `global.patina_regions` says who they were.
+    fn regions_first_hand(&self) -> bool {
+        false
+    }
 }
 
 /// `GET /v1/health`'s `response` object.
@@ -130,10 +136,60 @@ pub struct RegionInfo {
     pub leader: Option<SiteId>,
     #[serde(serialize_with = "hex_list")]
     pub global_members: Vec<SiteId>,
-    /// Unix time, seconds, of the region's last rollup.
+    /// Unix time, seconds, of the region's last rollup publication (an
+    /// evaluation that wrote rows, or its leader's reconcile on taking
+    /// over).
     pub last_rollup: Option<f64>,
     /// Row count per rollup name.
     pub rollups: BTreeMap<String, u64>,
+    /// The p99 lag, seconds, of global changes reaching the region's
+    /// leader, as of `updated`.
+    pub global_p99_lag: Option<f64>,
+    /// Unix time, seconds, the region's leader last wrote its row of
+    /// `global.patina_regions`; null when none has reached this node.
+    pub updated: Option<f64>,
+    /// Why the region leader's last rollup evaluation failed; null while
+    /// they succeed.
+    pub rollup_error: Option<String>,
+    /// This node leads the region: the rollup figures above are its own,
+    /// fresher than its row in `global.patina_regions`.
+    #[serde(skip)]
+    pub led_here: bool,
+}
+
+impl RegionInfo {
+    pub fn empty(region: &str) -> RegionInfo {
+        RegionInfo {
+            region: region.to_owned(),
+            leader: None,
+            global_members: Vec::new(),
+            last_rollup: None,
+            rollups: BTreeMap::new(),
+            global_p99_lag: None,
+            updated: None,
+            rollup_error: None,
+            led_here: false,
+        }
+    }
+
+    /// Fills in what `record` (the region's row of `patina_regions`) says
+    /// and this node did not learn first-hand. `first_hand`: the node's
+    /// own membership names this region's global members (its own
+    /// region, or any region on a global member): a record's leader is
+    /// only as of its writing.
+    pub fn complete_from(&mut self, record: &patina_node::RegionRecord, first_hand: bool) {
+        if !first_hand {
+            self.leader = record.leader;
+            self.global_members = record.global_members.clone();
+        }
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        if !self.led_here {
+            self.last_rollup = record.last_rollup_ms.map(secs);
+            self.global_p99_lag = record.global_p99_lag_ms.map(|ms| ms / 1000.0);
+            self.rollup_error = record.rollup_error.clone();
+        }
+        self.updated = Some(secs(record.updated_ms));
+    }
 }
 
 fn hex<S: Serializer>(id: &SiteId, s: S) -> Result<S::Ok, S::Error> {
@@ -207,11 +263,9 @@ impl ClusterView for LoneNode {
 
     fn regions(&self) -> Vec<RegionInfo> {
         vec![RegionInfo {
-            region: self.node.region().to_owned(),
             leader: self.leader(),
             global_members: self.leader().into_iter().collect(),
-            last_rollup: None,
-            rollups: BTreeMap::new(),
+            ..RegionInfo::empty(self.node.region())
         }]
     }
 }
@@ -371,13 +425,7 @@ impl ClusterView for RegionView {
 
     fn regions(&self) -> Vec<RegionInfo> {
         let mut regions: BTreeMap<String, RegionInfo> = BTreeMap::new();
-        let empty = |region: &str| RegionInfo {
-            region: region.to_owned(),
-            leader: None,
-            global_members: Vec::new(),
-            last_rollup: None,
-            rollups: BTreeMap::new(),
-        };
+        let empty = RegionInfo::empty;
         // Other regions' global members, as the global cluster sees them.
         if let Some(g) = &self.global {
             let live = g
@@ -407,14 +455,25 @@ impl ClusterView for RegionView {
             .collect();
         r.global_members.sort();
         r.leader = self.leader();
-        let status = self.rollups.borrow();
-        if status.leading {
-            r.last_rollup = status.last_run_ms.map(|ms| ms as f64 / 1000.0);
+        // The leader's own figures are fresher than its row.
+        if r.leader == Some(self.node.actor_id()) {
+            let status = self.rollups.borrow();
+            r.led_here = true;
+            r.last_rollup = status.last_published_ms.map(|ms| ms as f64 / 1000.0);
+            r.rollup_error = status.last_error.clone();
+            r.global_p99_lag = self
+                .global
+                .as_ref()
+                .and_then(|g| g.counters.global_p99_lag_secs());
         }
         regions.into_values().collect()
     }
 
     fn rollup_names(&self) -> Vec<String> {
         self.rollup_names.clone()
+    }
+
+    fn regions_first_hand(&self) -> bool {
+        self.global.is_some()
     }
 }

@@ -23,6 +23,10 @@ struct Thresholds {
     /// member (no leader: rollups are not published, global changes are
     /// not relayed).
     require_leader: bool,
+    /// `require_rollups=1`: unhealthy while the region leader's last
+    /// rollup evaluation failed (as its row of `global.patina_regions`
+    /// says, or this node's own publisher when it leads).
+    require_rollups: bool,
     failure_status: Option<StatusCode>,
 }
 
@@ -33,17 +37,8 @@ impl Thresholds {
             match key.as_str() {
                 "gaps" => t.gaps = Some(count(&key, &value)?),
                 "max_queue" => t.max_queue = Some(count(&key, &value)?),
-                "require_leader" => {
-                    t.require_leader = match value.trim() {
-                        "1" | "true" => true,
-                        "0" | "false" => false,
-                        _ => {
-                            return Err(ApiError::QueryString(format!(
-                                "require_leader={value:?} is not 1 or 0: e.g. require_leader=1"
-                            )))
-                        }
-                    }
-                }
+                "require_leader" => t.require_leader = flag(&key, &value)?,
+                "require_rollups" => t.require_rollups = flag(&key, &value)?,
                 "p99_lag" => {
                     let secs = value
                         .trim()
@@ -99,6 +94,16 @@ impl Thresholds {
     }
 }
 
+fn flag(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value.trim() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(ApiError::QueryString(format!(
+            "{key}={value:?} is not 1 or 0: e.g. {key}=1"
+        ))),
+    }
+}
+
 fn count(key: &str, value: &str) -> Result<u64, ApiError> {
     value.trim().parse().map_err(|_| {
         ApiError::QueryString(format!(
@@ -127,6 +132,14 @@ pub(crate) async fn health(
         reasons.push("catching up".to_owned());
     }
     reasons.extend(thresholds.exceeded(&report));
+    if thresholds.require_rollups {
+        if let Some(error) = own_rollup_error(&state).await? {
+            reasons.push(format!(
+                "region {}'s rollups are failing: {error}",
+                report.region
+            ));
+        }
+    }
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
@@ -144,6 +157,44 @@ pub(crate) async fn health(
 
 pub(crate) async fn members(State(state): State<ApiState>) -> Response {
     Json(state.cluster.members()).into_response()
+}
+
+/// Why this region's leader last failed to evaluate its rollups, if it
+/// did: this node's own publisher's word when it leads, else the
+/// leader's row of `global.patina_regions`.
+async fn own_rollup_error(state: &ApiState) -> Result<Option<String>, ApiError> {
+    let mine = state.node.region();
+    let Some(own) = state
+        .cluster
+        .regions()
+        .into_iter()
+        .find(|r| r.region == mine)
+    else {
+        return Ok(None);
+    };
+    if own.led_here {
+        return Ok(own.rollup_error);
+    }
+    let records = state
+        .node
+        .region_records()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(records
+        .into_iter()
+        .find(|r| r.region == mine)
+        .and_then(|r| r.rollup_error))
+}
+
+fn entry<'a>(regions: &'a mut Vec<RegionInfo>, region: &str) -> &'a mut RegionInfo {
+    let at = match regions.iter().position(|r| r.region == region) {
+        Some(at) => at,
+        None => {
+            regions.push(RegionInfo::empty(region));
+            regions.len() - 1
+        }
+    };
+    &mut regions[at]
 }
 
 /// Regions as memberships show them, plus every region whose rows a
@@ -171,21 +222,22 @@ pub(crate) async fn regions(State(state): State<ApiState>) -> Result<Response, A
             else {
                 continue;
             };
-            let at = match regions.iter().position(|r| &r.region == region) {
-                Some(at) => at,
-                None => {
-                    regions.push(RegionInfo {
-                        region: region.clone(),
-                        leader: None,
-                        global_members: Vec::new(),
-                        last_rollup: None,
-                        rollups: Default::default(),
-                    });
-                    regions.len() - 1
-                }
-            };
-            regions[at].rollups.insert(name.clone(), (*n).max(0) as u64);
+            entry(&mut regions, region)
+                .rollups
+                .insert(name.clone(), (*n).max(0) as u64);
         }
+    }
+    // What each region's leader says of it, through global.db.
+    let records = state
+        .node
+        .region_records()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let first_hand = state.cluster.regions_first_hand();
+    let mine = state.node.region();
+    for record in &records {
+        let seen = record.region == mine || first_hand;
+        entry(&mut regions, &record.region).complete_from(record, seen);
     }
     regions.sort_by(|a, b| a.region.cmp(&b.region));
     Ok(Json(regions).into_response())
@@ -256,6 +308,7 @@ mod tests {
             "failure_status=600",
             "failure_status=abc",
             "require_leader=yes",
+            "require_rollups=2",
         ] {
             assert!(Thresholds::parse(Some(bad)).is_err(), "{bad}");
         }

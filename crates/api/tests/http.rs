@@ -752,7 +752,7 @@ async fn members_and_regions_of_a_regional_node() {
     assert_eq!(
         regions.json(),
         json!([{"region": "ams", "leader": null, "global_members": [], "last_rollup": null,
-                "rollups": {}}])
+                "rollups": {}, "global_p99_lag": null, "updated": null, "rollup_error": null}])
     );
 }
 

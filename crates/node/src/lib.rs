@@ -34,7 +34,7 @@ pub use pages::LARGE_CHANGES;
 pub use patina_crr::{SiteId, Value};
 pub use patina_wire::DbKind;
 pub use reader::{QueryStream, RowEvent};
-pub use regions_table::{RegionRecord, REGIONS_TABLE};
+pub use regions_table::{RegionRecord, REGIONS_TABLE, ROLLUP_ERROR_CHARS_MAX};
 pub use remote::{
     RemoteOutcome, HELD_BYTES_MAX, HELD_VERSIONS_MAX, PARTIAL_BYTES_MAX, PARTIAL_VERSIONS_MAX,
 };

@@ -22,7 +22,8 @@ pub(crate) const CREATE_REGIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS patina
     global_members TEXT NOT NULL DEFAULT '',
     last_rollup_ms INTEGER,
     global_p99_lag_ms REAL,
-    updated_ms INTEGER NOT NULL DEFAULT 0
+    updated_ms INTEGER NOT NULL DEFAULT 0,
+    rollup_error TEXT
 )";
 
 /// One region's row, as its leader last wrote it.
@@ -40,15 +41,22 @@ pub struct RegionRecord {
     pub global_p99_lag_ms: Option<f64>,
     /// Unix ms of the write.
     pub updated_ms: u64,
+    /// Why the leader's last rollup evaluation failed (cut to
+    /// [`ROLLUP_ERROR_CHARS_MAX`]); `None` while they succeed.
+    pub rollup_error: Option<String>,
 }
+
+/// What a row keeps of a rollup error.
+pub const ROLLUP_ERROR_CHARS_MAX: usize = 300;
 
 impl RegionRecord {
     pub(crate) const UPSERT: &'static str = "INSERT INTO patina_regions \
-        (region, leader, global_members, last_rollup_ms, global_p99_lag_ms, updated_ms) \
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        (region, leader, global_members, last_rollup_ms, global_p99_lag_ms, updated_ms, \
+        rollup_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
         ON CONFLICT (region) DO UPDATE SET leader = excluded.leader, \
         global_members = excluded.global_members, last_rollup_ms = excluded.last_rollup_ms, \
-        global_p99_lag_ms = excluded.global_p99_lag_ms, updated_ms = excluded.updated_ms";
+        global_p99_lag_ms = excluded.global_p99_lag_ms, updated_ms = excluded.updated_ms, \
+        rollup_error = excluded.rollup_error";
 
     pub(crate) fn params(&self) -> Vec<Value> {
         let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
@@ -67,6 +75,9 @@ impl RegionRecord {
                 .filter(|v| v.is_finite())
                 .map_or(Value::Null, Value::Real),
             int(self.updated_ms),
+            self.rollup_error.as_ref().map_or(Value::Null, |e| {
+                Value::Text(e.chars().take(ROLLUP_ERROR_CHARS_MAX).collect())
+            }),
         ]
     }
 
@@ -75,8 +86,8 @@ impl RegionRecord {
     /// that does not parse (a row a newer Patina wrote) reads as absent.
     pub fn read_all(conn: &Connection) -> rusqlite::Result<Vec<RegionRecord>> {
         let mut stmt = conn.prepare(
-            "SELECT region, leader, global_members, last_rollup_ms, global_p99_lag_ms, updated_ms \
-             FROM global.patina_regions ORDER BY region",
+            "SELECT region, leader, global_members, last_rollup_ms, global_p99_lag_ms, updated_ms, \
+             rollup_error FROM global.patina_regions ORDER BY region",
         )?;
         let rows = stmt.query_map([], |r| {
             let text = |i: usize| -> rusqlite::Result<Option<String>> {
@@ -107,6 +118,7 @@ impl RegionRecord {
                 last_rollup_ms: int(3)?,
                 global_p99_lag_ms: lag,
                 updated_ms: int(5)?.unwrap_or(0),
+                rollup_error: text(6)?,
             })
         })?;
         rows.collect()

@@ -348,6 +348,7 @@ async fn the_regions_table_is_patinas_to_write_and_everyones_to_read() {
         last_rollup_ms: Some(1_700_000_000_000),
         global_p99_lag_ms: Some(12.5),
         updated_ms: 1_700_000_000_001,
+        rollup_error: Some("rollup \"app_regions\": no such table".into()),
     };
     let out = node.record_region(&record).await.unwrap();
     assert_eq!((out.db, out.version), (DbKind::Global, Some(1)));

@@ -9,10 +9,24 @@ use tokio::sync::watch;
 /// The leader among `members` (this node's regional peers) and this node
 /// itself when it is a global member.
 pub(crate) fn leader_of(me: ActorId, me_global: bool, members: &[Member]) -> Option<ActorId> {
-    let peers = alive(members)
+    region_leader(live_global_members(me, me_global, members))
+}
+
+/// The region's live global members as this node sees them (itself
+/// included when it is one), sorted.
+pub(crate) fn live_global_members(
+    me: ActorId,
+    me_global: bool,
+    members: &[Member],
+) -> Vec<ActorId> {
+    let mut out: Vec<ActorId> = alive(members)
         .filter(|id| id.global_member)
-        .map(|id| id.actor);
-    region_leader(peers.chain(me_global.then_some(me)))
+        .map(|id| id.actor)
+        .chain(me_global.then_some(me))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Keeps `leader` current as the membership changes, until the membership

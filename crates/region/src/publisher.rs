@@ -56,9 +56,15 @@ pub struct RollupsStatus {
     pub leading: bool,
     /// Unix ms of the last evaluation that completed.
     pub last_run_ms: Option<u64>,
+    /// Unix ms of the last evaluation that wrote rows, or of the first
+    /// since taking over (which reconciles): the `last_rollup` other
+    /// regions read in `global.patina_regions`.
+    pub last_published_ms: Option<u64>,
     pub reports: Vec<RollupReport>,
     /// Evaluations that failed (logged).
     pub failures: u64,
+    /// Why the last evaluation failed; `None` once one succeeds.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,9 +89,12 @@ pub(crate) async fn run(
     let mut schedule = RollupSchedule::new(timing);
     let mut commits = node.subscribe_commits();
     let mut reader: Option<rusqlite::Connection> = None;
+    // Whether an evaluation completed since this node took over.
+    let mut reconciled = false;
     loop {
         let leading = *leader.borrow_and_update() == Some(me);
         if leading != schedule.leading() {
+            reconciled = false;
             schedule.on_leadership(leading, Instant::now());
             status.send_modify(|s| s.leading = leading);
             metrics.leading.set(i64::from(leading));
@@ -118,8 +127,16 @@ pub(crate) async fn run(
                     Ok(reports) => {
                         schedule.on_succeeded();
                         metrics.rows_written.inc_by(reports.iter().map(|r| r.written).sum());
+                        let wrote = reports.iter().any(|r| r.written > 0);
+                        let published = wrote || !reconciled;
+                        reconciled = true;
                         status.send_modify(|s| {
-                        s.last_run_ms = Some(patina_node::unix_ms());
+                        let now = patina_node::unix_ms();
+                        s.last_run_ms = Some(now);
+                        if published {
+                            s.last_published_ms = Some(now);
+                        }
+                        s.last_error = None;
                         for r in reports {
                             match s.reports.iter_mut().find(|x| x.name == r.name) {
                                 Some(x) => {
@@ -135,7 +152,10 @@ pub(crate) async fn run(
                         tracing::warn!(%region, error = %e, "evaluating the rollups failed; retrying");
                         schedule.on_failed(started);
                         metrics.failures.inc();
-                        status.send_modify(|s| s.failures += 1);
+                        status.send_modify(|s| {
+                            s.failures += 1;
+                            s.last_error = Some(e.clone());
+                        });
                         // A broken reader is opened again.
                         reader = None;
                     }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::publisher::{self, RollupMetrics, RollupsStatus};
+use crate::recorder;
 use crate::rollup::{Rollup, RollupConfig, RollupError};
 
 /// How a node takes part in the fleet.
@@ -119,14 +120,25 @@ impl RegionRuntime {
         let (status_tx, status) = watch::channel(RollupsStatus::default());
         let rollup_names = rollups.iter().map(|r| r.config.name.clone()).collect();
         let rollup_metrics = Arc::new(RollupMetrics::default());
-        if !rollups.is_empty() && node.is_global_member() {
-            tasks.spawn(publisher::run(
+        if node.is_global_member() {
+            if !rollups.is_empty() {
+                tasks.spawn(publisher::run(
+                    node.clone(),
+                    Arc::from(rollups),
+                    rollup_timing,
+                    leader.clone(),
+                    status_tx,
+                    Arc::clone(&rollup_metrics),
+                ));
+            }
+            tasks.spawn(recorder::run(
                 node.clone(),
-                Arc::from(rollups),
-                rollup_timing,
-                leader.clone(),
-                status_tx,
-                Arc::clone(&rollup_metrics),
+                recorder::RecorderInputs {
+                    leader: leader.clone(),
+                    members: regional.members(),
+                    rollups: status.clone(),
+                    global: global.as_ref().map(ClusterRuntime::counters),
+                },
             ));
         }
         Ok(RegionRuntime {

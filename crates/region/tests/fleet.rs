@@ -216,6 +216,25 @@ async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_rep
         .await;
     wait_rollups_converged(&fleet, &["ams", "ord", "nrt"]).await;
     assert!(fleet.nodes[next].runtime().rollups().borrow().leading);
+    // Every node of every region reads, in global.patina_regions, that
+    // ams is led by the new leader, its crashed predecessor gone.
+    let survivors: Vec<usize> = (0..fleet.nodes.len()).filter(|&i| i != smallest).collect();
+    for i in survivors {
+        let node = fleet.nodes[i].node.clone();
+        eventually("ams's row naming its new leader", WAIT, || {
+            let node = node.clone();
+            async move {
+                let records = node.region_records().await.unwrap();
+                records.iter().any(|r| {
+                    r.region == "ams"
+                        && r.leader == Some(next_id)
+                        && !r.global_members.contains(&leader_id)
+                        && r.last_rollup_ms.is_some()
+                })
+            }
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
