@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 
 use patina_node::{Changeset, CommitObserver, Origin};
@@ -13,7 +13,7 @@ use crate::plan::{Table, Touched};
 
 /// What commits and requests are routed by; shared with the writers.
 pub(crate) struct Dispatch {
-    pub(crate) workers: Vec<SyncSender<Msg>>,
+    pub(crate) workers: Vec<crate::queue::QueueSender<Msg>>,
     pub(crate) query_limit: Arc<crate::clock::QueryLimit>,
     pub(crate) overflow: Vec<Arc<AtomicBool>>,
     pub(crate) registry: Mutex<Registry>,

@@ -19,13 +19,14 @@ mod ids;
 mod msg;
 mod pin;
 mod plan;
+mod queue;
 mod store;
 mod stream;
 mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{sync_channel, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -72,7 +73,7 @@ impl Subscriptions {
         let mut receivers = Vec::new();
         let mut overflow = Vec::new();
         for _ in 0..WORKERS {
-            let (tx, rx) = sync_channel(WORKER_QUEUE_MAX);
+            let (tx, rx) = queue::bounded(WORKER_QUEUE_MAX);
             senders.push(tx);
             receivers.push(rx);
             overflow.push(Arc::new(AtomicBool::new(false)));

@@ -6,7 +6,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,7 +85,7 @@ impl Worker {
         }
     }
 
-    pub fn run(mut self, rx: Receiver<Msg>) {
+    pub fn run(mut self, rx: crate::queue::QueueReceiver<Msg>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < BATCH_MESSAGES_MAX {
