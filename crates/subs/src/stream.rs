@@ -25,7 +25,11 @@ pub enum SubError {
     /// `from=` for a statement nobody subscribed to yet (400).
     #[error("there is no subscription for this statement yet, so from= has nothing to resume: subscribe without from= first")]
     NoSuchSubscription,
-    #[error("this node holds the maximum of {SUBSCRIPTIONS_MAX} subscriptions: reuse an existing statement")]
+    #[error(
+        "this node holds the maximum of {SUBSCRIPTIONS_MAX} subscriptions: reuse an existing \
+         statement, or free room with DELETE /v1/subscriptions/{{id}} (a subscription without a \
+         listener for api.subscription_idle_expiry is removed by itself)"
+    )]
     TooMany,
     #[error("the subscription workers are busy: retry shortly")]
     Busy,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -26,6 +26,10 @@ use patina_node::Statement;
 
 /// Messages one batch takes at most before its commits are processed.
 const BATCH_MESSAGES_MAX: usize = 1024;
+/// How often a worker looks for subscriptions without a listener, at most
+/// and at least (a quarter of the expiry in between).
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(10);
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(60);
 
 enum Pending {
     Keys(Touched, usize),
@@ -44,6 +48,8 @@ struct Sub {
     /// Set when the state could not be stored: the subscription serves no
     /// more (a restart rebuilds it).
     failed: Option<String>,
+    /// Since when no stream has been attached (as of the last sweep).
+    idle_since: Option<Instant>,
 }
 
 pub(crate) struct Worker {
@@ -87,7 +93,29 @@ impl Worker {
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        let mut last_sweep: Option<Instant> = None;
+        loop {
+            // Read each time: the expiry can be changed while running.
+            let every = self
+                .dispatch
+                .idle_expiry()
+                .map_or(SWEEP_EVERY_MAX, |e| e / 4)
+                .clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX);
+            let now = Instant::now();
+            let next_sweep = match last_sweep {
+                Some(at) => at + every,
+                None => now,
+            };
+            if now >= next_sweep {
+                self.sweep(now);
+                last_sweep = Some(now);
+                continue;
+            }
+            let first = match rx.recv_timeout(next_sweep - now) {
+                Ok(m) => m,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH_MESSAGES_MAX {
                 match rx.try_recv() {
@@ -272,6 +300,9 @@ impl Worker {
                 let _ = reply.send(answer);
             }
             Msg::Restore(stored, legacy) => self.restore(*stored, legacy),
+            Msg::Remove { id, reply } => {
+                let _ = reply.send(self.remove(&id));
+            }
             Msg::Commit(_) | Msg::Tables(_) | Msg::Stop => {}
         }
     }
@@ -334,6 +365,7 @@ impl Worker {
             no,
             live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
             failed: None,
+            idle_since: None,
         });
         match self.subs.get(&id) {
             Some(sub) => attach_to(sub, &self.store, attach),
@@ -401,12 +433,63 @@ impl Worker {
             no,
             live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
             failed,
+            idle_since: None,
         });
         if sub.failed.is_none() {
             // Whatever was committed since it was last stored: one full
             // re-run and diff, new events continue the ids.
             self.pending.insert(id, Pending::Full);
         }
+    }
+
+    /// Removes the subscriptions that have had no listener for the idle
+    /// expiry; notes since when the others without one have had none.
+    fn sweep(&mut self, now: Instant) {
+        let expiry = self.dispatch.idle_expiry();
+        let mut expired = Vec::new();
+        for sub in self.subs.values_mut() {
+            if sub.live.receiver_count() > 0 {
+                sub.idle_since = None;
+                continue;
+            }
+            let since = *sub.idle_since.get_or_insert(now);
+            if expiry.is_some_and(|e| now.duration_since(since) >= e) {
+                expired.push(sub.id.clone());
+            }
+        }
+        for id in expired {
+            match self.remove(&id) {
+                Ok(()) => tracing::info!(
+                    id,
+                    "subscription removed: no listener for api.subscription_idle_expiry"
+                ),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "an expired subscription could not be removed")
+                }
+            }
+        }
+    }
+
+    /// Removes subscription `id` from this worker, the routing and the
+    /// store. Its streams see their channel close.
+    fn remove(&mut self, id: &str) -> Result<(), SubError> {
+        let Some(sub) = self.subs.get(id) else {
+            return Err(SubError::NotFound(id.to_owned()));
+        };
+        self.store
+            .remove(sub.no)
+            .map_err(|e| SubError::Internal(format!("could not delete the subscription: {e}")))?;
+        let Some(sub) = self.subs.remove(id) else {
+            return Err(SubError::NotFound(id.to_owned()));
+        };
+        self.pending.remove(id);
+        for ids in self.by_table.values_mut().chain(self.by_key.values_mut()) {
+            ids.retain(|i| i != id);
+        }
+        self.by_table.retain(|_, ids| !ids.is_empty());
+        self.by_key.retain(|_, ids| !ids.is_empty());
+        self.dispatch.unregister(id, &key_of(&sub.statement));
+        Ok(())
     }
 
     fn insert(&mut self, sub: Sub) -> &Sub {

@@ -519,3 +519,44 @@ async fn subscriptions_of_the_old_layout_are_moved_in() {
     let s = node.attach_subscription(id, from(0)).await.unwrap();
     assert_eq!(s.change_id, 3);
 }
+
+/// A subscription without a stream for the idle expiry is removed (its
+/// id unknown, its place free); one with a stream is kept, and `remove`
+/// ends the streams of the one it removes.
+#[tokio::test]
+async fn idle_subscriptions_expire_and_removed_ones_end_their_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Local::open(dir.path());
+    node.subs.set_idle_expiry(Some(Duration::from_millis(100)));
+    let mut kept = subscribe(&node, FILTER).await;
+    let dropped = subscribe(&node, GROUP).await;
+    let dropped_id = dropped.id.clone();
+    drop(dropped);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.subs.len() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = node
+        .attach_subscription(&dropped_id, Attach::default())
+        .await;
+    assert_eq!(e.err(), Some(SubError::NotFound(dropped_id)));
+    node.transact(vec![Op::UpsertA(1, "x", 5).statement()])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut kept).await.2, 1, "the listened one serves on");
+
+    node.subs.set_idle_expiry(None);
+    node.subs.remove(&kept.id).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), kept.next()).await;
+    assert_eq!(end.unwrap(), None, "its stream ends");
+    assert!(node.subs.is_empty());
+    assert_eq!(
+        node.subs.remove(&kept.id).await.err(),
+        Some(SubError::NotFound(kept.id.clone()))
+    );
+    // Gone from the store too: a restart does not bring it back.
+    drop(node);
+    let node = Local::open(dir.path());
+    assert!(node.subs.is_empty());
+}
