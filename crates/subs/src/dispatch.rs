@@ -20,6 +20,8 @@ pub(crate) struct Dispatch {
     pub(crate) registry: Mutex<Registry>,
     /// `api.subscription_idle_expiry` in milliseconds; 0: never.
     pub(crate) idle_expiry_ms: AtomicU64,
+    /// Subscription re-runs (restricted or full) since start.
+    pub(crate) reruns: AtomicU64,
 }
 
 #[derive(Default)]

@@ -17,8 +17,9 @@ mod diff;
 mod dispatch;
 mod ids;
 mod msg;
-mod pin;
 mod plan;
+mod route;
+mod routing;
 mod store;
 mod stream;
 mod worker;
@@ -88,6 +89,7 @@ impl Subscriptions {
             overflow,
             registry: Mutex::new(Registry::default()),
             idle_expiry_ms: AtomicU64::new(IDLE_EXPIRY_DEFAULT.as_millis() as u64),
+            reruns: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for (no, rx) in receivers.into_iter().enumerate() {
@@ -196,6 +198,13 @@ impl Subscriptions {
             Err(TrySendError::Disconnected(_)) => return Err(SubError::ShuttingDown),
         }
         answer.await.map_err(|_| SubError::ShuttingDown)?
+    }
+
+    /// How many times a subscription's query was re-run after commits
+    /// (restricted to changed keys or in full) since start: what routing
+    /// saves shows here.
+    pub fn reruns(&self) -> u64 {
+        self.dispatch.reruns.load(Ordering::Relaxed)
     }
 
     /// How many subscriptions the node holds.

@@ -20,6 +20,7 @@ use super::dispatch::Dispatch;
 use super::ids::{hash_of, key_of, new_id};
 use super::msg::Msg;
 use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
+use super::routing::{Concerned, Routing};
 use super::store::{Batch, Store, Stored, SubNo};
 use super::stream::{Attach, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
 use patina_node::Statement;
@@ -62,10 +63,11 @@ pub(crate) struct Worker {
     subs: HashMap<String, Sub>,
     /// Subscriptions that may change on any change of a table.
     by_table: HashMap<Table, Vec<String>>,
-    /// Subscriptions whose result can only hold the row of one primary
-    /// key of one table (`plan::Plan::pinned`): a commit reaches them only
-    /// when it changed that key.
-    by_key: HashMap<(Table, Vec<u8>), Vec<String>>,
+    /// Subscriptions routed by the values of changed rows
+    /// (`plan::Plan::route`), and the changed keys of their tables not
+    /// looked up yet (at the next flush, in its read transaction).
+    routing: Routing,
+    routed_touched: Touched,
     pending: HashMap<String, Pending>,
 }
 
@@ -87,7 +89,8 @@ impl Worker {
             clock,
             subs: HashMap::new(),
             by_table: HashMap::new(),
-            by_key: HashMap::new(),
+            routing: Routing::default(),
+            routed_touched: Touched::new(),
             pending: HashMap::new(),
         }
     }
@@ -168,22 +171,11 @@ impl Worker {
                     note_keys(&mut self.pending, id, table, keys, restricted);
                 }
             }
-            if self.by_key.is_empty() {
-                continue;
-            }
-            // One lookup per changed key, whatever the number of pinned
-            // subscriptions: the common `WHERE pk = ?` subscription costs a
-            // commit nothing unless the commit changed its row.
-            let mut lookup = (table.clone(), Vec::new());
-            for key in keys {
-                lookup.1.clone_from(key);
-                let Some(ids) = self.by_key.get(&lookup) else {
-                    continue;
-                };
-                let one = HashSet::from([key.clone()]);
-                for id in ids {
-                    note_keys(&mut self.pending, id, table, &one, true);
-                }
+            if self.routing.is_routed(table) {
+                self.routed_touched
+                    .entry(table.clone())
+                    .or_default()
+                    .extend(keys.iter().cloned());
             }
         }
     }
@@ -196,24 +188,51 @@ impl Worker {
                 self.pending.insert(id.clone(), Pending::Full);
             }
         }
-        for ((table, _), ids) in &self.by_key {
-            if tables.contains(table) {
-                for id in ids {
-                    self.pending.insert(id.clone(), Pending::Full);
-                }
+        for table in tables {
+            for id in self.routing.subs_of(table) {
+                self.pending.insert(id.clone(), Pending::Full);
             }
         }
     }
 
     fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
+        if self.pending.is_empty() && self.routed_touched.is_empty() {
             return;
         }
         // One read transaction for the whole batch: every subscription sees
         // the same snapshot, and the file locks are taken once, not once per
         // subscription (~12% of a worker's time with 1,000 subscriptions).
         let snapshot = self.conn.execute_batch("BEGIN DEFERRED");
+        // The routed subscriptions the changed rows concern, by the rows'
+        // values in the snapshot the re-runs read.
+        for (table, keys) in std::mem::take(&mut self.routed_touched) {
+            let mut concerned = Concerned::new();
+            let looked_up = self.clock.limited(|| {
+                self.routing
+                    .concerned(&self.conn, &table, &keys, &mut concerned)
+            });
+            match looked_up {
+                Some(Ok(())) => {
+                    for (id, keys) in &concerned {
+                        note_keys(&mut self.pending, id, &table, keys, true);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, table = table.1, "could not read the changed rows to route them; their table's routed subscriptions re-run in full");
+                    for id in self.routing.subs_of(&table) {
+                        self.pending.insert(id.clone(), Pending::Full);
+                    }
+                }
+                // Keys JSON cannot carry: every routed subscription of the
+                // table gets them (its restricted re-run falls back too).
+                None => {
+                    for id in self.routing.subs_of(&table) {
+                        note_keys(&mut self.pending, id, &table, &keys, true);
+                    }
+                }
+            }
+        }
+        let pending = std::mem::take(&mut self.pending);
         // Restricted re-runs first, stored and published before the full
         // re-runs start: a `WHERE id = ?` subscription's event does not wait
         // for the aggregates of the same worker (≈ 1 ms each on a 10k-row
@@ -231,6 +250,10 @@ impl Worker {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     if sub.failed.is_none() {
                         let events = self.clock.limited(|| recompute(&self.conn, sub, pending));
+                        self.dispatch.reruns.fetch_add(1, Ordering::Relaxed);
+                        if let Some((route, cols)) = routed(&sub.plan) {
+                            self.routing.note_events(&id, route, cols, &events);
+                        }
                         if !events.is_empty() {
                             changed.push((id, events));
                         }
@@ -383,7 +406,7 @@ impl Worker {
                     reads: HashSet::new(),
                     key_columns: Vec::new(),
                     restricted: None,
-                    pinned: None,
+                    route: None,
                 }
             }
         };
@@ -483,22 +506,30 @@ impl Worker {
             return Err(SubError::NotFound(id.to_owned()));
         };
         self.pending.remove(id);
-        for ids in self.by_table.values_mut().chain(self.by_key.values_mut()) {
+        for ids in self.by_table.values_mut() {
             ids.retain(|i| i != id);
         }
         self.by_table.retain(|_, ids| !ids.is_empty());
-        self.by_key.retain(|_, ids| !ids.is_empty());
+        if let Some((route, cols)) = routed(&sub.plan) {
+            let held = sub
+                .state
+                .rows()
+                .map(|r| codec::encode_columns(&r.cells, cols));
+            self.routing.remove(id, route, held);
+        }
         self.dispatch.unregister(id, &key_of(&sub.statement));
         Ok(())
     }
 
     fn insert(&mut self, sub: Sub) -> &Sub {
-        match &sub.plan.pinned {
-            Some(pinned) => self
-                .by_key
-                .entry(pinned.clone())
-                .or_default()
-                .push(sub.id.clone()),
+        match routed(&sub.plan) {
+            Some((route, cols)) => {
+                let held = sub
+                    .state
+                    .rows()
+                    .map(|r| codec::encode_columns(&r.cells, cols));
+                self.routing.add(&sub.id, route, held);
+            }
             None => {
                 for table in &sub.plan.reads {
                     self.by_table
@@ -511,6 +542,14 @@ impl Worker {
         let id = sub.id.clone();
         self.subs.entry(id).or_insert(sub)
     }
+}
+
+/// A routed subscription's route and the result columns of its table's
+/// primary key.
+fn routed(plan: &Plan) -> Option<(&plan::Route, &[usize])> {
+    let route = plan.route.as_ref()?;
+    let cols = plan.restricted.as_ref()?.get(&route.table)?;
+    Some((route, cols))
 }
 
 /// The events `pending` causes, applied to the sub's state.
