@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::broadcast;
 
 use super::clock::QueryClock;
 use super::codec;
@@ -22,7 +21,7 @@ use super::msg::Msg;
 use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
 use super::routing::{Concerned, Routing};
 use super::store::{Batch, Store, Stored, SubNo};
-use super::stream::{Attach, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
+use super::stream::{Attach, Live, SubError, SubStream};
 use patina_node::Statement;
 
 /// Messages one batch takes at most before its commits are processed.
@@ -45,7 +44,7 @@ struct Sub {
     state: ResultState,
     /// Its number in the worker's store.
     no: SubNo,
-    live: broadcast::Sender<ChangeEvent>,
+    live: Live,
     /// Set when the state could not be stored: the subscription serves no
     /// more (a restart rebuilds it).
     failed: Option<String>,
@@ -294,13 +293,11 @@ impl Worker {
             if let Err(e) = &saved {
                 tracing::error!(id = sub.id, error = %e, "could not store subscription events; the subscription stops serving until a restart rebuilds it");
                 sub.failed = Some(format!("could not store its events: {e}"));
-                // Subscribers see the channel close.
-                sub.live = broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0;
+                // Its streams end.
+                sub.live.close();
                 continue;
             }
-            for e in events {
-                let _ = sub.live.send(e);
-            }
+            sub.live.send(events);
         }
     }
 
@@ -386,7 +383,7 @@ impl Worker {
             plan,
             state,
             no,
-            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            live: Live::new(),
             failed: None,
             idle_since: None,
         });
@@ -454,7 +451,7 @@ impl Worker {
             plan,
             state,
             no,
-            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            live: Live::new(),
             failed,
             idle_since: None,
         });
@@ -471,10 +468,12 @@ impl Worker {
         let expiry = self.dispatch.idle_expiry();
         let mut expired = Vec::new();
         for sub in self.subs.values_mut() {
-            if sub.live.receiver_count() > 0 {
+            if sub.live.listeners() > 0 {
                 sub.idle_since = None;
                 continue;
             }
+            // No one to hand them to: the retained events go.
+            sub.live.send(std::iter::empty());
             let since = *sub.idle_since.get_or_insert(now);
             if expiry.is_some_and(|e| now.duration_since(since) >= e) {
                 expired.push(sub.id.clone());
@@ -625,7 +624,7 @@ fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubE
         )));
     }
     let started = Instant::now();
-    let live = sub.live.subscribe();
+    let live = sub.live.listen();
     let last = sub.state.last_change_id();
     let mut stream = SubStream {
         id: sub.id.clone(),
