@@ -73,7 +73,10 @@ impl Agent {
     /// `PATINA_BENCH_BIN` runs another build (e.g. main's, for a before /
     /// after comparison) instead of this tree's.
     pub fn start(config: &Path) -> Agent {
-        let bin = std::env::var("PATINA_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let bin = std::env::var("PATINA_BENCH_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| BIN.to_owned());
         let (child, addrs) = spawn::spawn_agent_with_addrs(&bin, config);
         assert!(
             addrs.api.starts_with("127.0.0.1:"),
