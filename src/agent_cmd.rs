@@ -149,6 +149,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             bearer_token: config.api.authz.as_ref().map(|a| a.bearer_token.clone()),
             body_limit_bytes: usize::try_from(config.api.body_limit_bytes).unwrap_or(usize::MAX),
             query_timeout: Duration::from_secs_f64(config.api.query_timeout),
+            subscription_idle_expiry: (config.api.subscription_idle_expiry > 0.0)
+                .then(|| Duration::from_secs_f64(config.api.subscription_idle_expiry)),
         },
     )
     .with_metrics(Arc::new(metrics))

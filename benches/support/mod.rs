@@ -70,8 +70,14 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits (bounded) for its "API listening" line.
+    /// `PATINA_BENCH_BIN` runs another build (e.g. main's, for a before /
+    /// after comparison) instead of this tree's.
     pub fn start(config: &Path) -> Agent {
-        let (child, addrs) = spawn::spawn_agent_with_addrs(BIN, config);
+        let bin = std::env::var("PATINA_BENCH_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| BIN.to_owned());
+        let (child, addrs) = spawn::spawn_agent_with_addrs(&bin, config);
         assert!(
             addrs.api.starts_with("127.0.0.1:"),
             "agent listens on {:?}, not on 127.0.0.1",

@@ -36,6 +36,10 @@ pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 /// A query running longer holds one of the node's few read connections;
 /// 30 s is far beyond any lookup and still ends a runaway in bounded time.
 pub const DEFAULT_QUERY_TIMEOUT_SECS: f64 = 30.0;
+/// A subscription without a listener this long is removed (an hour: a
+/// client re-attaching after a restart or a network cut finds it, an
+/// abandoned one frees its place).
+pub const DEFAULT_SUBSCRIPTION_IDLE_EXPIRY_SECS: f64 = 3600.0;
 /// The name of the global cluster, so no region may take it.
 pub const GLOBAL_CLUSTER_NAME: &str = "global";
 const REGION_LEN_MAX: usize = 32;
@@ -145,6 +149,9 @@ pub struct ApiConfig {
     /// Seconds a query (or a subscription's query) may run before it is
     /// interrupted with an error.
     pub query_timeout: f64,
+    /// Seconds a subscription may have no attached stream before it is
+    /// removed; 0: never removed by itself.
+    pub subscription_idle_expiry: f64,
 }
 
 /// API authorization. `Debug` does not print the token.
@@ -205,6 +212,7 @@ impl Default for ApiConfig {
             authz: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             query_timeout: DEFAULT_QUERY_TIMEOUT_SECS,
+            subscription_idle_expiry: DEFAULT_SUBSCRIPTION_IDLE_EXPIRY_SECS,
         }
     }
 }
@@ -779,6 +787,13 @@ fn check_api(api: &ApiConfig, telemetry: &TelemetryConfig) -> Result<(), (String
         return Err((
             "api.query_timeout".to_string(),
             "must be a number of seconds above 0 and at most 3600, e.g. 30".to_string(),
+        ));
+    }
+    // A year bounds it within what Duration holds.
+    if !(api.subscription_idle_expiry >= 0.0 && api.subscription_idle_expiry <= 31_536_000.0) {
+        return Err((
+            "api.subscription_idle_expiry".to_string(),
+            "must be a number of seconds from 0 (never expire) to 31536000, e.g. 3600".to_string(),
         ));
     }
     if let Some(addr) = telemetry.prometheus_addr {

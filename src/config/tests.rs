@@ -181,6 +181,7 @@ fn defaults() {
             authz: None,
             body_limit_bytes: 64 * 1024 * 1024,
             query_timeout: 30.0,
+            subscription_idle_expiry: 3600.0,
         },
         telemetry: TelemetryConfig {
             prometheus_addr: None,
@@ -297,7 +298,7 @@ fn env_errors_name_the_variable() {
     assert_eq!(
         load_err(MINIMAL, &[("PATINA_API__ADRR", "127.0.0.1:9000")]),
         "environment variable PATINA_API__ADRR: unknown key `api.adrr` \
-         (known keys of [api]: addr, authz, body_limit_bytes, query_timeout)"
+         (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)"
     );
     assert_eq!(
         load_err(MINIMAL, &[("PATINA_APII__ADDR", "x")]),
@@ -362,7 +363,7 @@ fn env_errors_name_the_variable() {
 fn unknown_keys_in_the_file_are_named() {
     assert_eq!(
         load_err(&format!("{MINIMAL}[api]\nadrr = \"127.0.0.1:1\"\n"), &[]),
-        "config: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout)"
+        "config: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)"
     );
     assert_eq!(
         load_err(&format!("colour = 1\n{MINIMAL}"), &[]),
@@ -500,7 +501,7 @@ fn load_reads_a_file_and_names_it_in_errors() {
     assert_eq!(
         e,
         format!(
-            "config file {}: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout)",
+            "config file {}: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)",
             path.display()
         )
     );

@@ -22,7 +22,10 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::REGIONS, get(health::regions))
         .route(routes::METRICS, get(metrics::handle))
         .route(routes::SUBSCRIPTIONS, post(subscriptions::subscribe))
-        .route(routes::SUBSCRIPTION, get(subscriptions::attach))
+        .route(
+            routes::SUBSCRIPTION,
+            get(subscriptions::attach).delete(subscriptions::remove),
+        )
         .route(routes::UPDATES, post(subscriptions::updates))
         .route(routes::RELOAD, post(reload::handle))
         .fallback(errors::not_found)

@@ -20,6 +20,9 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// `api.query_timeout`: a query running longer is interrupted.
     pub query_timeout: std::time::Duration,
+    /// `api.subscription_idle_expiry`: a subscription without a listener
+    /// for this long is removed; `None`: never.
+    pub subscription_idle_expiry: Option<std::time::Duration>,
 }
 
 impl Default for ApiConfig {
@@ -28,6 +31,7 @@ impl Default for ApiConfig {
             bearer_token: None,
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             query_timeout: std::time::Duration::from_secs(30),
+            subscription_idle_expiry: Some(patina_subs::IDLE_EXPIRY_DEFAULT),
         }
     }
 }
@@ -53,6 +57,7 @@ impl ApiState {
         config: ApiConfig,
     ) -> ApiState {
         subs.set_query_timeout(config.query_timeout);
+        subs.set_idle_expiry(config.subscription_idle_expiry);
         ApiState {
             cluster: Arc::new(LoneNode::new(node.clone())),
             node,

@@ -1,4 +1,4 @@
-//! `POST /v1/subscriptions`, `GET /v1/subscriptions/{id}` and
+//! `POST /v1/subscriptions`, `GET`/`DELETE /v1/subscriptions/{id}` and
 //! `POST /v1/updates/{table}`: NDJSON streams that stay open. Each line is
 //! its own chunk, written as soon as the event exists.
 //!
@@ -12,7 +12,7 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use patina_subs::{Attach, ChangeEvent, SubError, SubItem, SubStream};
 use serde::Serialize;
@@ -91,6 +91,14 @@ pub(crate) async fn attach(
         Ok(stream) => respond(stream),
         Err(e) => refused(e),
     })
+}
+
+/// `DELETE /v1/subscriptions/{id}` (Patina addition): 204; unknown id 404.
+pub(crate) async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.subs.remove(&id).await {
+        Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
+    }
 }
 
 #[derive(Serialize)]

@@ -328,3 +328,43 @@ async fn updates_notify_rows_merged_from_another_node() {
     assert_eq!(u.next().await, Some(json!({"notify": ["update", ["m2"]]})));
     assert_eq!(u.next().await, Some(json!({"notify": ["delete", ["m1"]]})));
 }
+
+#[tokio::test]
+async fn delete_removes_a_subscription_and_ends_its_streams() {
+    let s = start().await;
+    let mut sub = Stream::open(subscribe(
+        &s,
+        "/v1/subscriptions",
+        json!("SELECT k, v FROM vals"),
+    ))
+    .await;
+    let id = sub.header("corro-query-id");
+    sub.next().await;
+    sub.next().await;
+    s.exec(json!(["INSERT INTO vals VALUES (1, 'a')"])).await;
+    assert_eq!(sub.next().await.unwrap()["change"][3], 1);
+
+    let url = s.url(&format!("/v1/subscriptions/{id}"));
+    let r = s.send(s.http.delete(&url)).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(sub.next().await, None, "the attached stream ends");
+    let r = s.get(&format!("/v1/subscriptions/{id}")).await;
+    assert_eq!(r.status, 404);
+    let r = s.send(s.http.delete(&url)).await;
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains(&id), "{}", r.error());
+
+    // The same statement again: a new subscription, change ids from 1.
+    let mut again = Stream::open(subscribe(
+        &s,
+        "/v1/subscriptions",
+        json!("SELECT k, v FROM vals"),
+    ))
+    .await;
+    assert_ne!(again.header("corro-query-id"), id);
+    assert!(again.next().await.unwrap().get("columns").is_some());
+    assert!(again.next().await.unwrap().get("row").is_some());
+    assert_eq!(again.next().await.unwrap()["eoq"]["change_id"], 0);
+    s.exec(json!(["INSERT INTO vals VALUES (2, 'b')"])).await;
+    assert_eq!(again.next().await.unwrap()["change"][3], 1);
+}

@@ -2,7 +2,11 @@
 //! after random transactions, every subscription's snapshot plus the
 //! change events it streamed equals re-running its query with
 //! `POST /v1/queries` — for a filter, a join, GROUP BY aggregates (count,
-//! sum), whole-table aggregates and a subscription pinned to one key.
+//! sum), whole-table aggregates, and the shapes routed by the values of
+//! changed rows (docs/subscriptions.md): equalities on the key and on
+//! other columns (literal or parameter), IN lists, ranges and BETWEEN,
+//! conjunctions of them, against writes that move rows into and out of
+//! their filters, delete them and change their primary keys.
 //!
 //! Each case is generated from a seed; a failing case prints its seed, and
 //! `PATINA_PROP_SEED=N` re-runs exactly that case (the default seeds are
@@ -33,6 +37,35 @@ const SUBSCRIPTIONS: &[(&str, &str)] = &[
     (
         "pinned",
         r#"["SELECT id, app, n FROM machines WHERE id = ?", ["m2"]]"#,
+    ),
+    (
+        "equality",
+        r#""SELECT id, n FROM machines WHERE app = 'web'""#,
+    ),
+    (
+        "equality param",
+        r#"["SELECT id, state FROM machines WHERE app = ?", ["db"]]"#,
+    ),
+    (
+        "keys in",
+        r#"["SELECT id, n FROM machines WHERE id IN (?, ?)", ["m1", "m4"]]"#,
+    ),
+    (
+        "in lists",
+        r#""SELECT id, app FROM machines WHERE app IN ('web', 'db') AND n IN (1, 2, 3)""#,
+    ),
+    (
+        "real range",
+        r#""SELECT id, r FROM machines WHERE r >= 1.5 AND r < 4""#,
+    ),
+    (
+        "between",
+        r#""SELECT k, v FROM vals WHERE v BETWEEN 0 AND 2""#,
+    ),
+    ("key range", r#""SELECT k, v FROM vals WHERE k > 2""#),
+    (
+        "conjunction",
+        r#""SELECT id, app, n, state FROM machines WHERE n >= 2 AND app = 'db' AND state = 'started'""#,
     ),
 ];
 
@@ -68,7 +101,7 @@ fn statement(rng: &mut Rng) -> Json {
         1 => json!("db"),
         _ => Json::Null,
     };
-    match rng.below(10) {
+    match rng.below(16) {
         0..=2 => json!([
             "INSERT INTO machines (id, app, n) VALUES (?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET app = excluded.app, n = excluded.n",
@@ -79,11 +112,46 @@ fn statement(rng: &mut Rng) -> Json {
             [rng.range(-2, 8), m]
         ]),
         5 => json!(["DELETE FROM machines WHERE id = ?", [m]]),
-        6..=8 => json!([
-            "INSERT INTO vals (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-            [rng.range(0, 6), rng.range(-1, 4)]
+        6..=8 => {
+            // Now and then a text: it sorts after every number.
+            let v = match rng.below(5) {
+                0 => json!("2"),
+                _ => json!(rng.range(-1, 4)),
+            };
+            json!([
+                "INSERT INTO vals (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                [rng.range(0, 6), v]
+            ])
+        }
+        9 => json!(["DELETE FROM vals WHERE k = ?", [rng.range(0, 6)]]),
+        // Moves a row into or out of the filters on app.
+        10 | 11 => json!(["UPDATE machines SET app = ? WHERE id = ?", [app, m]]),
+        // Changes a primary key (a delete and an insert, for subscribers).
+        12 => json!([
+            "UPDATE OR REPLACE machines SET id = ? WHERE id = ?",
+            [format!("m{}", rng.below(6)), m]
         ]),
-        _ => json!(["DELETE FROM vals WHERE k = ?", [rng.range(0, 6)]]),
+        13 | 14 => {
+            let r = [
+                json!(0.5),
+                json!(1.5),
+                json!(2),
+                json!(3.75),
+                json!(4.0),
+                Json::Null,
+            ];
+            json!([
+                "UPDATE machines SET r = ? WHERE id = ?",
+                [r[rng.below(6) as usize].clone(), m]
+            ])
+        }
+        _ => {
+            let state = [json!("started"), json!("stopped"), Json::Null];
+            json!([
+                "UPDATE machines SET state = ? WHERE id = ?",
+                [state[rng.below(3) as usize].clone(), m]
+            ])
+        }
     }
 }
 

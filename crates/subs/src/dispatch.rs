@@ -1,9 +1,10 @@
 //! Routing of commits and requests to the subscription workers.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use patina_node::{Changeset, CommitObserver, Origin};
 
@@ -17,6 +18,10 @@ pub(crate) struct Dispatch {
     pub(crate) query_limit: Arc<crate::clock::QueryLimit>,
     pub(crate) overflow: Vec<Arc<AtomicBool>>,
     pub(crate) registry: Mutex<Registry>,
+    /// `api.subscription_idle_expiry` in milliseconds; 0: never.
+    pub(crate) idle_expiry_ms: AtomicU64,
+    /// Subscription re-runs (restricted or full) since start.
+    pub(crate) reruns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -30,6 +35,15 @@ pub(crate) struct Registry {
 impl Dispatch {
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a subscription may have no listener before it is removed;
+    /// `None`: kept until deleted.
+    pub(crate) fn idle_expiry(&self) -> Option<Duration> {
+        match self.idle_expiry_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     pub(crate) fn id_of(&self, key: &str) -> Option<String> {

@@ -17,15 +17,16 @@ mod diff;
 mod dispatch;
 mod ids;
 mod msg;
-mod pin;
 mod plan;
 mod queue;
+mod route;
+mod routing;
 mod store;
 mod stream;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -55,6 +56,11 @@ const WORKER_QUEUE_MAX: usize = 4096;
 /// A subscription's query running longer is interrupted (the default of
 /// `api.query_timeout`; [`Subscriptions::set_query_timeout`] changes it).
 const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// A subscription without a listener for this long is removed (the
+/// default of `api.subscription_idle_expiry`): an abandoned stream must
+/// not hold one of the [`SUBSCRIPTIONS_MAX`] places for good, while a
+/// client re-attaching after a restart or a network cut finds it.
+pub const IDLE_EXPIRY_DEFAULT: Duration = Duration::from_secs(3600);
 /// The node's subscriptions: the worker threads and the routing to them.
 pub struct Subscriptions {
     dispatch: Arc<Dispatch>,
@@ -83,6 +89,8 @@ impl Subscriptions {
             query_limit: Arc::new(clock::QueryLimit::new(QUERY_TIMEOUT_DEFAULT)),
             overflow,
             registry: Mutex::new(Registry::default()),
+            idle_expiry_ms: AtomicU64::new(IDLE_EXPIRY_DEFAULT.as_millis() as u64),
+            reruns: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for (no, rx) in receivers.into_iter().enumerate() {
@@ -159,6 +167,55 @@ impl Subscriptions {
     /// re-run leaves its result as it was.
     pub fn set_query_timeout(&self, limit: Duration) {
         self.dispatch.query_limit.set(limit);
+    }
+
+    /// A subscription that has had no listener (no attached stream) for
+    /// `expiry` is removed, as by [`remove`](Self::remove); `None` keeps
+    /// subscriptions until they are removed.
+    pub fn set_idle_expiry(&self, expiry: Option<Duration>) {
+        let ms = expiry.map_or(0, |d| (d.as_millis() as u64).max(1));
+        self.dispatch.idle_expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Removes subscription `id`: its state and event log are deleted and
+    /// its attached streams end; the same statement subscribed again is a
+    /// new subscription (new id, change ids from 1).
+    pub async fn remove(&self, id: &str) -> Result<(), SubError> {
+        let no = self
+            .dispatch
+            .registry()
+            .worker_of
+            .get(id)
+            .copied()
+            .ok_or_else(|| SubError::NotFound(id.to_owned()))?;
+        let (reply, answer) = oneshot::channel();
+        let msg = Msg::Remove {
+            id: id.to_owned(),
+            reply,
+        };
+        match self.dispatch.workers[no].try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SubError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(SubError::ShuttingDown),
+        }
+        answer.await.map_err(|_| SubError::ShuttingDown)?
+    }
+
+    /// How many times a subscription's query was re-run after commits
+    /// (restricted to changed keys or in full) since start: what routing
+    /// saves shows here.
+    pub fn reruns(&self) -> u64 {
+        self.dispatch.reruns.load(Ordering::Relaxed)
+    }
+
+    /// How many subscriptions the node holds.
+    pub fn len(&self) -> usize {
+        self.dispatch.registry().worker_of.len()
+    }
+
+    /// Whether the node holds no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Opens `node`'s subscriptions (stored under `data_dir/subs`) and

@@ -35,5 +35,10 @@ pub(crate) enum Msg {
     /// With a path, it was read from that file of the old layout and is
     /// moved into the worker's store (then the file is removed).
     Restore(Box<Stored>, Option<PathBuf>),
+    /// Removes subscription `id` (its store rows too); attached streams end.
+    Remove {
+        id: String,
+        reply: oneshot::Sender<Result<(), SubError>>,
+    },
     Stop,
 }

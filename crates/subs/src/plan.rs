@@ -16,7 +16,7 @@ use patina_node::DbKind;
 use patina_node::{with_params, Statement};
 
 use super::codec;
-use super::pin::pinned_key;
+use super::route::{self, Constraint};
 
 /// Changed primary keys a restricted re-run takes in one query; more make
 /// a full re-run (one scan beats a very long `IN` list).
@@ -82,12 +82,27 @@ pub(crate) struct Plan {
     /// primary-key order), when every table's key is in the result and the
     /// statement is row-local: changes can be recomputed by key.
     pub restricted: Option<HashMap<Table, Vec<usize>>>,
-    /// When the result can only hold the row of one primary key of its
-    /// only table (a row-local statement whose WHERE has a top-level
-    /// conjunct `pk_col = value` for every primary-key column, after
-    /// binding): that table and key (encoded as commits carry them). A
-    /// commit that did not change that key cannot change the result.
-    pub pinned: Option<(Table, Vec<u8>)>,
+    /// How commits are routed to it by the values of the rows they
+    /// change, when it can be (see [`Route`]); `None`: by table.
+    pub route: Option<Route>,
+}
+
+/// A row-local statement over one table whose WHERE constrains a column
+/// with an equality, an `IN` list or a range (a top-level conjunct, see
+/// `route`): only a row whose value of that column satisfies the
+/// constraint can be in its result. A commit reaches it when a row it
+/// changed is in its result (old values) or satisfies the constraint now
+/// (new values).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Route {
+    pub table: Table,
+    /// The table's primary-key columns, in order.
+    pub pk: Vec<String>,
+    /// The constrained column, as the statement names it.
+    pub column: String,
+    /// Its values as they compare (SQLite's rules, BINARY collation, no
+    /// affinity conversion of them: [`comparable`] checked that).
+    pub constraint: Constraint,
 }
 
 #[derive(Default)]
@@ -179,17 +194,8 @@ fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Re
     } else {
         None
     };
-    let pinned = match (&restricted, pks.iter().next()) {
-        (Some(_), Some((table, pk))) if pks.len() == 1 => {
-            let schema = match table.0 {
-                DbKind::Regional => "main",
-                DbKind::Global => "global",
-            };
-            pinned_key(&st.sql, &st.params, pk, |column, value| {
-                exact_equality(conn, schema, &table.1, column, value)
-            })
-            .map(|key| (table.clone(), key))
-        }
+    let route = match (&restricted, pks.iter().next()) {
+        (Some(_), Some((table, pk))) if pks.len() == 1 => route_of(conn, st, table, pk),
         _ => None,
     };
     Ok(Plan {
@@ -197,23 +203,63 @@ fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Re
         reads,
         key_columns,
         restricted,
-        pinned,
+        route,
     })
 }
 
-/// Whether `column = value` holds exactly for the stored values equal to
-/// `value` (so that the encoded `value` is the key a commit carries): the
-/// column compares with BINARY collation and its affinity leaves `value`
-/// as it is (a text in a TEXT column, an integer in an INTEGER or NUMERIC
-/// one). Anything else (e.g. the integer 5 against a TEXT column, which
-/// SQLite compares as '5') is not pinned.
-fn exact_equality(
-    conn: &Connection,
-    schema: &str,
-    table: &str,
-    column: &str,
-    value: &Value,
-) -> bool {
+fn schema_of(db: DbKind) -> &'static str {
+    match db {
+        DbKind::Regional => "main",
+        DbKind::Global => "global",
+    }
+}
+
+/// The route of a row-local one-table statement: its first recognized
+/// conjunct whose values compare exactly (equalities and `IN` lists before
+/// ranges: they are looked up by value, ranges are tested one by one).
+fn route_of(conn: &Connection, st: &Statement, table: &Table, pk: &[String]) -> Option<Route> {
+    let schema = schema_of(table.0);
+    let usable: Vec<_> = route::conjuncts(&st.sql, &st.params)?
+        .into_iter()
+        .filter_map(|c| {
+            let constraint = match c.constraint {
+                // `= NULL` holds for no row: left out of the list.
+                Constraint::OneOf(list) => Constraint::OneOf(
+                    list.into_iter()
+                        .filter(|v| !matches!(v, Value::Null))
+                        .map(|v| route::normalized(&v))
+                        .collect(),
+                ),
+                range => range,
+            };
+            let exact = constraint
+                .values()
+                .into_iter()
+                .all(|v| comparable(conn, schema, &table.1, &c.column, v));
+            exact.then_some((c.column, constraint))
+        })
+        .collect();
+    let (column, constraint) = usable
+        .iter()
+        .find(|(_, c)| matches!(c, Constraint::OneOf(_)))
+        .or_else(|| usable.first())?
+        .clone();
+    Some(Route {
+        table: table.clone(),
+        pk: pk.to_vec(),
+        column,
+        constraint,
+    })
+}
+
+/// Whether comparing `column` with `value` in SQL compares the stored value
+/// with `value` as they are ([`route::compare`]): the column compares with
+/// BINARY collation, and its affinity does not convert `value` (text
+/// against a TEXT column, a number against an INTEGER, REAL or NUMERIC
+/// one, anything but NULL against a column without affinity). Anything
+/// else (e.g. the integer 5 against a TEXT column, which SQLite compares
+/// as '5') is not routed by that column.
+fn comparable(conn: &Connection, schema: &str, table: &str, column: &str, value: &Value) -> bool {
     let Ok((declared, collation, ..)) = conn.column_metadata(Some(schema), table, column) else {
         return false;
     };
@@ -244,7 +290,15 @@ fn exact_equality(
     binary
         && matches!(
             (affinity, value),
-            ("text", Value::Text(_)) | ("integer" | "numeric", Value::Integer(_))
+            ("text", Value::Text(_))
+                | (
+                    "integer" | "numeric" | "real",
+                    Value::Integer(_) | Value::Real(_)
+                )
+                | (
+                    "blob",
+                    Value::Integer(_) | Value::Real(_) | Value::Text(_) | Value::Blob(_)
+                )
         )
 }
 
@@ -442,7 +496,7 @@ fn bind_statement_params(
 /// Keys as a JSON array of arrays (one value per key column); `None` for
 /// values JSON cannot carry exactly (blobs, infinities): those commits
 /// re-run in full.
-fn keys_as_json(keys: &HashSet<Vec<u8>>, columns: usize) -> Option<String> {
+pub(crate) fn keys_as_json(keys: &HashSet<Vec<u8>>, columns: usize) -> Option<String> {
     let mut rows = Vec::with_capacity(keys.len());
     for key in keys {
         let values = codec::decode(key)?;
@@ -472,42 +526,63 @@ mod tests {
     use super::*;
 
     /// Through `analyze`, against real columns: affinity and collation
-    /// decide whether a bound value pins the key.
+    /// decide whether a value routes by its column.
     #[test]
-    fn analyze_pins_by_affinity_and_collation() {
+    fn analyze_routes_by_affinity_and_collation() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE crr_tables (name TEXT);
              INSERT INTO crr_tables VALUES ('t'), ('n');
-             CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, a INTEGER);
+             CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, a INTEGER, b);
              CREATE TABLE n (id TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, a INTEGER);",
         )
         .unwrap();
-        let mut pinned = |sql: &str, v: Value| {
+        let mut routed = |sql: &str, v: Value| {
             analyze(&mut conn, &Statement::with_params(sql, vec![v]))
                 .unwrap()
-                .pinned
-                .map(|(t, k)| (t.1, codec::decode(&k).unwrap()))
+                .route
+                .map(|r| (r.table.1, r.column, r.constraint))
         };
         let text = Value::Text("k".into());
         assert_eq!(
-            pinned("SELECT id, a FROM t WHERE id = ?", text.clone()),
-            Some(("t".into(), vec![text.clone()]))
+            routed("SELECT id, a FROM t WHERE id = ?", text.clone()),
+            Some((
+                "t".into(),
+                "id".into(),
+                Constraint::OneOf(vec![text.clone()])
+            ))
         );
         assert_eq!(
-            pinned("SELECT id, a FROM t WHERE id = ?", Value::Integer(1)),
+            routed("SELECT id, a FROM t WHERE id = ?", Value::Integer(1)),
             None
         );
         assert_eq!(
-            pinned("SELECT id, a FROM n WHERE id = ?", text.clone()),
+            routed(
+                "SELECT id, a FROM t WHERE a > 2 AND a = ?",
+                Value::Real(3.0)
+            ),
+            Some((
+                "t".into(),
+                "a".into(),
+                Constraint::OneOf(vec![Value::Integer(3)])
+            )),
+            "equalities before ranges; a whole real looked up as the integer"
+        );
+        assert_eq!(
+            routed("SELECT id, a FROM t WHERE a = ? AND b < 'x'", text.clone()).map(|r| r.1),
+            Some("b".into()),
+            "a text against an INTEGER column does not route; any value against no affinity does"
+        );
+        assert_eq!(
+            routed("SELECT id, a FROM n WHERE id = ?", text.clone()),
             None
         );
         assert_eq!(
-            pinned("SELECT a FROM t WHERE id = ?", text.clone()),
+            routed("SELECT a FROM t WHERE id = ?", text.clone()),
             None,
             "the key is not in the result: not row-local by key"
         );
-        assert_eq!(pinned("SELECT count(*) FROM t WHERE id = ?", text), None);
+        assert_eq!(routed("SELECT count(*) FROM t WHERE id = ?", text), None);
         let restricted = |conn: &mut Connection, sql: &str| {
             analyze(conn, &Statement::new(sql))
                 .unwrap()

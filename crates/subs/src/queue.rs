@@ -6,7 +6,7 @@
 //! arrive) with the bound kept by a counter.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvError, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 pub(crate) fn bounded<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
@@ -68,8 +68,8 @@ pub(crate) struct QueueReceiver<T> {
 }
 
 impl<T> QueueReceiver<T> {
-    pub fn recv(&self) -> Result<T, RecvError> {
-        let msg = self.rx.recv()?;
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<T, RecvTimeoutError> {
+        let msg = self.rx.recv_timeout(timeout)?;
         self.len.fetch_sub(1, Ordering::AcqRel);
         Ok(msg)
     }
@@ -91,7 +91,7 @@ mod tests {
         tx.try_send(1).unwrap();
         tx.clone().try_send(2).unwrap();
         assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
-        assert_eq!(rx.recv(), Ok(1));
+        assert_eq!(rx.recv_timeout(std::time::Duration::ZERO), Ok(1));
         tx.try_send(3).unwrap();
         assert_eq!(rx.try_recv(), Ok(2));
         assert_eq!(rx.try_recv(), Ok(3));

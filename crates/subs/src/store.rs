@@ -252,6 +252,17 @@ impl Store {
         tx.commit()
     }
 
+    /// Deletes subscription `no`: its statement, rows and event log, in
+    /// one transaction.
+    pub fn remove(&mut self, no: SubNo) -> rusqlite::Result<()> {
+        let tx = self.conn()?.transaction()?;
+        tx.execute("DELETE FROM params WHERE sub = ?1", [no])?;
+        tx.execute("DELETE FROM rows WHERE sub = ?1", [no])?;
+        tx.execute("DELETE FROM events WHERE sub = ?1", [no])?;
+        tx.execute("DELETE FROM subs WHERE n = ?1", [no])?;
+        tx.commit()
+    }
+
     /// The retained events of subscription `no` after change id `from`,
     /// oldest first, and the oldest change id retained (if any).
     pub fn events_after(

@@ -2,10 +2,12 @@
 //! errors of subscribing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use patina_crr::Value;
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
 use crate::diff::ChangeEvent;
 
@@ -25,7 +27,11 @@ pub enum SubError {
     /// `from=` for a statement nobody subscribed to yet (400).
     #[error("there is no subscription for this statement yet, so from= has nothing to resume: subscribe without from= first")]
     NoSuchSubscription,
-    #[error("this node holds the maximum of {SUBSCRIPTIONS_MAX} subscriptions: reuse an existing statement")]
+    #[error(
+        "this node holds the maximum of {SUBSCRIPTIONS_MAX} subscriptions: reuse an existing \
+         statement, or free room with DELETE /v1/subscriptions/{{id}} (a subscription without a \
+         listener for api.subscription_idle_expiry is removed by itself)"
+    )]
     TooMany,
     #[error("the subscription workers are busy: retry shortly")]
     Busy,
@@ -65,7 +71,7 @@ pub struct SubStream {
     pub change_id: u64,
     pub snapshot_time: Duration,
     pub(crate) backlog: VecDeque<ChangeEvent>,
-    pub(crate) live: broadcast::Receiver<ChangeEvent>,
+    pub(crate) live: Listener,
     pub(crate) error: Option<String>,
     pub(crate) delivered: u64,
 }
@@ -85,23 +91,117 @@ impl SubStream {
             return Some(SubItem::Change(e));
         }
         loop {
-            match self.live.recv().await {
-                Ok(e) if e.change_id <= self.delivered => continue,
-                Ok(e) => {
-                    debug_assert_eq!(e.change_id, self.delivered + 1);
-                    self.delivered = e.change_id;
-                    return Some(SubItem::Change(e));
+            let inner = Arc::clone(&self.live.0);
+            let notified = inner.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking: an event published in between
+            // wakes it.
+            notified.as_mut().enable();
+            {
+                let ring = inner.lock();
+                match ring.events.iter().find(|e| e.change_id > self.delivered) {
+                    Some(e) if e.change_id == self.delivered + 1 => {
+                        self.delivered = e.change_id;
+                        return Some(SubItem::Change(e.clone()));
+                    }
+                    Some(e) => {
+                        let (at, n) = (self.delivered, e.change_id - self.delivered - 1);
+                        self.delivered = u64::MAX;
+                        return Some(SubItem::Error(format!(
+                            "this subscriber fell {n} events behind and was disconnected: \
+                             re-attach with from={at}"
+                        )));
+                    }
+                    None if ring.closed => return None,
+                    None => {}
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let at = self.delivered;
-                    self.delivered = u64::MAX;
-                    return Some(SubItem::Error(format!(
-                        "this subscriber fell {n} events behind and was disconnected: \
-                         re-attach with from={at}"
-                    )));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
+            notified.await;
         }
+    }
+}
+
+/// A subscription's events for its attached streams: the last
+/// [`SUBSCRIBER_EVENTS_BUFFERED`], kept only while a stream is attached
+/// and allocated as they come. (A broadcast channel allocates all its
+/// slots up front: ≈ 11 KiB per subscription, most of an idle one's
+/// memory at 10,000 subscriptions.)
+pub(crate) struct Live(Arc<LiveInner>);
+
+struct LiveInner {
+    ring: Mutex<Ring>,
+    notify: Notify,
+    listeners: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Ring {
+    events: VecDeque<ChangeEvent>,
+    closed: bool,
+}
+
+impl LiveInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live(Arc::new(LiveInner {
+            ring: Mutex::new(Ring::default()),
+            notify: Notify::new(),
+            listeners: AtomicUsize::new(0),
+        }))
+    }
+
+    /// How many streams are attached.
+    pub fn listeners(&self) -> usize {
+        self.0.listeners.load(Ordering::Acquire)
+    }
+
+    /// A stream's end of it.
+    pub fn listen(&self) -> Listener {
+        self.0.listeners.fetch_add(1, Ordering::AcqRel);
+        Listener(Arc::clone(&self.0))
+    }
+
+    /// Hands `events` to the attached streams; without any, they are
+    /// dropped (a later attach reads the store).
+    pub fn send(&self, events: impl IntoIterator<Item = ChangeEvent>) {
+        let mut ring = self.0.lock();
+        if self.listeners() == 0 {
+            ring.events = VecDeque::new();
+            return;
+        }
+        for e in events {
+            if ring.events.len() == SUBSCRIBER_EVENTS_BUFFERED {
+                ring.events.pop_front();
+            }
+            ring.events.push_back(e);
+        }
+        drop(ring);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Ends the attached streams (after the events they have not read).
+    pub fn close(&self) {
+        self.0.lock().closed = true;
+        self.0.notify.notify_waiters();
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// An attached stream's end of a subscription's [`Live`] events.
+pub(crate) struct Listener(Arc<LiveInner>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.listeners.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -7,10 +7,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::broadcast;
 
 use super::clock::QueryClock;
 use super::codec;
@@ -19,12 +18,17 @@ use super::dispatch::Dispatch;
 use super::ids::{hash_of, key_of, new_id};
 use super::msg::Msg;
 use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
+use super::routing::{Concerned, Routing};
 use super::store::{Batch, Store, Stored, SubNo};
-use super::stream::{Attach, SubError, SubStream, SUBSCRIBER_EVENTS_BUFFERED};
+use super::stream::{Attach, Live, SubError, SubStream};
 use patina_node::Statement;
 
 /// Messages one batch takes at most before its commits are processed.
 const BATCH_MESSAGES_MAX: usize = 1024;
+/// How often a worker looks for subscriptions without a listener, at most
+/// and at least (a quarter of the expiry in between).
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(10);
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(60);
 
 enum Pending {
     Keys(Touched, usize),
@@ -39,10 +43,12 @@ struct Sub {
     state: ResultState,
     /// Its number in the worker's store.
     no: SubNo,
-    live: broadcast::Sender<ChangeEvent>,
+    live: Live,
     /// Set when the state could not be stored: the subscription serves no
     /// more (a restart rebuilds it).
     failed: Option<String>,
+    /// Since when no stream has been attached (as of the last sweep).
+    idle_since: Option<Instant>,
 }
 
 pub(crate) struct Worker {
@@ -55,10 +61,11 @@ pub(crate) struct Worker {
     subs: HashMap<String, Sub>,
     /// Subscriptions that may change on any change of a table.
     by_table: HashMap<Table, Vec<String>>,
-    /// Subscriptions whose result can only hold the row of one primary
-    /// key of one table (`plan::Plan::pinned`): a commit reaches them only
-    /// when it changed that key.
-    by_key: HashMap<(Table, Vec<u8>), Vec<String>>,
+    /// Subscriptions routed by the values of changed rows
+    /// (`plan::Plan::route`), and the changed keys of their tables not
+    /// looked up yet (at the next flush, in its read transaction).
+    routing: Routing,
+    routed_touched: Touched,
     pending: HashMap<String, Pending>,
 }
 
@@ -80,13 +87,36 @@ impl Worker {
             clock,
             subs: HashMap::new(),
             by_table: HashMap::new(),
-            by_key: HashMap::new(),
+            routing: Routing::default(),
+            routed_touched: Touched::new(),
             pending: HashMap::new(),
         }
     }
 
     pub fn run(mut self, rx: crate::queue::QueueReceiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        let mut last_sweep: Option<Instant> = None;
+        loop {
+            // Read each time: the expiry can be changed while running.
+            let every = self
+                .dispatch
+                .idle_expiry()
+                .map_or(SWEEP_EVERY_MAX, |e| e / 4)
+                .clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX);
+            let now = Instant::now();
+            let next_sweep = match last_sweep {
+                Some(at) => at + every,
+                None => now,
+            };
+            if now >= next_sweep {
+                self.sweep(now);
+                last_sweep = Some(now);
+                continue;
+            }
+            let first = match rx.recv_timeout(next_sweep - now) {
+                Ok(m) => m,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH_MESSAGES_MAX {
                 match rx.try_recv() {
@@ -139,22 +169,11 @@ impl Worker {
                     note_keys(&mut self.pending, id, table, keys, restricted);
                 }
             }
-            if self.by_key.is_empty() {
-                continue;
-            }
-            // One lookup per changed key, whatever the number of pinned
-            // subscriptions: the common `WHERE pk = ?` subscription costs a
-            // commit nothing unless the commit changed its row.
-            let mut lookup = (table.clone(), Vec::new());
-            for key in keys {
-                lookup.1.clone_from(key);
-                let Some(ids) = self.by_key.get(&lookup) else {
-                    continue;
-                };
-                let one = HashSet::from([key.clone()]);
-                for id in ids {
-                    note_keys(&mut self.pending, id, table, &one, true);
-                }
+            if self.routing.is_routed(table) {
+                self.routed_touched
+                    .entry(table.clone())
+                    .or_default()
+                    .extend(keys.iter().cloned());
             }
         }
     }
@@ -167,24 +186,51 @@ impl Worker {
                 self.pending.insert(id.clone(), Pending::Full);
             }
         }
-        for ((table, _), ids) in &self.by_key {
-            if tables.contains(table) {
-                for id in ids {
-                    self.pending.insert(id.clone(), Pending::Full);
-                }
+        for table in tables {
+            for id in self.routing.subs_of(table) {
+                self.pending.insert(id.clone(), Pending::Full);
             }
         }
     }
 
     fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
+        if self.pending.is_empty() && self.routed_touched.is_empty() {
             return;
         }
         // One read transaction for the whole batch: every subscription sees
         // the same snapshot, and the file locks are taken once, not once per
         // subscription (~12% of a worker's time with 1,000 subscriptions).
         let snapshot = self.conn.execute_batch("BEGIN DEFERRED");
+        // The routed subscriptions the changed rows concern, by the rows'
+        // values in the snapshot the re-runs read.
+        for (table, keys) in std::mem::take(&mut self.routed_touched) {
+            let mut concerned = Concerned::new();
+            let looked_up = self.clock.limited(|| {
+                self.routing
+                    .concerned(&self.conn, &table, &keys, &mut concerned)
+            });
+            match looked_up {
+                Some(Ok(())) => {
+                    for (id, keys) in &concerned {
+                        note_keys(&mut self.pending, id, &table, keys, true);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, table = table.1, "could not read the changed rows to route them; their table's routed subscriptions re-run in full");
+                    for id in self.routing.subs_of(&table) {
+                        self.pending.insert(id.clone(), Pending::Full);
+                    }
+                }
+                // Keys JSON cannot carry: every routed subscription of the
+                // table gets them (its restricted re-run falls back too).
+                None => {
+                    for id in self.routing.subs_of(&table) {
+                        note_keys(&mut self.pending, id, &table, &keys, true);
+                    }
+                }
+            }
+        }
+        let pending = std::mem::take(&mut self.pending);
         // Restricted re-runs first, stored and published before the full
         // re-runs start: a `WHERE id = ?` subscription's event does not wait
         // for the aggregates of the same worker (≈ 1 ms each on a 10k-row
@@ -202,6 +248,10 @@ impl Worker {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     if sub.failed.is_none() {
                         let events = self.clock.limited(|| recompute(&self.conn, sub, pending));
+                        self.dispatch.reruns.fetch_add(1, Ordering::Relaxed);
+                        if let Some((route, cols)) = routed(&sub.plan) {
+                            self.routing.note_events(&id, route, cols, &events);
+                        }
                         if !events.is_empty() {
                             changed.push((id, events));
                         }
@@ -242,13 +292,11 @@ impl Worker {
             if let Err(e) = &saved {
                 tracing::error!(id = sub.id, error = %e, "could not store subscription events; the subscription stops serving until a restart rebuilds it");
                 sub.failed = Some(format!("could not store its events: {e}"));
-                // Subscribers see the channel close.
-                sub.live = broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0;
+                // Its streams end.
+                sub.live.close();
                 continue;
             }
-            for e in events {
-                let _ = sub.live.send(e);
-            }
+            sub.live.send(events);
         }
     }
 
@@ -271,6 +319,9 @@ impl Worker {
                 let _ = reply.send(answer);
             }
             Msg::Restore(stored, legacy) => self.restore(*stored, legacy),
+            Msg::Remove { id, reply } => {
+                let _ = reply.send(self.remove(&id));
+            }
             Msg::Commit(_) | Msg::Tables(_) | Msg::Stop => {}
         }
     }
@@ -331,8 +382,9 @@ impl Worker {
             plan,
             state,
             no,
-            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            live: Live::new(),
             failed: None,
+            idle_since: None,
         });
         match self.subs.get(&id) {
             Some(sub) => attach_to(sub, &self.store, attach),
@@ -350,7 +402,7 @@ impl Worker {
                     reads: HashSet::new(),
                     key_columns: Vec::new(),
                     restricted: None,
-                    pinned: None,
+                    route: None,
                 }
             }
         };
@@ -398,8 +450,9 @@ impl Worker {
             plan,
             state,
             no,
-            live: broadcast::channel(SUBSCRIBER_EVENTS_BUFFERED).0,
+            live: Live::new(),
             failed,
+            idle_since: None,
         });
         if sub.failed.is_none() {
             // Whatever was committed since it was last stored: one full
@@ -408,13 +461,73 @@ impl Worker {
         }
     }
 
+    /// Removes the subscriptions that have had no listener for the idle
+    /// expiry; notes since when the others without one have had none.
+    fn sweep(&mut self, now: Instant) {
+        let expiry = self.dispatch.idle_expiry();
+        let mut expired = Vec::new();
+        for sub in self.subs.values_mut() {
+            if sub.live.listeners() > 0 {
+                sub.idle_since = None;
+                continue;
+            }
+            // No one to hand them to: the retained events go.
+            sub.live.send(std::iter::empty());
+            let since = *sub.idle_since.get_or_insert(now);
+            if expiry.is_some_and(|e| now.duration_since(since) >= e) {
+                expired.push(sub.id.clone());
+            }
+        }
+        for id in expired {
+            match self.remove(&id) {
+                Ok(()) => tracing::info!(
+                    id,
+                    "subscription removed: no listener for api.subscription_idle_expiry"
+                ),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "an expired subscription could not be removed")
+                }
+            }
+        }
+    }
+
+    /// Removes subscription `id` from this worker, the routing and the
+    /// store. Its streams see their channel close.
+    fn remove(&mut self, id: &str) -> Result<(), SubError> {
+        let Some(sub) = self.subs.get(id) else {
+            return Err(SubError::NotFound(id.to_owned()));
+        };
+        self.store
+            .remove(sub.no)
+            .map_err(|e| SubError::Internal(format!("could not delete the subscription: {e}")))?;
+        let Some(sub) = self.subs.remove(id) else {
+            return Err(SubError::NotFound(id.to_owned()));
+        };
+        self.pending.remove(id);
+        for ids in self.by_table.values_mut() {
+            ids.retain(|i| i != id);
+        }
+        self.by_table.retain(|_, ids| !ids.is_empty());
+        if let Some((route, cols)) = routed(&sub.plan) {
+            let held = sub
+                .state
+                .rows()
+                .map(|r| codec::encode_columns(&r.cells, cols));
+            self.routing.remove(id, route, held);
+        }
+        self.dispatch.unregister(id, &key_of(&sub.statement));
+        Ok(())
+    }
+
     fn insert(&mut self, sub: Sub) -> &Sub {
-        match &sub.plan.pinned {
-            Some(pinned) => self
-                .by_key
-                .entry(pinned.clone())
-                .or_default()
-                .push(sub.id.clone()),
+        match routed(&sub.plan) {
+            Some((route, cols)) => {
+                let held = sub
+                    .state
+                    .rows()
+                    .map(|r| codec::encode_columns(&r.cells, cols));
+                self.routing.add(&sub.id, route, held);
+            }
             None => {
                 for table in &sub.plan.reads {
                     self.by_table
@@ -427,6 +540,14 @@ impl Worker {
         let id = sub.id.clone();
         self.subs.entry(id).or_insert(sub)
     }
+}
+
+/// A routed subscription's route and the result columns of its table's
+/// primary key.
+fn routed(plan: &Plan) -> Option<(&plan::Route, &[usize])> {
+    let route = plan.route.as_ref()?;
+    let cols = plan.restricted.as_ref()?.get(&route.table)?;
+    Some((route, cols))
 }
 
 /// The events `pending` causes, applied to the sub's state.
@@ -502,7 +623,7 @@ fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubE
         )));
     }
     let started = Instant::now();
-    let live = sub.live.subscribe();
+    let live = sub.live.listen();
     let last = sub.state.last_change_id();
     let mut stream = SubStream {
         id: sub.id.clone(),
