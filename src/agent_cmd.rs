@@ -151,6 +151,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             query_timeout: Duration::from_secs_f64(config.api.query_timeout),
             subscription_idle_expiry: (config.api.subscription_idle_expiry > 0.0)
                 .then(|| Duration::from_secs_f64(config.api.subscription_idle_expiry)),
+            subscriptions_max: usize::try_from(config.api.subscriptions_max).unwrap_or(usize::MAX),
         },
     )
     .with_metrics(Arc::new(metrics))

@@ -152,6 +152,9 @@ pub struct ApiConfig {
     /// Seconds a subscription may have no attached stream before it is
     /// removed; 0: never removed by itself.
     pub subscription_idle_expiry: f64,
+    /// Subscriptions this node holds at most; creating more is refused
+    /// (503) until some are removed or expire.
+    pub subscriptions_max: u64,
 }
 
 /// API authorization. `Debug` does not print the token.
@@ -213,6 +216,7 @@ impl Default for ApiConfig {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             query_timeout: DEFAULT_QUERY_TIMEOUT_SECS,
             subscription_idle_expiry: DEFAULT_SUBSCRIPTION_IDLE_EXPIRY_SECS,
+            subscriptions_max: patina_subs::SUBSCRIPTIONS_MAX_DEFAULT as u64,
         }
     }
 }
@@ -794,6 +798,12 @@ fn check_api(api: &ApiConfig, telemetry: &TelemetryConfig) -> Result<(), (String
         return Err((
             "api.subscription_idle_expiry".to_string(),
             "must be a number of seconds from 0 (never expire) to 31536000, e.g. 3600".to_string(),
+        ));
+    }
+    if !(1..=1_000_000).contains(&api.subscriptions_max) {
+        return Err((
+            "api.subscriptions_max".to_string(),
+            "must be a whole number from 1 to 1000000, e.g. 10000".to_string(),
         ));
     }
     if let Some(addr) = telemetry.prometheus_addr {

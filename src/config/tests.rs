@@ -182,6 +182,7 @@ fn defaults() {
             body_limit_bytes: 64 * 1024 * 1024,
             query_timeout: 30.0,
             subscription_idle_expiry: 3600.0,
+            subscriptions_max: 10_000,
         },
         telemetry: TelemetryConfig {
             prometheus_addr: None,
@@ -298,7 +299,7 @@ fn env_errors_name_the_variable() {
     assert_eq!(
         load_err(MINIMAL, &[("PATINA_API__ADRR", "127.0.0.1:9000")]),
         "environment variable PATINA_API__ADRR: unknown key `api.adrr` \
-         (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)"
+         (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry, subscriptions_max)"
     );
     assert_eq!(
         load_err(MINIMAL, &[("PATINA_APII__ADDR", "x")]),
@@ -363,7 +364,7 @@ fn env_errors_name_the_variable() {
 fn unknown_keys_in_the_file_are_named() {
     assert_eq!(
         load_err(&format!("{MINIMAL}[api]\nadrr = \"127.0.0.1:1\"\n"), &[]),
-        "config: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)"
+        "config: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry, subscriptions_max)"
     );
     assert_eq!(
         load_err(&format!("colour = 1\n{MINIMAL}"), &[]),
@@ -501,7 +502,7 @@ fn load_reads_a_file_and_names_it_in_errors() {
     assert_eq!(
         e,
         format!(
-            "config file {}: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry)",
+            "config file {}: unknown key `api.adrr` (known keys of [api]: addr, authz, body_limit_bytes, query_timeout, subscription_idle_expiry, subscriptions_max)",
             path.display()
         )
     );

@@ -23,6 +23,8 @@ pub struct ApiConfig {
     /// `api.subscription_idle_expiry`: a subscription without a listener
     /// for this long is removed; `None`: never.
     pub subscription_idle_expiry: Option<std::time::Duration>,
+    /// `api.subscriptions_max`: subscriptions held at most.
+    pub subscriptions_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -32,6 +34,7 @@ impl Default for ApiConfig {
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             query_timeout: std::time::Duration::from_secs(30),
             subscription_idle_expiry: Some(patina_subs::IDLE_EXPIRY_DEFAULT),
+            subscriptions_max: patina_subs::SUBSCRIPTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -58,6 +61,7 @@ impl ApiState {
     ) -> ApiState {
         subs.set_query_timeout(config.query_timeout);
         subs.set_idle_expiry(config.subscription_idle_expiry);
+        subs.set_max_subscriptions(config.subscriptions_max);
         ApiState {
             cluster: Arc::new(LoneNode::new(node.clone())),
             node,

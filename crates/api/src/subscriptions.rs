@@ -58,7 +58,7 @@ fn refused(e: SubError) -> Response {
     let status = match &e {
         SubError::Invalid(_) | SubError::NoSuchSubscription => StatusCode::BAD_REQUEST,
         SubError::NotFound(_) => StatusCode::NOT_FOUND,
-        SubError::TooMany | SubError::Busy | SubError::ShuttingDown => {
+        SubError::TooMany(_) | SubError::Busy | SubError::ShuttingDown => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         SubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -368,3 +368,66 @@ async fn delete_removes_a_subscription_and_ends_its_streams() {
     s.exec(json!(["INSERT INTO vals VALUES (2, 'b')"])).await;
     assert_eq!(again.next().await.unwrap()["change"][3], 1);
 }
+
+#[tokio::test]
+async fn the_cap_holds_under_concurrent_creations_and_deleting_frees_room() {
+    let s = common::start_with(common::Options {
+        config: patina_api::ApiConfig {
+            subscriptions_max: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // 32 distinct statements at once: exactly 5 get in.
+    let mut creations = tokio::task::JoinSet::new();
+    for n in 0..32 {
+        let request = subscribe(
+            &s,
+            "/v1/subscriptions",
+            json!(format!("SELECT id, app FROM machines WHERE app = 'app{n}'")),
+        );
+        creations.spawn(async move { Stream::open(request).await });
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    while let Some(stream) = creations.join_next().await {
+        let stream = stream.unwrap();
+        match stream.status {
+            200 => held.push(stream),
+            503 => refused += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (5, 27));
+    let over = s
+        .send(subscribe(
+            &s,
+            "/v1/subscriptions",
+            json!("SELECT id FROM machines WHERE app = 'one more'"),
+        ))
+        .await;
+    assert_eq!(over.status, 503);
+    assert!(
+        over.error().contains("maximum of 5") && over.error().contains("DELETE /v1/subscriptions"),
+        "{}",
+        over.error()
+    );
+    // An existing statement is still served at the cap.
+    let id = held[0].header("corro-query-id");
+    let again = Stream::open(s.http.get(s.url(&format!("/v1/subscriptions/{id}")))).await;
+    assert_eq!(again.status, 200);
+    drop(again);
+    // Deleting one makes room for one.
+    let r = s
+        .send(s.http.delete(s.url(&format!("/v1/subscriptions/{id}"))))
+        .await;
+    assert_eq!(r.status, 204);
+    let next = Stream::open(subscribe(
+        &s,
+        "/v1/subscriptions",
+        json!("SELECT id FROM machines WHERE app = 'one more'"),
+    ))
+    .await;
+    assert_eq!(next.status, 200);
+}

@@ -22,6 +22,8 @@ pub(crate) struct Dispatch {
     pub(crate) idle_expiry_ms: AtomicU64,
     /// Subscription re-runs (restricted or full) since start.
     pub(crate) reruns: AtomicU64,
+    /// `api.subscriptions_max`: subscriptions held at most.
+    pub(crate) max: AtomicU64,
 }
 
 #[derive(Default)]
@@ -30,6 +32,10 @@ pub(crate) struct Registry {
     pub(crate) worker_of: HashMap<String, usize>,
     /// Which workers hold a subscription reading a table.
     pub(crate) readers: HashMap<Table, BTreeSet<usize>>,
+    /// Creations asked of a worker and not answered yet: they count
+    /// against the maximum, or concurrent creations past the check would
+    /// all get in.
+    pub(crate) creating: usize,
 }
 
 impl Dispatch {

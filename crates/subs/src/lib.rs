@@ -42,7 +42,7 @@ use dispatch::{Dispatch, Registry};
 use ids::key_of;
 use msg::Msg;
 use patina_node::{CommitObserver, Node, Statement};
-use stream::SUBSCRIPTIONS_MAX;
+pub use stream::SUBSCRIPTIONS_MAX_DEFAULT;
 use worker::Worker;
 
 /// Worker threads; each owns a read connection and a share of the
@@ -58,7 +58,7 @@ const WORKER_QUEUE_MAX: usize = 4096;
 const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// A subscription without a listener for this long is removed (the
 /// default of `api.subscription_idle_expiry`): an abandoned stream must
-/// not hold one of the [`SUBSCRIPTIONS_MAX`] places for good, while a
+/// not hold one of the `api.subscriptions_max` places for good, while a
 /// client re-attaching after a restart or a network cut finds it.
 pub const IDLE_EXPIRY_DEFAULT: Duration = Duration::from_secs(3600);
 /// The node's subscriptions: the worker threads and the routing to them.
@@ -91,6 +91,7 @@ impl Subscriptions {
             registry: Mutex::new(Registry::default()),
             idle_expiry_ms: AtomicU64::new(IDLE_EXPIRY_DEFAULT.as_millis() as u64),
             reruns: AtomicU64::new(0),
+            max: AtomicU64::new(SUBSCRIPTIONS_MAX_DEFAULT as u64),
         });
         let mut threads = Vec::new();
         for (no, rx) in receivers.into_iter().enumerate() {
@@ -240,26 +241,47 @@ impl Subscriptions {
         // it; a new one goes to the worker its statement hashes to, so
         // that two creations of the same statement are serialized there.
         let owner = {
-            let r = self.dispatch.registry();
+            let mut r = self.dispatch.registry();
             let owner = r
                 .by_key
                 .get(&key)
                 .and_then(|id| r.worker_of.get(id))
                 .copied();
-            if create && owner.is_none() && r.worker_of.len() >= SUBSCRIPTIONS_MAX {
-                return Err(SubError::TooMany);
+            let creating = create && owner.is_none();
+            if creating {
+                let max = self.max_subscriptions();
+                if r.worker_of.len() + r.creating >= max {
+                    return Err(SubError::TooMany(max));
+                }
+                r.creating += 1;
             }
-            owner
+            owner.ok_or(creating)
         };
-        let no = owner.unwrap_or_else(|| worker_of_key(&key));
-        self.ask(no, |reply| Msg::Subscribe {
-            statement,
-            key,
-            create,
-            attach,
-            reply,
-        })
-        .await
+        let no = owner.unwrap_or_else(|_| worker_of_key(&key));
+        let answer = self
+            .ask(no, |reply| Msg::Subscribe {
+                statement,
+                key,
+                create,
+                attach,
+                reply,
+            })
+            .await;
+        // Answered: a created subscription is registered by now.
+        if owner == Err(true) {
+            self.dispatch.registry().creating -= 1;
+        }
+        answer
+    }
+
+    /// `api.subscriptions_max`: creating one more past this many is
+    /// refused (503) until some are removed or expire.
+    pub fn set_max_subscriptions(&self, max: usize) {
+        self.dispatch.max.store(max as u64, Ordering::Relaxed);
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        usize::try_from(self.dispatch.max.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     /// Attaches a stream to subscription `id`.

@@ -14,8 +14,9 @@ use crate::diff::ChangeEvent;
 /// Events buffered per attached subscriber; one that falls further behind
 /// gets an error event and is disconnected.
 pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 128;
-/// Subscriptions one node keeps (each holds its result in memory).
-pub(crate) const SUBSCRIPTIONS_MAX: usize = 10_000;
+/// Subscriptions one node keeps by default (each holds its result in
+/// memory; `api.subscriptions_max` changes it).
+pub const SUBSCRIPTIONS_MAX_DEFAULT: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubError {
@@ -28,11 +29,11 @@ pub enum SubError {
     #[error("there is no subscription for this statement yet, so from= has nothing to resume: subscribe without from= first")]
     NoSuchSubscription,
     #[error(
-        "this node holds the maximum of {SUBSCRIPTIONS_MAX} subscriptions: reuse an existing \
-         statement, or free room with DELETE /v1/subscriptions/{{id}} (a subscription without a \
-         listener for api.subscription_idle_expiry is removed by itself)"
+        "this node holds the maximum of {0} subscriptions (api.subscriptions_max): reuse an \
+         existing statement, or free room with DELETE /v1/subscriptions/{{id}} (a subscription \
+         without a listener for api.subscription_idle_expiry is removed by itself)"
     )]
-    TooMany,
+    TooMany(usize),
     #[error("the subscription workers are busy: retry shortly")]
     Busy,
     #[error("{0}")]
