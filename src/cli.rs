@@ -213,7 +213,7 @@ pub struct ReloadArgs {
 pub struct MembersArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// One JSON object per member instead of a table.
+    /// One JSON object per line (member or region) instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -298,6 +298,8 @@ pub fn regions(args: MembersArgs) -> anyhow::Result<()> {
         "last_rollup",
         "global_p99_lag",
         "rollups",
+        "updated",
+        "rollup_error",
     ]
     .iter()
     .map(|c| c.to_string())
@@ -328,11 +330,28 @@ pub fn regions(args: MembersArgs) -> anyhow::Result<()> {
                     .and_then(Json::as_f64)
                     .map_or_else(|| "-".to_owned(), |s| format!("{:.0}ms", s * 1000.0)),
                 rollups,
+                ago(r.get("updated")),
+                r.get("rollup_error")
+                    .and_then(Json::as_str)
+                    .map_or_else(|| "-".to_owned(), |e| clip_cell(e, 60)),
             ]
         })
         .collect();
     print_table(&mut out, &columns, &table)?;
     Ok(())
+}
+
+/// The first `max` characters of `text` on one line, `…` if cut.
+fn clip_cell(text: &str, max: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out: String = one_line.chars().take(max).collect();
+    if out.len() < one_line.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// A Unix time in seconds as its age (`12s ago`), `-` when absent.

@@ -362,7 +362,8 @@ CREATE TABLE flags (name TEXT PRIMARY KEY NOT NULL, value TEXT);";
         std::fs::write(path.parent().unwrap().join("global/global.sql"), CHECKED).unwrap();
         path
     };
-    let leader = Agent::start(&checked(config(dirs[0].path(), spec(true, None))));
+    let leader_config = checked(config(dirs[0].path(), spec(true, None)));
+    let leader = Agent::start(&leader_config);
     let plain = Agent::start(&checked(config(
         dirs[1].path(),
         spec(false, Some(&leader.gossip)),
@@ -392,6 +393,37 @@ CREATE TABLE flags (name TEXT PRIMARY KEY NOT NULL, value TEXT);";
     // Without the threshold the node is healthy: rollups are the
     // region's concern, not this node's.
     assert!(plain.cli(&["health"]).0);
+
+    // The leader restarts from kill -9 and fails again at once: the
+    // region keeps the time of its last good publication.
+    let last_rollup = |agent: &Agent| {
+        let regions = runtime().block_on(agent.client().regions()).unwrap();
+        regions[0]["last_rollup"].as_f64()
+    };
+    let before = last_rollup(&plain).expect("a publication before the failures");
+    // Back on its gossip port, as a deployed node would be.
+    let text = std::fs::read_to_string(&leader_config).unwrap();
+    let text = text.replacen(
+        "[gossip]\naddr = \"127.0.0.1:0\"",
+        &format!("[gossip]\naddr = {:?}", leader.gossip),
+        1,
+    );
+    std::fs::write(&leader_config, text).unwrap();
+    leader.kill9();
+    let leader = Agent::start(&leader_config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runtime().block_on(leader.client().health()).unwrap()["leader"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_rollups_health(&leader, false);
+    for agent in [&leader, &plain] {
+        let after = last_rollup(agent);
+        assert!(after.is_some_and(|t| t >= before), "{after:?} < {before}");
+    }
 
     runtime().block_on(async {
         plain

@@ -183,8 +183,15 @@ impl RegionInfo {
             self.global_members = record.global_members.clone();
         }
         let secs = |ms: u64| ms as f64 / 1000.0;
-        if !self.led_here {
-            self.last_rollup = record.last_rollup_ms.map(secs);
+        let recorded = record.last_rollup_ms.map(secs);
+        if self.led_here {
+            // Its own publication, unless it has none yet this term.
+            self.last_rollup = match (self.last_rollup, recorded) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        } else {
+            self.last_rollup = recorded;
             self.global_p99_lag = record.global_p99_lag_ms.map(|ms| ms / 1000.0);
             self.rollup_error = record.rollup_error.clone();
         }

@@ -33,7 +33,17 @@ struct Thresholds {
 impl Thresholds {
     fn parse(raw: Option<&str>) -> Result<Thresholds, ApiError> {
         let mut t = Thresholds::default();
+        let mut seen: Vec<String> = Vec::new();
         for (key, value) in query_pairs(raw)? {
+            // A gate must not pass because a threshold was misspelled or
+            // given twice with the looser one last.
+            if seen.contains(&key) {
+                return Err(ApiError::QueryString(format!(
+                    "{} is given twice: give each threshold once",
+                    clip(&key)
+                )));
+            }
+            seen.push(key.clone());
             match key.as_str() {
                 "gaps" => t.gaps = Some(count(&key, &value)?),
                 "max_queue" => t.max_queue = Some(count(&key, &value)?),
@@ -47,7 +57,8 @@ impl Thresholds {
                         .filter(|s| s.is_finite() && *s >= 0.0);
                     t.p99_lag = Some(secs.ok_or_else(|| {
                         ApiError::QueryString(format!(
-                            "p99_lag={value:?} is not a number of seconds ≥ 0: e.g. p99_lag=0.5"
+                            "p99_lag={:?} is not a number of seconds ≥ 0: e.g. p99_lag=0.5",
+                            clip(&value)
                         ))
                     })?);
                 }
@@ -60,11 +71,18 @@ impl Thresholds {
                         .and_then(|c| StatusCode::from_u16(c).ok());
                     t.failure_status = Some(code.ok_or_else(|| {
                         ApiError::QueryString(format!(
-                            "failure_status={value:?} is not an HTTP status between 200 and 599: e.g. failure_status=503"
+                            "failure_status={:?} is not an HTTP status between 200 and 599: e.g. failure_status=503",
+                            clip(&value)
                         ))
                     })?);
                 }
-                _ => {}
+                _ => {
+                    return Err(ApiError::QueryString(format!(
+                        "unknown threshold {}: known are gaps, p99_lag, max_queue, \
+                         require_leader, require_rollups, failure_status",
+                        clip(&key)
+                    )))
+                }
             }
         }
         Ok(t)
@@ -94,12 +112,22 @@ impl Thresholds {
     }
 }
 
+/// At most 64 characters of what a client sent, for an error message.
+fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(64).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 fn flag(key: &str, value: &str) -> Result<bool, ApiError> {
     match value.trim() {
         "1" | "true" => Ok(true),
         "0" | "false" => Ok(false),
         _ => Err(ApiError::QueryString(format!(
-            "{key}={value:?} is not 1 or 0: e.g. {key}=1"
+            "{key}={:?} is not 1 (true) or 0 (false): e.g. {key}=1",
+            clip(value)
         ))),
     }
 }
@@ -107,7 +135,8 @@ fn flag(key: &str, value: &str) -> Result<bool, ApiError> {
 fn count(key: &str, value: &str) -> Result<u64, ApiError> {
     value.trim().parse().map_err(|_| {
         ApiError::QueryString(format!(
-            "{key}={value:?} is not a whole number ≥ 0: e.g. {key}=10"
+            "{key}={:?} is not a whole number ≥ 0: e.g. {key}=10",
+            clip(value)
         ))
     })
 }
@@ -309,6 +338,9 @@ mod tests {
             "failure_status=abc",
             "require_leader=yes",
             "require_rollups=2",
+            "require_rollups=1&require_rollups=0",
+            "REQUIRE_ROLLUPS=1",
+            "require_rolups=1",
         ] {
             assert!(Thresholds::parse(Some(bad)).is_err(), "{bad}");
         }

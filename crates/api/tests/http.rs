@@ -610,10 +610,20 @@ async fn health_of_a_lone_node() {
         answer.status, 200,
         "a lone node is healthy at the strictest thresholds"
     );
-    for bad in ["gaps=-1", "p99_lag=x", "max_queue=1.5", "failure_status=42"] {
+    let long = "9".repeat(60_000);
+    for bad in [
+        "gaps=-1",
+        "p99_lag=x",
+        "max_queue=1.5",
+        "failure_status=42",
+        "gaps=0&gaps=100",
+        "gapz=0",
+        &format!("gaps={long}"),
+    ] {
         let answer = s.get(&format!("/v1/health?{bad}")).await;
         assert_eq!(answer.status, 400, "{bad}");
-        assert!(!answer.error().is_empty());
+        let error = answer.error();
+        assert!(!error.is_empty() && error.len() < 300, "{error}");
     }
 }
 

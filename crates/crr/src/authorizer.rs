@@ -20,7 +20,25 @@ use crate::error::Result;
 #[derive(Clone, Default)]
 pub(crate) struct UserSql {
     on: Arc<AtomicBool>,
-    refused: Arc<Mutex<Option<String>>>,
+    refused: Arc<Mutex<Option<Refusal>>>,
+}
+
+/// Why the authorizer refused a user statement.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// What the statement does (`PRAGMA x`, `CREATE TABLE`…).
+    Statement(String),
+    /// It writes this table of Patina's own.
+    InternalTable(String),
+}
+
+impl From<Refusal> for crate::error::CrrError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Statement(what) => crate::error::CrrError::StatementNotAllowed(what),
+            Refusal::InternalTable(table) => crate::error::CrrError::InternalTable(table),
+        }
+    }
 }
 
 impl UserSql {
@@ -32,7 +50,7 @@ impl UserSql {
     }
 
     /// What the authorizer refused since `set(true)`, if anything.
-    pub fn refused(&self) -> Option<String> {
+    pub fn refused(&self) -> Option<Refusal> {
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -71,18 +89,29 @@ fn is_capture_trigger(accessor: Option<&str>) -> bool {
 }
 
 /// Why `ctx` is refused, or `None` to allow it.
-fn refusal(ctx: &AuthContext<'_>, user: bool) -> Option<String> {
+fn refusal(ctx: &AuthContext<'_>, user: bool) -> Option<Refusal> {
+    use AuthAction::*;
+    let internal = match ctx.action {
+        Insert { table_name } | Delete { table_name } | Update { table_name, .. }
+            if user && is_internal_table(table_name) =>
+        {
+            Some(table_name)
+        }
+        _ => None,
+    };
+    if let Some(table) = internal {
+        return Some(Refusal::InternalTable(table.to_owned()));
+    }
+    statement_refusal(ctx, user).map(Refusal::Statement)
+}
+
+fn statement_refusal(ctx: &AuthContext<'_>, user: bool) -> Option<String> {
     use AuthAction::*;
     match ctx.action {
         Function { function_name } if function_name.eq_ignore_ascii_case("crr_capture") => {
             (!is_capture_trigger(ctx.accessor)).then(|| "calling crr_capture".to_owned())
         }
         _ if !user => None,
-        Insert { table_name } | Delete { table_name } | Update { table_name, .. }
-            if is_internal_table(table_name) =>
-        {
-            Some(format!("writing Patina's bookkeeping table {table_name:?}"))
-        }
         Transaction { operation } => Some(format!("{operation:?}").to_uppercase()),
         Savepoint { operation, .. } => Some(format!("SAVEPOINT {operation:?}").to_uppercase()),
         Pragma { pragma_name, .. } => Some(format!("PRAGMA {pragma_name}")),

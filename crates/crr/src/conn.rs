@@ -623,7 +623,7 @@ impl CrrTx<'_> {
         }
         self.crr.user_sql.set(user);
         let result = f(&self.crr.conn).map_err(|e| match (e, self.crr.user_sql.refused()) {
-            (CrrError::Sqlite(_), Some(what)) => CrrError::StatementNotAllowed(what),
+            (CrrError::Sqlite(_), Some(refusal)) => refusal.into(),
             (e, _) => e,
         });
         self.crr.user_sql.set(false);

@@ -74,6 +74,10 @@ pub enum CrrError {
     #[error("{0} is not allowed in a transaction: send SELECT/INSERT/UPDATE/DELETE statements only (schema changes go through schema files)")]
     StatementNotAllowed(String),
 
+    /// A client statement writes one of Patina's own tables.
+    #[error("{0:?} is Patina's own table: clients may read it (SELECT), only Patina writes it")]
+    InternalTable(String),
+
     /// A statement starting with a word that begins no SQL statement: a
     /// typo, said as SQLite would say it rather than as a refusal.
     #[error("near {0:?}: syntax error (a statement in a transaction starts with SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH)")]

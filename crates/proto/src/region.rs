@@ -56,10 +56,14 @@ pub struct RollupSchedule {
     /// next try (a rollup whose rows the target refuses must not retry four
     /// times a second for good).
     failures: u32,
+    /// The first source change since the last failed evaluation.
+    changed_since_failure: Option<Instant>,
 }
 
 /// The longest wait between retries of a failing evaluation.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A failing evaluation is retried this soon after a source change.
+const RETRY_AFTER_CHANGE: Duration = Duration::from_secs(1);
 
 impl RollupSchedule {
     pub fn new(timing: RollupTiming) -> RollupSchedule {
@@ -70,6 +74,7 @@ impl RollupSchedule {
             last_change: None,
             last_run: None,
             failures: 0,
+            changed_since_failure: None,
         }
     }
 
@@ -91,6 +96,9 @@ impl RollupSchedule {
     pub fn on_source_change(&mut self, now: Instant) {
         self.dirty_since.get_or_insert(now);
         self.last_change = Some(now);
+        if self.failures > 0 {
+            self.changed_since_failure.get_or_insert(now);
+        }
     }
 
     /// When the next evaluation is due; `None` while not leading.
@@ -105,7 +113,18 @@ impl RollupSchedule {
                 .saturating_mul(1 << self.failures.min(16))
                 .min(RETRY_MAX);
             // `on_failed` set `last_run`.
-            return self.last_run.map(|at| at + wait);
+            let retry = self.last_run.map(|at| at + wait);
+            // A change since may be the fix (the operator deleted the row
+            // the target refused): tried within a second of it, not after
+            // up to 30 s — and still at most once a second under churn.
+            let after_change = self
+                .changed_since_failure
+                .zip(self.last_run)
+                .map(|(first, run)| (first + self.timing.quiet).max(run + RETRY_AFTER_CHANGE));
+            return match (retry, after_change) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         match (self.dirty_since, self.last_change) {
             (Some(first), Some(last)) => {
@@ -125,6 +144,7 @@ impl RollupSchedule {
     pub fn on_run(&mut self, now: Instant) {
         self.dirty_since = None;
         self.last_change = None;
+        self.changed_since_failure = None;
         self.last_run = Some(now);
     }
 
@@ -136,7 +156,8 @@ impl RollupSchedule {
 
     /// The evaluation started at `started` failed (the node is busy, a row
     /// is refused by the target): retried after `max_delay`, then after
-    /// twice that, and so on up to 30 s, whatever changes meanwhile.
+    /// twice that, and so on up to 30 s — or 1 s after a source change,
+    /// whichever comes first.
     pub fn on_failed(&mut self, started: Instant) {
         self.failures = self.failures.saturating_add(1);
         self.last_run = Some(started);
@@ -259,8 +280,6 @@ mod tests {
         for _ in 0..10 {
             s.on_run(at);
             s.on_failed(at);
-            // Changes do not bring a failing retry forward.
-            s.on_source_change(at + ms(1));
             let next = s.next_run().unwrap();
             waits.push(next - at);
             at = next;
@@ -268,6 +287,23 @@ mod tests {
         assert_eq!(waits[0], ms(500));
         assert_eq!(waits[1], ms(1000));
         assert_eq!(*waits.last().unwrap(), Duration::from_secs(30));
+        // A change (perhaps the fix) is tried within a second of the
+        // failed run, and changes cannot make it retry faster than that.
+        s.on_run(at);
+        s.on_failed(at);
+        s.on_source_change(at + ms(1));
+        assert_eq!(s.next_run(), Some(at + Duration::from_secs(1)));
+        s.on_source_change(at + ms(2));
+        assert_eq!(s.next_run(), Some(at + Duration::from_secs(1)));
+        let later = at + Duration::from_secs(3);
+        s.on_run(later);
+        s.on_failed(later);
+        s.on_source_change(later + Duration::from_secs(2));
+        assert_eq!(
+            s.next_run(),
+            Some(later + Duration::from_secs(2) + ms(50)),
+            "a change long after the failure waits out the debounce"
+        );
         s.on_run(at);
         s.on_succeeded();
         s.on_source_change(at + ms(10));

@@ -154,7 +154,9 @@ pub(crate) async fn run(
                         metrics.failures.inc();
                         status.send_modify(|s| {
                             s.failures += 1;
-                            s.last_error = Some(e.clone());
+                            s.last_error = Some(
+                                e.chars().take(patina_node::ROLLUP_ERROR_CHARS_MAX).collect(),
+                            );
                         });
                         // A broken reader is opened again.
                         reader = None;

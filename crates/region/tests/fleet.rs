@@ -46,11 +46,16 @@ async fn app_regions(fleet: &TestFleet, i: usize) -> Vec<Vec<Value>> {
 }
 
 /// What every node's `app_regions` should be: each region's rollup of its
-/// own machines (read on one of its nodes), merged.
+/// own machines (read on one of its running nodes: a crashed one holds
+/// what it had), merged.
 async fn truth(fleet: &TestFleet, regions: &[&str]) -> Vec<Vec<Value>> {
     let mut all = Vec::new();
     for r in regions {
-        let i = fleet.of_region(r)[0];
+        let i = fleet
+            .of_region(r)
+            .into_iter()
+            .find(|&i| fleet.nodes[i].runtime.is_some())
+            .expect("a running node in the region");
         all.extend(expected_app_regions(&fleet.nodes[i].node, r).await);
     }
     all.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
@@ -186,6 +191,10 @@ async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_rep
         .unwrap();
     let leader_id = fleet.nodes[smallest].node.actor_id();
     wait_leader(&fleet, &ams, leader_id).await;
+    // At start every global member led alone for a moment and may have
+    // written ams's row after the real leader did: the leader corrects it,
+    // and every node of every region ends up reading the real leader.
+    wait_region_row(&fleet, (0..fleet.nodes.len()).collect(), leader_id, None).await;
     for id in 0..10 {
         fleet
             .exec(
@@ -219,16 +228,27 @@ async fn every_member_of_a_region_names_the_same_leader_and_a_crashed_one_is_rep
     // Every node of every region reads, in global.patina_regions, that
     // ams is led by the new leader, its crashed predecessor gone.
     let survivors: Vec<usize> = (0..fleet.nodes.len()).filter(|&i| i != smallest).collect();
-    for i in survivors {
+    wait_region_row(&fleet, survivors, next_id, Some(leader_id)).await;
+}
+
+/// Waits until each of `nodes` reads ams's row of patina_regions naming
+/// `leader`, without `gone` among its global members, with a rollup time.
+async fn wait_region_row(
+    fleet: &TestFleet,
+    nodes: Vec<usize>,
+    leader: patina_wire::ActorId,
+    gone: Option<patina_wire::ActorId>,
+) {
+    for i in nodes {
         let node = fleet.nodes[i].node.clone();
-        eventually("ams's row naming its new leader", WAIT, || {
+        eventually("ams's row naming its leader", WAIT, || {
             let node = node.clone();
             async move {
                 let records = node.region_records().await.unwrap();
                 records.iter().any(|r| {
                     r.region == "ams"
-                        && r.leader == Some(next_id)
-                        && !r.global_members.contains(&leader_id)
+                        && r.leader == Some(leader)
+                        && gone.is_none_or(|g| !r.global_members.contains(&g))
                         && r.last_rollup_ms.is_some()
                 })
             }

@@ -32,10 +32,22 @@ pub(crate) struct Registry {
     pub(crate) worker_of: HashMap<String, usize>,
     /// Which workers hold a subscription reading a table.
     pub(crate) readers: HashMap<Table, BTreeSet<usize>>,
-    /// Creations asked of a worker and not answered yet: they count
-    /// against the maximum, or concurrent creations past the check would
-    /// all get in.
-    pub(crate) creating: usize,
+    /// Keys of creations asked of a worker and not answered yet: those
+    /// not registered yet count against the maximum, or concurrent
+    /// creations past the check would all get in.
+    pub(crate) creating: HashSet<String>,
+}
+
+impl Registry {
+    /// Subscriptions held, and being created.
+    pub(crate) fn count(&self) -> usize {
+        let pending = self
+            .creating
+            .iter()
+            .filter(|k| !self.by_key.contains_key(*k))
+            .count();
+        self.worker_of.len() + pending
+    }
 }
 
 impl Dispatch {

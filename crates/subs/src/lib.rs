@@ -250,13 +250,14 @@ impl Subscriptions {
             let creating = create && owner.is_none();
             if creating {
                 let max = self.max_subscriptions();
-                if r.worker_of.len() + r.creating >= max {
+                if r.count() >= max {
                     return Err(SubError::TooMany(max));
                 }
-                r.creating += 1;
+                r.creating.insert(key.clone());
             }
             owner.ok_or(creating)
         };
+        let creating_key = (owner == Err(true)).then(|| key.clone());
         let no = owner.unwrap_or_else(|_| worker_of_key(&key));
         let answer = self
             .ask(no, |reply| Msg::Subscribe {
@@ -268,8 +269,8 @@ impl Subscriptions {
             })
             .await;
         // Answered: a created subscription is registered by now.
-        if owner == Err(true) {
-            self.dispatch.registry().creating -= 1;
+        if let Some(key) = creating_key {
+            self.dispatch.registry().creating.remove(&key);
         }
         answer
     }
