@@ -96,6 +96,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = setup(dir.path());
     std::fs::write(dir.path().join("schema/bench.sql"), SCHEMA).unwrap();
+    // PATINA_BENCH_SUBS_MAX sets api.subscriptions_max (default: the
+    // node's own, 10,000), so that 50,000 can be held.
+    if let Ok(max) = std::env::var("PATINA_BENCH_SUBS_MAX") {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replacen("[api]\n", &format!("[api]\nsubscriptions_max = {max}\n"), 1);
+        std::fs::write(&config, text).unwrap();
+    }
     let mut agent = Agent::start(&config);
     let pid = agent.pid();
     eprintln!("agent pid {pid} on {}", agent.addr);

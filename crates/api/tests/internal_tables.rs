@@ -34,7 +34,7 @@ async fn writes_to_internal_tables_are_refused_and_change_nothing() {
         assert_ne!(r.status, 200, "{sql} was accepted");
         let error = r.json()["results"][0]["error"].to_string();
         assert!(
-            error.contains("bookkeeping") && error.contains("not allowed"),
+            error.contains("Patina's own table") && error.contains("only Patina writes it"),
             "{sql}: the error names the rule: {error}"
         );
         // Behind another statement, and in a group with a valid one.
