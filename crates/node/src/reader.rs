@@ -77,8 +77,11 @@ pub struct QueryStream {
 
 pub(crate) struct ReadPool {
     /// Each idle connection with the schema generation its statement cache
-    /// was prepared under.
+    /// was prepared under. Connections are opened as concurrent reads need
+    /// them (at most `permits`' size) and kept: an idle node holds one, not
+    /// eight, each with both schemas parsed and pages cached (issue 16).
     idle: Mutex<Vec<(Connection, u64)>>,
+    paths: (std::path::PathBuf, std::path::PathBuf),
     /// Raised by each schema reload: a connection from before flushes its
     /// cached statements, whose column lists (`SELECT *`) were the old
     /// schema's — SQLite re-prepares a stale statement when it runs, but
@@ -98,21 +101,14 @@ thread_local! {
 
 impl ReadPool {
     pub fn open(regional: &Path, global: &Path, size: usize) -> Result<ReadPool, NodeError> {
-        let mut idle = Vec::with_capacity(size);
-        for _ in 0..size {
-            let conn = open_reader(regional, global)
-                .and_then(|mut conn| {
-                    only_reads(&mut conn)?;
-                    Ok(conn)
-                })
-                .map_err(|e| NodeError::Database {
-                    db: "read connection",
-                    source: e.into(),
-                })?;
-            idle.push((conn, 0));
-        }
+        // One at start: a database a reader cannot open stops the start.
+        let first = open_pooled(regional, global).map_err(|e| NodeError::Database {
+            db: "read connection",
+            source: e.into(),
+        })?;
         Ok(ReadPool {
-            idle: Mutex::new(idle),
+            idle: Mutex::new(vec![(first, 0)]),
+            paths: (regional.to_owned(), global.to_owned()),
             schema_generation: std::sync::atomic::AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(size)),
             closing: Arc::new(AtomicBool::new(false)),
@@ -138,9 +134,10 @@ impl ReadPool {
             .map_err(|_| QueryError::ShuttingDown)?;
         let pool = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut taken = pool.take();
-            let out = taken.as_mut().map(|(conn, _)| f(conn));
-            if let Some((conn, generation)) = taken {
+            let mut taken = pool.take()?;
+            let out = f(&mut taken.0);
+            {
+                let (conn, generation) = taken;
                 // A connection goes back only outside any transaction: one
                 // left open would pin its snapshot for every later query
                 // (and the WAL behind it). The authorizer refuses BEGIN;
@@ -152,7 +149,7 @@ impl ReadPool {
                 pool.give_back(conn, generation);
             }
             drop(permit);
-            out.ok_or(QueryError::ShuttingDown)
+            Ok(out)
         })
         .await
         .map_err(|_| QueryError::ShuttingDown)?
@@ -200,9 +197,16 @@ impl ReadPool {
 
     /// An idle connection, its cache current, and the generation it is
     /// current for (to stamp it with when it comes back).
-    fn take(&self) -> Option<(Connection, u64)> {
-        let (conn, generation) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+    /// An idle connection, or a new one when all are busy (the permits
+    /// bound how many exist).
+    fn take(&self) -> Result<(Connection, u64), QueryError> {
         let now = self.schema_generation.load(Ordering::Acquire);
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let Some((conn, generation)) = idle else {
+            let conn = open_pooled(&self.paths.0, &self.paths.1)
+                .map_err(|e| QueryError::Prepare(format!("cannot open a read connection: {e}")))?;
+            return Ok((conn, now));
+        };
         if generation != now {
             conn.flush_prepared_statement_cache();
             // Preparing uses the connection's copy of the schema, which
@@ -216,7 +220,7 @@ impl ReadPool {
                 tracing::warn!(error = %e, "refreshing a read connection's schema failed");
             }
         }
-        Some((conn, now))
+        Ok((conn, now))
     }
 
     /// The schema changed: statements cached before are flushed before
@@ -233,6 +237,14 @@ impl ReadPool {
             .unwrap_or_else(|e| e.into_inner())
             .push((conn, generation));
     }
+}
+
+/// A read connection of the pool: [`open_reader`] plus the authorizer
+/// that refuses anything but reads.
+fn open_pooled(regional: &Path, global: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = open_reader(regional, global)?;
+    only_reads(&mut conn)?;
+    Ok(conn)
 }
 
 pub(crate) fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Connection> {
