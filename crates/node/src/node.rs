@@ -51,7 +51,10 @@ struct Inner {
     reads: Arc<ReadPool>,
     classifier: Mutex<Classifier>,
     changesets: broadcast::Sender<Changeset>,
-    commits: broadcast::Sender<Changeset>,
+    /// Made by the first [`Node::subscribe_commits`]: 4,096 slots are
+    /// ≈ 360 KiB, and a node with no commit listener (no `/v1/updates`, not
+    /// a leader) never needs them (issue 16).
+    commits: Arc<std::sync::OnceLock<broadcast::Sender<Changeset>>>,
     observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>>,
     dir: DataDir,
 }
@@ -88,18 +91,20 @@ impl Node {
                 source,
             })?;
         let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
-        let (commits, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
+        let commits: Arc<std::sync::OnceLock<broadcast::Sender<Changeset>>> = Arc::default();
         let observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>> = Arc::default();
         let writer = |conn: CrrConn, db: DbKind| {
             let changesets = changesets.clone();
-            let commits = commits.clone();
+            let commits = Arc::clone(&commits);
             let observers = Arc::clone(&observers);
             Writer::spawn(conn, db, move |cs: Changeset, origin: Origin| {
                 for o in observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
                     o.on_commit(&cs, origin);
                 }
                 // No receiver is the common case: a send then costs nothing.
-                let _ = commits.send(cs.clone());
+                if let Some(commits) = commits.get() {
+                    let _ = commits.send(cs.clone());
+                }
                 if origin == Origin::Local {
                     let _ = changesets.send(cs);
                 }
@@ -310,7 +315,10 @@ impl Node {
     /// `/v1/updates`. A listener more than 4,096 commits behind misses
     /// some (it sees `Lagged`).
     pub fn subscribe_commits(&self) -> broadcast::Receiver<Changeset> {
-        self.inner.commits.subscribe()
+        self.inner
+            .commits
+            .get_or_init(|| broadcast::channel(CHANGESETS_BUFFERED_MAX).0)
+            .subscribe()
     }
 
     /// Adds a consumer of every commit, local and remote. Commits made
