@@ -431,3 +431,27 @@ async fn the_cap_holds_under_concurrent_creations_and_deleting_frees_room() {
     .await;
     assert_eq!(next.status, 200);
 }
+
+#[tokio::test]
+async fn a_subscription_without_end_is_refused_not_kept_growing() {
+    let s = start().await;
+    let endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r";
+    let r = s
+        .send(subscribe(&s, "/v1/subscriptions", json!(endless)))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error().contains("more than 1000000 rows"),
+        "{}",
+        r.error()
+    );
+    // The worker is free again.
+    let mut ok = Stream::open(subscribe(
+        &s,
+        "/v1/subscriptions",
+        json!("SELECT k FROM vals"),
+    ))
+    .await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.next().await.unwrap().get("columns").is_some());
+}

@@ -393,9 +393,32 @@ fn run_sql(conn: &Connection, sql: &str, st: &Statement) -> rusqlite::Result<Vec
     collect(rows, width)
 }
 
-fn collect(mut rows: rusqlite::Rows<'_>, width: usize) -> rusqlite::Result<Vec<Vec<Value>>> {
+/// Rows a subscription's result may hold: it is kept in memory, and a
+/// query without end (`WITH RECURSIVE` without a stop) would otherwise
+/// fill gigabytes before `api.query_timeout` ends it (black-box finding:
+/// 10 GB in 40 s).
+pub(crate) const RESULT_ROWS_MAX: usize = 1_000_000;
+
+fn collect(rows: rusqlite::Rows<'_>, width: usize) -> rusqlite::Result<Vec<Vec<Value>>> {
+    collect_at_most(rows, width, RESULT_ROWS_MAX)
+}
+
+/// The rows, or `SQLITE_TOOBIG` past `max`.
+fn collect_at_most(
+    mut rows: rusqlite::Rows<'_>,
+    width: usize,
+    max: usize,
+) -> rusqlite::Result<Vec<Vec<Value>>> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
+        if out.len() == max {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+                Some(format!(
+                    "the subscription's result has more than {max} rows: narrow it (a WHERE, a LIMIT)"
+                )),
+            ));
+        }
         out.push(
             (0..width)
                 .map(|i| row.get::<_, Value>(i))
@@ -523,6 +546,24 @@ fn json_value(v: &Value) -> Option<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_result_past_the_row_limit_is_refused() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let endless =
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r";
+        let mut stmt = conn.prepare(endless).unwrap();
+        let err = super::collect_at_most(stmt.query([]).unwrap(), 1, 1000).unwrap_err();
+        assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::TooBig));
+        assert!(err.to_string().contains("more than 1000 rows"), "{err}");
+        let mut stmt = conn.prepare("SELECT 1 UNION ALL SELECT 2").unwrap();
+        assert_eq!(
+            super::collect_at_most(stmt.query([]).unwrap(), 1, 2)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
     use super::*;
 
     /// Through `analyze`, against real columns: affinity and collation

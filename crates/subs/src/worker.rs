@@ -356,6 +356,11 @@ impl Worker {
                      interrupted: narrow it (WHERE on indexed columns) or raise the limit"
                         .to_owned(),
                 ),
+                // The row limit's message says what to do.
+                Some(rusqlite::ErrorCode::TooBig) => match e {
+                    rusqlite::Error::SqliteFailure(_, Some(message)) => SubError::Invalid(message),
+                    e => SubError::Invalid(e.to_string()),
+                },
                 _ => SubError::Invalid(e.to_string()),
             })
             .and_then(|rows| {
