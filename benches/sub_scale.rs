@@ -278,22 +278,10 @@ async fn read_stream(
     ready: oneshot::Sender<Result<(), String>>,
     permit: tokio::sync::SemaphorePermit<'_>,
 ) {
-    let resp = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await;
-    let mut resp = match resp {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            let status = r.status();
-            let text = r.text().await.unwrap_or_default();
-            let _ = ready.send(Err(format!("HTTP {status}: {text}")));
-            return;
-        }
+    let mut resp = match support::open_stream(&http, &url, body).await {
+        Ok(r) => r,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(e));
             return;
         }
     };

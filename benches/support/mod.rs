@@ -224,3 +224,25 @@ pub fn round2(x: f64) -> f64 {
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+/// POSTs a subscription (`body`, JSON) to `url`: its streaming response,
+/// or why not (`HTTP 503: …`, a connection error).
+pub async fn open_stream(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> Result<reqwest::Response, String> {
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    Err(format!("HTTP {status}: {text}"))
+}

@@ -182,13 +182,7 @@ impl Subscriptions {
     /// its attached streams end; the same statement subscribed again is a
     /// new subscription (new id, change ids from 1).
     pub async fn remove(&self, id: &str) -> Result<(), SubError> {
-        let no = self
-            .dispatch
-            .registry()
-            .worker_of
-            .get(id)
-            .copied()
-            .ok_or_else(|| SubError::NotFound(id.to_owned()))?;
+        let no = self.worker_of(id)?;
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Remove {
             id: id.to_owned(),
@@ -285,15 +279,19 @@ impl Subscriptions {
         usize::try_from(self.dispatch.max.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
-    /// Attaches a stream to subscription `id`.
-    pub async fn attach(&self, id: &str, attach: Attach) -> Result<SubStream, SubError> {
-        let no = self
-            .dispatch
+    /// The worker holding subscription `id`.
+    fn worker_of(&self, id: &str) -> Result<usize, SubError> {
+        self.dispatch
             .registry()
             .worker_of
             .get(id)
             .copied()
-            .ok_or_else(|| SubError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| SubError::NotFound(id.to_owned()))
+    }
+
+    /// Attaches a stream to subscription `id`.
+    pub async fn attach(&self, id: &str, attach: Attach) -> Result<SubStream, SubError> {
+        let no = self.worker_of(id)?;
         let id = id.to_owned();
         self.ask(no, |reply| Msg::Attach { id, attach, reply })
             .await
