@@ -42,6 +42,16 @@ const SUBSCRIPTIONS: &[(&str, &str)] = &[
         "equality",
         r#""SELECT id, n FROM machines WHERE app = 'web'""#,
     ),
+    // Same shape as "equality" once its literal is bound: one analysis and
+    // prepared statement for both, each with its own value.
+    (
+        "equality, same shape",
+        r#""SELECT id, n FROM machines WHERE app = 'db'""#,
+    ),
+    (
+        "equality, same shape as a parameter",
+        r#"["SELECT id, n FROM machines WHERE app = ?", ["web"]]"#,
+    ),
     (
         "equality param",
         r#"["SELECT id, state FROM machines WHERE app = ?", ["db"]]"#,

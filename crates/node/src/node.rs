@@ -50,11 +50,11 @@ struct Inner {
     global: Writer,
     reads: Arc<ReadPool>,
     classifier: Mutex<Classifier>,
-    changesets: broadcast::Sender<Changeset>,
+    changesets: broadcast::Sender<Arc<Changeset>>,
     /// Made by the first [`Node::subscribe_commits`]: 4,096 slots are
     /// ≈ 360 KiB, and a node with no commit listener (no `/v1/updates`, not
     /// a leader) never needs them (issue 16).
-    commits: Arc<std::sync::OnceLock<broadcast::Sender<Changeset>>>,
+    commits: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Changeset>>>>,
     observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>>,
     dir: DataDir,
 }
@@ -91,7 +91,7 @@ impl Node {
                 source,
             })?;
         let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
-        let commits: Arc<std::sync::OnceLock<broadcast::Sender<Changeset>>> = Arc::default();
+        let commits: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Changeset>>>> = Arc::default();
         let observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>> = Arc::default();
         let writer = |conn: CrrConn, db: DbKind| {
             let changesets = changesets.clone();
@@ -101,9 +101,13 @@ impl Node {
                 for o in observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
                     o.on_commit(&cs, origin);
                 }
+                // Shared, so that a channel's slots hold a pointer each (a
+                // changeset inline made the two channels' 8,192 slots
+                // ≈ 0.7 MiB of an idle node's memory, issue 16).
+                let cs = Arc::new(cs);
                 // No receiver is the common case: a send then costs nothing.
                 if let Some(commits) = commits.get() {
-                    let _ = commits.send(cs.clone());
+                    let _ = commits.send(Arc::clone(&cs));
                 }
                 if origin == Origin::Local {
                     let _ = changesets.send(cs);
@@ -306,7 +310,7 @@ impl Node {
 
     /// Committed changesets of this node, as they commit (the seam
     /// broadcast and subscriptions read).
-    pub fn subscribe_changesets(&self) -> broadcast::Receiver<Changeset> {
+    pub fn subscribe_changesets(&self) -> broadcast::Receiver<Arc<Changeset>> {
         self.inner.changesets.subscribe()
     }
 
@@ -314,7 +318,7 @@ impl Node {
     /// broadcast or sync), as it commits: the seam of change feeds such as
     /// `/v1/updates`. A listener more than 4,096 commits behind misses
     /// some (it sees `Lagged`).
-    pub fn subscribe_commits(&self) -> broadcast::Receiver<Changeset> {
+    pub fn subscribe_commits(&self) -> broadcast::Receiver<Arc<Changeset>> {
         self.inner
             .commits
             .get_or_init(|| broadcast::channel(CHANGESETS_BUFFERED_MAX).0)
@@ -341,6 +345,15 @@ impl Node {
     /// as `global`), configured as the read pool's are.
     pub fn open_reader(&self) -> rusqlite::Result<rusqlite::Connection> {
         open_reader(&self.inner.dir.regional_db(), &self.inner.dir.global_db())
+    }
+
+    /// Opens readers as [`Node::open_reader`] does, later and from any
+    /// thread, without keeping the node alive (it holds only the paths).
+    pub fn reader_opener(
+        &self,
+    ) -> impl Fn() -> rusqlite::Result<rusqlite::Connection> + Send + Sync + 'static {
+        let (regional, global) = (self.inner.dir.regional_db(), self.inner.dir.global_db());
+        move || open_reader(&regional, &global)
     }
 
     /// Whether this node has applied `version` of `actor` in `db` (each

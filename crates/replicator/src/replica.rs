@@ -36,7 +36,7 @@ pub trait Replica: Send + Sync + 'static {
     fn bookkeeping(&self, db: DbKind) -> watch::Receiver<Arc<Bookkeeper>>;
 
     /// This node's own commits, as they commit.
-    fn local_commits(&self) -> broadcast::Receiver<Changeset>;
+    fn local_commits(&self) -> broadcast::Receiver<Arc<Changeset>>;
 }
 
 impl Replica for Node {
@@ -72,7 +72,7 @@ impl Replica for Node {
         Node::bookkeeping(self, db)
     }
 
-    fn local_commits(&self) -> broadcast::Receiver<Changeset> {
+    fn local_commits(&self) -> broadcast::Receiver<Arc<Changeset>> {
         Node::subscribe_changesets(self)
     }
 }

@@ -23,7 +23,7 @@ struct MemoryReplica {
     actor: ActorId,
     versions: Mutex<BTreeMap<(DbKind, ActorId, u64), ChangeChunk>>,
     bookkeeping: watch::Sender<Arc<Bookkeeper>>,
-    commits: broadcast::Sender<Changeset>,
+    commits: broadcast::Sender<Arc<Changeset>>,
     /// While true, merges wait: a writer that is behind.
     hold: watch::Sender<bool>,
 }
@@ -115,7 +115,7 @@ impl Replica for Shared {
         self.0.bookkeeping.subscribe()
     }
 
-    fn local_commits(&self) -> broadcast::Receiver<Changeset> {
+    fn local_commits(&self) -> broadcast::Receiver<Arc<Changeset>> {
         self.0.commits.subscribe()
     }
 }

@@ -41,18 +41,20 @@ pub(crate) struct QueryClock {
 }
 
 impl QueryClock {
-    /// Watches `conn`'s queries against `limit`.
-    pub fn install(conn: &mut Connection, limit: Arc<QueryLimit>) -> Arc<QueryClock> {
-        let clock = Arc::new(QueryClock {
+    pub fn new(limit: Arc<QueryLimit>) -> Arc<QueryClock> {
+        Arc::new(QueryClock {
             base: Instant::now(),
             deadline_us: AtomicU64::new(NO_DEADLINE),
             limit,
-        });
-        let watched = Arc::clone(&clock);
+        })
+    }
+
+    /// Has `conn`'s queries interrupted past this clock's deadline.
+    pub fn watch(self: &Arc<Self>, conn: &mut Connection) {
+        let watched = Arc::clone(self);
         if let Err(e) = conn.progress_handler(CHECK_STEPS, Some(move || watched.expired())) {
             tracing::warn!(error = %e, "subscription queries run without a time limit");
         }
-        clock
     }
 
     /// Runs `f` (which queries) under the limit.

@@ -22,6 +22,8 @@ pub(crate) struct Dispatch {
     pub(crate) idle_expiry_ms: AtomicU64,
     /// Subscription re-runs (restricted or full) since start.
     pub(crate) reruns: AtomicU64,
+    /// Shapes analyzed (prepared under the authorizer) since start.
+    pub(crate) analyses: AtomicU64,
     /// `api.subscriptions_max`: subscriptions held at most.
     pub(crate) max: AtomicU64,
 }

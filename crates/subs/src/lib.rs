@@ -21,6 +21,7 @@ mod plan;
 mod queue;
 mod route;
 mod routing;
+mod shape;
 mod store;
 mod stream;
 mod worker;
@@ -68,12 +69,14 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Starts the workers (`open_reader` gives each its connection) and
-    /// restores the subscriptions stored under `dir`.
+    /// Starts the workers (`open_reader` gives each its connection, when
+    /// it first needs one) and restores the subscriptions stored under
+    /// `dir`.
     pub fn open(
         dir: &Path,
-        open_reader: impl Fn() -> rusqlite::Result<rusqlite::Connection>,
+        open_reader: impl Fn() -> rusqlite::Result<rusqlite::Connection> + Send + Sync + 'static,
     ) -> std::io::Result<Subscriptions> {
+        let open_reader: worker::OpenReader = Arc::new(open_reader);
         std::fs::create_dir_all(dir)?;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -91,11 +94,11 @@ impl Subscriptions {
             registry: Mutex::new(Registry::default()),
             idle_expiry_ms: AtomicU64::new(IDLE_EXPIRY_DEFAULT.as_millis() as u64),
             reruns: AtomicU64::new(0),
+            analyses: AtomicU64::new(0),
             max: AtomicU64::new(SUBSCRIPTIONS_MAX_DEFAULT as u64),
         });
         let mut threads = Vec::new();
         for (no, rx) in receivers.into_iter().enumerate() {
-            let conn = open_reader().map_err(std::io::Error::other)?;
             let (store, stored) = store::Store::open(dir, no).map_err(|e| {
                 std::io::Error::other(format!(
                     "subscription store {}: {e}",
@@ -111,7 +114,7 @@ impl Subscriptions {
             }
             let worker = Worker::new(
                 no,
-                conn,
+                Arc::clone(&open_reader),
                 store,
                 Arc::clone(&dispatch),
                 Arc::clone(&dispatch.overflow[no]),
@@ -203,6 +206,12 @@ impl Subscriptions {
         self.dispatch.reruns.load(Ordering::Relaxed)
     }
 
+    /// How many statements were analyzed since start: one per shape and
+    /// worker, not one per subscription (`shape`).
+    pub fn analyses(&self) -> u64 {
+        self.dispatch.analyses.load(Ordering::Relaxed)
+    }
+
     /// How many subscriptions the node holds.
     pub fn len(&self) -> usize {
         self.dispatch.registry().worker_of.len()
@@ -217,7 +226,7 @@ impl Subscriptions {
     /// has the node show them every commit, local or remote. Call it before
     /// the node serves clients or peers.
     pub fn open_for(node: &Node) -> std::io::Result<Subscriptions> {
-        let subs = Subscriptions::open(&node.data_dir().join("subs"), || node.open_reader())?;
+        let subs = Subscriptions::open(&node.data_dir().join("subs"), node.reader_opener())?;
         node.add_commit_observer(Arc::clone(&subs.dispatch) as Arc<dyn CommitObserver>);
         Ok(subs)
     }

@@ -71,8 +71,11 @@ const NON_LOCAL_WORDS: &[&str] = &[
 /// A source table: the database it lives in and its name.
 pub(crate) type Table = (DbKind, String);
 
-#[derive(Debug, Clone)]
-pub(crate) struct Plan {
+/// What a statement's text determines about it, shared by the
+/// subscriptions of one shape (`shape`: the same text after binding
+/// literals).
+#[derive(Debug, Default)]
+pub(crate) struct Shape {
     pub columns: Vec<String>,
     /// Tables the statement reads.
     pub reads: HashSet<Table>,
@@ -82,9 +85,37 @@ pub(crate) struct Plan {
     /// primary-key order), when every table's key is in the result and the
     /// statement is row-local: changes can be recomputed by key.
     pub restricted: Option<HashMap<Table, Vec<usize>>>,
-    /// How commits are routed to it by the values of the rows they
-    /// change, when it can be (see [`Route`]); `None`: by table.
+    /// The one table a restricted statement reads and its primary key:
+    /// the statement may be routed by its WHERE (see [`Route`]).
+    one_table: Option<(Table, Vec<String>)>,
+}
+
+/// A subscription's plan: its shape's, and how commits are routed to it by
+/// the values of the rows they change, when they can be (see [`Route`];
+/// `None`: by table). The route depends on the parameter values.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub shape: Arc<Shape>,
     pub route: Option<Route>,
+}
+
+impl Plan {
+    /// `st`'s plan, its shape being `shape`.
+    pub fn of(conn: &Connection, st: &Statement, shape: Arc<Shape>) -> Plan {
+        let route = shape
+            .one_table
+            .as_ref()
+            .and_then(|(table, pk)| route_of(conn, st, table, pk));
+        Plan { shape, route }
+    }
+
+    /// The plan of a statement that no longer prepares: no columns.
+    pub fn failed() -> Plan {
+        Plan {
+            shape: Arc::default(),
+            route: None,
+        }
+    }
 }
 
 /// A row-local statement over one table whose WHERE constrains a column
@@ -113,9 +144,9 @@ struct Seen {
     other: bool,
 }
 
-/// Prepares `st` on `conn` and works out its plan; `Err` is a message for
+/// Prepares `st` on `conn` and works out its shape; `Err` is a message for
 /// the client (400).
-pub(crate) fn analyze(conn: &mut Connection, st: &Statement) -> Result<Plan, String> {
+pub(crate) fn analyze(conn: &mut Connection, st: &Statement) -> Result<Shape, String> {
     let first = st
         .sql
         .trim_start()
@@ -147,7 +178,11 @@ pub(crate) fn analyze(conn: &mut Connection, st: &Statement) -> Result<Plan, Str
     plan
 }
 
-fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Result<Plan, String> {
+fn analyze_prepared(
+    conn: &Connection,
+    st: &Statement,
+    seen: &Mutex<Seen>,
+) -> Result<Shape, String> {
     let stmt = conn.prepare(&st.sql).map_err(|e| e.to_string())?;
     let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
     if !stmt.readonly() || !seen.select || seen.other || stmt.column_count() == 0 {
@@ -194,16 +229,16 @@ fn analyze_prepared(conn: &Connection, st: &Statement, seen: &Mutex<Seen>) -> Re
     } else {
         None
     };
-    let route = match (&restricted, pks.iter().next()) {
-        (Some(_), Some((table, pk))) if pks.len() == 1 => route_of(conn, st, table, pk),
+    let one_table = match (&restricted, pks.into_iter().next()) {
+        (Some(r), Some(one)) if r.len() == 1 => Some(one),
         _ => None,
     };
-    Ok(Plan {
+    Ok(Shape {
         columns,
         reads,
         key_columns,
         restricted,
-        route,
+        one_table,
     })
 }
 
@@ -579,8 +614,9 @@ mod tests {
         )
         .unwrap();
         let mut routed = |sql: &str, v: Value| {
-            analyze(&mut conn, &Statement::with_params(sql, vec![v]))
-                .unwrap()
+            let st = Statement::with_params(sql, vec![v]);
+            let shape = Arc::new(analyze(&mut conn, &st).unwrap());
+            Plan::of(&conn, &st, shape)
                 .route
                 .map(|r| (r.table.1, r.column, r.constraint))
         };

@@ -17,8 +17,9 @@ use super::diff::{ChangeEvent, ResultState};
 use super::dispatch::Dispatch;
 use super::ids::{hash_of, key_of, new_id};
 use super::msg::Msg;
-use super::plan::{self, Plan, Table, Touched, RESTRICTED_KEYS_MAX};
+use super::plan::{self, Plan, Shape, Table, Touched, RESTRICTED_KEYS_MAX};
 use super::routing::{Concerned, Routing};
+use super::shape::parameterized;
 use super::store::{Batch, Store, Stored, SubNo};
 use super::stream::{Attach, Live, SubError, SubStream};
 use patina_node::Statement;
@@ -39,6 +40,9 @@ struct Sub {
     id: String,
     hash: String,
     statement: Statement,
+    /// `statement` with its literals bound (`shape`), when it has any:
+    /// what runs.
+    parameterized: Option<Statement>,
     plan: Plan,
     state: ResultState,
     /// Its number in the worker's store.
@@ -51,9 +55,22 @@ struct Sub {
     idle_since: Option<Instant>,
 }
 
+impl Sub {
+    /// The statement that runs.
+    fn runs(&self) -> &Statement {
+        self.parameterized.as_ref().unwrap_or(&self.statement)
+    }
+}
+
+/// Opens a worker's read connection (both databases, read-only).
+pub(crate) type OpenReader = Arc<dyn Fn() -> rusqlite::Result<Connection> + Send + Sync>;
+
 pub(crate) struct Worker {
     pub no: usize,
-    pub conn: Connection,
+    /// Opened on first use: a worker that never holds a subscription never
+    /// pays for one (two SQLite connections' memory, issue 16).
+    conn: Option<Connection>,
+    open_reader: OpenReader,
     pub store: Store,
     pub dispatch: Arc<Dispatch>,
     pub overflow: Arc<AtomicBool>,
@@ -67,20 +84,26 @@ pub(crate) struct Worker {
     routing: Routing,
     routed_touched: Touched,
     pending: HashMap<String, Pending>,
+    /// Analyzed shapes by their SQL text, each dropped with its last
+    /// subscription, all of them when the schema changes.
+    shapes: HashMap<String, Arc<Shape>>,
+    /// The databases' schema versions the shapes were analyzed against.
+    shapes_schema: Option<(i64, i64)>,
 }
 
 impl Worker {
     pub fn new(
         no: usize,
-        mut conn: Connection,
+        open_reader: OpenReader,
         store: Store,
         dispatch: Arc<Dispatch>,
         overflow: Arc<AtomicBool>,
     ) -> Worker {
-        let clock = QueryClock::install(&mut conn, Arc::clone(&dispatch.query_limit));
+        let clock = QueryClock::new(Arc::clone(&dispatch.query_limit));
         Worker {
             no,
-            conn,
+            conn: None,
+            open_reader,
             store,
             dispatch,
             overflow,
@@ -90,6 +113,8 @@ impl Worker {
             routing: Routing::default(),
             routed_touched: Touched::new(),
             pending: HashMap::new(),
+            shapes: HashMap::new(),
+            shapes_schema: None,
         }
     }
 
@@ -150,8 +175,8 @@ impl Worker {
                 }
             }
             self.flush();
-            if large {
-                if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+            if let (true, Some(conn)) = (large, &self.conn) {
+                if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
                     tracing::debug!(error = %e, "PRAGMA shrink_memory failed");
                 }
             }
@@ -165,7 +190,7 @@ impl Worker {
                     let restricted = self
                         .subs
                         .get(id)
-                        .is_some_and(|s| s.plan.restricted.is_some());
+                        .is_some_and(|s| s.plan.shape.restricted.is_some());
                     note_keys(&mut self.pending, id, table, keys, restricted);
                 }
             }
@@ -193,22 +218,46 @@ impl Worker {
         }
     }
 
+    /// Runs `f` with the read connection, opening it on first use.
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut Worker, &mut Connection) -> T,
+    ) -> rusqlite::Result<T> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = (self.open_reader)()?;
+                self.clock.watch(&mut conn);
+                conn
+            }
+        };
+        let out = f(self, &mut conn);
+        self.conn = Some(conn);
+        Ok(out)
+    }
+
     fn flush(&mut self) {
         if self.pending.is_empty() && self.routed_touched.is_empty() {
             return;
         }
+        if let Err(e) = self.with_conn(|w, conn| w.flush_on(conn)) {
+            // What is pending stays so, and is tried again with the next batch.
+            tracing::error!(worker = self.no, error = %e, "a subscription worker cannot open its read connection; its subscriptions' events wait");
+        }
+    }
+
+    fn flush_on(&mut self, conn: &Connection) {
         // One read transaction for the whole batch: every subscription sees
         // the same snapshot, and the file locks are taken once, not once per
         // subscription (~12% of a worker's time with 1,000 subscriptions).
-        let snapshot = self.conn.execute_batch("BEGIN DEFERRED");
+        let snapshot = conn.execute_batch("BEGIN DEFERRED");
         // The routed subscriptions the changed rows concern, by the rows'
         // values in the snapshot the re-runs read.
         for (table, keys) in std::mem::take(&mut self.routed_touched) {
             let mut concerned = Concerned::new();
-            let looked_up = self.clock.limited(|| {
-                self.routing
-                    .concerned(&self.conn, &table, &keys, &mut concerned)
-            });
+            let looked_up = self
+                .clock
+                .limited(|| self.routing.concerned(conn, &table, &keys, &mut concerned));
             match looked_up {
                 Some(Ok(())) => {
                     for (id, keys) in &concerned {
@@ -240,14 +289,14 @@ impl Worker {
                 && self
                     .subs
                     .get(id)
-                    .is_some_and(|s| s.plan.restricted.is_some())
+                    .is_some_and(|s| s.plan.shape.restricted.is_some())
         });
         for part in [cheap, full] {
             let mut changed = Vec::new();
             for (id, pending) in part {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     if sub.failed.is_none() {
-                        let events = self.clock.limited(|| recompute(&self.conn, sub, pending));
+                        let events = self.clock.limited(|| recompute(conn, sub, pending));
                         self.dispatch.reruns.fetch_add(1, Ordering::Relaxed);
                         if let Some((route, cols)) = routed(&sub.plan) {
                             self.routing.note_events(&id, route, cols, &events);
@@ -261,7 +310,7 @@ impl Worker {
             self.publish(changed);
         }
         if snapshot.is_ok() {
-            let _ = self.conn.execute_batch("COMMIT");
+            let _ = conn.execute_batch("COMMIT");
         }
     }
 
@@ -309,7 +358,14 @@ impl Worker {
                 attach,
                 reply,
             } => {
-                let _ = reply.send(self.subscribe(statement, key, create, attach));
+                let answer = self
+                    .with_conn(|w, conn| w.subscribe(conn, statement, key, create, attach))
+                    .unwrap_or_else(|e| {
+                        Err(SubError::Internal(format!(
+                            "could not open a read connection for the subscription: {e}"
+                        )))
+                    });
+                let _ = reply.send(answer);
             }
             Msg::Attach { id, attach, reply } => {
                 let answer = match self.subs.get(&id) {
@@ -318,7 +374,12 @@ impl Worker {
                 };
                 let _ = reply.send(answer);
             }
-            Msg::Restore(stored, legacy) => self.restore(*stored, legacy),
+            Msg::Restore(stored, legacy) => {
+                let id = stored.id.clone();
+                if let Err(e) = self.with_conn(|w, conn| w.restore(conn, *stored, legacy)) {
+                    tracing::error!(id, error = %e, "a stored subscription cannot be restored: no read connection opens; restart the node once the data dir is readable");
+                }
+            }
             Msg::Remove { id, reply } => {
                 let _ = reply.send(self.remove(&id));
             }
@@ -328,6 +389,7 @@ impl Worker {
 
     fn subscribe(
         &mut self,
+        conn: &mut Connection,
         statement: Statement,
         key: String,
         create: bool,
@@ -342,14 +404,17 @@ impl Worker {
         if !create {
             return Err(SubError::NoSuchSubscription);
         }
-        let plan = plan::analyze(&mut self.conn, &statement).map_err(SubError::Invalid)?;
+        let parameterized = parameterized(&statement);
+        let runs = parameterized.as_ref().unwrap_or(&statement);
+        let plan = self.plan_of(conn, runs).map_err(SubError::Invalid)?;
         let id = new_id();
         let hash = hash_of(&key);
         // Registered before the first run: a commit racing it is either
         // visible to the run or delivered to this worker afterwards.
-        self.dispatch.register(&id, &key, self.no, &plan.reads);
+        self.dispatch
+            .register(&id, &key, self.no, &plan.shape.reads);
         let started = Instant::now();
-        let created = plan::run(&self.conn, &statement)
+        let created = plan::run(conn, runs)
             .map_err(|e| match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::OperationInterrupted) => SubError::Invalid(
                     "the subscription's query ran longer than api.query_timeout and was \
@@ -364,7 +429,7 @@ impl Worker {
                 _ => SubError::Invalid(e.to_string()),
             })
             .and_then(|rows| {
-                let state = ResultState::initial(plan.key_columns.clone(), rows);
+                let state = ResultState::initial(plan.shape.key_columns.clone(), rows);
                 self.store
                     .create(&id, &statement, &hash, &state, &[])
                     .map(|no| (state, no))
@@ -376,6 +441,7 @@ impl Worker {
             Ok(x) => x,
             Err(e) => {
                 self.dispatch.unregister(&id, &key);
+                self.forget_shape(runs.sql.as_str(), plan);
                 return Err(e);
             }
         };
@@ -384,6 +450,7 @@ impl Worker {
             id: id.clone(),
             hash,
             statement,
+            parameterized,
             plan,
             state,
             no,
@@ -397,26 +464,23 @@ impl Worker {
         }
     }
 
-    fn restore(&mut self, stored: Stored, legacy: Option<PathBuf>) {
-        let plan = match plan::analyze(&mut self.conn, &stored.statement) {
+    fn restore(&mut self, conn: &mut Connection, stored: Stored, legacy: Option<PathBuf>) {
+        let parameterized = parameterized(&stored.statement);
+        let runs = parameterized.as_ref().unwrap_or(&stored.statement);
+        let plan = match self.plan_of(conn, runs) {
             Ok(plan) => plan,
             Err(e) => {
                 tracing::error!(id = stored.id, error = %e, "a stored subscription no longer prepares; it serves no events");
-                Plan {
-                    columns: Vec::new(),
-                    reads: HashSet::new(),
-                    key_columns: Vec::new(),
-                    restricted: None,
-                    route: None,
-                }
+                Plan::failed()
             }
         };
         let failed = plan
+            .shape
             .columns
             .is_empty()
             .then(|| "its statement no longer prepares against the schema".to_owned());
         let state = ResultState::restore(
-            plan.key_columns.clone(),
+            plan.shape.key_columns.clone(),
             stored.rows,
             stored.next_row_id,
             stored.last_change_id,
@@ -439,19 +503,25 @@ impl Worker {
                         tracing::error!(id = stored.id, path = %path.display(), error = %e, "could not move a subscription of the old layout into the worker's store; it is skipped until the next start");
                         self.dispatch
                             .unregister(&stored.id, &key_of(&stored.statement));
+                        self.forget_shape(&runs.sql, plan);
                         return;
                     }
                 }
             }
             (None, None) => return,
         };
-        self.dispatch
-            .register(&stored.id, &key_of(&stored.statement), self.no, &plan.reads);
+        self.dispatch.register(
+            &stored.id,
+            &key_of(&stored.statement),
+            self.no,
+            &plan.shape.reads,
+        );
         let id = stored.id.clone();
         let sub = self.insert(Sub {
             id: stored.id,
             hash: stored.hash,
             statement: stored.statement,
+            parameterized,
             plan,
             state,
             no,
@@ -521,7 +591,44 @@ impl Worker {
             self.routing.remove(id, route, held);
         }
         self.dispatch.unregister(id, &key_of(&sub.statement));
+        let runs = sub.runs().sql.clone();
+        self.forget_shape(&runs, sub.plan);
         Ok(())
+    }
+
+    /// The plan of `runs` (a statement as it runs), its shape analyzed
+    /// once for all the subscriptions that share it.
+    fn plan_of(&mut self, conn: &mut Connection, runs: &Statement) -> Result<Plan, String> {
+        let schema = schema_versions(conn);
+        if schema.is_none() || schema != self.shapes_schema {
+            self.shapes.clear();
+            self.shapes_schema = schema;
+            refresh_schema(conn);
+        }
+        let shape = match self.shapes.get(&runs.sql) {
+            Some(shape) => Arc::clone(shape),
+            None => {
+                self.dispatch.analyses.fetch_add(1, Ordering::Relaxed);
+                let shape = Arc::new(plan::analyze(conn, runs)?);
+                if schema.is_some() {
+                    self.shapes.insert(runs.sql.clone(), Arc::clone(&shape));
+                }
+                shape
+            }
+        };
+        Ok(Plan::of(conn, runs, shape))
+    }
+
+    /// Drops the cached shape of `sql` if `plan` held its last use.
+    fn forget_shape(&mut self, sql: &str, plan: Plan) {
+        drop(plan);
+        if self
+            .shapes
+            .get(sql)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            self.shapes.remove(sql);
+        }
     }
 
     fn insert(&mut self, sub: Sub) -> &Sub {
@@ -534,7 +641,7 @@ impl Worker {
                 self.routing.add(&sub.id, route, held);
             }
             None => {
-                for table in &sub.plan.reads {
+                for table in &sub.plan.shape.reads {
                     self.by_table
                         .entry(table.clone())
                         .or_default()
@@ -551,15 +658,16 @@ impl Worker {
 /// primary key.
 fn routed(plan: &Plan) -> Option<(&plan::Route, &[usize])> {
     let route = plan.route.as_ref()?;
-    let cols = plan.restricted.as_ref()?.get(&route.table)?;
+    let cols = plan.shape.restricted.as_ref()?.get(&route.table)?;
     Some((route, cols))
 }
 
 /// The events `pending` causes, applied to the sub's state.
 fn recompute(conn: &Connection, sub: &mut Sub, pending: Pending) -> Vec<ChangeEvent> {
-    if let (Pending::Keys(touched, _), Some(cols)) = (&pending, &sub.plan.restricted) {
-        let width = sub.plan.columns.len();
-        match plan::run_restricted(conn, &sub.statement, width, cols, touched) {
+    let shape = Arc::clone(&sub.plan.shape);
+    if let (Pending::Keys(touched, _), Some(cols)) = (&pending, &shape.restricted) {
+        let width = shape.columns.len();
+        match plan::run_restricted(conn, sub.runs(), width, cols, touched) {
             Some(Ok(rows)) => {
                 let in_scope = |cells: &[patina_crr::Value]| {
                     touched.iter().any(|(table, keys)| {
@@ -577,7 +685,7 @@ fn recompute(conn: &Connection, sub: &mut Sub, pending: Pending) -> Vec<ChangeEv
             None => {}
         }
     }
-    match plan::run(conn, &sub.statement) {
+    match plan::run(conn, sub.runs()) {
         Ok(rows) => sub.state.apply_full(rows),
         Err(e) => {
             tracing::error!(id = sub.id, error = %e, "re-running a subscription failed; its result is unchanged until the next commit");
@@ -610,6 +718,29 @@ fn note_keys(
     }
 }
 
+/// The schema versions of both databases: a change of either may change
+/// what a shape's text means (`SELECT *`, a dropped index's column).
+fn schema_versions(conn: &Connection) -> Option<(i64, i64)> {
+    let version = |db: &str| {
+        conn.query_row(&format!("PRAGMA {db}.schema_version"), [], |r| r.get(0))
+            .ok()
+    };
+    Some((version("main")?, version("global")?))
+}
+
+/// Has `conn` read the schema again. A connection notices another's schema
+/// change only when a statement runs (and is then re-prepared): preparing
+/// after a reload would describe the old tables (`SELECT *` without the
+/// new column) to the analysis.
+fn refresh_schema(conn: &Connection) {
+    for db in ["main", "global"] {
+        let sql = format!("SELECT count(*) FROM {db}.sqlite_schema");
+        if let Err(e) = conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
+            tracing::warn!(db, error = %e, "could not re-read the schema");
+        }
+    }
+}
+
 /// Removes a subscription file of the old layout once its content is in a
 /// worker's store.
 pub(crate) fn remove_legacy(path: &std::path::Path) {
@@ -633,7 +764,7 @@ fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubE
     let mut stream = SubStream {
         id: sub.id.clone(),
         hash: sub.hash.clone(),
-        columns: sub.plan.columns.clone(),
+        columns: sub.plan.shape.columns.clone(),
         rows: None,
         change_id: last,
         snapshot_time: started.elapsed(),

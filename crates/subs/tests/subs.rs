@@ -326,14 +326,16 @@ async fn pinned_subscriptions_see_their_key_only() {
         next(&mut subs[0]).await,
         (ChangeKind::Insert, vec![I(1), I(10)], 1)
     );
-    assert_eq!(
-        next(&mut subs[1]).await,
-        (ChangeKind::Insert, vec![I(2), I(20)], 1)
-    );
-    assert_eq!(
-        next(&mut subs[1]).await,
-        (ChangeKind::Update, vec![I(2), I(21)], 2)
-    );
+    // A worker folds the commits it takes in one batch into one re-run:
+    // under load the insert and the update arrive as one insert.
+    match next(&mut subs[1]).await {
+        (ChangeKind::Insert, cells, 1) if cells == [I(2), I(21)] => {}
+        (ChangeKind::Insert, cells, 1) if cells == [I(2), I(20)] => assert_eq!(
+            next(&mut subs[1]).await,
+            (ChangeKind::Update, vec![I(2), I(21)], 2)
+        ),
+        other => panic!("key 2's first event: {other:?}"),
+    }
     // Key 3 never changed: after one more commit that does change it, its
     // first event is that one.
     node.transact(vec![Op::UpsertA(3, "x", 30).statement()])
@@ -704,4 +706,55 @@ async fn merged(s: &mut SubStream) -> (ChangeKind, Vec<Value>) {
         Ok(Some(SubItem::Change(e))) => (e.kind, e.cells),
         other => panic!("{other:?}"),
     }
+}
+
+/// Subscriptions that differ only in a literal share one analysis per
+/// worker; a schema change makes the next one analyze its shape afresh.
+#[tokio::test]
+async fn subscriptions_of_one_shape_share_its_analysis_until_the_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Local::open(dir.path());
+    let before = node.subs.analyses();
+    let mut subs = Vec::new();
+    for g in 0..40 {
+        subs.push(subscribe(&node, &format!("SELECT * FROM a WHERE g = 'g{g}'")).await);
+    }
+    // One per worker at most (4), not 40.
+    let analyzed = node.subs.analyses() - before;
+    assert!((1..=4).contains(&analyzed), "{analyzed} analyses");
+    use Value::{Integer as I, Text as T};
+    let reruns = node.subs.reruns();
+    node.transact(vec![Op::UpsertA(1, "g7", 5).statement()])
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut subs[7]).await,
+        (ChangeKind::Insert, vec![I(1), T("g7".into()), I(5)], 1)
+    );
+    // Each keeps its own literal: only g7's re-ran.
+    assert_eq!(node.subs.reruns() - reruns, 1);
+
+    std::fs::write(
+        dir.path().join("schema/regional.sql"),
+        SCHEMA.replace("g TEXT, v INTEGER", "g TEXT, v INTEGER, zone TEXT"),
+    )
+    .unwrap();
+    node.reload_schema().await.unwrap();
+    let before = node.subs.analyses();
+    let mut zoned = subscribe(&node, "SELECT * FROM a WHERE g = 'g40'").await;
+    assert!(node.subs.analyses() > before, "the new schema is analyzed");
+    assert_eq!(zoned.columns, ["id", "g", "v", "zone"]);
+    node.transact(vec![Statement::new(
+        "INSERT INTO a (id, g, v, zone) VALUES (2, 'g40', 1, 'z1')",
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut zoned).await,
+        (
+            ChangeKind::Insert,
+            vec![I(2), T("g40".into()), I(1), T("z1".into())],
+            1
+        )
+    );
 }
