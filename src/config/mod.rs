@@ -793,11 +793,15 @@ fn check_api(api: &ApiConfig, telemetry: &TelemetryConfig) -> Result<(), (String
             "must be a number of seconds above 0 and at most 3600, e.g. 30".to_string(),
         ));
     }
-    // A year bounds it within what Duration holds.
-    if !(api.subscription_idle_expiry >= 0.0 && api.subscription_idle_expiry <= 31_536_000.0) {
+    // A year bounds it within what Duration holds; below a second, a
+    // client re-attaching after a dropped connection would find its
+    // subscription gone.
+    let expiry = api.subscription_idle_expiry;
+    if !(expiry == 0.0 || (1.0..=31_536_000.0).contains(&expiry)) {
         return Err((
             "api.subscription_idle_expiry".to_string(),
-            "must be a number of seconds from 0 (never expire) to 31536000, e.g. 3600".to_string(),
+            "must be 0 (never expire) or a number of seconds from 1 to 31536000, e.g. 3600"
+                .to_string(),
         ));
     }
     if !(1..=1_000_000).contains(&api.subscriptions_max) {

@@ -438,6 +438,18 @@ fn bad_values_are_named() {
     );
     let e = load_err(&format!("{MINIMAL}[api]\nbody_limit_bytes = 0\n"), &[]);
     assert_eq!(e, "config: `api.body_limit_bytes`: must be at least 1");
+    for expiry in ["0.5", "-1", "31536001"] {
+        let e = load_err(
+            &format!("{MINIMAL}[api]\nsubscription_idle_expiry = {expiry}\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            "config: `api.subscription_idle_expiry`: must be 0 (never expire) or a number of \
+             seconds from 1 to 31536000, e.g. 3600",
+            "{expiry}"
+        );
+    }
     let e = load_err(
         &format!("{MINIMAL}[db]\nschema_paths = [\"a\", \"\"]\n"),
         &[],

@@ -106,6 +106,30 @@ pub(crate) fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Ap
         .map_err(|e| ApiError::QueryString(format!("could not parse the query string: {e}")))
 }
 
+/// The query's pairs, each key once: a repeated one is refused (a gate or
+/// a resume must not depend on which of two values wins).
+pub(crate) fn unique_query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = query_pairs(raw)?;
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::QueryString(format!(
+                "{} is given twice: give each query parameter once",
+                clip(key)
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
+/// At most 64 characters of what a client sent, for an error message.
+pub(crate) fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(64).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Longest `?timeout=` accepted.
 pub(crate) const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 

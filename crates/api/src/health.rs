@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::body::query_pairs;
+use crate::body::{clip, unique_query_pairs};
 use crate::cluster::{HealthReport, RegionInfo};
 use crate::errors::ApiError;
 use crate::state::ApiState;
@@ -33,17 +33,9 @@ struct Thresholds {
 impl Thresholds {
     fn parse(raw: Option<&str>) -> Result<Thresholds, ApiError> {
         let mut t = Thresholds::default();
-        let mut seen: Vec<String> = Vec::new();
-        for (key, value) in query_pairs(raw)? {
-            // A gate must not pass because a threshold was misspelled or
-            // given twice with the looser one last.
-            if seen.contains(&key) {
-                return Err(ApiError::QueryString(format!(
-                    "{} is given twice: give each threshold once",
-                    clip(&key)
-                )));
-            }
-            seen.push(key.clone());
+        // A gate must not pass because a threshold was misspelled or given
+        // twice with the looser one last.
+        for (key, value) in unique_query_pairs(raw)? {
             match key.as_str() {
                 "gaps" => t.gaps = Some(count(&key, &value)?),
                 "max_queue" => t.max_queue = Some(count(&key, &value)?),
@@ -110,15 +102,6 @@ impl Thresholds {
         }
         out
     }
-}
-
-/// At most 64 characters of what a client sent, for an error message.
-fn clip(text: &str) -> String {
-    let mut out: String = text.chars().take(64).collect();
-    if out.len() < text.len() {
-        out.push('…');
-    }
-    out
 }
 
 fn flag(key: &str, value: &str) -> Result<bool, ApiError> {

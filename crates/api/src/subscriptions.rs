@@ -6,7 +6,9 @@
 //! - `skip_rows=true` still sends `columns` and `eoq` (no `row` lines), so a
 //!   client learns the columns and the change id it starts after.
 //! - `from=N` sends change lines only (no `columns`/`eoq`). `from=N` beyond
-//!   the last change id waits for N+1.
+//!   the last change id gets an error line (the node never sent N) and the
+//!   stream ends, as one older than the retained log does.
+//! - Query keys other than `from` and `skip_rows`, or one given twice: 400.
 //! - A subscriber more than 128 events behind (`SUBSCRIBER_EVENTS_BUFFERED`) gets
 //!   `{"error":"… re-attach with from=<last id it got>"}` and the stream ends.
 
@@ -19,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::body::{query_pairs, JsonBody};
+use crate::body::{clip, unique_query_pairs, JsonBody};
 use crate::errors::{error_response, ApiError};
 use crate::json::{Cells, JsonStatement};
 use crate::queries::{line, ndjson};
@@ -27,12 +29,13 @@ use crate::state::ApiState;
 
 fn parse_attach(raw: Option<&str>) -> Result<Attach, ApiError> {
     let mut attach = Attach::default();
-    for (key, value) in query_pairs(raw)? {
+    for (key, value) in unique_query_pairs(raw)? {
         match key.as_str() {
             "from" => {
                 attach.from = Some(value.parse().map_err(|_| {
                     ApiError::QueryString(format!(
-                        "from={value:?} is not a change id: give the last change_id you received"
+                        "from={:?} is not a change id: give the last change_id you received",
+                        clip(&value)
                     ))
                 })?)
             }
@@ -42,12 +45,20 @@ fn parse_attach(raw: Option<&str>) -> Result<Attach, ApiError> {
                     "false" | "0" => false,
                     _ => {
                         return Err(ApiError::QueryString(format!(
-                            "skip_rows={value:?}: use true or false"
+                            "skip_rows={:?}: use true or false",
+                            clip(&value)
                         )))
                     }
                 }
             }
-            _ => {}
+            _ => {
+                // A misspelled from= must not start a fresh snapshot the
+                // client takes for a resume.
+                return Err(ApiError::QueryString(format!(
+                    "unknown query parameter {}: subscriptions take from= and skip_rows=",
+                    clip(&key)
+                )));
+            }
         }
     }
     Ok(attach)
@@ -57,7 +68,13 @@ fn refused(e: SubError) -> Response {
     use axum::http::StatusCode;
     let status = match &e {
         SubError::Invalid(_) | SubError::NoSuchSubscription => StatusCode::BAD_REQUEST,
-        SubError::NotFound(_) => StatusCode::NOT_FOUND,
+        // The id is the client's, possibly long: the message quotes its start.
+        SubError::NotFound(id) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &SubError::NotFound(clip(id)).to_string(),
+            )
+        }
         SubError::TooMany(_) | SubError::Busy | SubError::ShuttingDown => {
             StatusCode::SERVICE_UNAVAILABLE
         }

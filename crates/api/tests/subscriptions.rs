@@ -224,6 +224,30 @@ async fn refusals() {
     let r = s.post_raw("/v1/updates/nope", "").await;
     assert_eq!(r.status, 400);
     assert!(r.error().contains("nope"));
+    // A misspelled or repeated resume key is refused, not taken for a
+    // fresh subscription.
+    for (query, says) in [
+        ("?form=3", "unknown query parameter form"),
+        ("?from=1&from=2", "from is given twice"),
+        (
+            "?skip_rows=true&skip_rows=false",
+            "skip_rows is given twice",
+        ),
+    ] {
+        let r = s
+            .post_json(
+                &format!("/v1/subscriptions{query}"),
+                &json!("SELECT * FROM vals"),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{query}");
+        assert!(r.error().contains(says), "{query}: {}", r.error());
+    }
+    // A long id is quoted clipped.
+    let long = "x".repeat(10_000);
+    let r = s.get(&format!("/v1/subscriptions/{long}")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.error().len() < 200, "{}", r.error());
 }
 
 #[tokio::test]
@@ -261,6 +285,19 @@ async fn too_old_from_and_slow_subscribers_get_an_error_event() {
     )
     .await;
     assert_eq!(ok.next().await.unwrap()["change"][3], 51);
+    // A change id this node never sent: an error line, not a silent wait
+    // or a resume from elsewhere.
+    let last: u64 = 10_050;
+    let mut ahead = Stream::open(
+        s.http
+            .get(s.url(&format!("/v1/subscriptions/{id}?from={}", last + 5))),
+    )
+    .await;
+    assert_eq!(ahead.status, 200);
+    let line = ahead.next().await.unwrap();
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ahead of subscription"), "{line}");
+    assert_eq!(ahead.next().await, None, "disconnected after the error");
 }
 
 #[tokio::test]
@@ -413,6 +450,16 @@ async fn the_cap_holds_under_concurrent_creations_and_deleting_frees_room() {
         "{}",
         over.error()
     );
+    // An invalid statement is told it is invalid, full node or not.
+    let invalid = s
+        .send(subscribe(
+            &s,
+            "/v1/subscriptions",
+            json!("SELECT nope FROM machines"),
+        ))
+        .await;
+    assert_eq!(invalid.status, 400);
+    assert!(invalid.error().contains("nope"), "{}", invalid.error());
     // An existing statement is still served at the cap.
     let id = held[0].header("corro-query-id");
     let again = Stream::open(s.http.get(s.url(&format!("/v1/subscriptions/{id}")))).await;

@@ -41,7 +41,7 @@ pub use stream::{Attach, SubError, SubItem, SubStream};
 
 use dispatch::{Dispatch, Registry};
 use ids::key_of;
-use msg::Msg;
+use msg::{Create, Msg};
 use patina_node::{CommitObserver, Node, Statement};
 pub use stream::SUBSCRIPTIONS_MAX_DEFAULT;
 use worker::Worker;
@@ -243,25 +243,26 @@ impl Subscriptions {
         // An existing subscription is asked of the worker whose store holds
         // it; a new one goes to the worker its statement hashes to, so
         // that two creations of the same statement are serialized there.
-        let owner = {
+        let (owner, create) = {
             let mut r = self.dispatch.registry();
             let owner = r
                 .by_key
                 .get(&key)
                 .and_then(|id| r.worker_of.get(id))
                 .copied();
-            let creating = create && owner.is_none();
-            if creating {
+            let mut mode = if create { Create::Yes } else { Create::No };
+            if mode == Create::Yes && owner.is_none() {
                 let max = self.max_subscriptions();
                 if r.count() >= max {
-                    return Err(SubError::TooMany(max));
+                    mode = Create::Full(max);
+                } else {
+                    r.creating.insert(key.clone());
                 }
-                r.creating.insert(key.clone());
             }
-            owner.ok_or(creating)
+            (owner, mode)
         };
-        let creating_key = (owner == Err(true)).then(|| key.clone());
-        let no = owner.unwrap_or_else(|_| worker_of_key(&key));
+        let creating_key = (owner.is_none() && create == Create::Yes).then(|| key.clone());
+        let no = owner.unwrap_or_else(|| worker_of_key(&key));
         let answer = self
             .ask(no, |reply| Msg::Subscribe {
                 statement,

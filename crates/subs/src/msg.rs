@@ -13,6 +13,16 @@ use crate::stream::{Attach, SubError, SubStream};
 
 pub(crate) type Reply = oneshot::Sender<Result<SubStream, SubError>>;
 
+/// Whether a subscription that does not exist yet is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    No,
+    Yes,
+    /// The node holds its maximum: the statement is checked (an invalid
+    /// one is told so, 400) and then refused for want of room.
+    Full(usize),
+}
+
 pub(crate) enum Msg {
     /// Primary keys a commit changed, for the tables some subscription reads.
     Commit(Arc<Touched>),
@@ -22,7 +32,7 @@ pub(crate) enum Msg {
     Subscribe {
         statement: Statement,
         key: String,
-        create: bool,
+        create: Create,
         attach: Attach,
         reply: Reply,
     },

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use patina_crr::Value;
 use tokio::sync::Notify;
@@ -135,10 +135,12 @@ struct LiveInner {
     listeners: AtomicUsize,
 }
 
-#[derive(Default)]
 struct Ring {
     events: VecDeque<ChangeEvent>,
     closed: bool,
+    /// When the last stream detached (or the subscription was made
+    /// without one: restored at start); `None` while one is attached.
+    idle_since: Option<Instant>,
 }
 
 impl LiveInner {
@@ -150,7 +152,11 @@ impl LiveInner {
 impl Live {
     pub fn new() -> Live {
         Live(Arc::new(LiveInner {
-            ring: Mutex::new(Ring::default()),
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                closed: false,
+                idle_since: Some(Instant::now()),
+            }),
             notify: Notify::new(),
             listeners: AtomicUsize::new(0),
         }))
@@ -164,7 +170,18 @@ impl Live {
     /// A stream's end of it.
     pub fn listen(&self) -> Listener {
         self.0.listeners.fetch_add(1, Ordering::AcqRel);
+        self.0.lock().idle_since = None;
         Listener(Arc::clone(&self.0))
+    }
+
+    /// Since when no stream has been attached; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let ring = self.0.lock();
+        if self.listeners() > 0 {
+            return None;
+        }
+        // Unset only in a race with a listener coming and going.
+        Some(ring.idle_since.unwrap_or_else(Instant::now))
     }
 
     /// Hands `events` to the attached streams; without any, they are
@@ -203,6 +220,36 @@ pub(crate) struct Listener(Arc<LiveInner>);
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.0.listeners.fetch_sub(1, Ordering::AcqRel);
+        if self.0.listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.lock().idle_since = Some(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle time counts from when the last stream detached (what the
+    /// expiry sweep reads), not from when a sweep first noticed it.
+    #[test]
+    fn idle_since_is_the_last_detach() {
+        let made = Instant::now();
+        let live = Live::new();
+        // Made without a stream (restored at start): idle since then.
+        assert!(live.idle_since().is_some_and(|t| t >= made));
+        let a = live.listen();
+        let b = live.listen();
+        assert_eq!(live.idle_since(), None);
+        drop(a);
+        assert_eq!(live.idle_since(), None, "one stream is still attached");
+        let before = Instant::now();
+        drop(b);
+        let since = live.idle_since().expect("idle");
+        assert!(since >= before && since <= Instant::now());
+        let c = live.listen();
+        assert_eq!(live.idle_since(), None);
+        drop(c);
+        assert!(live.idle_since().is_some_and(|t| t >= since));
     }
 }

@@ -16,7 +16,7 @@ use super::codec;
 use super::diff::{ChangeEvent, ResultState};
 use super::dispatch::Dispatch;
 use super::ids::{hash_of, key_of, new_id};
-use super::msg::Msg;
+use super::msg::{Create, Msg};
 use super::plan::{self, Plan, Shape, Table, Touched, RESTRICTED_KEYS_MAX};
 use super::routing::{Concerned, Routing};
 use super::shape::parameterized;
@@ -51,8 +51,6 @@ struct Sub {
     /// Set when the state could not be stored: the subscription serves no
     /// more (a restart rebuilds it).
     failed: Option<String>,
-    /// Since when no stream has been attached (as of the last sweep).
-    idle_since: Option<Instant>,
 }
 
 impl Sub {
@@ -120,6 +118,8 @@ impl Worker {
 
     pub fn run(mut self, rx: crate::queue::QueueReceiver<Msg>) {
         let mut last_sweep: Option<Instant> = None;
+        // The earliest time an idle subscription expires, as of the last sweep.
+        let mut next_expiry: Option<Instant> = None;
         loop {
             // Read each time: the expiry can be changed while running.
             let every = self
@@ -128,12 +128,13 @@ impl Worker {
                 .map_or(SWEEP_EVERY_MAX, |e| e / 4)
                 .clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX);
             let now = Instant::now();
-            let next_sweep = match last_sweep {
-                Some(at) => at + every,
-                None => now,
+            let next_sweep = match (last_sweep, next_expiry) {
+                (Some(at), Some(expiry)) => (at + every).min(expiry),
+                (Some(at), None) => at + every,
+                (None, _) => now,
             };
             if now >= next_sweep {
-                self.sweep(now);
+                next_expiry = self.sweep(now);
                 last_sweep = Some(now);
                 continue;
             }
@@ -392,7 +393,7 @@ impl Worker {
         conn: &mut Connection,
         statement: Statement,
         key: String,
-        create: bool,
+        create: Create,
         attach: Attach,
     ) -> Result<SubStream, SubError> {
         if let Some(id) = self.dispatch.id_of(&key) {
@@ -401,12 +402,17 @@ impl Worker {
                 None => Err(SubError::NotFound(id)),
             };
         }
-        if !create {
+        if create == Create::No {
             return Err(SubError::NoSuchSubscription);
         }
         let parameterized = parameterized(&statement);
         let runs = parameterized.as_ref().unwrap_or(&statement);
         let plan = self.plan_of(conn, runs).map_err(SubError::Invalid)?;
+        if let Create::Full(max) = create {
+            let sql = runs.sql.clone();
+            self.forget_shape(&sql, plan);
+            return Err(SubError::TooMany(max));
+        }
         let id = new_id();
         let hash = hash_of(&key);
         // Registered before the first run: a commit racing it is either
@@ -456,7 +462,6 @@ impl Worker {
             no,
             live: Live::new(),
             failed: None,
-            idle_since: None,
         });
         match self.subs.get(&id) {
             Some(sub) => attach_to(sub, &self.store, attach),
@@ -527,7 +532,6 @@ impl Worker {
             no,
             live: Live::new(),
             failed,
-            idle_since: None,
         });
         if sub.failed.is_none() {
             // Whatever was committed since it was last stored: one full
@@ -537,20 +541,26 @@ impl Worker {
     }
 
     /// Removes the subscriptions that have had no listener for the idle
-    /// expiry; notes since when the others without one have had none.
-    fn sweep(&mut self, now: Instant) {
+    /// expiry; returns when the next of the others expires, if none
+    /// attaches before.
+    fn sweep(&mut self, now: Instant) -> Option<Instant> {
         let expiry = self.dispatch.idle_expiry();
         let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
         for sub in self.subs.values_mut() {
-            if sub.live.listeners() > 0 {
-                sub.idle_since = None;
+            let Some(since) = sub.live.idle_since() else {
                 continue;
-            }
+            };
             // No one to hand them to: the retained events go.
             sub.live.send(std::iter::empty());
-            let since = *sub.idle_since.get_or_insert(now);
-            if expiry.is_some_and(|e| now.duration_since(since) >= e) {
+            let Some(expiry) = expiry else {
+                continue;
+            };
+            let at = since + expiry;
+            if at <= now {
                 expired.push(sub.id.clone());
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
         for id in expired {
@@ -564,6 +574,7 @@ impl Worker {
                 }
             }
         }
+        next
     }
 
     /// Removes subscription `id` from this worker, the routing and the
@@ -781,7 +792,13 @@ fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubE
                 .events_after(sub.no, from)
                 .map_err(|e| SubError::Internal(format!("could not read the event log: {e}")))?;
             let oldest = oldest.unwrap_or(last + 1);
-            if from < last && from + 1 < oldest {
+            if from > last {
+                stream.error = Some(format!(
+                    "change id {from} is ahead of subscription {}'s last change ({last}): this \
+                     node never sent it; re-attach without from= for a fresh snapshot",
+                    sub.id
+                ));
+            } else if from < last && from + 1 < oldest {
                 stream.error = Some(format!(
                     "change id {from} is older than what subscription {} retains (its oldest \
                      change is {oldest}): re-attach without from= for a fresh snapshot",
@@ -789,7 +806,7 @@ fn attach_to(sub: &Sub, store: &Store, attach: Attach) -> Result<SubStream, SubE
                 ));
             } else {
                 stream.backlog = backlog.into();
-                stream.delivered = from.min(last);
+                stream.delivered = from;
             }
         }
         None if attach.skip_rows => stream.rows = Some(Vec::new()),
