@@ -74,6 +74,12 @@ impl<T> QueueReceiver<T> {
         Ok(msg)
     }
 
+    /// How many messages wait, readable from the receiving thread while
+    /// it works (a hint: senders may add more at any time).
+    pub fn waiting(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.len)
+    }
+
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         let msg = self.rx.try_recv()?;
         self.len.fetch_sub(1, Ordering::AcqRel);

@@ -632,9 +632,14 @@ async fn routed_subscriptions_rerun_for_the_rows_they_can_hold_only() {
     assert_eq!(next(&mut count).await.1, vec![I(0)]);
     assert_eq!(next(&mut count).await.1, vec![I(1)]);
     // The move re-ran g7 (old values), g8 and the range (new values) and
-    // the count (no event: counted once its worker served the delete
-    // after it); the delete g8, the range and the count.
-    assert_eq!(node.subs.reruns() - before, 2 + 4 + 3);
+    // the count (no event); the delete g8, the range and the count. The
+    // count's two re-runs are one when its worker took both commits in
+    // one batch. Never the 39 other g subscriptions.
+    let reruns = node.subs.reruns() - before;
+    assert!(
+        (2 + 3 + 3..=2 + 4 + 3).contains(&reruns),
+        "{reruns} re-runs"
+    );
 }
 
 /// Routed subscriptions see the changes merged from a peer, rows moving
