@@ -286,9 +286,14 @@ impl CrrConn {
         self.in_write_tx(|me| {
             for name in &plan.dropped_tables {
                 let id = me.crr_table_id(name)?;
-                drops::drop_table(&me.conn, &me.tables[&id])?;
+                let table = me.tables[&id].clone();
+                drops::drop_table(&me.conn, &table)?;
                 me.unregister(id);
-                me.dropped.mark_table(&me.conn, name)?;
+                me.dropped.mark_table(&me.conn, &table.info.name)?;
+                for column in table.info.non_pk_columns() {
+                    me.dropped
+                        .mark_column(&me.conn, &table.info.name, &column.name)?;
+                }
             }
             for dropped in &plan.dropped_columns {
                 let id = me.crr_table_id(&dropped.table)?;

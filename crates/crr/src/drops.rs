@@ -72,19 +72,19 @@ impl Dropped {
         self.tables.is_empty() && self.columns.is_empty()
     }
 
-    /// Records that `table` was dropped; marks of its columns go with it.
+    /// Records that `table` was dropped. The caller marks its columns too:
+    /// should a table of that name be declared again with fewer columns,
+    /// changes naming the others are still known as dropped.
     pub(crate) fn mark_table(&mut self, conn: &Connection, table: &str) -> Result<()> {
         conn.execute(
-            "DELETE FROM crr_dropped WHERE tbl = ?1 COLLATE NOCASE",
+            "DELETE FROM crr_dropped WHERE tbl = ?1 COLLATE NOCASE AND col IS NULL",
             [table],
         )?;
         conn.execute(
             "INSERT INTO crr_dropped(tbl, col) VALUES (?1, NULL)",
             [table],
         )?;
-        let lower = table.to_ascii_lowercase();
-        self.columns.retain(|(t, _)| *t != lower);
-        self.tables.insert(lower);
+        self.tables.insert(table.to_ascii_lowercase());
         Ok(())
     }
 

@@ -348,3 +348,21 @@ fn a_generated_column_is_dropped_without_a_mark() {
     assert_eq!(a.changes_since(0, None).unwrap(), before);
     assert!(a.dropped().is_empty(), "no change ever names g");
 }
+
+#[test]
+fn a_table_declared_again_with_fewer_columns_still_knows_the_others_as_dropped() {
+    let (mut a, _) = converged_pair();
+    let without_t = "CREATE TABLE p(k TEXT PRIMARY KEY NOT NULL);";
+    a.conn.apply_schema_with(without_t, Drops::Allowed).unwrap();
+    assert!(a.conn.is_dropped("t", "-1") && a.conn.is_dropped("t", "a"));
+    let again = "CREATE TABLE p(k TEXT PRIMARY KEY NOT NULL);
+        CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT);";
+    a.conn.apply_schema(again).unwrap();
+    assert_eq!(
+        a.strings("SELECT quote(count(*)) FROM t"),
+        ["0"],
+        "it starts empty"
+    );
+    assert!(!a.conn.is_dropped("t", "-1") && !a.conn.is_dropped("t", "a"));
+    assert!(a.conn.is_dropped("t", "b") && a.conn.is_dropped("t", "c"));
+}
