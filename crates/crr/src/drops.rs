@@ -188,13 +188,13 @@ pub(crate) fn drop_columns(
 /// pass of [`CLOCKS_PER_PASS`] rows at a time in key order.
 fn rewrite_clocks(conn: &Connection, table: &CrrTable, slots: &[usize]) -> Result<()> {
     let clock_table = quote_ident(&format!("{}__crr_clock", table.info.name));
-    let read = format!(
-        "SELECT pk, clock FROM {clock_table} WHERE ?1 IS NULL OR pk > ?1 ORDER BY pk LIMIT ?2"
-    );
+    let read = format!("SELECT pk, clock FROM {clock_table} WHERE pk > ?1 ORDER BY pk LIMIT ?2");
     let update = format!("UPDATE {clock_table} SET clock = ?2 WHERE pk = ?1");
     let delete = format!("DELETE FROM {clock_table} WHERE pk = ?1");
     let mut versions = VersionDelta::default();
-    let mut after: Option<Vec<u8>> = None;
+    // A packed pk is never empty, so every key sorts after the empty blob;
+    // the range on the key keeps each pass a seek, not a scan.
+    let mut after: Vec<u8> = Vec::new();
     loop {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = conn
             .prepare(&read)?
@@ -203,7 +203,7 @@ fn rewrite_clocks(conn: &Connection, table: &CrrTable, slots: &[usize]) -> Resul
             })?
             .collect::<rusqlite::Result<_>>()?;
         let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
+        after = last.clone();
         for (pk, blob) in rows {
             let before = RowClock::decode(&blob, table.slots())?;
             let now = without_slots(&before, slots);
