@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use anyhow::Context;
-use patina_node::{DbKind, Node, NodeOptions};
+use patina_node::{DbKind, Drops, Node, NodeOptions};
 use patina_region::{RegionError, RegionOptions, RegionRuntime, RollupConfig, RollupTiming};
 use patina_replicator::{ClusterOptions, ReplicatorConfig, SwimProfile};
 use patina_subs::Subscriptions;
@@ -129,6 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         data_dir: config.node.data_dir.clone(),
         schema_paths: config.db.schema_paths.clone(),
         global_schema_paths: config.db.global_schema_paths.clone(),
+        schema_drops: schema_drops(&config),
     })
     .context("the node did not start")?;
     let subs = Subscriptions::open_for(&node).context("the subscriptions did not start")?;
@@ -172,7 +173,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers are installed before the node says it is ready: a SIGTERM
     // right after READY must stop it cleanly, not kill it.
     let signals = Signals::install().context("cannot install signal handlers")?;
-    tokio::spawn(handle_signals(node.clone(), signals, stop));
+    tokio::spawn(handle_signals(
+        node.clone(),
+        signals,
+        stop,
+        schema_drops(&config),
+    ));
     tracing::info!(addr = %api_addr, "API listening");
     notify_systemd("READY=1");
 
@@ -320,16 +326,27 @@ impl Signals {
     }
 }
 
-/// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files.
-async fn handle_signals(node: Node, mut signals: Signals, stop: watch::Sender<bool>) {
+/// Whether applying the schema files at start and on SIGHUP may drop
+/// tables and columns (`db.allow_destructive_schema`).
+fn schema_drops(config: &Config) -> Drops {
+    if config.db.allow_destructive_schema {
+        Drops::Allowed
+    } else {
+        Drops::Refused
+    }
+}
+
+/// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files (dropping
+/// what they no longer declare with `db.allow_destructive_schema`).
+async fn handle_signals(node: Node, mut signals: Signals, stop: watch::Sender<bool>, drops: Drops) {
     loop {
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => {
                 notify_systemd("RELOADING=1");
-                match node.reload_schema().await {
-                    Ok(()) => tracing::info!("schema files reloaded"),
+                match node.reload_schema_with(drops).await {
+                    Ok(_) => tracing::info!("schema files reloaded"),
                     Err(e) => tracing::error!(error = %e, "schema reload refused; the running schema is unchanged"),
                 }
                 notify_systemd("READY=1");

@@ -207,6 +207,12 @@ pub struct SubArgs {
 pub struct ReloadArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Also drop the tables and columns the schema files no longer
+    /// declare, with their data and clocks on this node (a destructive
+    /// schema change; renames stay refused). Without it a removal is
+    /// refused and nothing changes.
+    #[arg(long)]
+    pub allow_destructive: bool,
 }
 
 #[derive(Debug, Args)]

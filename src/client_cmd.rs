@@ -146,12 +146,19 @@ fn change_text(event: &SubEvent) -> String {
 }
 
 /// Asks the node to reload its schema files; a refusal is an error.
+/// Prints what a destructive reload dropped, a line each.
 pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
     let (client, runtime) = connect(&args.api)?;
-    runtime
-        .block_on(client.reload())
+    let dropped = runtime
+        .block_on(client.reload_with(args.allow_destructive))
         .context("schema reload refused")?;
     println!("schema reloaded");
+    for d in dropped {
+        match d.column {
+            Some(column) => println!("dropped column {}.{column} ({}.db)", d.table, d.db),
+            None => println!("dropped table {} ({}.db)", d.table, d.db),
+        }
+    }
     Ok(())
 }
 

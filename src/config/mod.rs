@@ -91,6 +91,10 @@ pub struct DbConfig {
     pub schema_paths: Vec<PathBuf>,
     /// Global tables (rollup targets, global flags): `.sql` files or folders.
     pub global_schema_paths: Vec<PathBuf>,
+    /// Whether applying the schema files at start and on SIGHUP may drop
+    /// the tables and columns they no longer declare (their data with
+    /// them). `patina reload --allow-destructive` asks for it per reload.
+    pub allow_destructive_schema: bool,
 }
 
 /// The regional cluster's transport (QUIC over UDP).

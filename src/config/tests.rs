@@ -93,6 +93,7 @@ fn example_file_documents_every_key() {
         "[db]",
         "schema_paths =",
         "global_schema_paths =",
+        "allow_destructive_schema =",
         "[gossip]",
         "addr =",
         "external_addr =",
@@ -167,6 +168,7 @@ fn defaults() {
         db: DbConfig {
             schema_paths: vec![],
             global_schema_paths: vec![],
+            allow_destructive_schema: false,
         },
         gossip: GossipConfig {
             addr: addr("0.0.0.0:7878"),
@@ -716,5 +718,37 @@ fn gossip_trust_needs_tls_with_a_ca_or_an_explicit_insecure() {
     assert_eq!(
         config.gossip_trust().unwrap(),
         [("gossip", Trust::Insecure)]
+    );
+}
+
+#[test]
+fn allow_destructive_schema_is_off_unless_said() {
+    assert!(
+        !Config::from_toml_str(MINIMAL, no_env())
+            .unwrap()
+            .db
+            .allow_destructive_schema
+    );
+    let text = format!("{MINIMAL}[db]\nallow_destructive_schema = true\n");
+    assert!(
+        Config::from_toml_str(&text, no_env())
+            .unwrap()
+            .db
+            .allow_destructive_schema
+    );
+    let from_env = env(&[("PATINA_DB__ALLOW_DESTRUCTIVE_SCHEMA", "true")]);
+    assert!(
+        Config::from_toml_str(MINIMAL, from_env)
+            .unwrap()
+            .db
+            .allow_destructive_schema
+    );
+    let e = load_err(
+        &format!("{MINIMAL}[db]\nallow_destructive_schema = \"yes\"\n"),
+        &[],
+    );
+    assert!(
+        e.contains("`db.allow_destructive_schema`") && e.contains("expected a boolean"),
+        "{e}"
     );
 }

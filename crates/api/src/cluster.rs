@@ -74,6 +74,10 @@ pub struct HealthReport {
     /// Remote versions part of which local constraints refused (retried
     /// at each reload).
     pub refused_versions: u64,
+    /// Remote changes ignored since the node started because they name a
+    /// table or column a destructive schema change dropped here (their
+    /// versions count as applied: nothing waits for them).
+    pub dropped_changes: u64,
 }
 
 /// Where catching up stands (`HealthReport::catch_up`).
@@ -248,6 +252,7 @@ impl ClusterView for LoneNode {
             catchup_p99_lag: 0.0,
             parked_versions: held(&self.node, |h| h.waiting()),
             refused_versions: held(&self.node, |h| h.refused()),
+            dropped_changes: dropped_changes(&self.node),
         }
     }
 
@@ -352,6 +357,13 @@ fn held(node: &Node, count: impl Fn(&patina_node::HeldVersions) -> u64) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
+fn dropped_changes(node: &Node) -> u64 {
+    [patina_node::DbKind::Regional, patina_node::DbKind::Global]
+        .iter()
+        .map(|&db| node.write_stats(db).remote_changes_dropped)
+        .fold(0, u64::saturating_add)
+}
+
 fn catch_up_report(s: &patina_replicator::CatchUpStatus, now: std::time::Instant) -> CatchUpReport {
     let until = s.ended.unwrap_or(now);
     CatchUpReport {
@@ -419,6 +431,7 @@ impl ClusterView for RegionView {
             catchup_p99_lag: regional.catchup_p99_lag_secs(),
             parked_versions: held(&self.node, |h| h.waiting()),
             refused_versions: held(&self.node, |h| h.refused()),
+            dropped_changes: dropped_changes(&self.node),
         }
     }
 

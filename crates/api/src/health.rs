@@ -275,6 +275,7 @@ mod tests {
             catchup_p99_lag: 0.0,
             parked_versions: 0,
             refused_versions: 0,
+            dropped_changes: 0,
         }
     }
 

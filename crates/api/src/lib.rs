@@ -21,9 +21,13 @@
 //!   `GET /v1/subscriptions/{id}[?from=N][&skip_rows=true]`,
 //!   `POST /v1/updates/{table}` — NDJSON streams (`subscriptions.rs`).
 //! - `POST /v1/reload` — Patina addition: re-reads and applies the schema
-//!   files (as SIGHUP does); body empty or `{}`. 200 `{"reloaded":true}`,
-//!   or 400 `{"error":"…"}` naming the table and the rule when the change
-//!   is not additive (nothing is changed then), 503 while stopping.
+//!   files (as SIGHUP does); body empty, `{}` or `{"allow_destructive":true}`
+//!   (a destructive reload: tables and columns the files no longer declare
+//!   are dropped; docs/api.md). 200 `{"reloaded":true}` (plus
+//!   `"dropped":[…]` when something was dropped), or 400 `{"error":"…"}`
+//!   naming the table and the rule when the change is refused (nothing is
+//!   changed then; a removal without `allow_destructive` is refused), 503
+//!   while stopping.
 //!
 //! # Decisions api.md leaves open
 //! - **Transaction timeout.** `?timeout=S` (seconds, fractional allowed,
@@ -65,7 +69,7 @@
 //!   "catching_up":true,"catch_up":{"phase":"fetching","missing_versions":478,
 //!   "elapsed_secs":0.7,"reason":"catching up: 478 versions …"},
 //!   "catchup_p99_lag":12.1,"parked_versions":0,"refused_versions":0,
-//!   "reason":"catching up: 478 versions …"}}
+//!   "dropped_changes":0,"reason":"catching up: 478 versions …"}}
 //! ```
 //! Corrosion's four keys keep their meaning, except that `p99_lag` is the
 //! *live* lag only (versions pushed by broadcast, committed after this node
@@ -88,7 +92,11 @@
 //!   reload here (`Node::held_versions`: they count as applied for `gaps`
 //!   and catching up, but those changes are not readable yet).
 //!   `refused_versions`: remote versions part of which local constraints
-//!   refused (retried at each reload).
+//!   refused (retried at each reload). `dropped_changes`: remote changes
+//!   ignored since the node started because they name a table or column a
+//!   destructive schema change dropped here (docs/crr.md); their versions
+//!   count as applied, so nothing waits for them and they are not fetched
+//!   again.
 //!
 //! # `GET /v1/members`
 //! One entry per (member, cluster) this node knows: a global member

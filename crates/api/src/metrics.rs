@@ -15,7 +15,9 @@
 //!   body_size, auth, query_string, route
 //! - `patina_writer_transactions_total{db}`, `patina_writer_commits_total{db}`
 //!   — client transactions committed and the SQLite commits (groups) that
-//!   carried them (`Metrics::register_node`)
+//!   carried them; `patina_writer_remote_changes_dropped_total{db}` —
+//!   remote changes ignored because they name a table or column a
+//!   destructive schema change dropped here (`Metrics::register_node`)
 //! - per cluster (label `cluster`): `patina_replication_*` counters, the
 //!   `patina_replication_lag_seconds` histogram and `patina_transport_*`
 //!   counters (`Metrics::register_cluster`; registered by
@@ -388,7 +390,7 @@ impl prometheus_client::collector::Collector for WriterCollector {
         let stats = [patina_node::DbKind::Regional, patina_node::DbKind::Global]
             .map(|db| (db, self.0.write_stats(db)));
         type Read = fn(&patina_node::WriteStats) -> u64;
-        let metrics: [(&str, &str, Read); 2] = [
+        let metrics: [(&str, &str, Read); 3] = [
             (
                 "writer_transactions",
                 "Client transactions committed, by database",
@@ -398,6 +400,12 @@ impl prometheus_client::collector::Collector for WriterCollector {
                 "writer_commits",
                 "SQLite commits carrying client transactions (group commit), by database",
                 |s| s.commits,
+            ),
+            (
+                "writer_remote_changes_dropped",
+                "Remote changes ignored because they name a table or column a destructive \
+                 schema change dropped on this node, by database",
+                |s| s.remote_changes_dropped,
             ),
         ];
         for (name, help, value) in metrics {

@@ -1,36 +1,79 @@
 //! `POST /v1/reload` (Patina addition): re-reads the schema files named by
-//! the config and applies them, as SIGHUP does. Body: empty or a JSON
-//! object (ignored). 200 `{"reloaded":true}`; a refused schema (a
-//! non-additive change, a broken file) → 400 `{"error":"…"}` naming the
-//! table and the rule, with nothing changed; a stopping node → 503.
+//! the config and applies them, as SIGHUP does. Body: empty, `{}`, or
+//! `{"allow_destructive": true}` — a destructive reload, which drops the
+//! tables and columns the files no longer declare (docs/crr.md); any other
+//! key or value is refused (400), so a misspelled flag never reloads
+//! without it. 200 `{"reloaded":true}`, plus `"dropped":[{"db","table",
+//! "column"}…]` when something was dropped; a refused schema (a removal
+//! without the flag, a rename, a broken file) → 400 `{"error":"…"}` naming
+//! the table and the rule, with nothing changed; a stopping node → 503.
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use patina_node::NodeError;
-use serde_json::json;
+use patina_node::{Drops, NodeError};
+use serde_json::{json, Value as Json};
 
+use crate::body::clip;
 use crate::errors::{error_response, ApiError};
 use crate::state::ApiState;
+
+const SHAPE: &str = "POST /v1/reload takes an empty body, {} or {\"allow_destructive\": true}";
+
+/// Whether the body asks for a destructive reload.
+fn drops_of(body: &[u8]) -> Result<Drops, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Drops::Refused);
+    }
+    let value: Json =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let Json::Object(fields) = value else {
+        return Err(ApiError::BadRequest(SHAPE.into()));
+    };
+    let mut drops = Drops::Refused;
+    for (key, value) in fields {
+        match (key.as_str(), value) {
+            ("allow_destructive", Json::Bool(true)) => drops = Drops::Allowed,
+            ("allow_destructive", Json::Bool(false)) => {}
+            ("allow_destructive", other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "allow_destructive is {}, not true or false: {SHAPE}",
+                    clip(&other.to_string())
+                )))
+            }
+            (other, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown key {:?}: {SHAPE}",
+                    clip(other)
+                )))
+            }
+        }
+    }
+    Ok(drops)
+}
 
 pub(crate) async fn handle(
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(ApiError::BadRequest(
-                "POST /v1/reload takes an empty body or {}".into(),
-            ));
-        }
-    }
-    Ok(match state.node.reload_schema().await {
-        Ok(()) => {
-            tracing::info!("schema files reloaded (POST /v1/reload)");
-            axum::Json(json!({ "reloaded": true })).into_response()
+    let drops = drops_of(&body)?;
+    Ok(match state.node.reload_schema_with(drops).await {
+        Ok(dropped) => {
+            tracing::info!(
+                destructive = drops == Drops::Allowed,
+                dropped = dropped.len(),
+                "schema files reloaded (POST /v1/reload)"
+            );
+            let mut answer = json!({ "reloaded": true });
+            if !dropped.is_empty() {
+                let dropped: Vec<Json> = dropped
+                    .iter()
+                    .map(|d| json!({"db": d.db.name(), "table": d.table, "column": d.column}))
+                    .collect();
+                answer["dropped"] = Json::Array(dropped);
+            }
+            axum::Json(answer).into_response()
         }
         Err(e) => {
             let status = match &e {
@@ -42,4 +85,33 @@ pub(crate) async fn handle(
             error_response(status, &e.to_string())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(drops_of(b"").unwrap(), Drops::Refused);
+        assert_eq!(drops_of(b" \n").unwrap(), Drops::Refused);
+        assert_eq!(drops_of(b"{}").unwrap(), Drops::Refused);
+        assert_eq!(
+            drops_of(br#"{"allow_destructive":false}"#).unwrap(),
+            Drops::Refused
+        );
+        assert_eq!(
+            drops_of(br#"{"allow_destructive":true}"#).unwrap(),
+            Drops::Allowed
+        );
+        for bad in [
+            &br#"{"allow_destructive":"yes"}"#[..],
+            br#"{"allow_destructiv":true}"#,
+            br#"{"allow_destructive":true,"x":1}"#,
+            b"[1]",
+            b"{",
+        ] {
+            assert!(drops_of(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -601,7 +601,8 @@ async fn health_of_a_lone_node() {
                             "catch_up": {"phase": "alone", "missing_versions": 0,
                                          "elapsed_secs": 0.0, "reason": null},
                             "catchup_p99_lag": 0.0, "parked_versions": 0,
-                            "refused_versions": 0, "reason": null}})
+                            "refused_versions": 0, "dropped_changes": 0,
+                            "reason": null}})
     );
     let answer = s
         .get("/v1/health?gaps=0&p99_lag=0&max_queue=0&failure_status=500")
@@ -653,6 +654,7 @@ impl ClusterView for Lagging {
             catchup_p99_lag: 60.0,
             parked_versions: 0,
             refused_versions: 0,
+            dropped_changes: 0,
         }
     }
     fn members(&self) -> Vec<MemberInfo> {

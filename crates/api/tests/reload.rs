@@ -58,6 +58,16 @@ async fn bad_bodies_are_refused() {
     let s = start().await;
     assert_eq!(s.post_raw("/v1/reload", "[1]").await.status, 400);
     assert_eq!(s.post_raw("/v1/reload", "{").await.status, 400);
+    // A misspelled flag must not reload without it.
+    for body in [
+        json!({"allow_destructiv": true}),
+        json!({"allow_destructive": "true"}),
+        json!({"allow_destructive": true, "also": 1}),
+    ] {
+        let r = s.post_json("/v1/reload", &body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.error().contains("allow_destructive"), "{}", r.error());
+    }
     assert_eq!(s.get("/v1/reload").await.status, 405);
 }
 
@@ -125,4 +135,58 @@ async fn select_star_sees_an_added_column_on_every_read_connection() {
     for r in futures_util::future::join_all(after).await {
         assert_eq!(columns(r), json!(["k", "v", "note"]));
     }
+}
+
+/// A removal is refused with the way to allow it; with
+/// `allow_destructive` the column and the table go, and the answer says so.
+#[tokio::test]
+async fn a_removal_applies_only_with_allow_destructive() {
+    let s = start().await;
+    s.exec(json!([
+        "INSERT INTO machines (id, app, state) VALUES ('m1', 'web', 'up')",
+        "INSERT INTO vals (k, v) VALUES (1, 2)"
+    ]))
+    .await;
+    let without = REGIONAL_SCHEMA
+        .replace("    state TEXT,\n", "")
+        .replace("CREATE TABLE vals (k INTEGER PRIMARY KEY NOT NULL, v);", "");
+    assert!(!without.contains("state") && !without.contains("vals"));
+    std::fs::write(s.regional_schema_path(), &without).unwrap();
+    for body in [json!({}), json!({"allow_destructive": false})] {
+        let r = s.post_json("/v1/reload", &body).await;
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        let error = r.error();
+        for word in ["state", "vals", "allow_destructive", "nothing was changed"] {
+            assert!(error.contains(word), "{word:?} missing: {error}");
+        }
+    }
+    assert_eq!(
+        s.rows(json!("SELECT state FROM machines")).await,
+        vec![json!(["up"])]
+    );
+
+    let r = s
+        .post_json("/v1/reload", &json!({"allow_destructive": true}))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!({"reloaded": true, "dropped": [
+            {"db": "regional", "table": "vals", "column": null},
+            {"db": "regional", "table": "machines", "column": "state"}
+        ]})
+    );
+    assert_eq!(
+        s.rows(json!("SELECT * FROM machines")).await,
+        vec![json!(["m1", "web", null, null, null])]
+    );
+    let gone = s
+        .post_json("/v1/queries", &json!("SELECT * FROM vals"))
+        .await;
+    assert_eq!(gone.status, 400, "{}", String::from_utf8_lossy(&gone.body));
+    // Nothing left to drop: the same reload again is a plain one.
+    let r = s
+        .post_json("/v1/reload", &json!({"allow_destructive": true}))
+        .await;
+    assert_eq!(r.json(), json!({"reloaded": true}));
 }

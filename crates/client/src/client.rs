@@ -43,6 +43,16 @@ pub struct TxResponse {
     pub actor_id: String,
 }
 
+/// A table (`column` `None`), or a column of one, that a destructive
+/// reload dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// `regional` or `global`.
+    pub db: String,
+    pub table: String,
+    pub column: Option<String>,
+}
+
 /// A query's columns, then its rows as they arrive.
 pub struct Rows {
     pub columns: Vec<String>,
@@ -202,13 +212,39 @@ impl Client {
     /// them (additive changes only). A refusal is `ClientError::Api` with
     /// status 400 and the reason, naming table and rule.
     pub async fn reload(&self) -> Result<(), ClientError> {
-        let resp = self.post("/v1/reload", &serde_json::json!({})).await?;
+        self.reload_with(false).await.map(|_| ())
+    }
+
+    /// Like [`reload`](Self::reload); with `allow_destructive` the tables
+    /// and columns the files no longer declare are dropped on the node,
+    /// their data with them. Returns what was dropped.
+    pub async fn reload_with(&self, allow_destructive: bool) -> Result<Vec<Dropped>, ClientError> {
+        let body = if allow_destructive {
+            serde_json::json!({ "allow_destructive": true })
+        } else {
+            serde_json::json!({})
+        };
+        let resp = self.post("/v1/reload", &body).await?;
         let status = resp.status().as_u16();
         let json = read_json(resp).await?;
-        if status == 200 && json.get("reloaded") == Some(&Json::Bool(true)) {
-            return Ok(());
+        if status != 200 || json.get("reloaded") != Some(&Json::Bool(true)) {
+            return Err(api_error(status, &json));
         }
-        Err(api_error(status, &json))
+        let Some(list) = json.get("dropped") else {
+            return Ok(Vec::new());
+        };
+        let text = |v: &Json, key: &str| v.get(key).and_then(Json::as_str).map(str::to_owned);
+        list.as_array()
+            .ok_or_else(|| bad_line(&json))?
+            .iter()
+            .map(|d| {
+                Ok(Dropped {
+                    db: text(d, "db").ok_or_else(|| bad_line(d))?,
+                    table: text(d, "table").ok_or_else(|| bad_line(d))?,
+                    column: text(d, "column"),
+                })
+            })
+            .collect()
     }
 
     /// Runs `statements` as one transaction.

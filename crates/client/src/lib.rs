@@ -9,7 +9,7 @@ mod error;
 mod lines;
 mod subscription;
 
-pub use client::{Cell, Client, Rows, Statement, TxResponse};
+pub use client::{Cell, Client, Dropped, Rows, Statement, TxResponse};
 pub use error::ClientError;
 pub use lines::MAX_LINE_BYTES;
 pub use subscription::{parse_sub_line, ChangeKind, Reconnect, SubEvent, SubLine, Subscription};

@@ -31,6 +31,7 @@ async fn start() -> Server {
         data_dir: dir.path().join("data"),
         schema_paths: vec![regional],
         global_schema_paths: vec![global],
+        schema_drops: patina_node::Drops::Refused,
     })
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,13 +10,15 @@ use rusqlite::{Connection, OptionalExtension, Params};
 use crate::authorizer::{self, UserSql};
 use crate::capture::{self, Capture, Mode};
 use crate::changes::{self, Change, Filter, VersionSeqs};
+use crate::drops::{self, Dropped};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
+use crate::migrate::{self, Drops, SchemaPlan};
 use crate::schema::{self, TableInfo};
 use crate::schema_rules::{self, Owner};
 use crate::store::{ClockCache, CrrTable, Misspeculated, Sites, BOOTSTRAP_SQL};
 use crate::versions;
-use crate::{migrate, SiteId};
+use crate::SiteId;
 
 /// SQLite's page cache per connection, in KiB when negative: 32 MiB, a
 /// bound, not an allocation. Clock tables and their index add B-trees to every
@@ -38,6 +40,7 @@ pub struct CrrConn {
     tables: HashMap<u32, CrrTable>,
     by_name: HashMap<String, u32>,
     sites: Sites,
+    dropped: Dropped,
 }
 
 impl CrrConn {
@@ -78,7 +81,9 @@ impl CrrConn {
         )?;
         conn.execute_batch(BOOTSTRAP_SQL)?;
         conn.execute_batch(versions::SCHEMA_SQL)?;
+        conn.execute_batch(drops::SCHEMA_SQL)?;
         let sites = Sites::load_or_init(&conn, site_id)?;
+        let dropped = Dropped::load(&conn)?;
         let capture = Capture::new();
         capture.register(&conn)?;
         let user_sql = UserSql::default();
@@ -90,6 +95,7 @@ impl CrrConn {
             tables: HashMap::new(),
             by_name: HashMap::new(),
             sites,
+            dropped,
         };
         me.load_tables()?;
         Ok(me)
@@ -134,6 +140,13 @@ impl CrrConn {
         self.capture.add_table(&table);
         self.by_name.insert(table.info.name.clone(), table.id);
         self.tables.insert(table.id, table);
+    }
+
+    fn unregister(&mut self, id: u32) {
+        if let Some(table) = self.tables.remove(&id) {
+            self.by_name.remove(&table.info.name);
+        }
+        self.capture.replace_tables(self.tables.values());
     }
 
     /// This replica's site id.
@@ -258,16 +271,77 @@ impl CrrConn {
     /// statements) additively, makes every table in it a CRR, and refreshes
     /// the capture of tables that gained columns. All or nothing.
     pub fn apply_schema(&mut self, sql: &str) -> Result<()> {
-        let plan = migrate::plan(&self.conn, "main", sql)?;
+        self.apply_schema_with(sql, Drops::Refused).map(|_| ())
+    }
+
+    /// Like [`apply_schema`](Self::apply_schema); with [`Drops::Allowed`]
+    /// the CRR tables and columns `sql` no longer declares are dropped
+    /// too, their values and clocks with them, and remembered as dropped:
+    /// remote changes naming them are ignored from then on (see
+    /// [`is_dropped`](Self::is_dropped)) until a later schema declares
+    /// them again. All or nothing, in one SQLite transaction. Returns
+    /// what was planned and done.
+    pub fn apply_schema_with(&mut self, sql: &str, drops: Drops) -> Result<SchemaPlan> {
+        let plan = migrate::plan_with(&self.conn, "main", sql, drops)?;
         self.in_write_tx(|me| {
+            for name in &plan.dropped_tables {
+                let id = me.crr_table_id(name)?;
+                let table = me.tables[&id].clone();
+                drops::drop_table(&me.conn, &table)?;
+                me.unregister(id);
+                me.dropped.mark_table(&me.conn, &table.info.name)?;
+                for column in table.info.non_pk_columns() {
+                    me.dropped
+                        .mark_column(&me.conn, &table.info.name, &column.name)?;
+                }
+            }
+            for dropped in &plan.dropped_columns {
+                let id = me.crr_table_id(&dropped.table)?;
+                let table = me.tables[&id].clone();
+                drops::drop_columns(&me.conn, &table, &dropped.columns, &dropped.indexes)?;
+                me.as_crr_inner(&table.info.name, Owner::User)?;
+                // Generated columns have no clocks, and no change names one.
+                let replicated = dropped
+                    .columns
+                    .iter()
+                    .filter(|c| table.info.slot_of_ignore_case(c).is_some());
+                for column in replicated {
+                    me.dropped.mark_column(&me.conn, &table.info.name, column)?;
+                }
+            }
             for statement in &plan.statements {
                 me.conn.execute_batch(statement)?;
             }
             for name in plan.new_tables.iter().chain(&plan.altered_tables) {
                 me.as_crr_inner(name, Owner::User)?;
             }
+            if !me.dropped.is_empty() {
+                let (tables, by_name) = (&me.tables, &me.by_name);
+                let exists = |table: &str, column: Option<&str>| {
+                    let info = by_name
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(table))
+                        .and_then(|(_, id)| tables.get(id))
+                        .map(|t| &t.info);
+                    match (info, column) {
+                        (None, _) => false,
+                        (Some(_), None) => true,
+                        (Some(info), Some(c)) => info.slot_of_ignore_case(c).is_some(),
+                    }
+                };
+                me.dropped.forget_existing(&me.conn, exists)?;
+            }
             Ok(())
-        })
+        })?;
+        Ok(plan)
+    }
+
+    fn crr_table_id(&self, name: &str) -> Result<u32> {
+        self.by_name
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, id)| *id)
+            .ok_or_else(|| CrrError::NotCrr(name.to_owned()))
     }
 
     /// Runs `f` in an IMMEDIATE transaction; on error everything it did,
@@ -277,6 +351,7 @@ impl CrrConn {
             self.tables.clone(),
             self.by_name.clone(),
             self.sites.clone(),
+            self.dropped.clone(),
         );
         control(&self.conn, "BEGIN IMMEDIATE")?;
         match f(self) {
@@ -286,7 +361,7 @@ impl CrrConn {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                (self.tables, self.by_name, self.sites) = tables;
+                (self.tables, self.by_name, self.sites, self.dropped) = tables;
                 self.capture.replace_tables(self.tables.values());
                 Err(e)
             }
@@ -468,15 +543,21 @@ impl CrrConn {
             let mut seen = 0;
             while let Some(batch) = next(&me.conn)? {
                 me.capture.set_mode(Mode::Merging);
-                let result = merge::check(&me.conn, &me.tables, &me.by_name, &mut me.sites, &batch)
-                    .and_then(|checked| {
-                        merge::merge(&me.conn, &me.tables, &mut me.sites, &checked)
-                    });
+                let result = merge::check(
+                    &me.conn,
+                    &me.tables,
+                    &me.by_name,
+                    &me.dropped,
+                    &mut me.sites,
+                    &batch,
+                )
+                .and_then(|checked| merge::merge(&me.conn, &me.tables, &mut me.sites, &checked));
                 me.capture.set_mode(Mode::Idle);
                 let report = result?;
                 total.won.extend(report.won.iter().map(|i| i + seen));
                 total.lost += report.lost;
                 total.ignored += report.ignored;
+                total.dropped += report.dropped;
                 seen += batch.len();
             }
             Ok((total, also(&me.conn)?))
@@ -502,8 +583,15 @@ impl CrrConn {
     ) -> Result<(MergeReport, T)> {
         self.in_write_tx(|me| {
             me.capture.set_mode(Mode::Merging);
-            let result = merge::check(&me.conn, &me.tables, &me.by_name, &mut me.sites, batch)
-                .and_then(|checked| merge::merge(&me.conn, &me.tables, &mut me.sites, &checked));
+            let result = merge::check(
+                &me.conn,
+                &me.tables,
+                &me.by_name,
+                &me.dropped,
+                &mut me.sites,
+                batch,
+            )
+            .and_then(|checked| merge::merge(&me.conn, &me.tables, &mut me.sites, &checked));
             me.capture.set_mode(Mode::Idle);
             let report = result?;
             Ok((report, also(&me.conn)?))
@@ -518,6 +606,19 @@ impl CrrConn {
             return false;
         };
         cid == crate::schema::SENTINEL || t.info.columns.iter().any(|c| c.name == cid)
+    }
+
+    /// Whether a change for `table`, column `cid`, names a table or column
+    /// a destructive schema change dropped here (and no schema declared
+    /// again since): it is to be ignored, not held for a later schema.
+    pub fn is_dropped(&self, table: &str, cid: &str) -> bool {
+        !self.knows_column(table, cid) && self.dropped.contains(table, cid)
+    }
+
+    /// What destructive schema changes dropped here, as
+    /// [`is_dropped`](Self::is_dropped) reads it; a copy is cheap.
+    pub fn dropped(&self) -> &Dropped {
+        &self.dropped
     }
 }
 

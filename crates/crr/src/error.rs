@@ -13,6 +13,11 @@ pub struct SchemaViolation {
     pub column: Option<String>,
     /// What the rule is, in words an operator can act on.
     pub rule: String,
+    /// The change drops a table or column: refused unless the schema is
+    /// applied with drops allowed ([`crate::migrate::Drops::Allowed`]),
+    /// which deletes its data on this replica. Every other rule refuses
+    /// in either mode.
+    pub drops_data: bool,
 }
 
 impl fmt::Display for SchemaViolation {
@@ -88,6 +93,14 @@ pub enum CrrError {
 
     #[error("{0}")]
     Corrupt(String),
+}
+
+impl CrrError {
+    /// Whether this refuses a schema (in part) because it drops a table or
+    /// column: applying it with drops allowed would get past that part.
+    pub fn drops_data(&self) -> bool {
+        matches!(self, CrrError::Schema(v) if v.iter().any(|v| v.drops_data))
+    }
 }
 
 pub type Result<T, E = CrrError> = std::result::Result<T, E>;

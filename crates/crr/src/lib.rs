@@ -38,6 +38,7 @@ mod capture;
 mod changes;
 mod clock;
 mod conn;
+mod drops;
 mod error;
 mod fasthash;
 mod merge;
@@ -52,6 +53,7 @@ mod versions;
 
 pub use changes::{Change, VersionSeqs};
 pub use conn::{Committed, CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
+pub use drops::Dropped;
 pub use error::{CrrError, Result, SchemaViolation};
 pub use merge::MergeReport;
 pub use patina_value::{ParseSiteIdError, SiteId, Value};

@@ -9,6 +9,7 @@ use rusqlite::Connection;
 use crate::affinity::{self, Affinity};
 use crate::changes::{read_values, Change};
 use crate::clock::{Entry, RowClock};
+use crate::drops::Dropped;
 use crate::error::{CrrError, Result};
 use crate::schema::quote_ident;
 use crate::schema::SENTINEL;
@@ -26,6 +27,9 @@ pub struct MergeReport {
     pub lost: usize,
     /// Changes of an older causal length, or equal alive sentinels.
     pub ignored: usize,
+    /// Changes naming a table or column a destructive schema change
+    /// dropped here: not looked at beyond their names.
+    pub dropped: usize,
 }
 
 /// Counters from peers above this are refused: local writes add to them,
@@ -35,6 +39,8 @@ const MAX_REMOTE_COUNTER: i64 = 1 << 62;
 /// A change checked against the schema, ready to merge.
 pub(crate) struct Checked<'a> {
     change: &'a Change,
+    /// Its index in the batch (dropped changes leave gaps).
+    index: usize,
     /// Index into [`CheckedBatch::rows`].
     row: usize,
     /// `None` for the sentinel.
@@ -56,42 +62,71 @@ pub(crate) struct CheckedRow {
 pub(crate) struct CheckedBatch<'a> {
     changes: Vec<Checked<'a>>,
     rows: Vec<CheckedRow>,
+    /// Changes left out because they name something dropped.
+    dropped: usize,
 }
 
 /// Checks every change of a batch before anything is written; the first bad
-/// change fails the whole batch.
+/// change fails the whole batch. Changes naming a table or column in
+/// `dropped` (and unknown here) are left out and counted.
 pub(crate) fn check<'a>(
     conn: &Connection,
     tables: &HashMap<u32, CrrTable>,
     by_name: &HashMap<String, u32>,
+    dropped: &Dropped,
     sites: &mut Sites,
     batch: &'a [Change],
 ) -> Result<CheckedBatch<'a>> {
     let mut out = CheckedBatch {
         changes: Vec::with_capacity(batch.len()),
         rows: Vec::new(),
+        dropped: 0,
     };
+    // The last change checked: a dropped change between two of one row's
+    // changes must not start a new row, nor end one.
+    let mut previous: Option<&Change> = None;
     for (index, change) in batch.iter().enumerate() {
+        if !dropped.is_empty() && is_dropped(tables, by_name, dropped, change) {
+            out.dropped += 1;
+            continue;
+        }
         let bad = |reason: String| CrrError::BadChange {
             index,
             table: change.table.clone(),
             cid: change.cid.clone(),
             reason,
         };
-        let same_row_as_previous = index > 0 && {
-            let prev = &batch[index - 1];
-            prev.table == change.table && prev.pk == change.pk
-        };
+        let same_row_as_previous =
+            previous.is_some_and(|prev| prev.table == change.table && prev.pk == change.pk);
         if !same_row_as_previous {
             out.rows
                 .push(check_row(conn, tables, by_name, change).map_err(bad)?);
         }
+        previous = Some(change);
         let row = out.rows.len() - 1;
         let table = table_of(tables, out.rows[row].tbl)?;
         out.changes
-            .push(check_change(table, sites, change, row).map_err(bad)?);
+            .push(check_change(table, sites, change, index, row).map_err(bad)?);
     }
     Ok(out)
+}
+
+/// Whether `change` names a dropped table, or a dropped column its table
+/// does not have again.
+fn is_dropped(
+    tables: &HashMap<u32, CrrTable>,
+    by_name: &HashMap<String, u32>,
+    dropped: &Dropped,
+    change: &Change,
+) -> bool {
+    if !dropped.contains(&change.table, &change.cid) {
+        return false;
+    }
+    let table = by_name.get(&change.table).and_then(|id| tables.get(id));
+    match table {
+        None => true,
+        Some(t) => !change.is_sentinel() && t.info.slot_of(&change.cid).is_none(),
+    }
 }
 
 fn check_row(
@@ -137,6 +172,7 @@ fn check_change<'a>(
     table: &CrrTable,
     sites: &mut Sites,
     change: &'a Change,
+    index: usize,
     row: usize,
 ) -> Result<Checked<'a>, String> {
     let slot = match change.cid.as_str() {
@@ -174,6 +210,7 @@ fn check_change<'a>(
     };
     Ok(Checked {
         change,
+        index,
         row,
         slot,
         site,
@@ -311,20 +348,22 @@ pub(crate) fn merge(
     sites: &mut Sites,
     batch: &CheckedBatch<'_>,
 ) -> Result<MergeReport> {
-    let mut report = MergeReport::default();
+    let mut report = MergeReport {
+        dropped: batch.dropped,
+        ..MergeReport::default()
+    };
     let mut cache = ClockCache::default();
     let mut upserts = UpsertSql::default();
     for group in batch.changes.chunk_by(|a, b| a.row == b.row) {
         let first = &group[0];
         let row = &batch.rows[first.row];
-        let start = report.won.len() + report.lost + report.ignored;
+        let start = first.index;
         merge_row(
             conn,
             table_of(tables, row.tbl)?,
             sites,
             row,
             group,
-            start,
             (&mut cache, &mut upserts),
             &mut report,
         )
@@ -370,7 +409,6 @@ fn merge_row(
     sites: &mut Sites,
     row: &CheckedRow,
     group: &[Checked<'_>],
-    offset: usize,
     (cache, upserts): (&mut ClockCache, &mut UpsertSql),
     report: &mut MergeReport,
 ) -> Result<()> {
@@ -379,12 +417,12 @@ fn merge_row(
         sets: vec![None; table.slots()],
         ..PendingRow::default()
     };
-    for (i, c) in group.iter().enumerate() {
+    for c in group {
         sites.observe(c.site, c.change.db_version as u64);
         match decide(conn, table, sites, row, &mut cached.clock, &mut pending, c)? {
             Outcome::Won => {
                 cached.dirty = true;
-                report.won.push(offset + i);
+                report.won.push(c.index);
             }
             Outcome::Lost => report.lost += 1,
             Outcome::Ignored => report.ignored += 1,

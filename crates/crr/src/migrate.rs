@@ -1,11 +1,12 @@
-//! Additive schema planning: what statements bring a database's tables to
-//! the tables a schema text declares, without dropping or changing anything.
+//! Schema planning: what statements bring a database's tables to the
+//! tables a schema text declares — additively, or (with [`Drops::Allowed`])
+//! also dropping the tables and columns the text no longer declares.
 
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{CrrError, Result, SchemaViolation};
 use crate::schema::{introspect, quote_ident, ColumnInfo, TableInfo};
-use crate::schema_rules::{validate, violation};
+use crate::schema_rules::{drop_refused, validate, violation};
 use crate::sql_text::{normalized, tokenize, Kind};
 
 mod statements;
@@ -14,15 +15,57 @@ mod table_text;
 use statements::*;
 use table_text::*;
 
-/// What it takes to bring a database's tables to a schema text, additively.
+/// Whether a schema change may drop tables and columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Drops {
+    /// A CRR table or a column missing from the text is refused: data is
+    /// never deleted because a file lost a line.
+    #[default]
+    Refused,
+    /// They are dropped with their data and clocks (a destructive schema
+    /// change, docs/crr.md). Renames stay refused.
+    Allowed,
+}
+
+/// What it takes to bring a database's tables to a schema text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchemaPlan {
-    /// SQL statements to run, in order: CREATE TABLE for new tables, ALTER TABLE ... ADD COLUMN for new columns, CREATE INDEX for new indexes.
+    /// SQL statements to run, in order, after the drops: CREATE TABLE for new tables, ALTER TABLE ... ADD COLUMN for new columns, CREATE INDEX for new indexes.
     pub statements: Vec<String>,
     /// Tables the schema creates (not yet in the database), in schema order.
     pub new_tables: Vec<String>,
     /// Existing tables that gain columns or indexes.
     pub altered_tables: Vec<String>,
+    /// CRR tables the text no longer declares, to drop (only planned with
+    /// [`Drops::Allowed`]).
+    pub dropped_tables: Vec<String>,
+    /// Columns existing tables no longer declare, to drop (only planned
+    /// with [`Drops::Allowed`]).
+    pub dropped_columns: Vec<DroppedColumns>,
+}
+
+impl SchemaPlan {
+    /// Whether applying the plan deletes data.
+    pub fn drops(&self) -> bool {
+        !self.dropped_tables.is_empty() || !self.dropped_columns.is_empty()
+    }
+}
+
+/// The columns a plan drops from one existing table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DroppedColumns {
+    pub table: String,
+    /// In table order.
+    pub columns: Vec<String>,
+    /// The table's indexes that name one of them: SQLite cannot drop an
+    /// indexed column, and the text can no longer declare such an index.
+    pub indexes: Vec<String>,
+}
+
+/// Plans how to bring the tables of database `schema` on `conn` to `sql`
+/// additively: [`plan_with`] refusing drops.
+pub fn plan(conn: &Connection, schema: &str, sql: &str) -> Result<SchemaPlan> {
+    plan_with(conn, schema, sql, Drops::Refused)
 }
 
 /// Plans how to bring the tables of database `schema` on `conn` to `sql`:
@@ -36,19 +79,24 @@ pub struct SchemaPlan {
 /// "global".t ...`, `CREATE INDEX "global".i ON t ...`).
 ///
 /// Tables of the database that the text does not mention are left alone,
-/// except CRR tables: a CRR table missing from the text is refused (like a
-/// removed column) until destructive schema changes exist.
+/// except CRR tables: a CRR table missing from the text is refused like a
+/// removed column, or with [`Drops::Allowed`] planned as dropped.
 /// Every table of the text must satisfy the CRR rules, and existing tables
 /// may only gain columns (appended, nullable or defaulted, not in the
-/// primary key) and indexes. Anything else refuses the whole plan with
-/// [`CrrError::Schema`] naming every violation. `conn` is only read.
-pub fn plan(conn: &Connection, schema: &str, sql: &str) -> Result<SchemaPlan> {
+/// primary key) and indexes, or with [`Drops::Allowed`] lose non-key
+/// columns — never both in one plan: a column removed and another added
+/// (or a table removed and one with its columns added) reads as a rename,
+/// which is refused whatever `drops` says. Anything else refuses the whole
+/// plan with [`CrrError::Schema`] naming every violation. `conn` is only
+/// read.
+pub fn plan_with(conn: &Connection, schema: &str, sql: &str, drops: Drops) -> Result<SchemaPlan> {
     let scratch = Connection::open_in_memory()?;
     let (mut violations, ran) = load(&scratch, sql)?;
     let mut planner = Planner {
         target: conn,
         schema,
         scratch: &scratch,
+        drops,
         plan: SchemaPlan::default(),
         violations: Vec::new(),
     };
@@ -128,6 +176,7 @@ struct Planner<'c> {
     target: &'c Connection,
     schema: &'c str,
     scratch: &'c Connection,
+    drops: Drops,
     plan: SchemaPlan,
     violations: Vec<SchemaViolation>,
 }
@@ -137,8 +186,8 @@ type TargetObject = (String, String, String);
 
 impl Planner<'_> {
     /// A CRR table missing from the schema files is refused, as a removed
-    /// column is: dropping tables is not supported, and silently keeping
-    /// one would make the files lie about what replicates.
+    /// column is, unless drops are allowed: silently keeping one would make
+    /// the files lie about what replicates.
     fn removed_tables(&mut self, kept: &[(String, String)]) -> Result<()> {
         let sql = format!("SELECT name FROM {}.crr_tables ORDER BY id", self.schema);
         let existing: Vec<String> = match self.target.prepare(&sql) {
@@ -154,15 +203,50 @@ impl Planner<'_> {
             if crate::schema::is_reserved_table_name(&name) {
                 continue;
             }
-            if !kept.iter().any(|(k, _)| k.eq_ignore_ascii_case(&name)) {
-                self.violations.push(violation(
+            if kept.iter().any(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+                continue;
+            }
+            if let Some(new) = self.same_columns_as(&name)? {
+                let rule = format!(
+                    "table was removed and table {new} added with the same columns: renaming a \
+                     table is not supported. Add {new} in one reload, copy the rows with \
+                     INSERT INTO {new} SELECT … FROM {name}, then drop {name} in a later reload \
+                     that allows destructive changes"
+                );
+                self.violations.push(violation(&name, None, rule));
+                continue;
+            }
+            match self.drops {
+                Drops::Refused => self.violations.push(drop_refused(
                     &name,
                     None,
-                    "table was removed: dropping tables is not supported (keep it in the schema)",
-                ));
+                    "table was removed: dropping it deletes its rows and clocks on this node",
+                )),
+                Drops::Allowed => self.plan.dropped_tables.push(name),
             }
         }
         Ok(())
+    }
+
+    /// A table this plan creates whose columns are those of the target's
+    /// `table`: with `table` removed, a rename.
+    fn same_columns_as(&self, table: &str) -> Result<Option<String>> {
+        let names = |t: Option<TableInfo>| {
+            let mut names: Vec<String> = t
+                .into_iter()
+                .flat_map(|t| t.columns)
+                .map(|c| c.name.to_ascii_lowercase())
+                .collect();
+            names.sort_unstable();
+            names
+        };
+        let old = names(introspect(self.target, self.schema, table)?);
+        for new in &self.plan.new_tables {
+            if names(introspect(self.scratch, "main", new)?) == old {
+                return Ok(Some(new.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn table(&mut self, name: &str, sql: &str) -> Result<()> {
@@ -274,7 +358,8 @@ impl Planner<'_> {
     }
 
     /// ALTER TABLE statements for the columns `sql` adds to the existing
-    /// table; anything else that differs is a violation.
+    /// table, or the columns it drops (planned in `plan.dropped_columns`);
+    /// anything else that differs is a violation.
     fn alter(
         &mut self,
         name: &str,
@@ -293,8 +378,23 @@ impl Planner<'_> {
         let before = self.violations.len();
         self.violations
             .extend(table_changes(existing, &old_text, &new_text));
-        self.violations
-            .extend(existing_columns(existing, &old, &new, &old_text, &new_text));
+        let (changed, removed) = existing_columns(existing, &old, &new, &old_text, &new_text);
+        self.violations.extend(changed);
+        let added: Vec<&str> = new
+            .columns
+            .iter()
+            .filter(|c| position(&old, &c.name).is_none())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !removed.is_empty() && !added.is_empty() {
+            self.violations
+                .extend(renamed_columns(existing, &removed, &added));
+            return Ok(Vec::new());
+        }
+        if !removed.is_empty() {
+            self.removed_columns(existing, existing_sql, &old, &new, removed)?;
+            return Ok(Vec::new());
+        }
         let additions = self.new_columns(existing, &old, &new, &new_text);
         if self.violations.len() > before || additions.is_empty() {
             return Ok(Vec::new());
@@ -305,6 +405,85 @@ impl Planner<'_> {
         Ok(additions
             .iter()
             .map(|(_, def)| format!("ALTER TABLE {table} ADD COLUMN {def}"))
+            .collect())
+    }
+
+    /// Plans dropping `removed` (columns of the existing `table` that the
+    /// text no longer declares), or says why it cannot be.
+    fn removed_columns(
+        &mut self,
+        table: &str,
+        existing_sql: &str,
+        old: &TableInfo,
+        new: &TableInfo,
+        removed: Vec<String>,
+    ) -> Result<()> {
+        let mut droppable = Vec::new();
+        for column in removed {
+            let in_pk = old
+                .columns
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(&column) && c.pk_order > 0);
+            if in_pk {
+                let rule = "a primary-key column cannot be dropped: the keys of existing rows \
+                            would change (make a new table with the new key instead)";
+                self.violations.push(violation(table, Some(&column), rule));
+            } else if self.drops == Drops::Refused {
+                let rule = "column was removed: dropping it deletes its values and clocks on \
+                            this node";
+                self.violations
+                    .push(drop_refused(table, Some(&column), rule));
+            } else {
+                droppable.push(column);
+            }
+        }
+        if droppable.is_empty() || self.drops == Drops::Refused {
+            return Ok(());
+        }
+        let problems = dry_run_drop(table, existing_sql, &droppable, new)?;
+        if !problems.is_empty() {
+            self.violations.extend(problems);
+            return Ok(());
+        }
+        let indexes = self.indexes_naming(table, &droppable)?;
+        self.plan.dropped_columns.push(DroppedColumns {
+            table: table.to_owned(),
+            columns: droppable,
+            indexes,
+        });
+        Ok(())
+    }
+
+    /// The target's indexes on `table` whose definition names one of
+    /// `columns` (in its key or its WHERE).
+    fn indexes_naming(&self, table: &str, columns: &[String]) -> Result<Vec<String>> {
+        let mut stmt = self.target.prepare(&format!(
+            "SELECT name, sql FROM {}.sqlite_master
+             WHERE type = 'index' AND tbl_name = ?1 COLLATE NOCASE AND sql IS NOT NULL
+             ORDER BY rowid",
+            quote_ident(self.schema)
+        ))?;
+        let indexes = stmt
+            .query_map([table], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(indexes
+            .into_iter()
+            .filter(|(_, sql)| {
+                let tokens = tokenize(sql);
+                // The index's own name comes before ON: only what follows
+                // the table's name is about columns.
+                let body = tokens
+                    .iter()
+                    .position(|t| t.is_word("ON"))
+                    .map_or(&tokens[..0], |on| &tokens[(on + 2).min(tokens.len())..]);
+                body.iter().any(|t| {
+                    matches!(t.kind, Kind::Word | Kind::Quoted)
+                        && columns.iter().any(|c| t.unquoted().eq_ignore_ascii_case(c))
+                })
+            })
+            .map(|(name, _)| name)
             .collect())
     }
 
@@ -420,6 +599,70 @@ fn dry_run(
     if out.is_empty() && replayed.as_ref() != Some(&new.columns) {
         let rule = "ALTER TABLE ADD COLUMN would not reproduce this table's definition; \
                     declare the new columns the way they are meant to be added";
+        out.push(violation(table, None, rule));
+    }
+    Ok(out)
+}
+
+/// One violation per removed column of a table that also gains columns:
+/// what reads as a rename, with the way to do one.
+fn renamed_columns(table: &str, removed: &[String], added: &[&str]) -> Vec<SchemaViolation> {
+    removed
+        .iter()
+        .map(|old| {
+            let new = match added {
+                [one] => (*one).to_owned(),
+                _ => "<new column>".to_owned(),
+            };
+            let rule = format!(
+                "column was removed and {} added in the same reload: renaming a column is not \
+                 supported. Add the new column in one reload, copy the data with an UPDATE \
+                 (UPDATE {} SET {} = {}), then drop {} in a later reload that allows \
+                 destructive changes",
+                added.join(", "),
+                quote_ident(table),
+                quote_ident(&new),
+                quote_ident(old),
+                old
+            );
+            violation(table, Some(old), rule)
+        })
+        .collect()
+}
+
+/// Replays dropping `columns` on a copy of the existing table's definition
+/// (its indexes left out: the plan drops those that name them), so what
+/// SQLite refuses — a column a CHECK or a generated column reads — is
+/// refused at planning time.
+fn dry_run_drop(
+    table: &str,
+    existing_sql: &str,
+    columns: &[String],
+    new: &TableInfo,
+) -> Result<Vec<SchemaViolation>> {
+    let replay = Connection::open_in_memory()?;
+    if replay.execute(existing_sql, []).is_err() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for column in columns {
+        let drop = format!(
+            "ALTER TABLE {} DROP COLUMN {}",
+            quote_ident(table),
+            quote_ident(column)
+        );
+        if let Err(e) = replay.execute(&drop, []) {
+            out.push(violation(
+                table,
+                Some(column),
+                format!("SQLite cannot drop this column: {e}"),
+            ));
+        }
+    }
+    let replayed = introspect(&replay, "main", table)?.map(|t| t.columns);
+    if out.is_empty() && replayed.as_ref() != Some(&new.columns) {
+        let rule = "ALTER TABLE DROP COLUMN would not leave this table's definition; declare \
+                    the remaining columns exactly as they are";
         out.push(violation(table, None, rule));
     }
     Ok(out)

@@ -47,6 +47,14 @@ impl TableInfo {
             .iter()
             .position(|&i| self.columns[i].name == column)
     }
+
+    /// [`slot_of`](Self::slot_of) ignoring ASCII case, as SQLite names
+    /// columns (schema files may spell a name differently from the table).
+    pub fn slot_of_ignore_case(&self, column: &str) -> Option<usize> {
+        self.non_pk
+            .iter()
+            .position(|&i| self.columns[i].name.eq_ignore_ascii_case(column))
+    }
 }
 
 /// Reads a table's shape; `None` if `schema.table` does not exist.

@@ -18,6 +18,20 @@ pub(crate) fn violation(
         table: table.to_owned(),
         column: column.map(str::to_owned),
         rule: rule.into(),
+        drops_data: false,
+    }
+}
+
+/// A removal refused only because it would delete data: allowed when drops
+/// are ([`crate::migrate::Drops::Allowed`]).
+pub(crate) fn drop_refused(
+    table: &str,
+    column: Option<&str>,
+    rule: impl Into<String>,
+) -> SchemaViolation {
+    SchemaViolation {
+        drops_data: true,
+        ..violation(table, column, rule)
     }
 }
 

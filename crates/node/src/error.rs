@@ -18,7 +18,7 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{db} schema refused, nothing was changed: {source}")]
+    #[error("{db} schema refused, nothing was changed: {source}{}", drop_hint(.source))]
     Schema {
         db: &'static str,
         source: patina_crr::CrrError,
@@ -30,6 +30,18 @@ pub enum NodeError {
     },
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// What to do when a schema is refused because it drops something.
+fn drop_hint(source: &patina_crr::CrrError) -> &'static str {
+    if source.drops_data() {
+        ". A removal deletes that data on this node: to drop it, reload with \
+         `patina reload --allow-destructive` (POST /v1/reload {\"allow_destructive\":true}), \
+         or set db.allow_destructive_schema = true for the agent's start and SIGHUP reloads; \
+         otherwise put it back in the schema files"
+    } else {
+        ""
+    }
 }
 
 /// Why a transaction was not committed. Nothing of it was written.

@@ -5,7 +5,9 @@
 //!
 //! - **waiting**: they name a table or column this node's schema lacks (a
 //!   peer runs a newer schema, the way a rolling change deploys); merged by
-//!   the next schema reload that adds them.
+//!   the next schema reload that adds them. What this node dropped itself
+//!   (a destructive schema change) is not waited for: changes naming it
+//!   are counted and let go.
 //! - **refused**: local constraints refused merging them (a schema that
 //!   differs between nodes: a CHECK or NOT NULL here that the writer's
 //!   schema lacks); retried at each reload. A malformed change is not
@@ -171,13 +173,21 @@ fn row_ranges(batch: &[Change]) -> Vec<Range<usize>> {
     out
 }
 
-/// Splits a version's changes into those this schema can merge and those
-/// naming a table or column it lacks.
+/// Splits a version's changes into those this schema can merge, those
+/// naming a table or column a destructive schema change dropped here (only
+/// counted: they are never merged), and those naming a table or column it
+/// lacks (held until a reload adds it).
 pub(crate) fn split_known(
     conn: &CrrConn,
     changes: Vec<WireChange>,
-) -> (Vec<WireChange>, Vec<WireChange>) {
-    changes
+) -> (Vec<WireChange>, usize, Vec<WireChange>) {
+    let (known, unknown): (Vec<_>, Vec<_>) = changes
         .into_iter()
-        .partition(|c| conn.knows_column(&c.table, &c.cid))
+        .partition(|c| conn.knows_column(&c.table, &c.cid));
+    let before = unknown.len();
+    let waiting: Vec<WireChange> = unknown
+        .into_iter()
+        .filter(|c| !conn.is_dropped(&c.table, &c.cid))
+        .collect();
+    (known, before - waiting.len(), waiting)
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use patina_crr::migrate::{Drops, SchemaPlan};
 use patina_crr::{CrrConn, SiteId};
 use patina_proto::Bookkeeper;
 use patina_wire::DbKind;
@@ -35,6 +36,50 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub schema_paths: Vec<PathBuf>,
     pub global_schema_paths: Vec<PathBuf>,
+    /// Whether the schema files applied at open may drop tables and
+    /// columns (`db.allow_destructive_schema`); each reload says so itself.
+    pub schema_drops: Drops,
+}
+
+/// A table, or a column of one, that a destructive schema change dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedSchema {
+    pub db: DbKind,
+    pub table: String,
+    /// `None`: the whole table.
+    pub column: Option<String>,
+}
+
+impl std::fmt::Display for DroppedSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "column {}.{c} ({}.db)", self.table, self.db.name()),
+            None => write!(f, "table {} ({}.db)", self.table, self.db.name()),
+        }
+    }
+}
+
+fn dropped_by(db: DbKind, plan: &SchemaPlan) -> Vec<DroppedSchema> {
+    let tables = plan.dropped_tables.iter().map(|t| DroppedSchema {
+        db,
+        table: t.clone(),
+        column: None,
+    });
+    let columns = plan.dropped_columns.iter().flat_map(|d| {
+        d.columns.iter().map(|c| DroppedSchema {
+            db,
+            table: d.table.clone(),
+            column: Some(c.clone()),
+        })
+    });
+    tables.chain(columns).collect()
+}
+
+/// Says, loudly, what a destructive schema change deleted.
+fn log_dropped(dropped: &[DroppedSchema]) {
+    for d in dropped {
+        tracing::warn!(dropped = %d, "destructive schema change: dropped with its data and clocks on this node; remote changes naming it are ignored (and counted) from now on");
+    }
 }
 
 /// A running node; cheap to clone.
@@ -83,7 +128,8 @@ impl Node {
         let mut regional = open(DbKind::Regional, dir.regional_db())?;
         let mut global = open(DbKind::Global, dir.global_db())?;
         let schemas = read_schemas(&options)?;
-        apply_schemas(&mut regional, &mut global, &schemas)?;
+        let dropped = apply_schemas(&mut regional, &mut global, &schemas, options.schema_drops)?;
+        log_dropped(&dropped);
         global
             .ensure_internal_crr(REGIONS_TABLE, CREATE_REGIONS_TABLE)
             .map_err(|source| NodeError::Database {
@@ -259,29 +305,44 @@ impl Node {
             .await
     }
 
-    /// Re-reads the schema files and applies them to both databases;
-    /// refused whole (and the running schema kept) if either is refused.
+    /// Re-reads the schema files and applies them to both databases,
+    /// additively; refused whole (and the running schema kept) if either
+    /// is refused.
     pub async fn reload_schema(&self) -> Result<(), NodeError> {
+        self.reload_schema_with(Drops::Refused).await.map(|_| ())
+    }
+
+    /// Like [`reload_schema`](Self::reload_schema); with
+    /// [`Drops::Allowed`] the tables and columns the files no longer
+    /// declare are dropped (docs/crr.md, "Destructive schema changes"),
+    /// each database in one transaction, both planned before either
+    /// changes. Returns what was dropped.
+    pub async fn reload_schema_with(&self, drops: Drops) -> Result<Vec<DroppedSchema>, NodeError> {
         let (regional_sql, global_sql) = read_schemas(&self.inner.options)?;
         // Plan both first: neither database changes unless both can.
-        self.on_writer(DbKind::Regional, regional_sql.clone(), |conn, sql| {
-            patina_crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
-        })
-        .await?;
-        self.on_writer(DbKind::Global, global_sql.clone(), |conn, sql| {
-            patina_crr::migrate::plan(conn.connection(), "main", &sql).map(|_| ())
-        })
-        .await?;
-        self.on_writer(DbKind::Regional, regional_sql, |conn, sql| {
-            conn.apply_schema(&sql)
-        })
-        .await?;
-        self.on_writer(DbKind::Global, global_sql, |conn, sql| {
-            conn.apply_schema(&sql)
-        })
-        .await?;
+        for (db, sql) in [
+            (DbKind::Regional, regional_sql.clone()),
+            (DbKind::Global, global_sql.clone()),
+        ] {
+            self.on_writer(db, move |conn| {
+                patina_crr::migrate::plan_with(conn.connection(), "main", &sql, drops).map(|_| ())
+            })
+            .await?;
+        }
+        let mut dropped = Vec::new();
+        for (db, sql) in [
+            (DbKind::Regional, regional_sql),
+            (DbKind::Global, global_sql),
+        ] {
+            let plan = self
+                .on_writer(db, move |conn| conn.apply_schema_with(&sql, drops))
+                .await?;
+            dropped.extend(dropped_by(db, &plan));
+        }
+        log_dropped(&dropped);
         self.inner.reads.schema_changed();
-        // Versions that arrived before their tables or columns may apply now.
+        // Versions that arrived before their tables or columns may apply
+        // now; held changes naming what was dropped go.
         self.inner.regional.retry_held().await;
         self.inner.global.retry_held().await;
         self.inner
@@ -289,17 +350,16 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget();
-        Ok(())
+        Ok(dropped)
     }
 
-    async fn on_writer(
+    async fn on_writer<T: Send + 'static>(
         &self,
         db: DbKind,
-        sql: String,
-        f: fn(&mut CrrConn, String) -> patina_crr::Result<()>,
-    ) -> Result<(), NodeError> {
+        f: impl FnOnce(&mut CrrConn) -> patina_crr::Result<T> + Send + 'static,
+    ) -> Result<T, NodeError> {
         self.writer(db)
-            .with(move |conn| f(conn, sql))
+            .with(f)
             .await
             .ok_or(NodeError::ShuttingDown)?
             .map_err(|source| NodeError::Schema {
@@ -453,9 +513,10 @@ fn apply_schemas(
     regional: &mut CrrConn,
     global: &mut CrrConn,
     (regional_sql, global_sql): &(String, String),
-) -> Result<(), NodeError> {
+    drops: Drops,
+) -> Result<Vec<DroppedSchema>, NodeError> {
     let plan = |db: DbKind, conn: &CrrConn, sql: &str| {
-        patina_crr::migrate::plan(conn.connection(), "main", sql).map_err(|source| {
+        patina_crr::migrate::plan_with(conn.connection(), "main", sql, drops).map_err(|source| {
             NodeError::Schema {
                 db: db.name(),
                 source,
@@ -465,11 +526,14 @@ fn apply_schemas(
     plan(DbKind::Regional, regional, regional_sql)?;
     plan(DbKind::Global, global, global_sql)?;
     let apply = |db: DbKind, conn: &mut CrrConn, sql: &str| {
-        conn.apply_schema(sql).map_err(|source| NodeError::Schema {
-            db: db.name(),
-            source,
-        })
+        conn.apply_schema_with(sql, drops)
+            .map(|plan| dropped_by(db, &plan))
+            .map_err(|source| NodeError::Schema {
+                db: db.name(),
+                source,
+            })
     };
-    apply(DbKind::Regional, regional, regional_sql)?;
-    apply(DbKind::Global, global, global_sql)
+    let mut dropped = apply(DbKind::Regional, regional, regional_sql)?;
+    dropped.extend(apply(DbKind::Global, global, global_sql)?);
+    Ok(dropped)
 }

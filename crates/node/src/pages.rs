@@ -163,9 +163,10 @@ pub(crate) struct Completed {
 
 /// [`Completed`] when the buffered version `chunk` completes, with `tail`
 /// (earlier chunks of the batch) and the chunk itself, has
-/// more than [`LARGE_CHANGES`] changes and this database knows every
-/// column they name (a version to park goes the ordinary way). Reads the
-/// buffer a page at a time.
+/// more than [`LARGE_CHANGES`] changes and this database knows, or
+/// dropped, every column they name (a version to park goes the ordinary
+/// way; the merge ignores and counts what was dropped). Reads the buffer a
+/// page at a time.
 pub(crate) fn completes_large(
     conn: &CrrConn,
     chunk: &ChangeChunk,
@@ -183,10 +184,13 @@ pub(crate) fn completes_large(
     }
     let mut tables = BTreeSet::new();
     let mut known = |c: &WireChange| {
-        if !tables.contains(&c.table) {
-            tables.insert(c.table.clone());
+        if conn.knows_column(&c.table, &c.cid) {
+            if !tables.contains(&c.table) {
+                tables.insert(c.table.clone());
+            }
+            return true;
         }
-        conn.knows_column(&c.table, &c.cid)
+        conn.is_dropped(&c.table, &c.cid)
     };
     if !tail.iter().chain(&chunk.changes).all(&mut known) {
         return Ok(Err(tail));

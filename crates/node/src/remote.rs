@@ -82,6 +82,9 @@ pub struct RemoteOutcome {
     pub versions_parked: usize,
     /// Versions applied but for changes local constraints refused.
     pub versions_refused: usize,
+    /// Changes ignored because they name a table or column a destructive
+    /// schema change dropped here (their versions count as applied).
+    pub changes_dropped: usize,
     pub duplicates: usize,
     /// Chunks refused because merging them failed (bad content).
     pub failed: usize,
@@ -284,6 +287,7 @@ fn add(all: &mut RemoteOutcome, one: RemoteOutcome) {
     all.changes_merged += one.changes_merged;
     all.versions_parked += one.versions_parked;
     all.versions_refused += one.versions_refused;
+    all.changes_dropped += one.changes_dropped;
     all.duplicates += one.duplicates;
     all.failed += one.failed;
     all.refused_partials_full += one.refused_partials_full;
@@ -418,7 +422,8 @@ fn try_batch(
                 // so only exact repeats of a cell's change are dropped.
                 changes.sort_by(|a, b| cell_order(a).cmp(&cell_order(b)));
                 changes.dedup_by(|a, b| cell_order(a) == cell_order(b));
-                let (known, waiting) = held::split_known(conn, changes);
+                let (known, dropped, waiting) = held::split_known(conn, changes);
+                out.changes_dropped += dropped;
                 let waiting_bytes = wire_bytes(&waiting);
                 let recorded = waiting.is_empty()
                     || (replica.held.len() + held_in_batch < replica.limits.held_versions
@@ -499,7 +504,8 @@ fn try_batch(
         // A large version merges in pages from its buffer; a refusal fails
         // the batch (`apply` retries chunk by chunk), not one row.
         let source = pages::merge_source(db, merge.clone(), &large_done);
-        conn.apply_changes_paged(source, |c| also(c, &Vec::new()))?;
+        let (report, ()) = conn.apply_changes_paged(source, |c| also(c, &Vec::new()))?;
+        out.changes_dropped += report.dropped;
         Vec::new()
     };
     for w in &writes {
@@ -628,22 +634,32 @@ fn note_refused(
     seen.len()
 }
 
+/// What [`retry_held`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retried {
+    /// Versions no longer held.
+    pub released: usize,
+    /// Held changes let go because they name something dropped since.
+    pub dropped: usize,
+}
+
 /// Merges what held versions hold that the schema now has (after a schema
-/// reload), including changes refused before. Returns how many versions
-/// are no longer held.
+/// reload), including changes refused before, and lets go of held changes
+/// naming a table or column a destructive reload dropped.
 pub(crate) fn retry_held(
     conn: &mut CrrConn,
     replica: &mut Replica,
     on_applied: &impl Fn(Changeset),
-) -> patina_crr::Result<usize> {
-    let mut done = 0;
+) -> patina_crr::Result<Retried> {
+    let mut done = Retried::default();
     let versions: Vec<(ActorId, u64)> = replica.held.iter().map(|(a, v, _)| (a, v)).collect();
     for (actor, version) in versions {
         let changes = bookstore::buffered(conn.connection(), actor, version)?;
-        let (known, waiting) = held::split_known(conn, changes);
-        if known.is_empty() {
+        let (known, dropped, waiting) = held::split_known(conn, changes);
+        if known.is_empty() && dropped == 0 {
             continue;
         }
+        done.dropped += dropped;
         let merge = chunks::version_changes(actor, version, &known);
         let whole = [(actor, version, 0..merge.len())];
         let ((), refused) = held::merge_isolating(conn, &merge, |c, refused| {
@@ -667,7 +683,7 @@ pub(crate) fn retry_held(
         }
         note_refused(replica, &merge, &whole, &refused);
         if !replica.held.contains(actor, version) {
-            done += 1;
+            done.released += 1;
         }
         let refused_mask = mask(merge.len(), &refused);
         let changes: Vec<Change> = merge

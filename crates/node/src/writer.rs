@@ -59,17 +59,21 @@ enum Job {
 }
 
 /// What one writer committed: client transactions, and the SQLite commits
-/// that carried them (their ratio is the mean group size).
+/// that carried them (their ratio is the mean group size); and the remote
+/// changes it ignored because they name a table or column a destructive
+/// schema change dropped here (since the node started).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
     pub transactions: u64,
     pub commits: u64,
+    pub remote_changes_dropped: u64,
 }
 
 #[derive(Debug, Default)]
 struct WriteCounters {
     transactions: AtomicU64,
     commits: AtomicU64,
+    remote_changes_dropped: AtomicU64,
 }
 
 /// Handle to one database's writer thread.
@@ -159,6 +163,7 @@ impl Writer {
                         }
                         Job::Remote(chunks, reply) => {
                             let outcome = remote::apply(&mut conn, &mut replica, &chunks, &remote_commit);
+                            count.remote_changes_dropped.fetch_add(outcome.changes_dropped as u64, Ordering::Relaxed);
                             large |= outcome.changes_merged > LARGE_CHANGES;
                             disk.wrote(db, outcome.storage_full > 0, outcome.versions_applied > 0);
                             let _ = reply.send(outcome);
@@ -171,8 +176,12 @@ impl Writer {
                         }
                         Job::RetryHeld(reply) => {
                             match remote::retry_held(&mut conn, &mut replica, &remote_commit) {
-                                Ok(0) => {}
-                                Ok(n) => tracing::info!(db = db.name(), versions = n, "merged held versions after a schema change"),
+                                Ok(done) => {
+                                    count.remote_changes_dropped.fetch_add(done.dropped as u64, Ordering::Relaxed);
+                                    if done.released > 0 {
+                                        tracing::info!(db = db.name(), versions = done.released, "merged held versions after a schema change");
+                                    }
+                                }
                                 Err(e) => tracing::warn!(db = db.name(), error = %e, "merging held versions failed"),
                             }
                             let _ = reply.send(());
@@ -193,6 +202,7 @@ impl Writer {
         WriteStats {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            remote_changes_dropped: self.counters.remote_changes_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -603,7 +613,8 @@ mod tests {
             w.stats(),
             WriteStats {
                 transactions: 19,
-                commits: 1
+                commits: 1,
+                remote_changes_dropped: 0
             }
         );
         let cs = changesets.recv().unwrap();
@@ -653,7 +664,8 @@ mod tests {
             w.stats(),
             WriteStats {
                 transactions: 2,
-                commits: 2
+                commits: 2,
+                remote_changes_dropped: 0
             }
         );
     }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use patina_node::{DbKind, Node, NodeOptions, Statement};
+use patina_node::{DbKind, Drops, Node, NodeOptions, Statement};
 use patina_testkit::rows;
 use patina_wire::{ChangeChunk, Need, Span, Summary};
 
@@ -511,4 +511,168 @@ async fn a_need_listing_many_overlapping_spans_is_served_once() {
     let (served, _) = a.serve(DbKind::Regional, need(hostile)).await.unwrap();
     assert_eq!(bytes(&served), bytes(&once));
     assert!(bytes(&once) > 10_000, "the version is not trivially small");
+}
+
+const TWO_TABLES: &str =
+    "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, state TEXT);
+CREATE TABLE services(app TEXT PRIMARY KEY NOT NULL, port INTEGER);";
+/// `TWO_TABLES` without column `state` and table `services`.
+const DROPPED: &str = "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT);";
+
+#[tokio::test]
+async fn a_drop_needs_the_flag_and_then_changes_naming_it_are_counted_not_held() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), TWO_TABLES)).unwrap();
+    let b = Node::open(options(db.path(), TWO_TABLES)).unwrap();
+    exec(
+        &a,
+        "INSERT INTO machines VALUES (1, 'web', 'started'), (2, 'db', 'created')",
+    )
+    .await;
+    exec(&a, "INSERT INTO services VALUES ('web', 80)").await;
+    apply(&b, served(&a, &b).await).await;
+
+    std::fs::write(da.path().join("schema/regional.sql"), DROPPED).unwrap();
+    let refused = a.reload_schema().await.unwrap_err().to_string();
+    for word in [
+        "state",
+        "services",
+        "nothing was changed",
+        "--allow-destructive",
+    ] {
+        assert!(refused.contains(word), "{word:?} missing: {refused}");
+    }
+    assert_eq!(rows(&a, ALL).await.len(), 2, "nothing was dropped");
+    let dropped = a.reload_schema_with(Drops::Allowed).await.unwrap();
+    let names: Vec<String> = dropped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        names,
+        [
+            "table services (regional.db)",
+            "column machines.state (regional.db)"
+        ]
+    );
+    let app = "SELECT id, app FROM machines ORDER BY id";
+    assert_eq!(rows(&a, app).await, rows(&b, app).await);
+
+    // b, still on the old schema, writes the dropped column and table
+    // along with what a keeps; one version touches the dropped table only.
+    exec(
+        &b,
+        "UPDATE machines SET app = 'api', state = 'stopped' WHERE id = 1",
+    )
+    .await;
+    exec(&b, "INSERT INTO services VALUES ('db', 5432)").await;
+    exec(&b, "INSERT INTO machines VALUES (3, 'cache', 'started')").await;
+    let outcome = apply(&a, served(&b, &a).await).await;
+    assert_eq!(outcome.versions_applied, 3);
+    assert_eq!(
+        outcome.changes_dropped, 3,
+        "state twice, services' port once"
+    );
+    assert_eq!((outcome.versions_parked, outcome.failed), (0, 0));
+    assert!(a.held_versions(DbKind::Regional).borrow().is_empty());
+    assert!(served(&b, &a).await.is_empty(), "nothing is fetched again");
+    assert_eq!(rows(&a, app).await, rows(&b, app).await);
+    assert_eq!(
+        a.write_stats(DbKind::Regional).remote_changes_dropped,
+        3,
+        "counted where /metrics and /v1/health read it"
+    );
+
+    // After a restart (with the flag off: nothing is left to drop) the
+    // drop is remembered.
+    drop(a);
+    let a = Node::open(options(da.path(), TWO_TABLES)).unwrap();
+    exec(&b, "UPDATE machines SET state = 'gone' WHERE id = 2").await;
+    let outcome = apply(&a, served(&b, &a).await).await;
+    assert_eq!((outcome.changes_dropped, outcome.versions_parked), (1, 0));
+
+    // b drops them too; a's writes keep flowing to it.
+    std::fs::write(db.path().join("schema/regional.sql"), DROPPED).unwrap();
+    b.reload_schema_with(Drops::Allowed).await.unwrap();
+    exec(&a, "UPDATE machines SET app = 'edge' WHERE id = 3").await;
+    apply(&b, served(&a, &b).await).await;
+    assert_eq!(rows(&a, app).await, rows(&b, app).await);
+}
+
+#[tokio::test]
+async fn held_changes_naming_a_column_dropped_since_are_let_go() {
+    let strict = "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT, \
+                  state TEXT CHECK (state IS NOT 'bad'));";
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), SCHEMA)).unwrap();
+    let b = Node::open(options(db.path(), strict)).unwrap();
+    let v = exec(&a, "INSERT INTO machines VALUES (1, 'web', 'bad')").await;
+    let outcome = apply(&b, served(&a, &b).await).await;
+    assert_eq!(outcome.versions_refused, 1);
+    assert!(b
+        .held_versions(DbKind::Regional)
+        .borrow()
+        .contains(a.actor_id(), v));
+
+    std::fs::write(
+        db.path().join("schema/regional.sql"),
+        "CREATE TABLE machines(id INTEGER PRIMARY KEY NOT NULL, app TEXT);",
+    )
+    .unwrap();
+    b.reload_schema_with(Drops::Allowed).await.unwrap();
+    assert!(b.held_versions(DbKind::Regional).borrow().is_empty());
+    assert_eq!(
+        rows(&b, "SELECT id, app FROM machines").await,
+        rows(&a, "SELECT id, app FROM machines").await,
+        "the rest of the held row merged"
+    );
+    assert_eq!(b.write_stats(DbKind::Regional).remote_changes_dropped, 1);
+}
+
+#[tokio::test]
+async fn a_drop_at_open_needs_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), TWO_TABLES);
+    drop(Node::open(opts.clone()).unwrap());
+    std::fs::write(dir.path().join("schema/regional.sql"), DROPPED).unwrap();
+    let refused = Node::open(opts.clone()).err().expect("refused").to_string();
+    assert!(refused.contains("db.allow_destructive_schema"), "{refused}");
+    let node = Node::open(NodeOptions {
+        schema_drops: Drops::Allowed,
+        ..opts
+    })
+    .unwrap();
+    assert_eq!(
+        rows(
+            &node,
+            "SELECT name FROM pragma_table_info('machines') ORDER BY cid"
+        )
+        .await
+        .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_large_version_naming_a_dropped_column_merges_in_pages_and_counts_it() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(options(da.path(), TWO_TABLES)).unwrap();
+    let b = Node::open(options(db.path(), TWO_TABLES)).unwrap();
+    std::fs::write(da.path().join("schema/regional.sql"), DROPPED).unwrap();
+    a.reload_schema_with(Drops::Allowed).await.unwrap();
+    // 5,000 rows × (app, state): past LARGE_CHANGES, so merged from the
+    // buffer in pages.
+    exec(
+        &b,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO machines SELECT i, 'app-' || (i % 7), 'started' FROM n",
+    )
+    .await;
+    let chunks = served(&b, &a).await;
+    assert!(chunks.len() > 1, "{} chunks", chunks.len());
+    let outcome = apply(&a, chunks).await;
+    assert_eq!(outcome.versions_applied, 1);
+    assert_eq!(
+        (outcome.changes_dropped, outcome.versions_parked),
+        (5000, 0)
+    );
+    let app = "SELECT id, app FROM machines ORDER BY id";
+    assert_eq!(rows(&a, app).await, rows(&b, app).await);
 }

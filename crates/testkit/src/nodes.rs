@@ -33,6 +33,7 @@ pub fn node_options(dir: &Path, regional: &str, global: &str) -> NodeOptions {
         data_dir: dir.join("data"),
         schema_paths: vec![dir.join("schema")],
         global_schema_paths: vec![dir.join("global")],
+        schema_drops: patina_node::Drops::Refused,
     }
 }
 

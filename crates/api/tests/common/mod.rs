@@ -63,6 +63,7 @@ pub async fn start_with(options: Options) -> TestServer {
         data_dir: dir.path().join("data"),
         schema_paths: vec![regional],
         global_schema_paths: vec![global],
+        schema_drops: patina_node::Drops::Refused,
     })
     .expect("open node");
     let subs = patina_subs::Subscriptions::open_for(&node).expect("open subscriptions");

@@ -84,21 +84,21 @@ pub(super) fn table_changes(table: &str, old: &TableText, new: &TableText) -> Ve
     out
 }
 
-/// Every existing column must stay, in order, unchanged.
+/// Every existing column the text keeps must stay, in order, unchanged:
+/// the violations, and the names of the columns it no longer declares.
 pub(super) fn existing_columns(
     table: &str,
     old: &TableInfo,
     new: &TableInfo,
     old_text: &TableText,
     new_text: &TableText,
-) -> Vec<SchemaViolation> {
+) -> (Vec<SchemaViolation>, Vec<String>) {
     let mut out = Vec::new();
+    let mut removed = Vec::new();
     let mut last = None;
     for c in &old.columns {
         let Some(pos) = position(new, &c.name) else {
-            let rule =
-                "column was removed: dropping columns is not supported (keep it in the schema)";
-            out.push(violation(table, Some(&c.name), rule));
+            removed.push(c.name.clone());
             continue;
         };
         if last.is_some_and(|l| pos < l) {
@@ -112,7 +112,7 @@ pub(super) fn existing_columns(
             out.push(violation(table, Some(&c.name), rule));
         }
     }
-    out
+    (out, removed)
 }
 
 pub(super) fn column_change(

@@ -382,3 +382,128 @@ proptest::proptest! {
         let _ = plan(&conn, "main", &text);
     }
 }
+
+const WIDE: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INT, c TEXT);";
+
+fn crr_db(sql: &str, tables: &[&str]) -> Connection {
+    let conn = db(sql);
+    conn.execute_batch("CREATE TABLE crr_tables(id INTEGER PRIMARY KEY, name TEXT);")
+        .unwrap();
+    for t in tables {
+        conn.execute("INSERT INTO crr_tables(name) VALUES (?1)", [t])
+            .unwrap();
+    }
+    conn
+}
+
+#[test]
+fn drops_are_planned_only_when_allowed() {
+    let conn = crr_db(
+        &format!("{WIDE} CREATE INDEX t_b ON t(b); CREATE TABLE u(k TEXT PRIMARY KEY NOT NULL);"),
+        &["t", "u"],
+    );
+    let text = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, c TEXT);";
+    let v = refused(&conn, text);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v.iter().all(|v| v.drops_data), "{v:?}");
+    assert_eq!(v[0].column.as_deref(), Some("b"));
+    assert_eq!((v[1].table.as_str(), v[1].column.as_deref()), ("u", None));
+
+    let p = plan_with(&conn, "main", text, Drops::Allowed).unwrap();
+    assert_eq!(
+        p.dropped_columns,
+        [DroppedColumns {
+            table: "t".into(),
+            columns: vec!["b".into()],
+            indexes: vec!["t_b".into()],
+        }]
+    );
+    assert_eq!(p.dropped_tables, ["u"]);
+    assert!(p.statements.is_empty() && p.drops());
+}
+
+#[test]
+fn a_primary_key_column_is_never_dropped() {
+    let conn = crr_db(
+        "CREATE TABLE t(a TEXT NOT NULL, b TEXT NOT NULL, v, PRIMARY KEY (a, b));",
+        &["t"],
+    );
+    let err = plan_with(
+        &conn,
+        "main",
+        "CREATE TABLE t(a TEXT NOT NULL, v, PRIMARY KEY (a));",
+        Drops::Allowed,
+    )
+    .unwrap_err();
+    let CrrError::Schema(v) = err else {
+        panic!("{err}")
+    };
+    assert!(
+        v.iter().any(|v| v.rule.contains("primary-key column")),
+        "{v:?}"
+    );
+    assert!(v.iter().all(|v| !v.drops_data), "{v:?}");
+}
+
+#[test]
+fn what_sqlite_cannot_drop_is_refused_at_planning() {
+    // A table CHECK reads b: removing it changes a table constraint.
+    let conn = crr_db(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INT, CHECK (b > 0));",
+        &["t"],
+    );
+    let err = plan_with(
+        &conn,
+        "main",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, CHECK (b > 0));",
+        Drops::Allowed,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no such column"), "{err}");
+    let err = plan_with(
+        &conn,
+        "main",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT);",
+        Drops::Allowed,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("table constraint"), "{err}");
+    // A generated column reading the dropped one.
+    let conn = crr_db(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, b INT, g AS (b * 2));",
+        &["t"],
+    );
+    let err = plan_with(
+        &conn,
+        "main",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, g AS (a || 'x'));",
+        Drops::Allowed,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("g"), "{err}");
+}
+
+#[test]
+fn a_rename_is_refused_with_the_way_to_do_it() {
+    let conn = crr_db(WIDE, &["t"]);
+    for drops in [Drops::Refused, Drops::Allowed] {
+        let v = match plan_with(
+            &conn,
+            "main",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a TEXT, c TEXT, bb INT);",
+            drops,
+        ) {
+            Err(CrrError::Schema(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_one(&v, "t", Some("b"), "renaming a column is not supported");
+        assert!(
+            v[0].rule.contains("UPDATE \"t\" SET \"bb\" = \"b\""),
+            "{v:?}"
+        );
+        assert!(!v[0].drops_data);
+    }
+}
