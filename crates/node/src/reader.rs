@@ -253,6 +253,13 @@ pub(crate) fn open_reader(regional: &Path, global: &Path) -> rusqlite::Result<Co
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // No value a replicated row can hold is larger; a computed one
+    // (`randomblob(1e9)`) would be held in memory whole — by a
+    // subscription, for as long as it exists.
+    conn.set_limit(
+        rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+        patina_wire::ROW_BYTES_MAX as i32,
+    )?;
     conn.execute("ATTACH DATABASE ?1 AS global", [global.to_string_lossy()])?;
     // Writes go through the writers; this connection refuses them. Capture
     // triggers name crr_capture: defined (failing) so that a write prepares

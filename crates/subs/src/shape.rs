@@ -22,6 +22,10 @@ use patina_node::{Params, Statement};
 /// Prefix of the names given to bound literals of a statement with named
 /// parameters.
 const LITERAL_NAME: &str = ":__patina_lit_";
+/// A statement with more literals than this runs as written: long `IN`
+/// lists are shapes of their own anyway (their length is in the text), and
+/// SQLite takes at most 32,766 parameters.
+const LITERALS_MAX: usize = 256;
 
 /// `st` with the literals of its WHERE bound as parameters; `None` when it
 /// has none that can be, or is not of a shape this handles (then it runs
@@ -38,7 +42,7 @@ pub(crate) fn parameterized(st: &Statement) -> Option<Statement> {
     }
     let (start, end) = where_clause(&toks)?;
     let literals = bindable_literals(&toks, start, end);
-    if literals.is_empty() {
+    if literals.is_empty() || literals.len() > LITERALS_MAX {
         return None;
     }
     match &st.params {
@@ -162,9 +166,17 @@ fn named(
     literals: &[(usize, Value)],
     own: &[(String, Value)],
 ) -> Option<Statement> {
-    if toks.iter().any(|t| {
-        t.kind == Kind::Param && (t.text.starts_with('?') || t.text.starts_with(LITERAL_NAME))
-    }) {
+    // A value given for one of the names bound literals take would be
+    // silently replaced (or ignored): such a statement runs as written.
+    let taken = |name: &str| {
+        name.get(1..)
+            .is_some_and(|n| n.starts_with(&LITERAL_NAME[1..]))
+    };
+    if toks
+        .iter()
+        .any(|t| t.kind == Kind::Param && (t.text.starts_with('?') || taken(t.text)))
+        || own.iter().any(|(name, _)| taken(name))
+    {
         return None;
     }
     let mut values = own.to_vec();
@@ -284,6 +296,17 @@ mod tests {
         ] {
             assert_eq!(parameterized(&st(sql)), None, "{sql}");
         }
+        // Too many literals.
+        let list: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+        let many = format!("SELECT id FROM t WHERE a IN ({})", list.join(", "));
+        assert_eq!(parameterized(&st(&many)), None);
+        // A value given for a name bound literals would take.
+        let mut n = st("SELECT id FROM t WHERE a = :a AND b = 'x'");
+        n.params = Params::Named(vec![
+            (":a".into(), Value::Integer(1)),
+            (":__patina_lit_0".into(), text("y")),
+        ]);
+        assert_eq!(parameterized(&n), None);
         // Numbered parameters would shift.
         let mut s = st("SELECT id FROM t WHERE a = ?1 AND b = 2");
         s.params = Params::Positional(vec![Value::Integer(1)]);

@@ -14,6 +14,10 @@ use crate::diff::ChangeEvent;
 /// Events buffered per attached subscriber; one that falls further behind
 /// gets an error event and is disconnected.
 pub(crate) const SUBSCRIBER_EVENTS_BUFFERED: usize = 128;
+/// The events of one re-run kept for attached subscribers at most, when
+/// they outnumber [`SUBSCRIBER_EVENTS_BUFFERED`]: beyond, a subscriber
+/// re-attaches with `from=` and reads them from the store.
+pub(crate) const SUBSCRIBER_BATCH_EVENTS_MAX: usize = 4096;
 /// Subscriptions one node keeps by default (each holds its result in
 /// memory; `api.subscriptions_max` changes it).
 pub const SUBSCRIPTIONS_MAX_DEFAULT: usize = 10_000;
@@ -113,7 +117,10 @@ impl SubStream {
                              re-attach with from={at}"
                         )));
                     }
-                    None if ring.closed => return None,
+                    None if ring.closed => {
+                        self.delivered = u64::MAX;
+                        return ring.ended.clone().map(SubItem::Error);
+                    }
                     None => {}
                 }
             }
@@ -138,6 +145,8 @@ struct LiveInner {
 struct Ring {
     events: VecDeque<ChangeEvent>,
     closed: bool,
+    /// Why the subscription ended, told to its streams as their last line.
+    ended: Option<String>,
     /// When the last stream detached (or the subscription was made
     /// without one: restored at start); `None` while one is attached.
     idle_since: Option<Instant>,
@@ -155,6 +164,7 @@ impl Live {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
                 closed: false,
+                ended: None,
                 idle_since: Some(Instant::now()),
             }),
             notify: Notify::new(),
@@ -192,11 +202,15 @@ impl Live {
             ring.events = VecDeque::new();
             return;
         }
-        for e in events {
-            if ring.events.len() == SUBSCRIBER_EVENTS_BUFFERED {
-                ring.events.pop_front();
-            }
-            ring.events.push_back(e);
+        let before = ring.events.len();
+        ring.events.extend(events);
+        // One re-run's events may outnumber the buffer (an aggregate of 200
+        // groups, several commits folded): a stream that had read
+        // everything before them still gets them all, up to a bound.
+        let batch = ring.events.len() - before;
+        let keep = batch.clamp(SUBSCRIBER_EVENTS_BUFFERED, SUBSCRIBER_BATCH_EVENTS_MAX);
+        while ring.events.len() > keep {
+            ring.events.pop_front();
         }
         drop(ring);
         self.0.notify.notify_waiters();
@@ -206,6 +220,12 @@ impl Live {
     pub fn close(&self) {
         self.0.lock().closed = true;
         self.0.notify.notify_waiters();
+    }
+
+    /// Ends the attached streams with `reason` as their last line.
+    pub fn end(&self, reason: String) {
+        self.0.lock().ended = Some(reason);
+        self.close();
     }
 }
 
@@ -229,6 +249,64 @@ impl Drop for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diff::ChangeKind;
+
+    fn stream(live: &Live) -> SubStream {
+        SubStream {
+            id: "s".into(),
+            hash: "h".into(),
+            columns: Vec::new(),
+            rows: None,
+            change_id: 0,
+            snapshot_time: Duration::ZERO,
+            backlog: VecDeque::new(),
+            live: live.listen(),
+            error: None,
+            delivered: 0,
+        }
+    }
+
+    fn events(ids: std::ops::RangeInclusive<u64>) -> Vec<ChangeEvent> {
+        ids.map(|change_id| ChangeEvent {
+            kind: ChangeKind::Insert,
+            row_id: change_id,
+            cells: Vec::new(),
+            change_id,
+        })
+        .collect()
+    }
+
+    /// One re-run's 300 events (an aggregate of 300 groups) reach a stream
+    /// that had read everything before them; falling behind by more than
+    /// the buffer across re-runs still disconnects.
+    #[tokio::test]
+    async fn a_batch_larger_than_the_buffer_reaches_a_stream_that_kept_up() {
+        let live = Live::new();
+        let mut s = stream(&live);
+        live.send(events(1..=300));
+        for id in 1..=300 {
+            match s.next().await {
+                Some(SubItem::Change(e)) => assert_eq!(e.change_id, id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut slow = stream(&live);
+        slow.delivered = 300;
+        for n in 0..3 {
+            live.send(events(301 + n * 100..=400 + n * 100));
+        }
+        assert!(matches!(slow.next().await, Some(SubItem::Error(e)) if e.contains("fell")));
+        // A subscription ended by the node tells its streams why.
+        let mut current = stream(&live);
+        current.delivered = 600;
+        drop(s);
+        live.end("the schema changed".into());
+        assert_eq!(
+            current.next().await,
+            Some(SubItem::Error("the schema changed".into()))
+        );
+        assert_eq!(current.next().await, None);
+    }
 
     /// Idle time counts from when the last stream detached (what the
     /// expiry sweep reads), not from when a sweep first noticed it.

@@ -95,6 +95,9 @@ pub(crate) struct Worker {
     shapes_schema: Option<(i64, i64)>,
     /// Messages waiting in this worker's queue (`QueueReceiver::waiting`).
     queued: Arc<AtomicUsize>,
+    /// The databases' schema versions the subscriptions' columns were
+    /// last checked against.
+    subs_schema: Option<(i64, i64)>,
 }
 
 impl Worker {
@@ -122,6 +125,7 @@ impl Worker {
             shapes: HashMap::new(),
             shapes_schema: None,
             queued: Arc::default(),
+            subs_schema: None,
         }
     }
 
@@ -272,6 +276,7 @@ impl Worker {
     }
 
     fn flush_on(&mut self, conn: &Connection) {
+        self.end_outdated(conn);
         // One read transaction for the whole batch: every subscription sees
         // the same snapshot, and the file locks are taken once, not once per
         // subscription (~12% of a worker's time with 1,000 subscriptions).
@@ -442,7 +447,17 @@ impl Worker {
         }
         let parameterized = parameterized(&statement);
         let runs = parameterized.as_ref().unwrap_or(&statement);
-        let plan = self.plan_of(conn, runs).map_err(SubError::Invalid)?;
+        let plan = match self.plan_of(conn, runs) {
+            Ok(plan) => plan,
+            // The message about the statement the client wrote, not its
+            // rewrite (offsets, `?` for its literals).
+            Err(e) if parameterized.is_some() => {
+                return Err(SubError::Invalid(
+                    plan::analyze(conn, &statement).err().unwrap_or(e),
+                ))
+            }
+            Err(e) => return Err(SubError::Invalid(e)),
+        };
         if let Create::Full(max) = create {
             let sql = runs.sql.clone();
             self.forget_shape(&sql, plan);
@@ -640,6 +655,57 @@ impl Worker {
         let runs = sub.runs().sql.clone();
         self.forget_shape(&runs, sub.plan);
         Ok(())
+    }
+
+    /// After a schema change, ends the subscriptions whose statement now
+    /// returns other columns (`SELECT *` of a table that gained one): their
+    /// streams announced the old columns, and rows of another width would
+    /// not match them. Their streams get a line saying to subscribe again,
+    /// which makes a new subscription with the new columns.
+    fn end_outdated(&mut self, conn: &Connection) {
+        let schema = schema_versions(conn);
+        if schema.is_none() || schema == self.subs_schema {
+            return;
+        }
+        let first_check = self.subs_schema.is_none();
+        self.subs_schema = schema;
+        if first_check {
+            return;
+        }
+        refresh_schema(conn);
+        conn.flush_prepared_statement_cache();
+        let outdated: Vec<String> = self
+            .subs
+            .values()
+            .filter(|sub| sub.failed.is_none())
+            .filter(|sub| {
+                // Not the statement cache: its statements were prepared
+                // against the old schema.
+                conn.prepare(&sub.runs().sql).is_ok_and(|stmt| {
+                    !stmt
+                        .column_names()
+                        .eq(sub.plan.shape.columns.iter().map(String::as_str))
+                })
+            })
+            .map(|sub| sub.id.clone())
+            .collect();
+        for id in outdated {
+            if let Some(sub) = self.subs.get(&id) {
+                sub.live.end(format!(
+                    "the schema changed the columns subscription {id} returns: subscribe to \
+                     the statement again for its new columns"
+                ));
+            }
+            match self.remove(&id) {
+                Ok(()) => tracing::info!(
+                    id,
+                    "subscription ended: a schema change changed its columns"
+                ),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "a subscription whose columns changed could not be removed")
+                }
+            }
+        }
     }
 
     /// The plan of `runs` (a statement as it runs), its shape analyzed

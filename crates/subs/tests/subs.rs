@@ -762,4 +762,26 @@ async fn subscriptions_of_one_shape_share_its_analysis_until_the_schema_changes(
             1
         )
     );
+    // The `SELECT *` subscriptions made before the reload announced three
+    // columns: the next commit ends them with a line saying to subscribe
+    // again, and subscribing again gives the four.
+    node.transact(vec![Statement::new(
+        "INSERT INTO a (id, g, v) VALUES (3, 'g8', 1)",
+    )])
+    .await
+    .unwrap();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), subs[8].next()).await {
+            Ok(Some(SubItem::Error(e))) => break e,
+            Ok(Some(SubItem::Change(_))) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(
+        ended.contains("subscribe to the statement again"),
+        "{ended}"
+    );
+    let again = subscribe(&node, "SELECT * FROM a WHERE g = 'g8'").await;
+    assert_eq!(again.columns, ["id", "g", "v", "zone"]);
+    assert_eq!(again.rows.as_deref().map(<[_]>::len), Some(1));
 }
