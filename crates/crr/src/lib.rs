@@ -38,6 +38,7 @@ mod capture;
 mod changes;
 mod clock;
 mod conn;
+pub mod digest;
 mod error;
 mod fasthash;
 mod merge;
