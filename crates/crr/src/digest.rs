@@ -85,6 +85,13 @@ pub struct KeyState {
     pub hash: u64,
 }
 
+impl KeyState {
+    /// The primary key's values, in PRIMARY KEY order.
+    pub fn pk_values(&self) -> Result<Vec<Value>> {
+        Ok(pk::unpack(&self.pk)?)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnState {
     pub name: String,
