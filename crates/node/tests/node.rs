@@ -453,3 +453,72 @@ async fn digests_cover_both_databases_and_list_a_bucket() {
         "bucket 256 does not exist: buckets are numbered 0 to 255"
     );
 }
+
+/// What a digest of a large table costs through the node, and what writes
+/// wait meanwhile (reported in docs/api.md):
+/// `PATINA_DIGEST_ROWS=1000000 cargo test --release -p patina-node --test
+/// node -- --ignored --nocapture digest_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand in release mode"]
+async fn digest_cost() {
+    use patina_node::{Digest, DigestRequest};
+    let rows: i64 = std::env::var("PATINA_DIGEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let batch = 50_000;
+    for start in (0..rows).step_by(batch as usize) {
+        node.transact(vec![Statement::with_params(
+            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?2)
+             INSERT INTO machines SELECT printf('m%08d', i), 'app' || (i % 100), 'started' FROM n",
+            vec![
+                Value::Integer(start),
+                Value::Integer((start + batch).min(rows)),
+            ],
+        )])
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let digesting = tokio::spawn({
+        let node = node.clone();
+        async move { node.digest(DigestRequest::default()).await }
+    });
+    let mut slowest = Duration::ZERO;
+    let mut writes = 0;
+    while !digesting.is_finished() {
+        let t = std::time::Instant::now();
+        node.transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, 'web', 'created')",
+            vec![text(&format!("w{writes}"))],
+        )])
+        .await
+        .unwrap();
+        slowest = slowest.max(t.elapsed());
+        writes += 1;
+    }
+    let took = started.elapsed();
+    let Digest::Tables(dbs) = digesting.await.unwrap().unwrap() else {
+        panic!("tables were asked for");
+    };
+    let machines = &dbs[0].1[0];
+    assert!(machines.rows >= rows as u64);
+    // The same writes with no digest running, for comparison.
+    let mut alone = Duration::ZERO;
+    for i in 0..writes {
+        let t = std::time::Instant::now();
+        node.transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, 'web', 'created')",
+            vec![text(&format!("x{i}"))],
+        )])
+        .await
+        .unwrap();
+        alone = alone.max(t.elapsed());
+    }
+    println!(
+        "{rows} rows: digest {took:?}; {writes} writes committed meanwhile, the slowest in \
+         {slowest:?} ({alone:?} without a digest)"
+    );
+}
