@@ -588,6 +588,41 @@ mod tests {
     }
 
     #[test]
+    fn members_to_compare() {
+        let member = |actor: &str, region: &str, cluster: &str| {
+            json!({"actor_id": actor, "addr": "10.0.0.1:7000", "region": region,
+                   "cluster": cluster, "state": "alive"})
+        };
+        // A global member of ams: itself in both clusters, a regional peer
+        // that is a global member too, a plain regional peer, and the
+        // global member of another region.
+        let members = [
+            member("me", "ams", "ams"),
+            member("me", "ams", "global"),
+            member("g2", "ams", "ams"),
+            member("g2", "ams", "global"),
+            member("plain", "ams", "ams"),
+            member("ord1", "ord", "global"),
+        ];
+        let expected = Expected::from_members(&members, "me").unwrap();
+        assert_eq!(expected.scope_of("g2"), Some(true));
+        assert_eq!(expected.scope_of("plain"), Some(true));
+        assert_eq!(expected.scope_of("ord1"), Some(false), "global.db only");
+        assert_eq!(expected.scope_of("me"), None, "the node itself is no peer");
+        assert_eq!(expected.scope_of("stranger"), None);
+        let unchecked: Vec<&str> = expected.unchecked(&[]).collect();
+        assert_eq!(
+            unchecked,
+            [
+                "g2 (region ams, gossip 10.0.0.1:7000, alive)",
+                "ord1 (region ord, gossip 10.0.0.1:7000, alive)",
+                "plain (region ams, gossip 10.0.0.1:7000, alive)",
+            ]
+        );
+        assert!(Expected::from_members(&members, "nobody").is_err());
+    }
+
+    #[test]
     fn keys_that_differ() {
         let key = |hash: &str| json!({"hash": hash});
         let one: BTreeMap<String, Json> =

@@ -263,7 +263,8 @@ pub struct HealthArgs {
 /// answered for fails the check.
 ///
 /// Digests differ while changes are in flight: a difference is reported
-/// only when it persists over --attempts digests taken 1 s apart.
+/// only when it persists over --attempts digests taken 1 s apart. --token
+/// is sent to every node.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
