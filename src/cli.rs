@@ -43,6 +43,11 @@ pub enum Command {
     /// 0 when healthy, 1 when not; with --wait, polls until healthy (a
     /// deploy gate: roll out a region, `patina health --wait`, go on).
     Health(HealthArgs),
+    /// Checks that the node's region holds the same rows on every member
+    /// (GET /v1/digest on each): prints the tables, buckets and keys that
+    /// differ and how to repair them; exits 0 only when every member was
+    /// compared and all agree.
+    Check(CheckArgs),
     /// Debug tools working directly on a CRR database file (no daemon).
     #[command(subcommand)]
     Db(DbCommand),
@@ -254,6 +259,28 @@ pub struct HealthArgs {
     /// Print the whole health report as one JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Compares the consistency digest of the node at --api with its region's
+/// other members (regional.db and global.db) and, on a global member, with
+/// the global cluster's (global.db). Members gossip no API address: give
+/// the API of each other member with --peer (repeat it); each answer is
+/// matched to a member by the actor id it carries, and a member nobody
+/// answered for fails the check.
+///
+/// Digests differ while changes are in flight: a difference is reported
+/// only when it persists over --attempts digests taken 1 s apart. --token
+/// is sent to every node.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The API address of another member (repeat for each).
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<String>,
+    /// Digests to take before a difference counts.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub attempts: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 //! for bad input.
 
 mod agent_cmd;
+mod check_cmd;
 mod cli;
 mod client_cmd;
 mod config;
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members(args) => client_cmd::members(args),
         Command::Regions(args) => client_cmd::regions(args),
         Command::Health(args) => client_cmd::health(args),
+        Command::Check(args) => check_cmd::run(args),
         Command::Db(cmd) => db_cmd::run(cmd),
         Command::Tls(cmd) => tls_cmd::run(cmd),
         Command::Devcluster(args) => devcluster_cmd::run(args.regions, args.dir),

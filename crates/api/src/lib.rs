@@ -16,6 +16,9 @@
 //! - `GET /v1/health[?gaps=N&p99_lag=SECONDS&max_queue=N&failure_status=CODE]`.
 //! - `POST /v1/table_stats` — row counts of tables.
 //! - `GET /v1/members`, `GET /v1/regions` — Patina additions, shapes below.
+//! - `GET /v1/digest[?table=NAME][&bucket=N]` — Patina addition: the
+//!   consistency digest (docs/api.md); the answering node's actor id is the
+//!   `patina-actor-id` header, never in the body.
 //! - `GET /metrics` — Prometheus (OpenMetrics) text.
 //! - `POST /v1/subscriptions[?from=N][&skip_rows=true]`,
 //!   `GET /v1/subscriptions/{id}[?from=N][&skip_rows=true]`,
@@ -121,6 +124,7 @@
 mod auth;
 mod body;
 mod cluster;
+mod digest;
 mod errors;
 mod health;
 mod json;
@@ -138,6 +142,7 @@ pub use cluster::{
     CatchUpReport, ClusterView, HealthReport, LoneNode, MemberInfo, MemberState, RegionInfo,
     RegionView,
 };
+pub use digest::ACTOR_HEADER;
 pub use metrics::Metrics;
 pub use router::{metrics_router, router};
 pub use serve::{serve, serve_router};

@@ -9,7 +9,7 @@ use axum::Router;
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::ApiState;
-use crate::{auth, errors, health, metrics, queries, reload, subscriptions, transactions};
+use crate::{auth, digest, errors, health, metrics, queries, reload, subscriptions, transactions};
 
 /// Every endpoint of this crate, with auth, metrics and panic containment.
 pub fn router(state: ApiState) -> Router {
@@ -20,6 +20,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::TABLE_STATS, post(queries::table_stats))
         .route(routes::MEMBERS, get(health::members))
         .route(routes::REGIONS, get(health::regions))
+        .route(routes::DIGEST, get(digest::handle))
         .route(routes::METRICS, get(metrics::handle))
         .route(routes::SUBSCRIPTIONS, post(subscriptions::subscribe))
         .route(

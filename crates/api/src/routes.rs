@@ -12,6 +12,7 @@ pub const SUBSCRIPTIONS: &str = "/v1/subscriptions";
 pub const SUBSCRIPTION: &str = "/v1/subscriptions/{id}";
 pub const UPDATES: &str = "/v1/updates/{table}";
 pub const RELOAD: &str = "/v1/reload";
+pub const DIGEST: &str = "/v1/digest";
 pub const ALL: &[&str] = &[
     RELOAD,
     SUBSCRIPTIONS,
@@ -23,5 +24,6 @@ pub const ALL: &[&str] = &[
     TABLE_STATS,
     MEMBERS,
     REGIONS,
+    DIGEST,
     METRICS,
 ];

@@ -351,6 +351,35 @@ impl Client {
         }
     }
 
+    /// `GET /v1/digest[?QUERY]` (`table=NAME`, `bucket=N`): the node's
+    /// consistency digest, and the actor id of the node that answered (the
+    /// `patina-actor-id` header: the body names no node).
+    pub async fn digest(&self, query: &str) -> Result<(String, Json), ClientError> {
+        let path = if query.is_empty() {
+            "/v1/digest".to_owned()
+        } else {
+            format!("/v1/digest?{query}")
+        };
+        let resp = self.get(&path).await?;
+        let status = resp.status().as_u16();
+        let actor = resp
+            .headers()
+            .get("patina-actor-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let json = read_json(resp).await?;
+        if status != 200 {
+            return Err(api_error(status, &json));
+        }
+        let actor = actor.ok_or_else(|| {
+            ClientError::Protocol(
+                "the digest came without a patina-actor-id header: is this a Patina node of this release?"
+                    .into(),
+            )
+        })?;
+        Ok((actor, json))
+    }
+
     pub async fn health(&self) -> Result<Json, ClientError> {
         let resp = self.get("/v1/health").await?;
         let json = read_json(resp).await?;

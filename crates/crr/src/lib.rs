@@ -39,6 +39,7 @@ mod changes;
 mod clock;
 mod conn;
 mod drops;
+pub mod digest;
 mod error;
 mod fasthash;
 mod merge;

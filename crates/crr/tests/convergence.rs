@@ -1,10 +1,12 @@
 //! Property: replicas doing random concurrent writes and exchanging changes
 //! in random order and batch sizes converge — identical table contents,
 //! identical column clocks, sentinels equal by causal length — and applying
-//! a batch twice changes nothing.
+//! a batch twice changes nothing. Their consistency digests agree exactly
+//! when their converged state does.
 
 use std::collections::BTreeMap;
 
+use patina_crr::digest::{table_digest, TableDigest};
 use patina_crr::{Change, CrrConn, SiteId, Value};
 use proptest::prelude::*;
 
@@ -292,6 +294,29 @@ fn sync(sites: &mut [CrrConn], from: usize, to: usize, perm: u64, batch: usize, 
     }
 }
 
+fn digests(conn: &CrrConn) -> Vec<TableDigest> {
+    ["ti", "tt", "tc", "tp"]
+        .iter()
+        .map(|t| table_digest(conn.connection(), "main", t).unwrap())
+        .collect()
+}
+
+/// The digest sees exactly what converges: two replicas digest alike if
+/// and only if their contents, column clocks and causal lengths agree.
+fn assert_digests_tell(sites: &[CrrConn]) {
+    for i in 0..sites.len() {
+        for j in i + 1..sites.len() {
+            let same_state = (contents(&sites[i]), clocks(&sites[i]))
+                == (contents(&sites[j]), clocks(&sites[j]));
+            let same_digest = digests(&sites[i]) == digests(&sites[j]);
+            assert_eq!(
+                same_state, same_digest,
+                "sites {i} and {j}: state equal {same_state}, digests equal {same_digest}"
+            );
+        }
+    }
+}
+
 fn run(ops: &[(usize, Op)]) {
     let mut sites: Vec<CrrConn> = (0..SITES)
         .map(|i| {
@@ -314,6 +339,7 @@ fn run(ops: &[(usize, Op)]) {
             write_op => write(&mut sites[*site], write_op),
         }
     }
+    assert_digests_tell(&sites);
     for round in 0..2u64 {
         for to in 0..SITES {
             for from in 0..SITES {
@@ -337,6 +363,7 @@ fn run(ops: &[(usize, Op)]) {
             "causal lengths of site 0 and site {i} differ"
         );
     }
+    assert_digests_tell(&sites);
 }
 
 proptest! {

@@ -13,6 +13,7 @@ mod changeset;
 mod chunks;
 mod classify;
 mod datadir;
+mod digest;
 mod error;
 mod held;
 mod node;
@@ -27,11 +28,16 @@ mod writer;
 pub use changeset::{unix_ms, Changeset, CommitObserver, Omitted, Origin, RowChange};
 pub use chunks::{chunk_changes, wire_changes};
 pub use datadir::{lock as lock_data_dir, LOCK_FILE};
+pub use digest::{
+    BucketKeys, ColumnClock, ColumnState, Digest, DigestError, DigestRequest, DIGEST_BUCKETS,
+    DIGEST_FORMAT,
+};
 pub use error::{NodeError, QueryError, TxError};
 pub use held::{HeldVersions, Hold};
 pub use node::{DroppedSchema, Node, NodeOptions};
 pub use pages::LARGE_CHANGES;
 pub use patina_crr::migrate::Drops;
+pub use patina_crr::digest::{KeyState, TableDigest};
 pub use patina_crr::{SiteId, Value};
 pub use patina_wire::DbKind;
 pub use reader::{QueryStream, RowEvent};

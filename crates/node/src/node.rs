@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use crate::changeset::{Changeset, CommitObserver, Origin};
 use crate::classify::{Classifier, Writes};
 use crate::datadir::DataDir;
+use crate::digest::{self, CancelOnDrop, Digest, DigestError, DigestRequest};
 use crate::error::{NodeError, QueryError, TxError};
 use crate::held::HeldVersions;
 use crate::reader::{open_reader, QueryStream, ReadPool};
@@ -101,6 +102,8 @@ struct Inner {
     /// a leader) never needs them (issue 16).
     commits: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Changeset>>>>,
     observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>>,
+    /// One digest at a time: each reads every row of both databases.
+    digests: tokio::sync::Semaphore,
     dir: DataDir,
 }
 
@@ -188,6 +191,7 @@ impl Node {
                 changesets,
                 commits,
                 observers,
+                digests: tokio::sync::Semaphore::new(1),
                 dir,
             }),
         })
@@ -303,6 +307,29 @@ impl Node {
                 (total, invalid)
             })
             .await
+    }
+
+    /// A consistency digest of both databases (docs/api.md, `GET
+    /// /v1/digest`), made on a read connection of its own in one read
+    /// transaction: writers go on meanwhile. Requests wait for the one
+    /// running; a digest whose caller goes away stops.
+    pub async fn digest(&self, request: DigestRequest) -> Result<Digest, DigestError> {
+        let _turn = self
+            .inner
+            .digests
+            .acquire()
+            .await
+            .map_err(|_| DigestError::ShuttingDown)?;
+        let cancelled = CancelOnDrop(Arc::default());
+        let (gone, closing) = (Arc::clone(&cancelled.0), self.inner.reads.closing());
+        let stop = move || {
+            gone.load(std::sync::atomic::Ordering::Relaxed)
+                || closing.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (regional, global) = (self.inner.dir.regional_db(), self.inner.dir.global_db());
+        tokio::task::spawn_blocking(move || digest::make((&regional, &global), &request, stop))
+            .await
+            .map_err(|_| DigestError::ShuttingDown)?
     }
 
     /// Re-reads the schema files and applies them to both databases,

@@ -115,6 +115,12 @@ impl ReadPool {
         })
     }
 
+    /// Set once the node stops: long reads outside the pool (digests)
+    /// watch it too.
+    pub fn closing(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.closing)
+    }
+
     /// Interrupts every running query and refuses new ones.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);

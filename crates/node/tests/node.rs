@@ -377,3 +377,148 @@ async fn the_regions_table_is_patinas_to_write_and_everyones_to_read() {
     let node = Node::open(options(dir.path())).unwrap();
     assert_eq!(node.region_records().await.unwrap(), vec![record]);
 }
+
+#[tokio::test]
+async fn digests_cover_both_databases_and_list_a_bucket() {
+    use patina_node::{Digest, DigestError, DigestRequest, DIGEST_BUCKETS};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    for i in 0..40 {
+        let id = text(&format!("m{i}"));
+        node.transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, 'web', 'started')",
+            vec![id],
+        )])
+        .await
+        .unwrap();
+    }
+    node.transact(vec![Statement::new("DELETE FROM machines WHERE id = 'm7'")])
+        .await
+        .unwrap();
+    node.transact(vec![Statement::new(
+        "INSERT INTO app_regions VALUES ('web', 'ams', 39)",
+    )])
+    .await
+    .unwrap();
+
+    let Digest::Tables(dbs) = node.digest(DigestRequest::default()).await.unwrap() else {
+        panic!("a digest of every bucket was asked for");
+    };
+    let names: Vec<(DbKind, Vec<&str>)> = dbs
+        .iter()
+        .map(|(db, t)| (*db, t.iter().map(|d| d.table.as_str()).collect()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (DbKind::Regional, vec!["machines"]),
+            (DbKind::Global, vec!["app_regions", "patina_regions"]),
+        ]
+    );
+    let machines = &dbs[0].1[0];
+    assert_eq!((machines.rows, machines.tombstones), (39, 1));
+
+    // One bucket's keys hash to that bucket's sum.
+    let bucket = (0..DIGEST_BUCKETS)
+        .find(|&b| machines.buckets[b] != 0)
+        .unwrap();
+    let request = DigestRequest {
+        table: Some("machines".into()),
+        bucket: Some(bucket),
+    };
+    let Digest::Bucket { dbs, .. } = node.digest(request).await.unwrap() else {
+        panic!("a bucket was asked for");
+    };
+    assert!(dbs[1].1.is_empty(), "global.db has no table machines");
+    let listed = &dbs[0].1[0];
+    assert_eq!(listed.table, "machines");
+    let sum = listed.keys.iter().fold(0u64, |s, k| s.wrapping_add(k.hash));
+    assert_eq!(sum, machines.buckets[bucket]);
+
+    let unknown = DigestRequest {
+        table: Some("nope".into()),
+        bucket: None,
+    };
+    assert!(matches!(
+        node.digest(unknown).await,
+        Err(DigestError::UnknownTable(t)) if t == "nope"
+    ));
+    let beyond = DigestRequest {
+        table: None,
+        bucket: Some(DIGEST_BUCKETS),
+    };
+    let e = node.digest(beyond).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "bucket 256 does not exist: buckets are numbered 0 to 255"
+    );
+}
+
+/// What a digest of a large table costs through the node, and what writes
+/// wait meanwhile (reported in docs/api.md):
+/// `PATINA_DIGEST_ROWS=1000000 cargo test --release -p patina-node --test
+/// node -- --ignored --nocapture digest_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand in release mode"]
+async fn digest_cost() {
+    use patina_node::{Digest, DigestRequest};
+    let rows: i64 = std::env::var("PATINA_DIGEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let batch = 50_000;
+    for start in (0..rows).step_by(batch as usize) {
+        node.transact(vec![Statement::with_params(
+            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?2)
+             INSERT INTO machines SELECT printf('m%08d', i), 'app' || (i % 100), 'started' FROM n",
+            vec![
+                Value::Integer(start),
+                Value::Integer((start + batch).min(rows)),
+            ],
+        )])
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let digesting = tokio::spawn({
+        let node = node.clone();
+        async move { node.digest(DigestRequest::default()).await }
+    });
+    let mut slowest = Duration::ZERO;
+    let mut writes = 0;
+    while !digesting.is_finished() {
+        let t = std::time::Instant::now();
+        node.transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, 'web', 'created')",
+            vec![text(&format!("w{writes}"))],
+        )])
+        .await
+        .unwrap();
+        slowest = slowest.max(t.elapsed());
+        writes += 1;
+    }
+    let took = started.elapsed();
+    let Digest::Tables(dbs) = digesting.await.unwrap().unwrap() else {
+        panic!("tables were asked for");
+    };
+    let machines = &dbs[0].1[0];
+    assert!(machines.rows >= rows as u64);
+    // The same writes with no digest running, for comparison.
+    let mut alone = Duration::ZERO;
+    for i in 0..writes {
+        let t = std::time::Instant::now();
+        node.transact(vec![Statement::with_params(
+            "INSERT INTO machines VALUES (?, 'web', 'created')",
+            vec![text(&format!("x{i}"))],
+        )])
+        .await
+        .unwrap();
+        alone = alone.max(t.elapsed());
+    }
+    println!(
+        "{rows} rows: digest {took:?}; {writes} writes committed meanwhile, the slowest in \
+         {slowest:?} ({alone:?} without a digest)"
+    );
+}

@@ -211,7 +211,7 @@ pub fn assert_p(sites: &[Site], keys: &[&str]) {
 }
 
 /// crr-model.md 7.2: column clock entries identical everywhere (as a set);
-/// sentinels compared by the row's cl only.
+/// sentinels compared by the row's cl only; consistency digests identical.
 pub fn assert_clocks_converged(sites: &[Site]) {
     let columns = |s: &Site| {
         let mut cols: Vec<Change> = s
@@ -244,5 +244,17 @@ pub fn assert_clocks_converged(sites: &[Site]) {
             s.name,
             first.name
         );
+        for table in ["t", "p"] {
+            let digest = |site: &Site| {
+                patina_crr::digest::table_digest(site.conn.connection(), "main", table).unwrap()
+            };
+            assert_eq!(
+                digest(s),
+                digest(first),
+                "digests of {table} on {} vs {}",
+                s.name,
+                first.name
+            );
+        }
     }
 }
