@@ -9,7 +9,7 @@ use axum::Router;
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::ApiState;
-use crate::{auth, errors, health, metrics, queries, reload, subscriptions, transactions};
+use crate::{auth, backup, errors, health, metrics, queries, reload, subscriptions, transactions};
 
 /// Every endpoint of this crate, with auth, metrics and panic containment.
 pub fn router(state: ApiState) -> Router {
@@ -28,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(routes::UPDATES, post(subscriptions::updates))
         .route(routes::RELOAD, post(reload::handle))
+        .route(routes::BACKUP, post(backup::handle))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         // Innermost first: a panic becomes a 500 that auth and metrics see.

@@ -12,8 +12,10 @@ pub const SUBSCRIPTIONS: &str = "/v1/subscriptions";
 pub const SUBSCRIPTION: &str = "/v1/subscriptions/{id}";
 pub const UPDATES: &str = "/v1/updates/{table}";
 pub const RELOAD: &str = "/v1/reload";
+pub const BACKUP: &str = "/v1/backup";
 pub const ALL: &[&str] = &[
     RELOAD,
+    BACKUP,
     SUBSCRIPTIONS,
     SUBSCRIPTION,
     UPDATES,

@@ -8,6 +8,7 @@
 //! It never opens a socket and knows nothing of HTTP, JSON, membership or
 //! subscriptions; only its writer threads write the database files.
 
+mod backup;
 mod bookstore;
 mod changeset;
 mod chunks;
@@ -20,10 +21,15 @@ mod pages;
 mod reader;
 mod regions_table;
 mod remote;
+mod restore;
 mod schema_files;
 mod statement;
 mod writer;
 
+pub use backup::{
+    ActorManifest, BackupError, BackupManifest, BackupReport, DbManifest, BACKUP_FORMAT,
+    MANIFEST_FILE,
+};
 pub use changeset::{unix_ms, Changeset, CommitObserver, Omitted, Origin, RowChange};
 pub use chunks::{chunk_changes, wire_changes};
 pub use datadir::{lock as lock_data_dir, LOCK_FILE};
@@ -38,5 +44,6 @@ pub use regions_table::{RegionRecord, REGIONS_TABLE, ROLLUP_ERROR_CHARS_MAX};
 pub use remote::{
     RemoteOutcome, HELD_BYTES_MAX, HELD_VERSIONS_MAX, PARTIAL_BYTES_MAX, PARTIAL_VERSIONS_MAX,
 };
+pub use restore::{restore, RestoreError, Restored, RestoredDb};
 pub use statement::{PackedParams, Params, Statement, StatementRef, Statements};
 pub use writer::{StatementResult, TxOutcome, WriteStats};
