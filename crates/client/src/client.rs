@@ -1,4 +1,4 @@
-//! [`Client`]: transactions, queries, health and schema reload over the
+//! [`Client`]: transactions, queries, health, schema reload and backup over the
 //! API, and the [`Statement`]s they carry.
 
 use std::time::Duration;

@@ -3,7 +3,9 @@
 //! commit), a pool of read connections, schema files, and the seams the
 //! rest of the daemon plugs into: [`Node::apply_remote`] / [`Node::serve`] /
 //! [`Node::bookkeeping`] for replication, [`Node::subscribe_changesets`] for
-//! local commits, [`CommitObserver`] for every commit.
+//! local commits, [`CommitObserver`] for every commit. [`Node::backup`]
+//! copies both databases while the node runs; [`restore`] prepares a new
+//! node's data dir from such a copy.
 //!
 //! It never opens a socket and knows nothing of HTTP, JSON, membership or
 //! subscriptions; only its writer threads write the database files.

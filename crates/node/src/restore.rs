@@ -97,6 +97,12 @@ pub fn restore(
         .actor_id
         .parse()
         .map_err(|e| mismatch(format!("{MANIFEST_FILE}: actor_id: {e}")))?;
+    if manifest.databases.len() != 2 {
+        return Err(mismatch(format!(
+            "{MANIFEST_FILE} lists {} databases; a backup holds two, regional and global",
+            manifest.databases.len()
+        )));
+    }
     let mut entries = Vec::new();
     for db in [DbKind::Regional, DbKind::Global] {
         let mut of_db = manifest.databases.iter().filter(|d| d.db == db.name());

@@ -157,6 +157,21 @@ async fn a_backup_taken_during_writes_seeds_a_new_node_with_exactly_its_snapshot
 
     let data_dir: PathBuf = dirs[2].path().join("data");
     let restored = restore(&target, &manifest, &data_dir).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["actor_id", "global.db", "patina.lock", "regional.db"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("actor_id"))
+            .unwrap()
+            .trim(),
+        restored.new_actor.to_hex()
+    );
     assert_eq!(restored.old_actor, own);
     assert_ne!(restored.new_actor, own);
     let seeded = Node::open(options(dirs[2].path())).unwrap();
