@@ -39,6 +39,11 @@ pub enum Command {
     /// those whose rows the rollup tables hold): leader, global members,
     /// last rollup, rollup rows (GET /v1/regions).
     Regions(MembersArgs),
+    /// Takes an online backup of the node's databases into a new directory
+    /// on the node's host (POST /v1/backup).
+    Backup(BackupArgs),
+    /// Prepares the data dir of a NEW node from a backup (offline).
+    Restore(RestoreArgs),
     /// Checks the node's health (GET /v1/health) against thresholds: exits
     /// 0 when healthy, 1 when not; with --wait, polls until healthy (a
     /// deploy gate: roll out a region, `patina health --wait`, go on).
@@ -218,6 +223,39 @@ pub struct ReloadArgs {
     /// refused and nothing changes.
     #[arg(long)]
     pub allow_destructive: bool,
+}
+
+/// Takes an online backup: the node copies both databases, each a
+/// consistent snapshot with its replication bookkeeping, while writes go
+/// on, and writes a manifest.json saying what the copy holds. The agent
+/// writes the files, so DIR is on the agent's host; it must not exist (its
+/// parent must). A relative DIR is taken from this command's current
+/// directory, which names the right place only on the agent's host.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The new directory to write the backup into.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Print the API's answer (with the manifest) as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prepares the data dir of a new node from a backup (`patina backup`),
+/// with no agent running on it: a fresh actor id, the backed-up node's
+/// writes kept as a peer's, and every actor's versions up to the backup
+/// recorded as applied, so the new node fetches only what is newer. The
+/// backed-up node's actor id is never the new node's.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory (holding manifest.json).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The new node's data dir (node.data_dir): missing or empty.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

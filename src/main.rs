@@ -5,6 +5,7 @@
 //! for bad input.
 
 mod agent_cmd;
+mod backup_cmd;
 mod check_cmd;
 mod cli;
 mod client_cmd;
@@ -58,6 +59,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Regions(args) => client_cmd::regions(args),
         Command::Health(args) => client_cmd::health(args),
         Command::Check(args) => check_cmd::run(args),
+        Command::Backup(args) => backup_cmd::backup(args),
+        Command::Restore(args) => backup_cmd::restore(args),
         Command::Db(cmd) => db_cmd::run(cmd),
         Command::Tls(cmd) => tls_cmd::run(cmd),
         Command::Devcluster(args) => devcluster_cmd::run(args.regions, args.dir),

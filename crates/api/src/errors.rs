@@ -118,7 +118,7 @@ pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
     let message = format!(
         "no such endpoint: {method} {}. The endpoints are POST /v1/transactions, POST /v1/queries, \
          POST /v1/table_stats, POST /v1/subscriptions, GET /v1/subscriptions/{{id}}, \
-         POST /v1/updates/{{table}}, POST /v1/reload, GET /v1/health, GET /v1/members, GET /v1/regions, GET /v1/digest, GET /metrics",
+         POST /v1/updates/{{table}}, POST /v1/reload, POST /v1/backup, GET /v1/health, GET /v1/members, GET /v1/regions, GET /v1/digest, GET /metrics",
         uri.path()
     );
     let mut response = error_response(StatusCode::NOT_FOUND, &message);

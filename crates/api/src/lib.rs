@@ -31,6 +31,11 @@
 //!   naming the table and the rule when the change is refused (nothing is
 //!   changed then; a removal without `allow_destructive` is refused), 503
 //!   while stopping.
+//! - `POST /v1/backup` — Patina addition: an online backup of both
+//!   databases into a new directory on the node's host, body
+//!   `{"to":"/abs/dir"}`; 200 `{"dir","time","manifest"}` once written and
+//!   fsynced, 400 for a target that cannot be used, 409 while another runs
+//!   (`backup.rs`; seeding a node from it: `patina restore`).
 //!
 //! # Decisions api.md leaves open
 //! - **Transaction timeout.** `?timeout=S` (seconds, fractional allowed,
@@ -122,6 +127,7 @@
 //! rollup, or null; `rollups` maps each rollup name to its row count.
 
 mod auth;
+mod backup;
 mod body;
 mod cluster;
 mod digest;

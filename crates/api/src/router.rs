@@ -9,7 +9,9 @@ use axum::Router;
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::ApiState;
-use crate::{auth, digest, errors, health, metrics, queries, reload, subscriptions, transactions};
+use crate::{
+    auth, backup, digest, errors, health, metrics, queries, reload, subscriptions, transactions,
+};
 
 /// Every endpoint of this crate, with auth, metrics and panic containment.
 pub fn router(state: ApiState) -> Router {
@@ -29,6 +31,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(routes::UPDATES, post(subscriptions::updates))
         .route(routes::RELOAD, post(reload::handle))
+        .route(routes::BACKUP, post(backup::handle))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         // Innermost first: a panic becomes a 500 that auth and metrics see.

@@ -13,8 +13,10 @@ pub const SUBSCRIPTION: &str = "/v1/subscriptions/{id}";
 pub const UPDATES: &str = "/v1/updates/{table}";
 pub const RELOAD: &str = "/v1/reload";
 pub const DIGEST: &str = "/v1/digest";
+pub const BACKUP: &str = "/v1/backup";
 pub const ALL: &[&str] = &[
     RELOAD,
+    BACKUP,
     SUBSCRIPTIONS,
     SUBSCRIPTION,
     UPDATES,

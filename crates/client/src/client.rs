@@ -1,4 +1,4 @@
-//! [`Client`]: transactions, queries, health and schema reload over the
+//! [`Client`]: transactions, queries, health, schema reload and backup over the
 //! API, and the [`Statement`]s they carry.
 
 use std::time::Duration;
@@ -245,6 +245,20 @@ impl Client {
                 })
             })
             .collect()
+    }
+
+    /// `POST /v1/backup`: the node writes an online backup of its databases
+    /// into `to`, a new directory on the node's host (absolute path).
+    /// Returns the answer: `{"dir","time","manifest"}`. A refused target
+    /// is `ClientError::Api` with status 400 and the reason.
+    pub async fn backup(&self, to: &str) -> Result<Json, ClientError> {
+        let resp = self.post("/v1/backup", &json!({ "to": to })).await?;
+        let status = resp.status().as_u16();
+        let json = read_json(resp).await?;
+        if status == 200 && json.get("manifest").is_some() {
+            return Ok(json);
+        }
+        Err(api_error(status, &json))
     }
 
     /// Runs `statements` as one transaction.

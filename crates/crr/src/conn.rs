@@ -16,6 +16,7 @@ use crate::merge::{self, MergeReport};
 use crate::migrate::{self, Drops, SchemaPlan};
 use crate::schema::{self, TableInfo};
 use crate::schema_rules::{self, Owner};
+use crate::seed::{self, Adopted};
 use crate::store::{ClockCache, CrrTable, Misspeculated, Sites, BOOTSTRAP_SQL};
 use crate::versions;
 use crate::SiteId;
@@ -595,6 +596,37 @@ impl CrrConn {
             me.capture.set_mode(Mode::Idle);
             let report = result?;
             Ok((report, also(&me.conn)?))
+        })
+    }
+
+    /// Makes this database — a copy of another replica's — the database of
+    /// a new replica `new_site`: the old replica's own writes become a
+    /// remote site's (its id and db_version kept, under a new ordinal), and
+    /// this replica starts at db_version 0 under `new_site`. Rows, clocks
+    /// and every other site's versions stay as they are, so the copy merges
+    /// and serves exactly as a replica that had merged all of them.
+    /// Refused when `new_site` is known here already.
+    pub fn adopt_as_new_site(&mut self, new_site: SiteId) -> Result<Adopted> {
+        self.adopt_as_new_site_with(new_site, |_, _| Ok(()))
+            .map(|(adopted, ())| adopted)
+    }
+
+    /// As [`adopt_as_new_site`](Self::adopt_as_new_site), then runs `also`
+    /// in the same SQLite transaction (the caller's bookkeeping of the old
+    /// site's versions commits or rolls back with the change of sites).
+    /// `also` must not write CRR tables.
+    pub fn adopt_as_new_site_with<T>(
+        &mut self,
+        new_site: SiteId,
+        also: impl FnOnce(&Connection, &Adopted) -> rusqlite::Result<T>,
+    ) -> Result<(Adopted, T)> {
+        self.in_write_tx(|me| {
+            let mut tables: Vec<&CrrTable> = me.tables.values().collect();
+            tables.sort_by_key(|t| t.id);
+            let adopted = seed::reattribute_local(&me.conn, &tables, &me.sites, new_site)?;
+            me.sites = Sites::load_or_init(&me.conn, None)?;
+            let extra = also(&me.conn, &adopted)?;
+            Ok((adopted, extra))
         })
     }
 

@@ -88,6 +88,11 @@ pub enum CrrError {
     #[error("near {0:?}: syntax error (a statement in a transaction starts with SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH)")]
     NotAStatement(String),
 
+    /// A new site id that this database already knows (its own, or a
+    /// peer's): two replicas would then write under one id.
+    #[error("{0}")]
+    SiteIdTaken(String),
+
     #[error("bad primary key: {0}")]
     Pk(#[from] PkError),
 

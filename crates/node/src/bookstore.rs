@@ -89,6 +89,12 @@ fn encode<T: serde::Serialize>(value: &T) -> rusqlite::Result<Vec<u8>> {
 pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Persisted> {
     conn.execute_batch(SCHEMA_SQL)?;
     upgrade(conn)?;
+    read(conn)
+}
+
+/// What [`load`] loads, without creating or upgrading the tables (from a
+/// backup's copy, which is only read).
+pub(crate) fn read(conn: &Connection) -> rusqlite::Result<Persisted> {
     let mut out = Persisted::default();
     let mut st = conn.prepare("SELECT actor, spans FROM patina_applied")?;
     let mut rows = st.query([])?;

@@ -17,6 +17,9 @@ pub(crate) struct DataDir {
 /// The file in a data dir that one process at a time holds locked.
 pub const LOCK_FILE: &str = "patina.lock";
 
+/// The file in a data dir that names the node's actor id.
+pub(crate) const ACTOR_ID_FILE: &str = "actor_id";
+
 /// Locks data dir `path` for this process, or says who has it. Two
 /// processes writing one data dir would hand out the same versions of the
 /// same actor to different changes, and peers would keep one of each pair
@@ -68,7 +71,7 @@ impl DataDir {
     /// The node's actor id: read from `actor_id`, or created (random) and
     /// written durably on first start. Both databases use it as site id.
     pub fn actor_id(&self) -> Result<SiteId, NodeError> {
-        let file = self.path.join("actor_id");
+        let file = self.path.join(ACTOR_ID_FILE);
         match fs::read_to_string(&file) {
             Ok(text) => text
                 .trim()
@@ -94,7 +97,7 @@ impl DataDir {
 
 /// Write to a temp file, fsync, rename, fsync the dir: a crash leaves the
 /// old content or the new, never half of it.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;

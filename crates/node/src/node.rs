@@ -11,6 +11,7 @@ use patina_proto::Bookkeeper;
 use patina_wire::DbKind;
 use tokio::sync::{broadcast, watch};
 
+use crate::backup::{self, BackupError, BackupManifest, BackupReport};
 use crate::changeset::{Changeset, CommitObserver, Origin};
 use crate::classify::{Classifier, Writes};
 use crate::datadir::DataDir;
@@ -105,6 +106,9 @@ struct Inner {
     /// One digest at a time: each reads every row of both databases.
     digests: tokio::sync::Semaphore,
     dir: DataDir,
+    /// Set while a backup runs: one at a time (each holds a read snapshot
+    /// that keeps the WAL from being checkpointed).
+    backup_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -193,6 +197,7 @@ impl Node {
                 observers,
                 digests: tokio::sync::Semaphore::new(1),
                 dir,
+                backup_running: Arc::default(),
             }),
         })
     }
@@ -441,6 +446,48 @@ impl Node {
     ) -> impl Fn() -> rusqlite::Result<rusqlite::Connection> + Send + Sync + 'static {
         let (regional, global) = (self.inner.dir.regional_db(), self.inner.dir.global_db());
         move || open_reader(&regional, &global)
+    }
+
+    /// Takes an online backup of both databases into `target`, a directory
+    /// this creates (it must not exist; its parent must): each database a
+    /// consistent snapshot with its replication bookkeeping, while writes
+    /// go on. `encode` turns the manifest into the bytes of
+    /// [`MANIFEST_FILE`](crate::MANIFEST_FILE), written last. One backup
+    /// at a time; a failed one leaves nothing behind.
+    pub async fn backup(
+        &self,
+        target: PathBuf,
+        encode: impl FnOnce(&BackupManifest) -> Vec<u8> + Send + 'static,
+    ) -> Result<BackupReport, BackupError> {
+        use std::sync::atomic::Ordering;
+        struct Running(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        if self.inner.backup_running.swap(true, Ordering::AcqRel) {
+            return Err(BackupError::Busy);
+        }
+        // Moved into the copying thread: a request that goes away does not
+        // end the backup, and the next waits until it is done.
+        let running = Running(Arc::clone(&self.inner.backup_running));
+        let data_dir = self.inner.dir.path.clone();
+        let (regional, global) = (self.inner.dir.regional_db(), self.inner.dir.global_db());
+        let (actor, region) = (self.inner.actor, self.inner.options.region.clone());
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            let source = backup::Source {
+                data_dir: &data_dir,
+                regional: &regional,
+                global: &global,
+                actor,
+                region: &region,
+            };
+            backup::take(&source, &target, encode)
+        })
+        .await
+        .map_err(|_| BackupError::ShuttingDown)?
     }
 
     /// Whether this node has applied `version` of `actor` in `db` (each

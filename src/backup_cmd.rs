@@ -1,0 +1,107 @@
+//! `patina backup` (through the API: the agent writes the files) and
+//! `patina restore` (offline: prepares the data dir of a new node from a
+//! backup; docs/operations.md).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use patina_node::{BackupManifest, MANIFEST_FILE};
+use serde_json::Value as Json;
+
+use crate::cli::{BackupArgs, RestoreArgs};
+
+pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let client = patina_client::Client::new(&args.api.api)?.with_token(args.api.token.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let to = std::path::absolute(&args.to)
+        .with_context(|| format!("cannot make {} an absolute path", args.to.display()))?;
+    let Some(to) = to.to_str() else {
+        bail!(
+            "{} is not UTF-8: the API takes the path as a JSON string; choose another",
+            to.display()
+        );
+    };
+    let answer = runtime
+        .block_on(client.backup(to))
+        .context("backup refused")?;
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let manifest = &answer["manifest"];
+    println!(
+        "backup of actor {} written to {} in {:.2} s",
+        manifest["actor_id"].as_str().unwrap_or("?"),
+        answer["dir"].as_str().unwrap_or(to),
+        answer["time"].as_f64().unwrap_or(0.0)
+    );
+    for db in manifest["databases"].as_array().into_iter().flatten() {
+        println!(
+            "  {}: {}, own version {}, {} actor(s)",
+            db["file"].as_str().unwrap_or("?"),
+            mib(&db["bytes"]),
+            db["own_version"],
+            db["actors"].as_array().map_or(0, Vec::len)
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: &Json) -> String {
+    format!(
+        "{:.1} MiB",
+        bytes.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
+    )
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let manifest = read_manifest(&args.from)?;
+    let restored = patina_node::restore(&args.from, &manifest, &args.data_dir)?;
+    println!(
+        "restored the backup of actor {} (taken at {} ms since the epoch) into {} in {:.2} s",
+        restored.old_actor,
+        manifest.taken_unix_ms,
+        args.data_dir.display(),
+        restored.took.as_secs_f64()
+    );
+    println!("new actor id: {}", restored.new_actor);
+    for db in &restored.databases {
+        println!(
+            "  {}.db: versions 1..={} of {} recorded as applied, {} row clocks re-attributed to it, {} actor(s) known",
+            db.db.name(),
+            db.old_version,
+            restored.old_actor,
+            db.clocks_rewritten,
+            db.actors
+        );
+    }
+    println!(
+        "start the agent with node.data_dir = {:?}: it joins as a new node and fetches only what is newer than the backup. \
+         Under mutual TLS with actor-pinned certificates, issue its certificate with `patina tls cert --actor {}`.",
+        args.data_dir,
+        restored.new_actor
+    );
+    Ok(())
+}
+
+fn read_manifest(dir: &Path) -> anyhow::Result<BackupManifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} holds no {MANIFEST_FILE}: it is not a Patina backup, or a backup that did not finish \
+             (the manifest is written last); take a new one with `patina backup`",
+            dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a backup manifest (was it edited?); take a new backup",
+            path.display()
+        )
+    })
+}
