@@ -33,9 +33,11 @@ pub enum SubError {
     #[error("there is no subscription for this statement yet, so from= has nothing to resume: subscribe without from= first")]
     NoSuchSubscription,
     #[error(
-        "this node holds the maximum of {0} subscriptions (api.subscriptions_max): reuse an \
-         existing statement, or free room with DELETE /v1/subscriptions/{{id}} (a subscription \
-         without a listener for api.subscription_idle_expiry is removed by itself)"
+        "this node holds its maximum number of subscriptions, {0} (api.subscriptions_max): \
+         reuse an existing statement, or free room with DELETE /v1/subscriptions/{{id}} (the id \
+         is the corro-query-id header of the subscription's response); unless \
+         api.subscription_idle_expiry is 0, a subscription without a listener for that long is \
+         removed by itself"
     )]
     TooMany(usize),
     #[error("the subscription workers are busy: retry shortly")]
