@@ -446,7 +446,8 @@ async fn the_cap_holds_under_concurrent_creations_and_deleting_frees_room() {
         .await;
     assert_eq!(over.status, 503);
     assert!(
-        over.error().contains("maximum number of subscriptions, 5") && over.error().contains("DELETE /v1/subscriptions"),
+        over.error().contains("maximum number of subscriptions, 5")
+            && over.error().contains("DELETE /v1/subscriptions"),
         "{}",
         over.error()
     );
