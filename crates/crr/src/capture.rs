@@ -286,6 +286,18 @@ fn mark_deleted(clock: &mut RowClock, stamp: &mut Stamp) -> Result<()> {
     Ok(())
 }
 
+/// A key without a clock, in a table whose tombstones were collected here:
+/// its key may be one of them, still held as a tombstone by replicas that
+/// have not collected it yet, so it comes alive as if deleted at the largest
+/// causal length collected (crate::collect).
+fn above_collected(clock: &mut RowClock, collected: Option<&u64>) {
+    if let Some(&cl) = collected {
+        if clock.cl == 0 && clock.is_empty() {
+            clock.cl = cl;
+        }
+    }
+}
+
 /// Sentinel → alive: cl to the next odd value (1 for a never-seen key).
 fn mark_alive(clock: &mut RowClock, stamp: &mut Stamp) -> Result<()> {
     clock.cl = match clock.cl {
@@ -313,6 +325,7 @@ fn bump(clock: &mut RowClock, slot: usize, stamp: &mut Stamp) -> Result<()> {
 pub(crate) fn record(
     conn: &Connection,
     tables: &HashMap<u32, CrrTable>,
+    collected: &HashMap<u32, u64>,
     events: &[Event],
     db_version: u64,
     cache: &mut ClockCache,
@@ -330,6 +343,7 @@ pub(crate) fn record(
                 let row = cache.get_assume_new(conn, table, pk)?;
                 row.dirty = true;
                 let clock = &mut row.clock;
+                above_collected(clock, collected.get(tbl));
                 if table.slots() == 0 || clock.cl.is_multiple_of(2) && clock.cl > 0 {
                     mark_alive(clock, &mut stamp)?;
                 }
@@ -353,7 +367,8 @@ pub(crate) fn record(
                 let target = match new_pk {
                     None => old_pk,
                     Some(new_pk) => {
-                        move_row(conn, table, old_pk, new_pk, cache, &mut stamp)?;
+                        let collected = collected.get(tbl);
+                        move_row(conn, table, old_pk, new_pk, collected, cache, &mut stamp)?;
                         new_pk
                     }
                 };
@@ -376,6 +391,7 @@ fn move_row(
     table: &CrrTable,
     old_pk: &[u8],
     new_pk: &[u8],
+    collected: Option<&u64>,
     cache: &mut ClockCache,
     stamp: &mut Stamp,
 ) -> Result<()> {
@@ -385,6 +401,7 @@ fn move_row(
     mark_deleted(&mut old.clock, stamp)?;
     let new = cache.get(conn, table, new_pk)?;
     new.dirty = true;
+    above_collected(&mut new.clock, collected);
     mark_alive(&mut new.clock, stamp)?;
     for (slot, entry) in moved.iter().enumerate() {
         if let Some(e) = entry {

@@ -1,7 +1,7 @@
 //! [`CrrConn`]: a SQLite connection whose CRR tables capture, read and merge
 //! changes; [`CrrTx`]: one captured local transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Params};
 use crate::authorizer::{self, UserSql};
 use crate::capture::{self, Capture, Mode};
 use crate::changes::{self, Change, Filter, VersionSeqs};
+use crate::collect::{self, Collected};
 use crate::drops::{self, Dropped};
 use crate::error::{CrrError, Result};
 use crate::merge::{self, MergeReport};
@@ -42,6 +43,9 @@ pub struct CrrConn {
     by_name: HashMap<String, u32>,
     sites: Sites,
     dropped: Dropped,
+    /// Per table id, the largest causal length of a collected tombstone
+    /// (`collect`): local inserts of keys without a clock start above it.
+    collected: HashMap<u32, u64>,
 }
 
 impl CrrConn {
@@ -83,6 +87,8 @@ impl CrrConn {
         conn.execute_batch(BOOTSTRAP_SQL)?;
         conn.execute_batch(versions::SCHEMA_SQL)?;
         conn.execute_batch(drops::SCHEMA_SQL)?;
+        conn.execute_batch(collect::SCHEMA_SQL)?;
+        let collected = collect::load_floors(&conn)?;
         let sites = Sites::load_or_init(&conn, site_id)?;
         let dropped = Dropped::load(&conn)?;
         let capture = Capture::new();
@@ -97,6 +103,7 @@ impl CrrConn {
             by_name: HashMap::new(),
             sites,
             dropped,
+            collected,
         };
         me.load_tables()?;
         Ok(me)
@@ -412,8 +419,14 @@ impl CrrConn {
             // Spills write clocks while recording: a misspeculation undoes
             // them too.
             control(&self.conn, "SAVEPOINT crr_flush")?;
-            let written =
-                capture::record(&self.conn, &self.tables, events, db_version, &mut cache)?;
+            let written = capture::record(
+                &self.conn,
+                &self.tables,
+                &self.collected,
+                events,
+                db_version,
+                &mut cache,
+            )?;
             if written == 0 {
                 control(&self.conn, "RELEASE crr_flush")?;
                 return Ok(None);
@@ -628,6 +641,63 @@ impl CrrConn {
             let extra = also(&me.conn, &adopted)?;
             Ok((adopted, extra))
         })
+    }
+
+    /// Removes the tombstones written by versions `1..=bound` of each site
+    /// in `bounds`, at most about `rows_max` of them per call (the next call
+    /// goes on where this one stopped), in one SQLite transaction.
+    ///
+    /// The caller guarantees what makes this safe (docs/crr.md, "Tombstone
+    /// collection"): this replica has applied `1..=bound` of each site, and
+    /// so has every replica that will merge with it from now on.
+    pub fn collect_tombstones(
+        &mut self,
+        bounds: &BTreeMap<SiteId, u64>,
+        rows_max: u64,
+    ) -> Result<Collected> {
+        let mut floors = std::mem::take(&mut self.collected);
+        let out = self.in_write_tx(|me| {
+            collect::collect(
+                &me.conn,
+                &me.tables,
+                &me.sites,
+                &mut floors,
+                bounds,
+                rows_max,
+            )
+        });
+        self.collected = floors;
+        out
+    }
+
+    /// Per CRR table, the largest causal length a collected tombstone had
+    /// here or at a peer that said so ([`raise_collected_cl`](Self::raise_collected_cl));
+    /// tables without any are left out. Ordered by name.
+    pub fn collected_cls(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .collected
+            .iter()
+            .filter_map(|(id, &cl)| Some((self.tables.get(id)?.info.name.clone(), cl)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Learns that a peer collected a tombstone of `table` with causal
+    /// length `cl`: local inserts of keys without a clock start above it
+    /// from now on, so they beat that tombstone wherever it is still held.
+    /// `false` when nothing changed (an unknown table, or no higher).
+    pub fn raise_collected_cl(&mut self, table: &str, cl: u64) -> Result<bool> {
+        let Some(&id) = self.by_name.get(table) else {
+            return Ok(false);
+        };
+        // Causal lengths of tombstones are even; an odd one would make a
+        // local insert start at an even (deleted) length.
+        let cl = cl - cl % 2;
+        if cl == 0 || self.collected.get(&id).is_some_and(|&have| have >= cl) {
+            return Ok(false);
+        }
+        collect::raise_floor(&self.conn, &mut self.collected, id, cl)
     }
 
     /// Whether this database has CRR table `table` with replicated column

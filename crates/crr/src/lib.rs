@@ -37,6 +37,7 @@ mod authorizer;
 mod capture;
 mod changes;
 mod clock;
+mod collect;
 mod conn;
 pub mod digest;
 mod drops;
@@ -54,6 +55,7 @@ mod value;
 mod versions;
 
 pub use changes::{Change, VersionSeqs};
+pub use collect::Collected;
 pub use conn::{Committed, CrrConn, CrrTx, CACHE_SIZE_PRAGMA};
 pub use drops::Dropped;
 pub use error::{CrrError, Result, SchemaViolation};
