@@ -1,6 +1,7 @@
 //! The region under test: starting the agents and waiting until they see
 //! each other, summing their counters, and pinning processes to cores.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::http::{alive_members, http_client, metric, CLUSTER};
@@ -20,16 +21,30 @@ impl Cluster {
     /// Node 0, then the others (started in parallel) bootstrapping to it;
     /// returns once every node sees `n` alive members.
     pub(crate) async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_, _| {}).await
+    }
+
+    /// As [`start`](Self::start); `prepare(dir, config)` runs on each node's
+    /// directory after its schema and config are written and before its
+    /// agent starts (another schema, more config keys).
+    pub(crate) async fn start_with(n: usize, prepare: impl Fn(&Path, &Path) + Sync) -> Cluster {
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-        let first = Agent::start(&setup(dirs[0].path()));
+        let config = setup(dirs[0].path());
+        prepare(dirs[0].path(), &config);
+        let first = Agent::start(&config);
         assert!(!first.gossip.is_empty(), "node 0 logs its gossip address");
         let boot = first.gossip.clone();
+        let prepare = &prepare;
         let rest: Vec<Agent> = std::thread::scope(|s| {
             let handles: Vec<_> = dirs[1..]
                 .iter()
                 .map(|d| {
                     let boot = boot.clone();
-                    s.spawn(move || Agent::start(&setup_peer(d.path(), &[&boot])))
+                    s.spawn(move || {
+                        let config = setup_peer(d.path(), &[&boot]);
+                        prepare(d.path(), &config);
+                        Agent::start(&config)
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -65,6 +80,12 @@ impl Cluster {
 
     pub(crate) fn len(&self) -> usize {
         self.agents.len()
+    }
+
+    /// Node `i`'s data dir (where its `regional.db` is; benches/soak.rs).
+    #[allow(dead_code)]
+    pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
+        self._dirs[i].path().join("data")
     }
 
     /// Panics if an agent exited (crashed) during the runs.
