@@ -75,10 +75,9 @@ impl Collector {
         self.watermark.retain_live(&live);
         let own = own_prefixes(&shared.node.bookkeeping(DB).borrow(), DB);
         // Without a watermark the pass still keeps its checkpoint.
-        let watermark = self
-            .watermark
-            .watermark(&live, &own, &state.floors)
-            .unwrap_or_default();
+        let watermark = self.watermark.watermark(&live, &own, &state.floors);
+        tracing::debug!(live = live.len(), ?watermark, "tombstone collection pass");
+        let watermark = watermark.unwrap_or_default();
         let request = CollectRequest {
             now_ms: unix_ms(),
             retention_ms: self.retention.as_millis().min(u64::MAX as u128) as u64,
@@ -89,6 +88,7 @@ impl Collector {
         let Some(report) = shared.node.collect_tombstones(DB, request).await else {
             return;
         };
+        tracing::debug!(?report, "tombstone collection pass done");
         shared.stats.tombstones_collected.inc_by(report.rows);
         if report.rows > 0 {
             tracing::info!(
@@ -127,7 +127,7 @@ pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: Collect
     };
     let reason = format!(
         "this node missed deletes whose tombstones its peers collected (it was away, or behind, \
-         longer than db.tombstone_retention): {db} holds versions 1..={have} of actor {actor}, \
+         longer than db.tombstone_retention): {db}.db holds versions 1..={have} of actor {actor}, \
          peer {peer} collected up to {floor}. Rows the cluster deleted may still be here, so it \
          refuses writes and does not serve sync. Re-seed it: `patina backup --api <healthy node> \
          --to DIR`, stop this agent, `patina restore --from DIR --data-dir <new data dir>`, and \

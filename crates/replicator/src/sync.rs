@@ -132,6 +132,16 @@ pub(crate) async fn run(
         pace.on_round(quiet && !status.borrow().catching_up());
         tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
+        if !catching_up {
+            // A fresh data dir holds what its peers held now (or it has
+            // none): from here on it is checked against collection floors
+            // like any node.
+            for &db in shared.dbs {
+                if shared.node.collection(db).is_some_and(|c| c.bootstrapping) {
+                    shared.node.mark_joined(db).await;
+                }
+            }
+        }
         if let Some(collector) = collector.as_mut() {
             collector.on_round(&shared, &answered, catching_up).await;
         }
@@ -168,12 +178,6 @@ fn publish(shared: &Shared, catch_up: &CatchUp, status: &watch::Sender<CatchUpSt
         .set(i64::try_from(now.missing_versions).unwrap_or(i64::MAX));
     let was = status.send_replace(now);
     if was.catching_up() && !now.catching_up() {
-        // A fresh data dir holds what its peers held now: from here on it
-        // is checked against collection floors like any node.
-        for &db in shared.dbs {
-            let node = Arc::clone(&shared.node);
-            tokio::spawn(async move { node.mark_joined(db).await });
-        }
         let secs = now
             .ended
             .map_or(0.0, |e| e.duration_since(now.started).as_secs_f64());
