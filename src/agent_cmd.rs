@@ -237,7 +237,10 @@ fn start_region(config: &Config, node: &Node) -> anyhow::Result<RegionRuntime> {
         tls: tls(&g.tls),
         members_file: config.node.data_dir.join(format!("members-{region}")),
         dbs: &[DbKind::Regional, DbKind::Global],
-        replicator: ReplicatorConfig::default(),
+        replicator: ReplicatorConfig {
+            tombstone_retention: config.db.tombstone_retention(),
+            ..ReplicatorConfig::default()
+        },
         socket: None,
     };
     let global = match &config.global_gossip {

@@ -113,16 +113,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
                 "member {member} was not checked: give its API address with --peer"
             ));
         }
-        let formats: BTreeSet<String> = nodes
-            .iter()
-            .map(|n| format!("{} / {}", n.digest["format"], n.digest["buckets"]))
-            .collect();
-        if formats.len() > 1 {
-            anyhow::bail!(
-                "the nodes digest in different formats ({}): run one Patina release on all of them, then check again",
-                formats.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
+        same_format(&nodes)?;
 
         let mut diffs = compare(&nodes);
         for _ in 1..args.attempts {
@@ -138,6 +129,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("asking {} for its digest again", node.addr))?
                     .1;
             }
+            // A node upgraded meanwhile digests in another format.
+            same_format(&nodes)?;
             diffs = compare(&nodes);
         }
 
@@ -177,6 +170,42 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
         anyhow::bail!("{}", why.join("; "))
     })
+}
+
+/// Fails, naming each node's format, unless every node digests in one
+/// format: hashes of two formats differ without the rows differing (a
+/// release that hashes other fields renames the format).
+fn same_format(nodes: &[Peer]) -> anyhow::Result<()> {
+    let named: Vec<(String, &Json)> = nodes.iter().map(|n| (n.name(), &n.digest)).collect();
+    match format_mismatch(&named) {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// Why digests of these (node name, digest) pairs cannot be compared, if
+/// their formats (name and bucket count) are not all the same.
+fn format_mismatch(digests: &[(String, &Json)]) -> Option<String> {
+    let mut by_format: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (name, digest) in digests {
+        let format = match digest["format"].as_str() {
+            Some(f) => format!("{f} ({} buckets)", digest["buckets"]),
+            None => "no format named".to_owned(),
+        };
+        by_format.entry(format).or_default().push(name);
+    }
+    if by_format.len() <= 1 {
+        return None;
+    }
+    let listed: Vec<String> = by_format
+        .iter()
+        .map(|(format, names)| format!("{format} on {}", names.join(", ")))
+        .collect();
+    Some(format!(
+        "the nodes digest in different formats, whose hashes cannot be compared: {}; \
+         run one Patina release on all of them, then check again",
+        listed.join("; ")
+    ))
 }
 
 /// The members a check must cover, from the checked node's `/v1/members`.
@@ -303,11 +332,9 @@ async fn print_diff(diff: &TableDiff, nodes: &[Peer]) {
         .filter(|i| !diff.missing.contains(i))
         .map(|&i| {
             let t = &nodes[i].digest["databases"][diff.db][&diff.table];
-            let count = |key: &str, what: &str| plural(t[key].as_u64().unwrap_or(0) as usize, what);
             format!(
-                "{}, {} on {}",
-                count("rows", "row"),
-                count("tombstones", "tombstone"),
+                "{} on {}",
+                plural(t["rows"].as_u64().unwrap_or(0) as usize, "row"),
                 nodes[i].addr
             )
         })
@@ -385,9 +412,12 @@ async fn print_bucket(diff: &TableDiff, bucket: usize, nodes: &[Peer]) {
             .map_or_else(|| Json::Null, |k| k["pk"].clone());
         println!("    key {shown} (packed {pk}):");
         for (i, keys) in &listed {
-            let held = keys
-                .get(pk.as_str())
-                .map_or_else(|| "no such key".to_owned(), describe_key);
+            let held = keys.get(pk.as_str()).map_or_else(
+                // Digests leave tombstones out: a deleted key is listed
+                // nowhere, like one never written.
+                || "no such key (deleted, or never written)".to_owned(),
+                describe_key,
+            );
             println!("      {}: {held}", nodes[*i].addr);
         }
     }
@@ -538,7 +568,7 @@ mod tests {
     }
 
     fn table(hash: &str, buckets: [&str; 4]) -> Json {
-        json!({"rows": 1, "tombstones": 0, "hash": hash, "buckets": buckets})
+        json!({"rows": 1, "hash": hash, "buckets": buckets})
     }
 
     #[test]
@@ -585,6 +615,30 @@ mod tests {
             ]
         );
         assert!(compare_digests(&[(&a, true), (&a.clone(), true)]).is_empty());
+    }
+
+    #[test]
+    fn formats_must_agree() {
+        let format = |name: &str| json!({"format": name, "buckets": 256, "databases": {}});
+        let (one, two) = (format("patina-digest-1/x"), format("patina-digest-2/x"));
+        let ask = |digests: &[(&str, &Json)]| {
+            let named: Vec<(String, &Json)> =
+                digests.iter().map(|(n, d)| (n.to_string(), *d)).collect();
+            format_mismatch(&named)
+        };
+        assert_eq!(ask(&[("a", &two), ("b", &two)]), None);
+        assert_eq!(
+            ask(&[("a", &two), ("b", &one), ("c", &two)]).unwrap(),
+            "the nodes digest in different formats, whose hashes cannot be compared: \
+             patina-digest-1/x (256 buckets) on b; patina-digest-2/x (256 buckets) on a, c; \
+             run one Patina release on all of them, then check again"
+        );
+        let fewer = json!({"format": "patina-digest-2/x", "buckets": 16, "databases": {}});
+        assert!(ask(&[("a", &two), ("b", &fewer)]).is_some());
+        let none = json!({"databases": {}});
+        assert!(ask(&[("a", &two), ("b", &none)])
+            .unwrap()
+            .contains("no format named on b"));
     }
 
     #[test]

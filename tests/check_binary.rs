@@ -56,6 +56,36 @@ fn check(api: &Agent, peers: &[&Agent], args: &[&str]) -> (i32, String, String) 
     )
 }
 
+/// A stand-in for a node of another release: an HTTP server on 127.0.0.1
+/// answering every request with `body` as a digest of node `actor`.
+/// Returns its address; it serves until the test process ends.
+fn fake_digest_server(actor: &str, body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\npatina-actor-id: {actor}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
 fn exec(agent: &Agent, sql: &str) {
     let (ok, _, err) = agent.cli(&["exec", sql]);
     assert!(ok, "{sql}: {err}");
@@ -113,6 +143,39 @@ fn check_finds_a_row_changed_around_capture() {
     let (code, out, err) = check(&a, &[&b], &["--attempts", "1"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("all 2 nodes agree"), "{out}");
+    let format: Json = serde_json::from_slice(&digest(&a, "").2).unwrap();
+    assert_eq!(format["format"], "patina-digest-2/siphash-2-4/256");
+
+    // b's rows, digested by an older release: not compared, whatever the
+    // hashes say.
+    let mut old: Json = serde_json::from_slice(&digest(&b, "").2).unwrap();
+    old["format"] = "patina-digest-1/siphash-2-4/256".into();
+    let fake = fake_digest_server(&actor_b, serde_json::to_vec(&old).unwrap());
+    let mut command = std::process::Command::new(BIN);
+    command.args([
+        "check",
+        "--api",
+        &a.addr,
+        "--peer",
+        &fake,
+        "--attempts",
+        "1",
+    ]);
+    let out = command.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("different formats")
+            && stderr.contains(&format!(
+                "patina-digest-1/siphash-2-4/256 (256 buckets) on {fake} ({})",
+                &actor_b[..8]
+            ))
+            && stderr.contains("patina-digest-2/siphash-2-4/256 (256 buckets) on"),
+        "{stderr}"
+    );
 
     // Around capture on b: a plain connection with a do-nothing crr_capture.
     let side = rusqlite::Connection::open(db.path().join("data/regional.db")).unwrap();

@@ -40,6 +40,10 @@ pub const DEFAULT_QUERY_TIMEOUT_SECS: f64 = 30.0;
 /// client re-attaching after a restart or a network cut finds it, an
 /// abandoned one frees its place).
 pub const DEFAULT_SUBSCRIPTION_IDLE_EXPIRY_SECS: f64 = 3600.0;
+/// A deleted row's tombstone is kept at least this long after every member
+/// applied the delete (a week): a node away for less rejoins by syncing,
+/// one away longer must be re-seeded from a backup (docs/crr.md).
+pub const DEFAULT_TOMBSTONE_RETENTION_SECS: f64 = 604_800.0;
 /// The name of the global cluster, so no region may take it.
 pub const GLOBAL_CLUSTER_NAME: &str = "global";
 const REGION_LEN_MAX: usize = 32;
@@ -84,7 +88,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DbConfig {
     /// Regional tables: `.sql` files or folders of them.
@@ -95,6 +99,28 @@ pub struct DbConfig {
     /// the tables and columns they no longer declare (their data with
     /// them). `patina reload --allow-destructive` asks for it per reload.
     pub allow_destructive_schema: bool,
+    /// Seconds a deleted row's tombstone (its clock) is kept after this
+    /// node applied the delete, once every member has; 0: kept forever.
+    pub tombstone_retention: f64,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            schema_paths: Vec::new(),
+            global_schema_paths: Vec::new(),
+            allow_destructive_schema: false,
+            tombstone_retention: DEFAULT_TOMBSTONE_RETENTION_SECS,
+        }
+    }
+}
+
+impl DbConfig {
+    /// `tombstone_retention` as the replicator takes it.
+    pub fn tombstone_retention(&self) -> Option<std::time::Duration> {
+        (self.tombstone_retention > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.tombstone_retention))
+    }
 }
 
 /// The regional cluster's transport (QUIC over UDP).
@@ -671,6 +697,17 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         if let Some(i) = paths.iter().position(|p| p.as_os_str().is_empty()) {
             return err(&format!("{key}[{i}]"), "must not be empty".to_string());
         }
+    }
+    // Ten years bounds it within what Duration holds; below a second a
+    // node restarting is away longer than the retention.
+    let retention = config.db.tombstone_retention;
+    if !(retention == 0.0 || (1.0..=315_360_000.0).contains(&retention)) {
+        return err(
+            "db.tombstone_retention",
+            "must be 0 (keep tombstones forever) or a number of seconds from 1 to 315360000, \
+             e.g. 604800 (a week)"
+                .to_string(),
+        );
     }
     let g = &config.gossip;
     check_transport("gossip", g.external_addr, &g.bootstrap, g.tls.as_ref())?;

@@ -94,6 +94,7 @@ fn example_file_documents_every_key() {
         "schema_paths =",
         "global_schema_paths =",
         "allow_destructive_schema =",
+        "tombstone_retention =",
         "[gossip]",
         "addr =",
         "external_addr =",
@@ -169,6 +170,7 @@ fn defaults() {
             schema_paths: vec![],
             global_schema_paths: vec![],
             allow_destructive_schema: false,
+            tombstone_retention: 604_800.0,
         },
         gossip: GossipConfig {
             addr: addr("0.0.0.0:7878"),
@@ -751,4 +753,41 @@ fn allow_destructive_schema_is_off_unless_said() {
         e.contains("`db.allow_destructive_schema`") && e.contains("expected a boolean"),
         "{e}"
     );
+}
+
+#[test]
+fn tombstone_retention_is_a_week_zero_or_a_bounded_number_of_seconds() {
+    let config = Config::from_toml_str(MINIMAL, no_env()).unwrap();
+    assert_eq!(
+        config.db.tombstone_retention(),
+        Some(std::time::Duration::from_secs(604_800))
+    );
+    let off = Config::from_toml_str(
+        &format!("{MINIMAL}[db]\ntombstone_retention = 0\n"),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(off.db.tombstone_retention(), None);
+    let short = Config::from_toml_str(
+        &format!("{MINIMAL}[db]\ntombstone_retention = 2.5\n"),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        short.db.tombstone_retention(),
+        Some(std::time::Duration::from_millis(2500))
+    );
+    for bad in ["0.5", "-1", "315360001"] {
+        let e = Config::from_toml_str(
+            &format!("{MINIMAL}[db]\ntombstone_retention = {bad}\n"),
+            no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`db.tombstone_retention`")
+                && e.contains("must be 0 (keep tombstones forever)"),
+            "{bad}: {e}"
+        );
+    }
 }

@@ -133,14 +133,12 @@ impl Tables<TableDigest> for TableJson {
         #[derive(Serialize)]
         struct One {
             rows: u64,
-            tombstones: u64,
             hash: String,
             buckets: Vec<String>,
         }
         for t in tables {
             let one = One {
                 rows: t.rows,
-                tombstones: t.tombstones,
                 hash: hash_hex(t.hash()),
                 buckets: t.buckets.iter().map(|b| hash_hex(*b)).collect(),
             };

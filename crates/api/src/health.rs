@@ -130,6 +130,9 @@ fn count(key: &str, value: &str) -> Result<u64, ApiError> {
 struct Answer<'a> {
     #[serde(flatten)]
     report: &'a HealthReport,
+    /// Whether `regional.db` missed deletes whose tombstones peers
+    /// collected: it refuses writes until re-seeded.
+    stale: bool,
     reason: Option<String>,
 }
 
@@ -139,7 +142,9 @@ pub(crate) async fn health(
 ) -> Result<Response, ApiError> {
     let thresholds = Thresholds::parse(raw_query.as_deref())?;
     let report = state.cluster.health();
-    let mut reasons: Vec<String> = report.catch_up.reason.iter().cloned().collect();
+    let stale = state.node.collection(patina_node::DbKind::Regional).stale;
+    let mut reasons: Vec<String> = stale.iter().cloned().collect();
+    reasons.extend(report.catch_up.reason.iter().cloned());
     if report.catching_up && reasons.is_empty() {
         reasons.push("catching up".to_owned());
     }
@@ -162,6 +167,7 @@ pub(crate) async fn health(
     };
     let answer = Answer {
         report: &report,
+        stale: stale.is_some(),
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     };
     Ok((status, Json(json!({ "response": answer }))).into_response())

@@ -78,6 +78,7 @@ pub(crate) enum TxFailure {
     Timeout,
     ShuttingDown,
     StorageFull,
+    Stale,
 }
 
 /// How a query's start went.
@@ -207,6 +208,7 @@ impl Metrics {
             TxFailure::Timeout => "timeout",
             TxFailure::ShuttingDown => "shutting_down",
             TxFailure::StorageFull => "storage_full",
+            TxFailure::Stale => "stale",
         };
         self.tx_failed.get_or_create(&ReasonLabels { reason }).inc();
     }

@@ -87,6 +87,12 @@ pub(crate) async fn handle(
             TxFailure::StorageFull,
             e.to_string(),
         ),
+        // The node must be re-seeded: another node takes the write.
+        Ok(Err(e @ TxError::Stale { .. })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TxFailure::Stale,
+            e.to_string(),
+        ),
         Ok(Err(e @ TxError::ShuttingDown)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             TxFailure::ShuttingDown,

@@ -7,13 +7,16 @@
 //! converge and the others may not): the packed pk, the causal length,
 //! whether the table holds the row, and for each column that has a clock
 //! entry its name, value, col_version, db_version, site id (the 16 bytes,
-//! never the local ordinal) and seq. The sentinel's clock is left out.
+//! never the local ordinal) and seq. The sentinel's clock is left out, and
+//! so are tombstones (an even causal length and no row): replicas collect
+//! them at different moments, so which ones a replica still holds is not
+//! converged state.
 //! Everything is written little-endian and length-prefixed into SipHash-2-4
 //! under fixed keys, so every machine and version computes the same hash;
 //! a bucket's hash is the wrapping sum of its keys' hashes, which does not
 //! depend on the order rows are read in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hasher;
 
 use rusqlite::types::ValueRef;
@@ -31,7 +34,7 @@ pub const DIGEST_BUCKETS: usize = 256;
 
 /// Names the encoding and hash below. Change it with either: nodes whose
 /// formats differ must not compare their hashes.
-pub const DIGEST_FORMAT: &str = "patina-digest-1/siphash-2-4/256";
+pub const DIGEST_FORMAT: &str = "patina-digest-2/siphash-2-4/256";
 
 /// SipHash keys: arbitrary constants, fixed forever (they are part of
 /// [`DIGEST_FORMAT`]). Bucket choice and row hash use different keys so a
@@ -50,10 +53,8 @@ pub fn bucket_of(packed_pk: &[u8]) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableDigest {
     pub table: String,
-    /// Rows the table holds (live rows; tombstones are not rows).
+    /// Rows the table holds. Tombstones are neither counted nor hashed.
     pub rows: u64,
-    /// Keys whose row is deleted (even causal length) and not in the table.
-    pub tombstones: u64,
     /// [`DIGEST_BUCKETS`] hashes; 0 for a bucket without keys.
     pub buckets: Vec<u64>,
 }
@@ -75,7 +76,9 @@ impl TableDigest {
 pub struct KeyState {
     /// The packed primary key.
     pub pk: Vec<u8>,
-    /// Causal length: odd alive, even deleted; 0 when the table holds a row
+    /// Causal length: odd alive; even (deleted) only for a row the table
+    /// holds under a tombstone's clock (written around capture), since
+    /// tombstones themselves are not listed; 0 when the table holds a row
     /// that has no clock (written around capture).
     pub cl: u64,
     /// Whether the table holds a row for this key.
@@ -133,7 +136,6 @@ pub fn table_digest(conn: &Connection, schema: &str, table: &str) -> Result<Tabl
         let mut digest = TableDigest {
             table: table.to_owned(),
             rows: 0,
-            tombstones: 0,
             buckets: vec![0; DIGEST_BUCKETS],
         };
         scan.run(
@@ -143,8 +145,6 @@ pub fn table_digest(conn: &Connection, schema: &str, table: &str) -> Result<Tabl
                 digest.buckets[bucket] = digest.buckets[bucket].wrapping_add(hash);
                 if key.values.is_some() {
                     digest.rows += 1;
-                } else if key.cl % 2 == 0 {
-                    digest.tombstones += 1;
                 }
                 Ok(())
             },
@@ -155,6 +155,7 @@ pub fn table_digest(conn: &Connection, schema: &str, table: &str) -> Result<Tabl
 
 /// The keys of `bucket` of `table`, ordered by packed pk, each with its
 /// hash: what tells two replicas' differing bucket apart row by row.
+/// Tombstones are left out, as from the digest.
 pub fn bucket_keys(
     conn: &Connection,
     schema: &str,
@@ -269,8 +270,9 @@ impl<'c> TableScan<'c> {
     }
 
     /// Visits every key whose bucket `want`s: each row of the table (with
-    /// its clock, if any), then each clock whose key the table holds no row
-    /// for (tombstones, and alive clocks whose row is missing).
+    /// its clock, if any), then each alive clock whose row is missing.
+    /// Tombstones (a deleted key's clock, no row) are not visited; a row
+    /// the table holds under one is, with its values.
     fn run(
         &self,
         want: impl Fn(usize) -> bool,
@@ -292,11 +294,8 @@ impl<'c> TableScan<'c> {
         ))?;
         // Rows with an odd-cl clock found in the table, against the odd-cl
         // clocks: when the counts agree every alive clock has its row, and
-        // the clock pass need not look any up.
+        // the clock table need not be read a second time.
         let mut alive_rows = 0u64;
-        // Rows the table holds under a deleted key's clock (written around
-        // capture): already visited with their values.
-        let mut rows_of_deleted: HashSet<Vec<u8>> = HashSet::new();
         let mut rows = rows_stmt.query([])?;
         while let Some(row) = rows.next()? {
             let refs = (0..columns.len())
@@ -322,8 +321,6 @@ impl<'c> TableScan<'c> {
             let cl = clock.as_ref().map_or(0, |c| c.cl);
             if cl % 2 == 1 {
                 alive_rows += 1;
-            } else if cl > 0 {
-                rows_of_deleted.insert(pk.clone());
             }
             let key = KeyView {
                 pk: &pk,
@@ -333,36 +330,27 @@ impl<'c> TableScan<'c> {
             };
             visit(bucket, &key)?;
         }
-        let alive_clocks = self.visit_clocks(&want, &rows_of_deleted, None, &mut visit)?;
+        let mut alive_clocks = 0u64;
+        self.each_clock(&want, |_, _, clock| {
+            alive_clocks += u64::from(clock.cl % 2 == 1);
+            Ok(())
+        })?;
         if alive_clocks != alive_rows {
-            self.visit_clocks(&want, &rows_of_deleted, Some(alive_rows), &mut visit)?;
+            self.visit_alive_without_row(&want, &mut visit)?;
         }
         Ok(())
     }
 
-    /// One pass over the clock table: visits the deleted keys the table
-    /// holds no row for and returns how many alive clocks there are. The
-    /// second pass (`rows_found` given, the counts disagreed) visits only
-    /// the alive clocks whose row is missing.
-    fn visit_clocks(
+    /// Calls `f` with the bucket, packed pk and clock of each clock whose
+    /// bucket `want`s.
+    fn each_clock(
         &self,
         want: &impl Fn(usize) -> bool,
-        rows_of_deleted: &HashSet<Vec<u8>>,
-        rows_found: Option<u64>,
-        visit: &mut impl FnMut(usize, &KeyView<'_>) -> Result<()>,
-    ) -> Result<u64> {
+        mut f: impl FnMut(usize, &[u8], &RowClock) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT pk, clock FROM {}", self.clock_table))?;
-        let pk_where = self
-            .info
-            .pk_columns()
-            .enumerate()
-            .map(|(i, c)| format!("{} = ?{}", quote_ident(&c.name), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let exists_sql = format!("SELECT 1 FROM {} WHERE {pk_where}", self.base);
-        let mut alive = 0u64;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let pk = blob(row.get_ref(0)?)?;
@@ -371,34 +359,49 @@ impl<'c> TableScan<'c> {
                 continue;
             }
             let clock = RowClock::decode(blob(row.get_ref(1)?)?, self.slots())?;
-            let visited = match (clock.cl, rows_found) {
-                (0, _) => true,
-                (cl, None) if cl % 2 == 1 => {
-                    alive += 1;
-                    true
-                }
-                (_, None) => rows_of_deleted.contains(pk),
-                (cl, Some(_)) if cl % 2 == 0 => true,
-                (_, Some(_)) => {
-                    let values = pk::unpack(pk)?;
-                    self.conn
-                        .prepare_cached(&exists_sql)?
-                        .query_row(rusqlite::params_from_iter(values.iter()), |_| Ok(()))
-                        .optional()?
-                        .is_some()
-                }
-            };
-            if !visited {
-                let key = KeyView {
-                    pk,
-                    cl: clock.cl,
-                    values: None,
-                    clock: Some(&clock),
-                };
-                visit(bucket, &key)?;
-            }
+            f(bucket, pk, &clock)?;
         }
-        Ok(alive)
+        Ok(())
+    }
+
+    /// Visits the alive clocks whose row the table does not hold (deleted
+    /// around capture), each looked up in the table: only run when the
+    /// counts of alive rows and alive clocks disagree.
+    fn visit_alive_without_row(
+        &self,
+        want: &impl Fn(usize) -> bool,
+        visit: &mut impl FnMut(usize, &KeyView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let pk_where = self
+            .info
+            .pk_columns()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", quote_ident(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut exists = self
+            .conn
+            .prepare(&format!("SELECT 1 FROM {} WHERE {pk_where}", self.base))?;
+        self.each_clock(want, |bucket, pk, clock| {
+            if clock.cl % 2 == 0 {
+                return Ok(());
+            }
+            let values = pk::unpack(pk)?;
+            let held = exists
+                .query_row(rusqlite::params_from_iter(values.iter()), |_| Ok(()))
+                .optional()?
+                .is_some();
+            if held {
+                return Ok(());
+            }
+            let key = KeyView {
+                pk,
+                cl: clock.cl,
+                values: None,
+                clock: Some(clock),
+            };
+            visit(bucket, &key)
+        })
     }
 
     /// The columns a key's state holds, by name: those with a clock entry,

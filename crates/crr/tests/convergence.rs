@@ -2,7 +2,7 @@
 //! in random order and batch sizes converge — identical table contents,
 //! identical column clocks, sentinels equal by causal length — and applying
 //! a batch twice changes nothing. Their consistency digests agree exactly
-//! when their converged state does.
+//! when their converged state, tombstones left out, does.
 
 use std::collections::BTreeMap;
 
@@ -301,13 +301,22 @@ fn digests(conn: &CrrConn) -> Vec<TableDigest> {
         .collect()
 }
 
-/// The digest sees exactly what converges: two replicas digest alike if
-/// and only if their contents, column clocks and causal lengths agree.
+/// What the digest hashes: contents, column clocks, and the causal lengths
+/// of keys that are not tombstones (these tests write through capture only,
+/// so an even causal length is a deleted key without a row).
+fn digested_state(conn: &CrrConn) -> (Vec<String>, Vec<String>, Cls) {
+    let (cols, mut cls) = clocks(conn);
+    cls.retain(|_, cl| *cl % 2 == 1);
+    (contents(conn), cols, cls)
+}
+
+/// The digest sees exactly what converges, tombstones left out (replicas
+/// collect them at different moments): two replicas digest alike if and
+/// only if their contents, column clocks and alive causal lengths agree.
 fn assert_digests_tell(sites: &[CrrConn]) {
     for i in 0..sites.len() {
         for j in i + 1..sites.len() {
-            let same_state = (contents(&sites[i]), clocks(&sites[i]))
-                == (contents(&sites[j]), clocks(&sites[j]));
+            let same_state = digested_state(&sites[i]) == digested_state(&sites[j]);
             let same_digest = digests(&sites[i]) == digests(&sites[j]);
             assert_eq!(
                 same_state, same_digest,

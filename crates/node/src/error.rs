@@ -58,6 +58,11 @@ pub enum TxError {
     /// data dir is full). The transaction was rolled back whole.
     #[error("{db}.db: the disk holding the data dir is full, so nothing of this transaction was written; free space on that filesystem and retry (the node resumes writing by itself once there is room; reads and replication to peers go on meanwhile)")]
     StorageFull { db: &'static str },
+    /// The database missed deletes whose tombstones peers collected: its
+    /// rows may hold what the cluster deleted, so writes are refused until
+    /// the node is re-seeded (`reason` says how).
+    #[error("{db}.db refuses writes: {reason}")]
+    Stale { db: &'static str, reason: String },
     #[error("the node is shutting down")]
     ShuttingDown,
 }

@@ -15,6 +15,7 @@ mod bookstore;
 mod changeset;
 mod chunks;
 mod classify;
+mod collect;
 mod datadir;
 mod digest;
 mod error;
@@ -35,6 +36,7 @@ pub use backup::{
 };
 pub use changeset::{unix_ms, Changeset, CommitObserver, Omitted, Origin, RowChange};
 pub use chunks::{chunk_changes, wire_changes};
+pub use collect::{CollectReport, CollectRequest, CollectionState};
 pub use datadir::{lock as lock_data_dir, LOCK_FILE};
 pub use digest::{
     BucketKeys, ColumnClock, ColumnState, Digest, DigestError, DigestRequest, DIGEST_BUCKETS,

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use crate::backup::{self, BackupError, BackupManifest, BackupReport};
 use crate::changeset::{Changeset, CommitObserver, Origin};
 use crate::classify::{Classifier, Writes};
+use crate::collect::Collection;
 use crate::datadir::DataDir;
 use crate::digest::{self, CancelOnDrop, Digest, DigestError, DigestRequest};
 use crate::error::{NodeError, QueryError, TxError};
@@ -109,6 +110,8 @@ struct Inner {
     /// Set while a backup runs: one at a time (each holds a read snapshot
     /// that keeps the WAL from being checkpointed).
     backup_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Tombstone collection state: regional, global.
+    collections: [Arc<Collection>; 2],
 }
 
 impl Node {
@@ -143,6 +146,16 @@ impl Node {
                 db: DbKind::Global.name(),
                 source,
             })?;
+        let collection = |db: DbKind, conn: &CrrConn| {
+            Collection::load(conn).map_err(|e| NodeError::Database {
+                db: db.name(),
+                source: e.into(),
+            })
+        };
+        let collections = [
+            collection(DbKind::Regional, &regional)?,
+            collection(DbKind::Global, &global)?,
+        ];
         let (changesets, _) = broadcast::channel(CHANGESETS_BUFFERED_MAX);
         let commits: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Changeset>>>> = Arc::default();
         let observers: Arc<RwLock<Vec<Arc<dyn CommitObserver>>>> = Arc::default();
@@ -198,6 +211,7 @@ impl Node {
                 digests: tokio::sync::Semaphore::new(1),
                 dir,
                 backup_running: Arc::default(),
+                collections,
             }),
         })
     }
@@ -236,6 +250,16 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner());
             classifier.classify(statements.sql_texts())
         };
+        let db = match writes {
+            Writes::Global => DbKind::Global,
+            _ => DbKind::Regional,
+        };
+        if let Some(reason) = self.collection_of(db).state().stale {
+            return Err(TxError::Stale {
+                db: db.name(),
+                reason,
+            });
+        }
         match writes {
             Writes::Both => Err(TxError::MixedDatabases),
             Writes::Global => self.inner.global.transact(statements).await,
@@ -521,7 +545,7 @@ impl Node {
         tokio::time::timeout(timeout, whole).await.unwrap_or(false)
     }
 
-    fn writer(&self, db: DbKind) -> &Writer {
+    pub(crate) fn writer(&self, db: DbKind) -> &Writer {
         match db {
             DbKind::Regional => &self.inner.regional,
             DbKind::Global => &self.inner.global,
@@ -562,6 +586,13 @@ impl Node {
     /// stopping, and a runaway query must not keep it from exiting.
     pub fn close_reads(&self) {
         self.inner.reads.close();
+    }
+
+    pub(crate) fn collection_of(&self, db: DbKind) -> &Arc<Collection> {
+        match db {
+            DbKind::Regional => &self.inner.collections[0],
+            DbKind::Global => &self.inner.collections[1],
+        }
     }
 
     /// `db`'s bookkeeping, updated after every commit and merge.

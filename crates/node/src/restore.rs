@@ -296,6 +296,7 @@ fn seed_database(
             bookstore::save_applied(c, adopted.old_site, &spans)
         })
         .map_err(database)?;
+    crate::collect::mark_restored(conn.connection()).map_err(sqlite)?;
     // The restored file needs no WAL of its own to be complete.
     conn.connection()
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

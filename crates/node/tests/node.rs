@@ -416,7 +416,7 @@ async fn digests_cover_both_databases_and_list_a_bucket() {
         ]
     );
     let machines = &dbs[0].1[0];
-    assert_eq!((machines.rows, machines.tombstones), (39, 1));
+    assert_eq!(machines.rows, 39, "m7's tombstone is no row");
 
     // One bucket's keys hash to that bucket's sum.
     let bucket = (0..DIGEST_BUCKETS)

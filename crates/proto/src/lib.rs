@@ -8,7 +8,9 @@
 //! goes ([`BroadcastConfig::targets`], [`ForwardPolicy`]) and the bounded
 //! queue of those sends ([`BroadcastQueue`]); who leads a region
 //! ([`region_leader`]) and when and what its leader writes for the
-//! rollups ([`RollupSchedule`], [`rollup_diff`]).
+//! rollups ([`RollupSchedule`], [`rollup_diff`]); when tombstones may be
+//! collected and whether a node missed collected ones ([`Watermark`],
+//! [`Checkpoints`], [`missed`]).
 //!
 //! Every one is a plain value: fed messages, outcomes and `Instant`s, it
 //! answers with decisions and actions for the shell (`patina-replicator`)
@@ -21,6 +23,7 @@
 mod bookie;
 mod broadcast;
 mod catchup;
+mod collect;
 mod forward;
 mod lag;
 mod pace;
@@ -35,6 +38,9 @@ mod sim;
 pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_MAX};
 pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
 pub use catchup::{CatchUp, CatchUpPhase, CatchUpStatus, CATCH_UP_WAIT};
+pub use collect::{
+    applied_prefix, lower_bounds, missed, own_prefixes, summary_prefixes, Checkpoints, Watermark,
+};
 pub use forward::{Forward, ForwardPolicy, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};
 pub use pace::SyncPace;

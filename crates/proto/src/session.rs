@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use patina_wire::{ChangeChunk, DbKind, Message, Need, Summary};
+use patina_wire::{ChangeChunk, CollectedFloors, DbKind, Message, Need, Summary};
 
 /// Timeouts and bounds of sync conversations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,9 @@ pub enum PullAction {
     /// The peer holds the same versions as this node (its digest matched):
     /// nothing to plan or pull; finish the stream.
     InSync,
+    /// What the peer collected of a database's tombstones (before its
+    /// summary): learn it, and check this node did not miss any.
+    Collected(CollectedFloors),
     /// The conversation is over: finish the stream.
     Finish,
     /// Give up on this peer for this round.
@@ -161,6 +164,8 @@ pub struct PullSession {
     batch: Vec<ChangeChunk>,
     /// Changes in `batch`.
     batch_changes: usize,
+    /// `Collected` frames received.
+    floors_seen: usize,
 }
 
 impl PullSession {
@@ -175,6 +180,7 @@ impl PullSession {
             deadline,
             batch: Vec::new(),
             batch_changes: 0,
+            floors_seen: 0,
         }
     }
 
@@ -229,6 +235,14 @@ impl PullSession {
                 self.stage = PullStage::Planning;
                 self.deadline = None;
                 vec![PullAction::Plan(summary)]
+            }
+            (PullStage::AwaitingSummary, Message::Collected(floors)) => {
+                // One per database at most: a peer that sends more is broken.
+                self.floors_seen += 1;
+                if self.floors_seen > DbKind::ALL.len() {
+                    return self.fail("more collection floors than databases");
+                }
+                vec![PullAction::Collected(floors)]
             }
             (PullStage::AwaitingSummary, Message::InSync) => {
                 self.close();

@@ -28,6 +28,21 @@ pub struct ReplicatorConfig {
     pub catch_up_wait: Duration,
     /// Seeds peer choice (tests pass a fixed seed to replay a run).
     pub seed: u64,
+    /// `db.tombstone_retention`: a delete's tombstone is collected once
+    /// every member applied it and this node did longer than this ago.
+    /// `None`: never collected.
+    pub tombstone_retention: Option<Duration>,
+}
+
+impl ReplicatorConfig {
+    /// How often a checkpoint of what this node holds is kept, and a
+    /// collection pass runs: an eighth of the retention (a tombstone is
+    /// collected between 1 and 1.125 retentions after this node applied
+    /// its delete), between 250 ms (tests) and 5 minutes.
+    pub fn collection_interval(&self) -> Option<Duration> {
+        let retention = self.tombstone_retention?;
+        Some((retention / 8).clamp(Duration::from_millis(250), Duration::from_secs(300)))
+    }
 }
 
 impl Default for ReplicatorConfig {
@@ -41,6 +56,7 @@ impl Default for ReplicatorConfig {
             broadcast_queue: BroadcastConfig::default(),
             catch_up_wait: CATCH_UP_WAIT,
             seed: rand::random(),
+            tombstone_retention: None,
         }
     }
 }

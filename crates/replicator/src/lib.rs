@@ -12,13 +12,14 @@
 //! `apply` (batches chunks into writer jobs, `apply.rs`), `local` (this
 //! node's commits into the broadcast queue), `broadcast` (sends what the
 //! queue says), `sync` (periodic anti-entropy rounds), and one task per
-//! served pull; on a global member, `relay_in` (the other cluster's fresh
+//! served pull (the sync task also drives tombstone collection: `collect.rs`); on a global member, `relay_in` (the other cluster's fresh
 //! global changes, pushed to this one: `relay.rs`). What they all share is `shared.rs`, `stats.rs` and
 //! `config.rs`; this file only names the modules, so file imports form a
 //! tree without cycles.
 
 mod apply;
 mod broadcast;
+mod collect;
 mod config;
 mod relay;
 mod replica;

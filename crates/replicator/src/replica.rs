@@ -5,9 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use patina_node::{Changeset, Node, RemoteOutcome};
+use patina_node::{Changeset, CollectReport, CollectRequest, CollectionState, Node, RemoteOutcome};
 use patina_proto::Bookkeeper;
-use patina_wire::{ActorId, ChangeChunk, DbKind, Need};
+use patina_wire::{ActorId, ChangeChunk, CollectedFloors, DbKind, Need};
 use tokio::sync::{broadcast, watch};
 
 /// A boxed future, so that [`Replica`] can be used as a trait object.
@@ -37,6 +37,36 @@ pub trait Replica: Send + Sync + 'static {
 
     /// This node's own commits, as they commit.
     fn local_commits(&self) -> broadcast::Receiver<Arc<Changeset>>;
+
+    /// What the node knows of `db`'s tombstone collection; `None`: it does
+    /// not collect (the replicator then never does either).
+    fn collection(&self, _db: DbKind) -> Option<CollectionState> {
+        None
+    }
+
+    /// One tombstone collection pass on `db`; `None` if the node cannot.
+    fn collect_tombstones(
+        &self,
+        _db: DbKind,
+        _request: CollectRequest,
+    ) -> BoxFuture<'_, Option<CollectReport>> {
+        Box::pin(async { None })
+    }
+
+    /// Learns what a peer collected.
+    fn adopt_collected(&self, _floors: CollectedFloors) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// `db` missed collected tombstones: refuse its writes with `reason`.
+    fn mark_stale(&self, _db: DbKind, _reason: String) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// The node's first catch-up ended.
+    fn mark_joined(&self, _db: DbKind) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl Replica for Node {
@@ -74,5 +104,50 @@ impl Replica for Node {
 
     fn local_commits(&self) -> broadcast::Receiver<Arc<Changeset>> {
         Node::subscribe_changesets(self)
+    }
+
+    fn collection(&self, db: DbKind) -> Option<CollectionState> {
+        Some(Node::collection(self, db))
+    }
+
+    fn collect_tombstones(
+        &self,
+        db: DbKind,
+        request: CollectRequest,
+    ) -> BoxFuture<'_, Option<CollectReport>> {
+        Box::pin(async move {
+            match Node::collect_tombstones(self, db, request).await {
+                Ok(report) => Some(report),
+                Err(e) => {
+                    tracing::warn!(db = db.name(), error = %e, "collecting tombstones failed");
+                    None
+                }
+            }
+        })
+    }
+
+    fn adopt_collected(&self, floors: CollectedFloors) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let db = floors.db;
+            if let Err(e) = Node::adopt_collected(self, floors).await {
+                tracing::warn!(db = db.name(), error = %e, "recording a peer's collection floors failed");
+            }
+        })
+    }
+
+    fn mark_stale(&self, db: DbKind, reason: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = Node::mark_stale(self, db, reason).await {
+                tracing::warn!(db = db.name(), error = %e, "recording that the node is stale failed");
+            }
+        })
+    }
+
+    fn mark_joined(&self, db: DbKind) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = Node::mark_joined(self, db).await {
+                tracing::warn!(db = db.name(), error = %e, "recording the end of bootstrapping failed");
+            }
+        })
     }
 }

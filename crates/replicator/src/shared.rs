@@ -54,6 +54,17 @@ impl Shared {
             .collect()
     }
 
+    /// The members that are not down (alive or suspect): who "every
+    /// current member" means for tombstone collection.
+    pub fn members_not_down(&self) -> Vec<SocketAddr> {
+        self.members
+            .borrow()
+            .iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| m.identity.addr)
+            .collect()
+    }
+
     /// Whether the peer at `from` is the actor whose version `chunk` is.
     pub fn is_origin(&self, from: SocketAddr, chunk: &ChangeChunk) -> bool {
         self.members

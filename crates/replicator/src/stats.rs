@@ -67,6 +67,14 @@ pub struct ReplicatorStats {
     /// Chunks not handed to the broadcast task (its queue was full): a
     /// relay's forwards, gossip of versions new here.
     pub forwards_dropped: Counter,
+    /// Tombstones this node collected (docs/crr.md, "Tombstone collection").
+    pub tombstones_collected: Counter,
+    /// Times this node found it missed tombstones peers collected (it is
+    /// stale: re-seed it).
+    pub stale_detected: Counter,
+    /// Sync streams not served because this node is stale (what it holds
+    /// may resurrect deleted rows at the asker).
+    pub serves_refused_stale: Counter,
     /// Chunks waiting in the apply queue.
     pub apply_queue_chunks: Gauge,
     /// 1 while this node catches up (see `patina_proto::CatchUp`), else 0.
@@ -169,7 +177,22 @@ impl ReplicatorStats {
             "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
             self.catchup_lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 27] = [
+        let counters: [(&str, &str, &Counter); 30] = [
+            (
+                "tombstones_collected",
+                "Tombstones (clocks of deleted rows) collected once every member applied the delete and it was older than db.tombstone_retention",
+                &self.tombstones_collected,
+            ),
+            (
+                "stale_detected",
+                "Sync answers showing this node missed deletes whose tombstones peers collected (the node refuses writes; re-seed it from a backup of a healthy node)",
+                &self.stale_detected,
+            ),
+            (
+                "serves_refused_stale",
+                "Sync streams not served because this node is stale",
+                &self.serves_refused_stale,
+            ),
             (
                 "chunks_received",
                 "Change chunks received from peers (broadcast and sync)",

@@ -26,6 +26,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::collect::{on_floors, Collector};
 use crate::config::ReplicatorConfig;
 use crate::relay::relay_fresh;
 use crate::shared::Shared;
@@ -63,6 +64,7 @@ pub(crate) async fn run(
     let mut members = shared.members.clone();
     let mut hinted: Vec<SocketAddr> = Vec::new();
     let mut last_round = tokio::time::Instant::now();
+    let mut collector = Collector::new(&shared, &config);
     publish(&shared, &catch_up, &status);
     loop {
         let next = last_round + pace.interval();
@@ -130,6 +132,19 @@ pub(crate) async fn run(
         pace.on_round(quiet && !status.borrow().catching_up());
         tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
+        if !catching_up {
+            // A fresh data dir holds what its peers held now (or it has
+            // none): from here on it is checked against collection floors
+            // like any node.
+            for &db in shared.dbs {
+                if shared.node.collection(db).is_some_and(|c| c.bootstrapping) {
+                    shared.node.mark_joined(db).await;
+                }
+            }
+        }
+        if let Some(collector) = collector.as_mut() {
+            collector.on_round(&shared, &answered, catching_up).await;
+        }
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
             catch_up.on_summaries(answered.iter().map(|(p, s)| (*p, s)), &merged);
@@ -393,6 +408,7 @@ async fn perform(
             PullAction::Send(message) => within(session, writer.send(message)).await??,
             PullAction::Plan(summary) => next = Next::Plan(summary),
             PullAction::InSync => next = Next::InSync,
+            PullAction::Collected(floors) => on_floors(shared, peer, floors).await,
             PullAction::Count(event) => count(&shared.stats, event),
             PullAction::Refuse(chunk) => refuse_not_carried(&shared.stats, peer, &chunk),
             PullAction::Apply(chunks) => {
@@ -437,6 +453,13 @@ pub(crate) async fn serve(
     mut writer: FrameWriter,
     mut reader: FrameReader,
 ) {
+    if let Some(db) = stale_db(&shared) {
+        // What it holds may bring back rows the cluster deleted.
+        shared.stats.serves_refused_stale.inc();
+        tracing::debug!(%from, db = db.name(), "not serving a sync: this node is stale");
+        let _ = writer.finish();
+        return;
+    }
     let mut session = ServeSession::new(shared.dbs, shared.sync_limits.clone(), Instant::now());
     let deadline = session.deadline();
     let served = tokio::time::timeout_at(
@@ -453,6 +476,16 @@ pub(crate) async fn serve(
         tracing::debug!(%from, error = %e, "serving a sync pull failed");
     }
     let _ = writer.finish();
+}
+
+/// A database of this cluster's that missed collected tombstones.
+fn stale_db(shared: &Shared) -> Option<patina_wire::DbKind> {
+    shared.dbs.iter().copied().find(|&db| {
+        shared
+            .node
+            .collection(db)
+            .is_some_and(|c| c.stale.is_some())
+    })
 }
 
 /// The actions a session takes without the stream (its end by timeout).
@@ -481,6 +514,12 @@ async fn serve_inner(
         while let Some(action) = actions.pop_front() {
             match action {
                 ServeAction::SendSummary => {
+                    for &db in shared.dbs {
+                        let floors = shared.node.collection(db).and_then(|c| c.to_wire(db));
+                        if let Some(floors) = floors {
+                            writer.send(Message::Collected(floors)).await?;
+                        }
+                    }
                     let summary = shared.held().summary(SUMMARY_SPANS_MAX);
                     writer.send(Message::Summary(summary)).await?;
                 }

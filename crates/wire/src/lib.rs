@@ -33,7 +33,7 @@ pub use limits::{
     CLUSTER_NAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, ROW_BYTES_MAX, WIRE_VERSION,
 };
 pub use message::{
-    ActorId, ActorSummary, ChangeChunk, ClusterName, DbKind, Envelope, Message, Need, NodeIdentity,
-    PartialVersion, Span, Summary, WireChange,
+    ActorId, ActorSummary, ChangeChunk, ClusterName, CollectedFloors, DbKind, Envelope, Message,
+    Need, NodeIdentity, PartialVersion, Span, Summary, WireChange,
 };
 pub use patina_value::Value;

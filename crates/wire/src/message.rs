@@ -253,6 +253,19 @@ pub enum Need {
     },
 }
 
+/// What a node collected of one database's tombstones (docs/crr.md,
+/// "Tombstone collection"): a node that holds less than `floors` of some
+/// actor missed deletes nobody keeps any more and must be re-seeded; local
+/// inserts of keys without a clock must start above `causal_lengths`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectedFloors {
+    pub db: DbKind,
+    /// Per actor: every tombstone its versions `1..=floor` wrote may be gone.
+    pub floors: Vec<(ActorId, u64)>,
+    /// Per table: the largest causal length of a collected tombstone.
+    pub causal_lengths: Vec<(String, u64)>,
+}
+
 /// What travels in a QUIC stream frame.
 ///
 /// Broadcast: a unidirectional stream of `Changes` frames.
@@ -273,6 +286,10 @@ pub enum Message {
     /// The answer to a [`Message::DigestRequest`] whose digest matched: the
     /// two hold the same versions; the conversation is over.
     InSync,
+    /// Sent before [`Message::Summary`] by a node that collected tombstones
+    /// (or learned that peers did), one per database. Last in this enum so
+    /// the other messages keep their encoding.
+    Collected(CollectedFloors),
 }
 
 /// A stream frame: the sender's cluster and the message.

@@ -454,3 +454,32 @@ fn a_different_digest_is_answered_with_the_summary() {
         ))]
     );
 }
+
+#[test]
+fn collection_floors_may_precede_the_summary_once_per_database() {
+    let t0 = Instant::now();
+    let floors = patina_wire::CollectedFloors {
+        db: DbKind::Regional,
+        floors: vec![(ActorId([3; 16]), 7)],
+        causal_lengths: vec![("t".into(), 4)],
+    };
+    let mut session = PullSession::new(REGION, limits(), t0);
+    session.open();
+    assert_eq!(
+        session.on_frame(Message::Collected(floors.clone()), t0),
+        vec![PullAction::Collected(floors.clone())]
+    );
+    assert_eq!(
+        session.on_frame(Message::Summary(Summary::default()), t0),
+        vec![PullAction::Plan(Summary::default())]
+    );
+    // After the summary they are out of place.
+    let mut session = PullSession::new(REGION, limits(), t0);
+    session.open();
+    session.on_frame(Message::Collected(floors.clone()), t0);
+    session.on_frame(Message::Collected(floors.clone()), t0);
+    assert_eq!(
+        session.on_frame(Message::Collected(floors), t0),
+        failed("more collection floors than databases")
+    );
+}

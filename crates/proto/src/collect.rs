@@ -1,0 +1,296 @@
+//! When a node may collect tombstones, and whether a node missed collected
+//! ones (docs/crr.md, "Tombstone collection").
+//!
+//! A tombstone written by version `v` of actor `A` may be forgotten once
+//! (1) every current member of the cluster has applied `A`'s versions
+//! `1..=v` — the *watermark*, the minimum of the members' applied prefixes
+//! as their sync summaries told — and (2) this node applied `1..=v` of `A`
+//! longer than the retention ago — *aged*, read from checkpoints of its own
+//! prefixes taken as time passes. The collection *bound* of `A` is the
+//! smaller of the two. A node remembers the largest bound it (or any peer
+//! it synced with) collected up to: its *floors*. A node whose applied
+//! prefix of some actor is below a floor may hold rows whose delete was
+//! forgotten everywhere else: it *missed* collected tombstones and must be
+//! re-seeded; it is left out of the watermark, so it cannot stall
+//! collection on the others.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use patina_wire::{ActorId, DbKind, Span, Summary};
+
+use crate::bookie::Bookkeeper;
+
+/// Versions `1..=n` held, as the largest such `n` (0: not even version 1).
+pub fn applied_prefix(spans: impl IntoIterator<Item = Span>) -> u64 {
+    spans
+        .into_iter()
+        .next()
+        .filter(|s| s.start <= 1)
+        .map_or(0, |s| s.end)
+}
+
+/// Per actor, the applied prefix of `db` a summary states (actors it does
+/// not name: 0).
+pub fn summary_prefixes(summary: &Summary, db: DbKind) -> BTreeMap<ActorId, u64> {
+    summary
+        .actors
+        .iter()
+        .filter(|a| a.db == db)
+        .map(|a| (a.actor, applied_prefix(a.applied.iter().copied())))
+        .filter(|&(_, p)| p > 0)
+        .collect()
+}
+
+/// Per actor, the applied prefix of `db` this node holds.
+pub fn own_prefixes(book: &Bookkeeper, db: DbKind) -> BTreeMap<ActorId, u64> {
+    book.actors()
+        .filter(|&(d, _)| d == db)
+        .filter_map(|(_, actor)| {
+            let p = applied_prefix(book.applied(db, actor)?.iter());
+            (p > 0).then_some((actor, p))
+        })
+        .collect()
+}
+
+/// The first actor whose floor `prefixes` fall short of: `(actor, floor,
+/// prefix)`. `None`: every version up to every floor is held.
+pub fn missed(
+    prefixes: &BTreeMap<ActorId, u64>,
+    floors: &BTreeMap<ActorId, u64>,
+) -> Option<(ActorId, u64, u64)> {
+    floors.iter().find_map(|(&actor, &floor)| {
+        let have = prefixes.get(&actor).copied().unwrap_or(0);
+        (have < floor).then_some((actor, floor, have))
+    })
+}
+
+/// The members' applied prefixes as their last summaries said, for the
+/// watermark of one database. Peers are whatever the shell keys them by.
+#[derive(Debug, Clone)]
+pub struct Watermark<P> {
+    db: DbKind,
+    peers: BTreeMap<P, BTreeMap<ActorId, u64>>,
+}
+
+impl<P: Ord + Clone> Watermark<P> {
+    pub fn new(db: DbKind) -> Watermark<P> {
+        Watermark {
+            db,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// A peer's summary arrived: it replaces what that peer said before (a
+    /// restarted peer at the same address may hold less).
+    pub fn on_summary(&mut self, peer: P, summary: &Summary) {
+        self.peers.insert(peer, summary_prefixes(summary, self.db));
+    }
+
+    /// Keeps only the `live` peers' prefixes: the others are not members.
+    pub fn retain_live(&mut self, live: &[P]) {
+        self.peers.retain(|p, _| live.contains(p));
+    }
+
+    /// Per actor, what every current member holds: `own` and each `live`
+    /// peer's prefix, leaving out peers below `floors` (they missed
+    /// collected tombstones: re-seeding, not waiting, is their fix).
+    /// `None` while a live peer has not told its summary yet.
+    pub fn watermark(
+        &self,
+        live: &[P],
+        own: &BTreeMap<ActorId, u64>,
+        floors: &BTreeMap<ActorId, u64>,
+    ) -> Option<BTreeMap<ActorId, u64>> {
+        let mut out = own.clone();
+        for peer in live {
+            let theirs = self.peers.get(peer)?;
+            if missed(theirs, floors).is_some() {
+                continue;
+            }
+            for (actor, prefix) in out.iter_mut() {
+                *prefix = (*prefix).min(theirs.get(actor).copied().unwrap_or(0));
+            }
+        }
+        out.retain(|_, p| *p > 0);
+        Some(out)
+    }
+}
+
+/// This node's applied prefixes as time passed: what it held at least
+/// `retention` ago. Times are milliseconds of any clock that only moves
+/// forward for the node (the shell uses Unix time, persisted across
+/// restarts with the checkpoints).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoints {
+    /// (taken at, prefixes), oldest first.
+    taken: VecDeque<(u64, BTreeMap<ActorId, u64>)>,
+}
+
+impl Checkpoints {
+    pub fn new() -> Checkpoints {
+        Checkpoints::default()
+    }
+
+    /// Checkpoints as stored, in any order.
+    pub fn from_stored(taken: impl IntoIterator<Item = (u64, BTreeMap<ActorId, u64>)>) -> Self {
+        let mut taken: Vec<_> = taken.into_iter().collect();
+        taken.sort_by_key(|(at, _)| *at);
+        Checkpoints {
+            taken: taken.into(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, BTreeMap<ActorId, u64>)> {
+        self.taken.iter()
+    }
+
+    /// When the last one was taken.
+    pub fn last_at(&self) -> Option<u64> {
+        self.taken.back().map(|(at, _)| *at)
+    }
+
+    /// Takes one at `now_ms` if `every_ms` passed since the last; returns
+    /// whether it did.
+    pub fn maybe_take(
+        &mut self,
+        now_ms: u64,
+        every_ms: u64,
+        prefixes: BTreeMap<ActorId, u64>,
+    ) -> bool {
+        if self
+            .last_at()
+            .is_some_and(|last| now_ms < last.saturating_add(every_ms) && now_ms >= last)
+        {
+            return false;
+        }
+        // A clock that went backwards: older checkpoints claim a future.
+        self.taken.retain(|(at, _)| *at <= now_ms);
+        self.taken.push_back((now_ms, prefixes));
+        true
+    }
+
+    /// What this node held `retention_ms` before `now_ms` (the newest
+    /// checkpoint at least that old); forgets older ones, which it no
+    /// longer needs. Empty while no checkpoint is that old.
+    pub fn aged(&mut self, now_ms: u64, retention_ms: u64) -> BTreeMap<ActorId, u64> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let Some(newest_old) = self.taken.iter().rposition(|(at, _)| *at <= cutoff) else {
+            return BTreeMap::new();
+        };
+        self.taken.drain(..newest_old);
+        self.taken
+            .front()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Per actor, the smaller of two bounds (actors in only one: 0, left out).
+pub fn lower_bounds(
+    a: &BTreeMap<ActorId, u64>,
+    b: &BTreeMap<ActorId, u64>,
+) -> BTreeMap<ActorId, u64> {
+    a.iter()
+        .filter_map(|(actor, &x)| {
+            let m = x.min(b.get(actor).copied()?);
+            (m > 0).then_some((*actor, m))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patina_wire::ActorSummary;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId([n; 16])
+    }
+
+    fn summary(entries: &[(u8, &[(u64, u64)])]) -> Summary {
+        Summary {
+            actors: entries
+                .iter()
+                .map(|(a, spans)| ActorSummary {
+                    db: DbKind::Regional,
+                    actor: actor(*a),
+                    applied: spans.iter().map(|&(s, e)| Span::new(s, e)).collect(),
+                    partial: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn map(entries: &[(u8, u64)]) -> BTreeMap<ActorId, u64> {
+        entries.iter().map(|&(a, v)| (actor(a), v)).collect()
+    }
+
+    #[test]
+    fn a_prefix_is_what_is_held_from_version_one() {
+        assert_eq!(applied_prefix([Span::new(1, 9), Span::new(12, 20)]), 9);
+        assert_eq!(applied_prefix([Span::new(2, 9)]), 0);
+        assert_eq!(applied_prefix([]), 0);
+        let s = summary(&[(1, &[(1, 5)]), (2, &[(3, 4)])]);
+        assert_eq!(summary_prefixes(&s, DbKind::Regional), map(&[(1, 5)]));
+        assert!(summary_prefixes(&s, DbKind::Global).is_empty());
+    }
+
+    #[test]
+    fn the_watermark_is_the_least_any_live_member_holds() {
+        let mut w = Watermark::new(DbKind::Regional);
+        let own = map(&[(1, 10), (2, 7)]);
+        // A live peer that has not answered yet: no watermark.
+        assert_eq!(w.watermark(&["b"], &own, &BTreeMap::new()), None);
+        w.on_summary("b", &summary(&[(1, &[(1, 8)]), (2, &[(1, 9)])]));
+        w.on_summary("c", &summary(&[(1, &[(1, 3)])]));
+        assert_eq!(
+            w.watermark(&["b"], &own, &BTreeMap::new()),
+            Some(map(&[(1, 8), (2, 7)]))
+        );
+        // c holds nothing of actor 2: nothing of it may go.
+        assert_eq!(
+            w.watermark(&["b", "c"], &own, &BTreeMap::new()),
+            Some(map(&[(1, 3)]))
+        );
+        // Below a floor, c missed collected tombstones: it does not hold
+        // the others back.
+        assert_eq!(
+            w.watermark(&["b", "c"], &own, &map(&[(1, 5)])),
+            Some(map(&[(1, 8), (2, 7)]))
+        );
+        w.retain_live(&["b"]);
+        assert_eq!(w.watermark(&["c"], &own, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn missing_a_version_below_a_floor_is_missing_collected_tombstones() {
+        let floors = map(&[(1, 5), (2, 3)]);
+        assert_eq!(missed(&map(&[(1, 5), (2, 9)]), &floors), None);
+        assert_eq!(
+            missed(&map(&[(1, 4), (2, 9)]), &floors),
+            Some((actor(1), 5, 4))
+        );
+        assert_eq!(missed(&map(&[(1, 5)]), &floors), Some((actor(2), 3, 0)));
+    }
+
+    #[test]
+    fn aged_prefixes_are_the_newest_checkpoint_older_than_the_retention() {
+        let mut c = Checkpoints::new();
+        assert!(c.maybe_take(1_000, 100, map(&[(1, 1)])));
+        assert!(!c.maybe_take(1_050, 100, map(&[(1, 2)])));
+        assert!(c.maybe_take(1_100, 100, map(&[(1, 3)])));
+        assert!(c.maybe_take(1_300, 100, map(&[(1, 7)])));
+        assert!(c.aged(1_099, 100).is_empty());
+        assert_eq!(c.aged(1_150, 100), map(&[(1, 1)]));
+        assert_eq!(c.aged(1_250, 100), map(&[(1, 3)]));
+        // The first is no longer needed.
+        assert_eq!(c.iter().count(), 2);
+        // A clock that went back drops what claims a future.
+        assert!(c.maybe_take(500, 100, map(&[(1, 8)])));
+        assert_eq!(c.iter().count(), 1);
+        assert_eq!(
+            lower_bounds(&map(&[(1, 5), (2, 4)]), &map(&[(1, 3), (3, 9)])),
+            map(&[(1, 3)])
+        );
+    }
+}

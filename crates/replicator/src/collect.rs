@@ -1,0 +1,140 @@
+//! Tombstone collection driven by the sync task (docs/crr.md, "Tombstone
+//! collection"): the peers' summaries it receives make the watermark
+//! (`patina_proto::Watermark`), and after its rounds it asks the node for a
+//! pass. Floors a peer sends before its summary are learned here, and a
+//! node that finds it missed collected tombstones marks itself stale.
+//! Only `regional.db` is collected: `global.db` is replicated beyond the
+//! region, whose members are all this node can see.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use patina_node::{unix_ms, CollectRequest};
+use patina_proto::{missed, own_prefixes, Watermark};
+use patina_wire::{CollectedFloors, DbKind, Summary};
+
+use crate::config::ReplicatorConfig;
+use crate::shared::Shared;
+
+/// Tombstones removed per pass at most: a pass holds the writer (about
+/// 10 µs a tombstone), so a backlog is collected over several rounds
+/// instead of stalling commits.
+pub(crate) const ROWS_PER_PASS: u64 = 20_000;
+
+/// The database collected.
+const DB: DbKind = DbKind::Regional;
+
+pub(crate) struct Collector {
+    watermark: Watermark<SocketAddr>,
+    retention: Duration,
+    every: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Collector {
+    /// `None` when this cluster does not carry `regional.db`, collection is
+    /// off, or the node does not collect.
+    pub(crate) fn new(shared: &Shared, config: &ReplicatorConfig) -> Option<Collector> {
+        let retention = config.tombstone_retention?;
+        let every = config.collection_interval()?;
+        if !shared.carries(DB) || shared.node.collection(DB).is_none() {
+            return None;
+        }
+        Some(Collector {
+            watermark: Watermark::new(DB),
+            retention,
+            every,
+            next: tokio::time::Instant::now(),
+        })
+    }
+
+    /// After a sync round: learns the summaries that answered (a peer in
+    /// sync answered with this node's own), and runs a pass when one is due.
+    pub(crate) async fn on_round(
+        &mut self,
+        shared: &Shared,
+        answered: &[(SocketAddr, Summary)],
+        catching_up: bool,
+    ) {
+        for (peer, summary) in answered {
+            self.watermark.on_summary(*peer, summary);
+        }
+        let now = tokio::time::Instant::now();
+        if catching_up || now < self.next {
+            return;
+        }
+        self.next = now + self.every;
+        let Some(state) = shared.node.collection(DB) else {
+            return;
+        };
+        if state.stale.is_some() || state.bootstrapping {
+            return;
+        }
+        let live = shared.members_not_down();
+        self.watermark.retain_live(&live);
+        let own = own_prefixes(&shared.node.bookkeeping(DB).borrow(), DB);
+        // Without a watermark the pass still keeps its checkpoint.
+        let watermark = self.watermark.watermark(&live, &own, &state.floors);
+        tracing::debug!(live = live.len(), ?watermark, "tombstone collection pass");
+        let watermark = watermark.unwrap_or_default();
+        let request = CollectRequest {
+            now_ms: unix_ms(),
+            retention_ms: self.retention.as_millis().min(u64::MAX as u128) as u64,
+            checkpoint_every_ms: self.every.as_millis() as u64,
+            watermark,
+            rows_max: ROWS_PER_PASS,
+        };
+        let Some(report) = shared.node.collect_tombstones(DB, request).await else {
+            return;
+        };
+        tracing::debug!(?report, "tombstone collection pass done");
+        shared.stats.tombstones_collected.inc_by(report.rows);
+        if report.rows > 0 {
+            tracing::info!(
+                rows = report.rows,
+                complete = report.complete,
+                "collected tombstones of regional.db"
+            );
+        }
+        if !report.complete {
+            // More is collectable now: the next round goes on.
+            self.next = now;
+        }
+    }
+}
+
+/// A peer said what it collected of `floors.db`: learn it, then check that
+/// this node did not miss any of it.
+pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: CollectedFloors) {
+    let db = floors.db;
+    if !shared.carries(db) {
+        return;
+    }
+    shared.node.adopt_collected(floors.clone()).await;
+    let Some(state) = shared.node.collection(db) else {
+        return;
+    };
+    if state.bootstrapping || state.stale.is_some() {
+        return;
+    }
+    // What this node advertises (queued versions count): a peer's floor
+    // never exceeds what it saw this node hold.
+    let own = own_prefixes(&shared.held(), db);
+    let theirs: BTreeMap<_, _> = floors.floors.into_iter().collect();
+    let Some((actor, floor, have)) = missed(&own, &theirs) else {
+        return;
+    };
+    let reason = format!(
+        "this node missed deletes whose tombstones its peers collected (it was away, or behind, \
+         longer than db.tombstone_retention): {db}.db holds versions 1..={have} of actor {actor}, \
+         peer {peer} collected up to {floor}. Rows the cluster deleted may still be here, so it \
+         refuses writes and does not serve sync. Re-seed it: `patina backup --api <healthy node> \
+         --to DIR`, stop this agent, `patina restore --from DIR --data-dir <new data dir>`, and \
+         start the agent on that data dir (docs/operations.md)",
+        db = db.name()
+    );
+    tracing::error!(%peer, db = db.name(), "{reason}");
+    shared.stats.stale_detected.inc();
+    shared.node.mark_stale(db, reason).await;
+}
