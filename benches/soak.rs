@@ -25,7 +25,9 @@
 //!   key is not written at all;
 //! - `PATINA_SOAK_SAMPLE` (default 10): seconds between samples;
 //! - `PATINA_SOAK_LABEL`: the run's name in the CSV and the plot (default
-//!   `no-delete`, `churn` or `churn-retention-Xs`);
+//!   `no-delete`, `churn` (the key unset: a week's retention, nothing
+//!   collected within a run), `churn-no-collection` (0) or
+//!   `churn-retention-Xs`);
 //! - `PATINA_SOAK_OUT` (default `target/soak`): where `LABEL.csv` and
 //!   `LABEL.json` go; `PATINA_SOAK_PLOT` (default `docs/soak/soak.png`):
 //!   the plot of every CSV in the out dir, redrawn after each run;
@@ -128,6 +130,7 @@ impl Settings {
         let default_label = match (mix, retention) {
             (Mix::Upserts, _) => "no-delete".to_owned(),
             (Mix::Churn, None) => "churn".to_owned(),
+            (Mix::Churn, Some(0.0)) => "churn-no-collection".to_owned(),
             (Mix::Churn, Some(r)) => format!("churn-retention-{r}s"),
         };
         let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -300,7 +303,7 @@ async fn load(cluster: &Cluster, machines: u64, batch: u64) {
 /// when given).
 async fn wait_converged(cluster: &Cluster, want: Option<u64>) -> u64 {
     let started = Instant::now();
-    let mut last = Vec::new();
+    let mut last_report = started;
     loop {
         let mut counts = Vec::new();
         for a in &cluster.agents {
@@ -310,12 +313,14 @@ async fn wait_converged(cluster: &Cluster, want: Option<u64>) -> u64 {
         if agreed && want.is_none_or(|w| counts[0] == w) {
             return counts[0];
         }
+        // A million rows take minutes to reach the replicas on 2 shared cores.
         assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "nodes did not converge within 300 s: {counts:?} (want {want:?})"
+            started.elapsed() < Duration::from_secs(1200),
+            "nodes did not converge within 1200 s: {counts:?} (want {want:?})"
         );
-        if counts != last {
-            last = counts;
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!("waiting for the nodes to agree: live rows {counts:?}");
+            last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -451,17 +456,60 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Per node, the largest `-wal` size seen since the last `take`, stat'ed
-/// every 250 ms; and the largest over the whole run.
+/// Bytes of the WAL in use: its frames since the last reset (`mxFrame` of
+/// the wal-index header at the start of the `-shm` file, native byte
+/// order, SQLite's wal.c) × (page + frame header) + the WAL header. The
+/// `-wal` file itself never shrinks without `journal_size_limit`: after a
+/// checkpoint SQLite writes it again from the start, so its size is the
+/// largest the WAL ever was, and this is what it holds now. 0 if the
+/// header cannot be read.
+fn wal_in_use(shm: &Path) -> u64 {
+    let mut header = [0u8; 24];
+    let read = std::fs::File::open(shm).and_then(|mut f| {
+        use std::io::Read as _;
+        f.read_exact(&mut header)
+    });
+    if read.is_err() {
+        return 0;
+    }
+    let page = u16::from_ne_bytes([header[14], header[15]]);
+    // szPage holds 65536 as 1.
+    let page = if page == 1 { 65_536 } else { u64::from(page) };
+    let frames = u64::from(u32::from_ne_bytes([
+        header[16], header[17], header[18], header[19],
+    ]));
+    if frames == 0 {
+        0
+    } else {
+        32 + frames * (page + 24)
+    }
+}
+
+/// Per node, the largest `-wal` file size and WAL in use seen since the
+/// last sample (stat every 250 ms), and the largest over the whole run.
 struct WalWatch {
     since_sample: Vec<AtomicU64>,
     overall: Vec<AtomicU64>,
+    used_since_sample: Vec<AtomicU64>,
+    used_overall: Vec<AtomicU64>,
 }
 
 impl WalWatch {
-    fn observe(&self, i: usize, bytes: u64) {
+    fn new() -> WalWatch {
+        let v = || (0..NODES).map(|_| AtomicU64::new(0)).collect();
+        WalWatch {
+            since_sample: v(),
+            overall: v(),
+            used_since_sample: v(),
+            used_overall: v(),
+        }
+    }
+
+    fn observe(&self, i: usize, bytes: u64, used: u64) {
         self.since_sample[i].fetch_max(bytes, Ordering::Relaxed);
         self.overall[i].fetch_max(bytes, Ordering::Relaxed);
+        self.used_since_sample[i].fetch_max(used, Ordering::Relaxed);
+        self.used_overall[i].fetch_max(used, Ordering::Relaxed);
     }
 }
 
@@ -474,6 +522,8 @@ struct Sample {
     free_bytes: u64,
     wal_bytes: u64,
     wal_max_bytes: u64,
+    wal_used_bytes: u64,
+    wal_used_max_bytes: u64,
     ops: u64,
 }
 
@@ -483,11 +533,11 @@ impl Sample {
     }
 }
 
-const CSV_HEADER: &str = "variant,t_secs,node,live_rows,clock_rows,tombstones,db_bytes,free_bytes,wal_bytes,wal_max_bytes,bytes_per_live_row,ops";
+const CSV_HEADER: &str = "variant,t_secs,node,live_rows,clock_rows,tombstones,db_bytes,free_bytes,wal_bytes,wal_max_bytes,bytes_per_live_row,ops,wal_used_bytes,wal_used_max_bytes";
 
 fn csv_line(label: &str, s: &Sample) -> String {
     format!(
-        "{label},{:.1},{},{},{},{},{},{},{},{},{:.1},{}",
+        "{label},{:.1},{},{},{},{},{},{},{},{},{:.1},{},{},{}",
         s.t,
         s.node,
         s.live,
@@ -498,7 +548,9 @@ fn csv_line(label: &str, s: &Sample) -> String {
         s.wal_bytes,
         s.wal_max_bytes,
         s.per_live_row(),
-        s.ops
+        s.ops,
+        s.wal_used_bytes,
+        s.wal_used_max_bytes
     )
 }
 
@@ -542,7 +594,8 @@ async fn sample_node(cluster: &Cluster, i: usize, t: f64, watch: &WalWatch, ops:
     let live = count(&cluster.http, addr, "machines").await;
     let clocks = count(&cluster.http, addr, "machines__crr_clock").await;
     let wal_bytes = file_len(&wal);
-    watch.observe(i, wal_bytes);
+    let wal_used = wal_in_use(&dir.join("regional.db-shm"));
+    watch.observe(i, wal_bytes, wal_used);
     Sample {
         t,
         node: i,
@@ -552,6 +605,8 @@ async fn sample_node(cluster: &Cluster, i: usize, t: f64, watch: &WalWatch, ops:
         free_bytes: free_bytes(&db),
         wal_bytes,
         wal_max_bytes: watch.since_sample[i].swap(wal_bytes, Ordering::Relaxed),
+        wal_used_bytes: wal_used,
+        wal_used_max_bytes: watch.used_since_sample[i].swap(wal_used, Ordering::Relaxed),
         ops,
     }
 }
@@ -583,21 +638,21 @@ async fn run(settings: Arc<Settings>) -> Json {
     let csv_path = settings.out.join(format!("{}.csv", settings.label));
     let mut csv = format!("{CSV_HEADER}\n");
 
-    let watch = Arc::new(WalWatch {
-        since_sample: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
-        overall: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
-    });
+    let watch = Arc::new(WalWatch::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let wal_paths: Vec<PathBuf> = (0..NODES)
-        .map(|i| cluster.data_dir(i).join("regional.db-wal"))
+    let wal_paths: Vec<(PathBuf, PathBuf)> = (0..NODES)
+        .map(|i| {
+            let dir = cluster.data_dir(i);
+            (dir.join("regional.db-wal"), dir.join("regional.db-shm"))
+        })
         .collect();
     let stat_loop = {
         let watch = watch.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                for (i, p) in wal_paths.iter().enumerate() {
-                    watch.observe(i, file_len(p));
+                for (i, (wal, shm)) in wal_paths.iter().enumerate() {
+                    watch.observe(i, file_len(wal), wal_in_use(shm));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -616,7 +671,7 @@ async fn run(settings: Arc<Settings>) -> Json {
         std::fs::write(&csv_path, &*csv).unwrap();
         let last = &samples[samples.len() - NODES..];
         eprintln!(
-            "t={t:6.0}s ops={ops:8} live={:8} tombstones={:7} db={:7.1} MiB ({:6.1} B/live row, free {:5.1} MiB) wal={:5.1} MiB (max {:5.1})",
+            "t={t:6.0}s ops={ops:8} live={:8} tombstones={:7} db={:7.1} MiB ({:6.1} B/live row, free {:5.1} MiB) wal file={:5.1} MiB (max {:5.1}) in use max {:5.1} MiB",
             last[0].live,
             last[0].clocks.saturating_sub(last[0].live),
             last[0].db_bytes as f64 / MIB,
@@ -624,6 +679,7 @@ async fn run(settings: Arc<Settings>) -> Json {
             last[0].free_bytes as f64 / MIB,
             last.iter().map(|s| s.wal_bytes).max().unwrap_or(0) as f64 / MIB,
             last.iter().map(|s| s.wal_max_bytes).max().unwrap_or(0) as f64 / MIB,
+            last.iter().map(|s| s.wal_used_max_bytes).max().unwrap_or(0) as f64 / MIB,
         );
     };
     take(0.0, &mut samples, &mut csv).await;
@@ -707,6 +763,8 @@ async fn run(settings: Arc<Settings>) -> Json {
         },
         "wal_max_mib": round2(wal_max as f64 / MIB),
         "wal_max_mib_per_node": watch.overall.iter().map(|w| round2(w.load(Ordering::Relaxed) as f64 / MIB)).collect::<Vec<_>>(),
+        "wal_file_mib_after_load": first.iter().map(|s| round2(s.wal_bytes as f64 / MIB)).collect::<Vec<_>>(),
+        "wal_in_use_max_mib_per_node": watch.used_overall.iter().map(|w| round2(w.load(Ordering::Relaxed) as f64 / MIB)).collect::<Vec<_>>(),
         "node0_mib_by_object": breakdowns[0].iter().map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>(),
         "nodes_mib_by_object": breakdowns.iter().map(|b| b.iter().take(8).map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>()).collect::<Vec<_>>(),
     });
@@ -718,9 +776,19 @@ async fn run(settings: Arc<Settings>) -> Json {
     summary
 }
 
-/// Per variant: (t, median over nodes) of bytes per live row and of the
-/// WAL's largest size in each sample interval (MiB).
-type Series = (String, Vec<(f64, f64)>, Vec<(f64, f64)>);
+/// Per variant: (t, median over nodes) of bytes per live row, and (t,
+/// largest of any node in the sample interval) of the `-wal` file and of
+/// the WAL in use (MiB; none from CSVs without that column).
+/// One sample time of a CSV: t and, per node, bytes per live row, WAL
+/// file and WAL in use.
+type AtT = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
+
+struct Series {
+    label: String,
+    per_row: Vec<(f64, f64)>,
+    wal_file: Vec<(f64, f64)>,
+    wal_used: Vec<(f64, f64)>,
+}
 
 fn read_series(out: &Path) -> Vec<Series> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(out)
@@ -732,42 +800,56 @@ fn read_series(out: &Path) -> Vec<Series> {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
         let mut lines = text.lines();
-        if lines.next() != Some(CSV_HEADER) {
+        // Columns by name: CSVs of an earlier version of the bench lack
+        // the WAL-in-use columns.
+        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(c_t), Some(c_row), Some(c_wal)) = (
+            col("t_secs"),
+            col("bytes_per_live_row"),
+            col("wal_max_bytes"),
+        ) else {
             eprintln!("{}: not a soak CSV, left out of the plot", f.display());
             continue;
-        }
-        // t → (bytes per live row, WAL max) of each node.
-        let mut by_t: Vec<(f64, Vec<f64>, Vec<f64>)> = Vec::new();
+        };
+        let c_used = col("wal_used_max_bytes");
+        // t → (bytes per live row, WAL file max, WAL in use max) of each node.
+        let mut by_t: Vec<AtT> = Vec::new();
         let mut label = String::new();
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
-            if cells.len() < 12 {
+            if cells.len() < header.len() {
                 continue;
             }
             label = cells[0].to_owned();
-            let t: f64 = cells[1].parse().unwrap_or(0.0);
-            let per_row: f64 = cells[10].parse().unwrap_or(0.0);
-            let wal: f64 = cells[9].parse::<f64>().unwrap_or(0.0) / MIB;
+            let t: f64 = cells[c_t].parse().unwrap_or(0.0);
+            let per_row: f64 = cells[c_row].parse().unwrap_or(0.0);
+            let wal: f64 = cells[c_wal].parse::<f64>().unwrap_or(0.0) / MIB;
+            let used: Option<f64> = c_used.and_then(|c| cells[c].parse::<f64>().ok());
+            let used: Vec<f64> = used.map(|u| u / MIB).into_iter().collect();
             match by_t.last_mut() {
                 Some(last) if last.0 == t => {
                     last.1.push(per_row);
                     last.2.push(wal);
+                    last.3.extend(used);
                 }
-                _ => by_t.push((t, vec![per_row], vec![wal])),
+                _ => by_t.push((t, vec![per_row], vec![wal], used)),
             }
         }
         if by_t.is_empty() {
             continue;
         }
-        let rows = by_t
-            .iter()
-            .map(|(t, r, _)| (*t, median(r.clone())))
-            .collect();
-        let wal = by_t
-            .iter()
-            .map(|(t, _, w)| (*t, w.iter().cloned().fold(0.0, f64::max)))
-            .collect();
-        series.push((label, rows, wal));
+        let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+        series.push(Series {
+            label,
+            per_row: by_t.iter().map(|b| (b.0, median(b.1.clone()))).collect(),
+            wal_file: by_t.iter().map(|b| (b.0, max(&b.2))).collect(),
+            wal_used: by_t
+                .iter()
+                .filter(|b| !b.3.is_empty())
+                .map(|b| (b.0, max(&b.3)))
+                .collect(),
+        });
     }
     series
 }
@@ -810,15 +892,15 @@ fn plot(out: &Path, png: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (top, bottom) = root.split_vertically(450);
     let t_max = series
         .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .flat_map(|s| s.per_row.iter().map(|p| p.0))
         .fold(1.0, f64::max);
     let row_max = series
         .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .flat_map(|s| s.per_row.iter().map(|p| p.1))
         .fold(1.0, f64::max);
     let wal_max = series
         .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .flat_map(|s| s.wal_file.iter().map(|p| p.1))
         .fold(1.0, f64::max)
         .max(70.0);
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
@@ -831,7 +913,7 @@ fn plot(out: &Path, png: &Path) -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             &bottom,
-            "largest -wal file of any node per sample interval",
+            "WAL of any node, largest per interval: file (thick), in use (thin)",
             "WAL MiB",
             wal_max * 1.1,
         ),
@@ -849,18 +931,24 @@ fn plot(out: &Path, png: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .y_desc(y_desc)
             .label_style(("sans-serif", 14))
             .draw()?;
-        for (j, (label, rows, wal)) in series.iter().enumerate() {
+        for (j, s) in series.iter().enumerate() {
             let color = colors[j % colors.len()];
-            let points = if k == 0 { rows } else { wal };
+            let points = if k == 0 { &s.per_row } else { &s.wal_file };
             chart
                 .draw_series(LineSeries::new(
                     points.iter().cloned(),
                     color.stroke_width(2),
                 ))?
-                .label(label.as_str())
+                .label(s.label.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
+            if k == 1 && !s.wal_used.is_empty() {
+                chart.draw_series(LineSeries::new(
+                    s.wal_used.iter().cloned(),
+                    color.mix(0.7).stroke_width(1),
+                ))?;
+            }
         }
         if k == 1 {
             chart
