@@ -633,6 +633,9 @@ async fn run(settings: Arc<Settings>) -> Json {
     })
     .await;
     load(&cluster, settings.machines, settings.load_batch).await;
+    // Node 0's pages by table and index before the churn (what the churn
+    // then adds is the difference with the end's).
+    let loaded_breakdown = breakdown(&cluster.data_dir(0).join("regional.db"));
 
     std::fs::create_dir_all(&settings.out).unwrap();
     let csv_path = settings.out.join(format!("{}.csv", settings.label));
@@ -765,6 +768,7 @@ async fn run(settings: Arc<Settings>) -> Json {
         "wal_max_mib_per_node": watch.overall.iter().map(|w| round2(w.load(Ordering::Relaxed) as f64 / MIB)).collect::<Vec<_>>(),
         "wal_file_mib_after_load": first.iter().map(|s| round2(s.wal_bytes as f64 / MIB)).collect::<Vec<_>>(),
         "wal_in_use_max_mib_per_node": watch.used_overall.iter().map(|w| round2(w.load(Ordering::Relaxed) as f64 / MIB)).collect::<Vec<_>>(),
+        "node0_mib_by_object_after_load": loaded_breakdown.iter().take(8).map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>(),
         "node0_mib_by_object": breakdowns[0].iter().map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>(),
         "nodes_mib_by_object": breakdowns.iter().map(|b| b.iter().take(8).map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>()).collect::<Vec<_>>(),
     });
