@@ -568,6 +568,26 @@ fn free_bytes(db: &Path) -> u64 {
     read().unwrap_or(0)
 }
 
+/// How full the leaf pages of the largest tables and indexes of `db` are
+/// (bytes used / page bytes, `dbstat`), largest first.
+fn leaf_fill(db: &Path) -> Vec<(String, f64)> {
+    let read = || -> rusqlite::Result<Vec<(String, f64)>> {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mut stmt = conn.prepare(
+            "SELECT name, 1.0 - sum(unused) * 1.0 / sum(pgsize) FROM dbstat \
+             WHERE pagetype = 'leaf' GROUP BY name ORDER BY sum(pgsize) DESC LIMIT 6",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    };
+    read().unwrap_or_else(|e| {
+        eprintln!("dbstat on {}: {e}", db.display());
+        Vec::new()
+    })
+}
+
 /// Bytes per table and index of `db` (`dbstat`), largest first.
 fn breakdown(db: &Path) -> Vec<(String, u64)> {
     let read = || -> rusqlite::Result<Vec<(String, u64)>> {
@@ -636,6 +656,7 @@ async fn run(settings: Arc<Settings>) -> Json {
     // Node 0's pages by table and index before the churn (what the churn
     // then adds is the difference with the end's).
     let loaded_breakdown = breakdown(&cluster.data_dir(0).join("regional.db"));
+    let loaded_fill = leaf_fill(&cluster.data_dir(0).join("regional.db"));
 
     std::fs::create_dir_all(&settings.out).unwrap();
     let csv_path = settings.out.join(format!("{}.csv", settings.label));
@@ -728,6 +749,7 @@ async fn run(settings: Arc<Settings>) -> Json {
     stop.store(true, Ordering::Relaxed);
     stat_loop.await.unwrap();
 
+    let end_fill = leaf_fill(&cluster.data_dir(0).join("regional.db"));
     let breakdowns: Vec<Vec<(String, u64)>> = (0..NODES)
         .map(|i| breakdown(&cluster.data_dir(i).join("regional.db")))
         .collect();
@@ -769,6 +791,8 @@ async fn run(settings: Arc<Settings>) -> Json {
         "wal_file_mib_after_load": first.iter().map(|s| round2(s.wal_bytes as f64 / MIB)).collect::<Vec<_>>(),
         "wal_in_use_max_mib_per_node": watch.used_overall.iter().map(|w| round2(w.load(Ordering::Relaxed) as f64 / MIB)).collect::<Vec<_>>(),
         "node0_mib_by_object_after_load": loaded_breakdown.iter().take(8).map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>(),
+        "node0_leaf_fill_after_load": loaded_fill.iter().map(|(n, f)| json!([n, round2(*f)])).collect::<Vec<_>>(),
+        "node0_leaf_fill_end": end_fill.iter().map(|(n, f)| json!([n, round2(*f)])).collect::<Vec<_>>(),
         "node0_mib_by_object": breakdowns[0].iter().map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>(),
         "nodes_mib_by_object": breakdowns.iter().map(|b| b.iter().take(8).map(|(n, b)| json!([n, round2(*b as f64 / MIB)])).collect::<Vec<_>>()).collect::<Vec<_>>(),
     });
