@@ -111,10 +111,24 @@ pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: Collect
     if !shared.carries(db) {
         return;
     }
-    shared.node.adopt_collected(floors.clone()).await;
     let Some(state) = shared.node.collection(db) else {
         return;
     };
+    // Most rounds bring nothing new: no writer job for them.
+    let known = |have: &[(String, u64)], table: &str, cl: u64| {
+        have.iter().any(|(t, c)| t == table && *c >= cl)
+    };
+    let news = floors
+        .floors
+        .iter()
+        .any(|(actor, floor)| state.floors.get(actor).is_none_or(|f| f < floor))
+        || floors
+            .causal_lengths
+            .iter()
+            .any(|(table, cl)| !known(&state.causal_lengths, table, *cl));
+    if news {
+        shared.node.adopt_collected(floors.clone()).await;
+    }
     if state.bootstrapping || state.stale.is_some() {
         return;
     }
