@@ -135,6 +135,12 @@ pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: Collect
     // What this node advertises (queued versions count): a peer's floor
     // never exceeds what it saw this node hold.
     let own = own_prefixes(&shared.held(), db);
+    let me = shared.node.actor_id();
+    if own.keys().all(|actor| *actor == me) {
+        // Nothing of another node's is here (a first catch-up that found no
+        // peer to answer): nothing here can bring a deleted row back.
+        return;
+    }
     let theirs: BTreeMap<_, _> = floors.floors.into_iter().collect();
     let Some((actor, floor, have)) = missed(&own, &theirs) else {
         return;
