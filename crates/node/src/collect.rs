@@ -79,8 +79,8 @@ pub struct CollectRequest {
     pub checkpoint_every_ms: u64,
     /// What every current member holds (`patina_proto::Watermark`).
     pub watermark: BTreeMap<ActorId, u64>,
-    /// Tombstones removed per pass at most (a pass holds the writer).
-    pub rows_max: u64,
+    /// Keys a pass looks at, at most (a pass holds the writer).
+    pub keys_max: u64,
 }
 
 /// What a pass did.
@@ -89,7 +89,7 @@ pub struct CollectReport {
     /// Tombstones removed.
     pub rows: u64,
     /// Per actor, the versions collected up to (the pass's bounds, unless
-    /// it stopped at `rows_max`).
+    /// it stopped at `keys_max`).
     pub bounds: BTreeMap<ActorId, u64>,
     /// Nothing more is collectable with these bounds.
     pub complete: bool,
@@ -360,7 +360,7 @@ fn collect_pass(
             ..CollectReport::default()
         });
     }
-    let done = conn.collect_tombstones(&bounds, request.rows_max)?;
+    let done = conn.collect_tombstones(&bounds, request.keys_max)?;
     let have = collection.state().floors;
     let raised = raise_floors(conn.connection(), &have, done.through.clone())?;
     let cls = conn.collected_cls();

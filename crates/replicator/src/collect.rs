@@ -17,10 +17,10 @@ use patina_wire::{CollectedFloors, DbKind, Summary};
 use crate::config::ReplicatorConfig;
 use crate::shared::Shared;
 
-/// Tombstones removed per pass at most: a pass holds the writer (about
-/// 10 µs a tombstone), so a backlog is collected over several rounds
-/// instead of stalling commits.
-pub(crate) const ROWS_PER_PASS: u64 = 20_000;
+/// Keys a pass looks at, at most: a pass holds the writer (a few µs a
+/// key), so a backlog is scanned over several rounds instead of stalling
+/// commits.
+pub(crate) const KEYS_PER_PASS: u64 = 20_000;
 
 /// The database collected.
 const DB: DbKind = DbKind::Regional;
@@ -83,7 +83,7 @@ impl Collector {
             retention_ms: self.retention.as_millis().min(u64::MAX as u128) as u64,
             checkpoint_every_ms: self.every.as_millis() as u64,
             watermark,
-            rows_max: ROWS_PER_PASS,
+            keys_max: KEYS_PER_PASS,
         };
         let Some(report) = shared.node.collect_tombstones(DB, request).await else {
             return;
