@@ -53,21 +53,9 @@ fn exec_cli(args: &[&str]) -> (bool, String, String) {
 
 /// A value of a `patina_replication_*_total{cluster="test"}` counter.
 fn counter(agent: &Agent, name: &str) -> u64 {
-    let text = runtime()
-        .block_on(async {
-            reqwest::get(format!("http://{}/metrics", agent.addr))
-                .await?
-                .text()
-                .await
-        })
-        .unwrap();
-    let prefix = format!("patina_replication_{name}_total{{cluster=\"test\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    agent.metric(&format!(
+        "patina_replication_{name}_total{{cluster=\"test\"}} "
+    ))
 }
 
 /// One query's rows as JSON arrays. (A client of its own: a client's

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use patina_testkit::eventually_blocking as eventually;
 use serde_json::Value as Json;
-use support::{runtime, setup, setup_peer, Agent};
+use support::{setup, setup_peer, Agent};
 
 const MACHINES: &str =
     "CREATE TABLE machines(id TEXT PRIMARY KEY NOT NULL, app TEXT, zone TEXT, n INTEGER);";
@@ -52,30 +52,9 @@ fn destructive_reload(agent: &Agent) -> String {
     out
 }
 
-fn get(agent: &Agent, path: &str) -> String {
-    runtime()
-        .block_on(async {
-            reqwest::get(format!("http://{}{path}", agent.addr))
-                .await?
-                .text()
-                .await
-        })
-        .unwrap()
-}
-
 fn health(agent: &Agent) -> Json {
-    let text = get(agent, "/v1/health");
+    let text = agent.get("/v1/health");
     serde_json::from_str::<Json>(&text).unwrap()["response"].clone()
-}
-
-/// The value of the sample line starting with `prefix` (name and labels).
-fn metric(agent: &Agent, prefix: &str) -> u64 {
-    let text = get(agent, "/metrics");
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
 }
 
 const DROPPED: &str = "patina_writer_remote_changes_dropped_total{db=\"regional\"}";
@@ -94,8 +73,8 @@ fn assert_honest(agent: &Agent, dropped: u64) {
     assert_eq!(h["parked_versions"], 0, "{h}");
     assert_eq!(h["refused_versions"], 0, "{h}");
     assert_eq!(h["dropped_changes"], dropped, "{h}");
-    assert_eq!(metric(agent, DROPPED), dropped);
-    assert_eq!(metric(agent, PARKED), 0, "nothing was ever held");
+    assert_eq!(agent.metric(DROPPED), dropped);
+    assert_eq!(agent.metric(PARKED), 0, "nothing was ever held");
 }
 
 #[test]
@@ -150,9 +129,7 @@ fn a_column_and_a_table_dropped_node_by_node_keep_everything_else_flowing() {
     assert_eq!(shared.len(), 6);
     assert!(shared.contains(&serde_json::json!({"id": "m1", "app": "web", "n": 100})));
     assert!(shared.contains(&serde_json::json!({"id": "m2", "app": "db2", "n": 2})));
-    eventually("a counts b's zone changes", WAIT, || {
-        metric(&a, DROPPED) >= 5
-    });
+    eventually("a counts b's zone changes", WAIT, || a.metric(DROPPED) >= 5);
     assert_honest(&a, 5);
     assert_honest(&b, 0);
     // b still holds its zones; a's row has none (a never wrote one).
@@ -189,7 +166,7 @@ fn a_column_and_a_table_dropped_node_by_node_keep_everything_else_flowing() {
     );
     // Three of port, and b4's zone (an insert names every column).
     eventually("a counts b's service changes", WAIT, || {
-        metric(&a, DROPPED) >= 9
+        a.metric(DROPPED) >= 9
     });
     assert_honest(&a, 9);
     let (ok, _, err) = a.cli(&["query", "SELECT * FROM services"]);

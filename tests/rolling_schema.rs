@@ -36,22 +36,6 @@ fn reload(agent: &Agent, dir: &Path) {
     assert!(ok && out == "schema reloaded\n", "{out} {err}");
 }
 
-fn metric(agent: &Agent, name: &str) -> u64 {
-    let text = runtime()
-        .block_on(async {
-            reqwest::get(format!("http://{}/metrics", agent.addr))
-                .await?
-                .text()
-                .await
-        })
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-}
-
 #[test]
 fn a_new_column_rolled_out_node_by_node_keeps_every_insert_flowing() {
     assert!(!SCHEMA.contains("zone"));
@@ -80,11 +64,8 @@ fn a_new_column_rolled_out_node_by_node_keeps_every_insert_flowing() {
         || query(&b, all) == query(&a, all),
     );
     let parked = "patina_replication_versions_parked_total";
-    assert!(
-        metric(&b, parked) >= 21,
-        "every version naming zone is held"
-    );
-    assert_eq!(metric(&b, "patina_replication_versions_refused_total"), 0);
+    assert!(b.metric(parked) >= 21, "every version naming zone is held");
+    assert_eq!(b.metric("patina_replication_versions_refused_total"), 0);
 
     // A version that set the new column is held on b: after= waits for
     // all of it and says why it cannot be had yet.

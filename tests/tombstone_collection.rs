@@ -74,21 +74,6 @@ fn health(agent: &Agent) -> (u16, Json) {
     runtime().block_on(agent.client().health_check("")).unwrap()
 }
 
-fn metric(agent: &Agent, name: &str) -> u64 {
-    let text = runtime()
-        .block_on(async {
-            reqwest::get(format!("http://{}/metrics", agent.addr))
-                .await?
-                .text()
-                .await
-        })
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// A small deterministic generator: the same workload every run.
 struct Lcg(u64);
 
@@ -181,7 +166,7 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
     collected(&[&a, &b, &c]);
     for agent in [&a, &b, &c] {
         assert!(
-            metric(agent, "patina_replication_tombstones_collected_total") > 0,
+            agent.metric("patina_replication_tombstones_collected_total") > 0,
             "each node collected its own tombstones"
         );
     }
@@ -223,7 +208,7 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
         .cloned()
         .collect();
     assert!(!gone.is_empty());
-    let before = metric(&a, "patina_replication_tombstones_collected_total");
+    let before = a.metric("patina_replication_tombstones_collected_total");
     for id in &gone {
         tx(&a, "DELETE FROM machines WHERE id = ?", json!([id])).unwrap();
         model.remove(id);
@@ -232,7 +217,7 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
     eventually("a and b collected the deletes c missed", WAIT, || {
         tombstones(&a) == 0
             && tombstones(&b) == 0
-            && metric(&a, "patina_replication_tombstones_collected_total")
+            && a.metric("patina_replication_tombstones_collected_total")
                 >= before + gone.len() as u64
     });
     let c = Agent::start(&c_config);
@@ -246,7 +231,7 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
         reason.contains("patina restore") && reason.contains("db.tombstone_retention"),
         "{reason}"
     );
-    assert!(metric(&c, "patina_replication_stale_detected_total") >= 1);
+    assert!(c.metric("patina_replication_stale_detected_total") >= 1);
     match tx(
         &c,
         "INSERT INTO machines(id, app, n) VALUES ('new', 'x', 1)",

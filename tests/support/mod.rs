@@ -75,6 +75,30 @@ impl Agent {
         Client::new(&self.addr).unwrap()
     }
 
+    /// `GET path` on the agent's API: the body.
+    pub fn get(&self, path: &str) -> String {
+        runtime()
+            .block_on(async {
+                reqwest::get(format!("http://{}{path}", self.addr))
+                    .await?
+                    .text()
+                    .await
+            })
+            .unwrap()
+    }
+
+    /// The value of the first `/metrics` sample line starting with
+    /// `prefix` (a name, with labels if given).
+    pub fn metric(&self, prefix: &str) -> u64 {
+        let text = self.get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .map(|n| n as u64)
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();

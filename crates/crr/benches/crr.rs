@@ -1,4 +1,5 @@
-//! crr benchmarks: capture overhead, bulk merge, steady-state merge.
+//! crr benchmarks: capture overhead, bulk merge, steady-state merge,
+//! tombstone collection.
 //! Run: `cargo bench -p crr --bench crr`; numbers in docs/benchmarks.md.
 
 use std::time::Duration;
@@ -172,5 +173,55 @@ fn merge_steady(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, capture, merge_bulk, merge_steady);
+/// Collecting the tombstones of 20k deletes among 100k rows written in
+/// 1,000-row transactions: every version is scanned (inserts included),
+/// the tombstones removed. One pass of the replicator's budget (20,000
+/// keys), and the whole backlog.
+fn collect(c: &mut Criterion) {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("src.db");
+    let site = {
+        let mut conn = crr_db(&dir, "src.db");
+        for batch in 0..100 {
+            crr_insert(&mut conn, batch * 1000, 1000);
+        }
+        for batch in 0..20 {
+            let mut tx = conn.transaction().unwrap();
+            tx.execute(
+                "DELETE FROM bench WHERE rowid % 5 = 0 AND rowid > ?1 AND rowid <= ?2",
+                [batch * 5000, (batch + 1) * 5000],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        conn.connection()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        (conn.site_id(), conn.db_version())
+    };
+    let bounds = std::collections::BTreeMap::from([site]);
+    let mut g = c.benchmark_group("collect_20k_tombstones_among_100k_rows");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    for (name, keys_max) in [("pass_of_20k_keys", 20_000), ("whole_backlog", u64::MAX)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let copy = TempDir::new().unwrap();
+                    std::fs::copy(&path, copy.path().join("c.db")).unwrap();
+                    let conn = CrrConn::open(copy.path().join("c.db")).unwrap();
+                    (copy, conn)
+                },
+                |(copy, mut conn)| {
+                    let done = conn.collect_tombstones(&bounds, keys_max).unwrap();
+                    assert!(done.examined > 0);
+                    (copy, conn)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, capture, merge_bulk, merge_steady, collect);
 criterion_main!(benches);

@@ -39,8 +39,8 @@ CREATE TABLE IF NOT EXISTS crr_collect_scanned(
 ) WITHOUT ROWID;
 ";
 
-/// Versions read per query: bounds what one step of a pass holds.
-const VERSIONS_PER_STEP: i64 = 256;
+/// Versions read per query: bounds the keys one step of a pass holds.
+const VERSIONS_PER_STEP: i64 = 32;
 
 /// What one [`CrrConn::collect_tombstones`](crate::CrrConn::collect_tombstones)
 /// pass did.
@@ -48,11 +48,14 @@ const VERSIONS_PER_STEP: i64 = 256;
 pub struct Collected {
     /// Tombstones removed.
     pub rows: u64,
+    /// Keys looked at: every key a scanned version wrote is, once.
+    pub examined: u64,
     /// Per site asked about: the versions scanned so far, `1..=through`
     /// (every tombstone they wrote is gone). Below the bound when the pass
     /// stopped at its row budget.
     pub through: BTreeMap<SiteId, u64>,
-    /// Every site was scanned up to its bound.
+    /// Every site was scanned up to its bound (else the pass stopped at its
+    /// budget of keys).
     pub complete: bool,
 }
 
@@ -137,7 +140,7 @@ pub(crate) fn collect(
     sites: &Sites,
     floors: &mut HashMap<u32, u64>,
     bounds: &BTreeMap<SiteId, u64>,
-    rows_max: u64,
+    keys_max: u64,
 ) -> Result<Collected> {
     let mut out = Collected {
         complete: true,
@@ -183,6 +186,7 @@ pub(crate) fn collect(
             let found = versions::rows_of(conn, ordinal, through, up_to)?;
             for (i, rows) in found.iter().enumerate() {
                 if let Some(table) = tables.get(&rows.tbl) {
+                    out.examined += rows.pks.len() as u64;
                     for pk in &rows.pks {
                         if let Some(cl) =
                             collect_one(conn, table, ordinal, rows.db_version, pk, &mut delta)?
@@ -196,7 +200,7 @@ pub(crate) fn collect(
                 let version_done = found
                     .get(i + 1)
                     .is_none_or(|next| next.db_version != rows.db_version);
-                if version_done && out.rows >= rows_max {
+                if version_done && out.examined >= keys_max {
                     through = rows.db_version;
                     if through < bound {
                         out.complete = false;

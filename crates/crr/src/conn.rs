@@ -644,8 +644,9 @@ impl CrrConn {
     }
 
     /// Removes the tombstones written by versions `1..=bound` of each site
-    /// in `bounds`, at most about `rows_max` of them per call (the next call
-    /// goes on where this one stopped), in one SQLite transaction.
+    /// in `bounds`, looking at about `keys_max` keys per call at most (every
+    /// key a scanned version wrote is looked at once; the next call goes on
+    /// where this one stopped), in one SQLite transaction.
     ///
     /// The caller guarantees what makes this safe (docs/crr.md, "Tombstone
     /// collection"): this replica has applied `1..=bound` of each site, and
@@ -653,7 +654,7 @@ impl CrrConn {
     pub fn collect_tombstones(
         &mut self,
         bounds: &BTreeMap<SiteId, u64>,
-        rows_max: u64,
+        keys_max: u64,
     ) -> Result<Collected> {
         let mut floors = std::mem::take(&mut self.collected);
         let out = self.in_write_tx(|me| {
@@ -663,7 +664,7 @@ impl CrrConn {
                 &me.sites,
                 &mut floors,
                 bounds,
-                rows_max,
+                keys_max,
             )
         });
         self.collected = floors;

@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use patina_crr::CrrConn;
-use patina_proto::{lower_bounds, own_prefixes, Checkpoints};
+use patina_proto::{lower_bounds, Checkpoints};
 use patina_wire::{ActorId, CollectedFloors, DbKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::NodeError;
-use crate::node::Node;
+use crate::writer::Writer;
 
 pub(crate) const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS patina_collect_floors(
@@ -79,8 +79,8 @@ pub struct CollectRequest {
     pub checkpoint_every_ms: u64,
     /// What every current member holds (`patina_proto::Watermark`).
     pub watermark: BTreeMap<ActorId, u64>,
-    /// Tombstones removed per pass at most (a pass holds the writer).
-    pub rows_max: u64,
+    /// Keys a pass looks at, at most (a pass holds the writer).
+    pub keys_max: u64,
 }
 
 /// What a pass did.
@@ -89,7 +89,7 @@ pub struct CollectReport {
     /// Tombstones removed.
     pub rows: u64,
     /// Per actor, the versions collected up to (the pass's bounds, unless
-    /// it stopped at `rows_max`).
+    /// it stopped at `keys_max`).
     pub bounds: BTreeMap<ActorId, u64>,
     /// Nothing more is collectable with these bounds.
     pub complete: bool,
@@ -234,35 +234,33 @@ fn database_error(db: DbKind, e: impl Into<patina_crr::CrrError>) -> NodeError {
     }
 }
 
-impl Node {
-    /// What this node knows of `db`'s tombstone collection.
-    pub fn collection(&self, db: DbKind) -> CollectionState {
-        self.collection_of(db).state()
-    }
-
-    /// One collection pass on `db` (see [`CollectRequest`]): keeps a
-    /// checkpoint of what this node holds when one is due, then removes the
-    /// tombstones every member applied more than the retention ago.
-    pub async fn collect_tombstones(
-        &self,
+impl Collection {
+    /// One pass on `db` (see [`CollectRequest`]) on its writer; `own` is
+    /// what this node holds of each actor.
+    pub(crate) async fn collect(
+        self: &Arc<Self>,
+        writer: &Writer,
         db: DbKind,
+        own: BTreeMap<ActorId, u64>,
         request: CollectRequest,
     ) -> Result<CollectReport, NodeError> {
-        let own = own_prefixes(&self.bookkeeping(db).borrow(), db);
-        let collection = Arc::clone(self.collection_of(db));
-        self.writer(db)
+        let collection = Arc::clone(self);
+        writer
             .with(move |conn| collect_pass(conn, &collection, own, &request))
             .await
             .ok_or(NodeError::ShuttingDown)?
             .map_err(|e| database_error(db, e))
     }
 
-    /// Learns what a peer collected of `db` (its floors and causal lengths):
-    /// returns whether anything was new here.
-    pub async fn adopt_collected(&self, floors: CollectedFloors) -> Result<bool, NodeError> {
+    /// Learns what a peer collected; whether anything was new here.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        writer: &Writer,
+        floors: CollectedFloors,
+    ) -> Result<bool, NodeError> {
         let db = floors.db;
-        let collection = Arc::clone(self.collection_of(db));
-        self.writer(db)
+        let collection = Arc::clone(self);
+        writer
             .with(move |conn| -> patina_crr::Result<bool> {
                 let mut changed = false;
                 for (table, cl) in &floors.causal_lengths {
@@ -283,12 +281,15 @@ impl Node {
             .map_err(|e| database_error(db, e))
     }
 
-    /// Records that `db` missed collected tombstones: from now on (restarts
-    /// included) writes to it are refused with `reason`, which says how to
-    /// re-seed the node.
-    pub async fn mark_stale(&self, db: DbKind, reason: String) -> Result<(), NodeError> {
-        let collection = Arc::clone(self.collection_of(db));
-        self.writer(db)
+    /// Records (durably) that the database is stale, for `reason`.
+    pub(crate) async fn mark_stale(
+        self: &Arc<Self>,
+        writer: &Writer,
+        db: DbKind,
+        reason: String,
+    ) -> Result<(), NodeError> {
+        let collection = Arc::clone(self);
+        writer
             .with(move |conn| {
                 set_state(conn.connection(), "stale", &reason)?;
                 collection.update(|s| s.stale = Some(reason));
@@ -299,14 +300,17 @@ impl Node {
             .map_err(|e| database_error(db, e))
     }
 
-    /// The first catch-up ended: a bootstrapping `db` now holds what its
-    /// peers held, and is checked against floors like any other.
-    pub async fn mark_joined(&self, db: DbKind) -> Result<(), NodeError> {
-        let collection = Arc::clone(self.collection_of(db));
-        if !collection.state().bootstrapping {
+    /// Records (durably) that bootstrapping is over.
+    pub(crate) async fn mark_joined(
+        self: &Arc<Self>,
+        writer: &Writer,
+        db: DbKind,
+    ) -> Result<(), NodeError> {
+        if !self.state().bootstrapping {
             return Ok(());
         }
-        self.writer(db)
+        let collection = Arc::clone(self);
+        writer
             .with(move |conn| {
                 set_state(conn.connection(), "phase", "joined")?;
                 collection.update(|s| s.bootstrapping = false);
@@ -360,7 +364,7 @@ fn collect_pass(
             ..CollectReport::default()
         });
     }
-    let done = conn.collect_tombstones(&bounds, request.rows_max)?;
+    let done = conn.collect_tombstones(&bounds, request.keys_max)?;
     let have = collection.state().floors;
     let raised = raise_floors(conn.connection(), &have, done.through.clone())?;
     let cls = conn.collected_cls();

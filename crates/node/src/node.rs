@@ -8,13 +8,13 @@ use std::time::Duration;
 use patina_crr::migrate::{Drops, SchemaPlan};
 use patina_crr::{CrrConn, SiteId};
 use patina_proto::Bookkeeper;
-use patina_wire::DbKind;
+use patina_wire::{CollectedFloors, DbKind};
 use tokio::sync::{broadcast, watch};
 
 use crate::backup::{self, BackupError, BackupManifest, BackupReport};
 use crate::changeset::{Changeset, CommitObserver, Origin};
 use crate::classify::{Classifier, Writes};
-use crate::collect::Collection;
+use crate::collect::{CollectReport, CollectRequest, Collection, CollectionState};
 use crate::datadir::DataDir;
 use crate::digest::{self, CancelOnDrop, Digest, DigestError, DigestRequest};
 use crate::error::{NodeError, QueryError, TxError};
@@ -545,7 +545,7 @@ impl Node {
         tokio::time::timeout(timeout, whole).await.unwrap_or(false)
     }
 
-    pub(crate) fn writer(&self, db: DbKind) -> &Writer {
+    fn writer(&self, db: DbKind) -> &Writer {
         match db {
             DbKind::Regional => &self.inner.regional,
             DbKind::Global => &self.inner.global,
@@ -588,7 +588,50 @@ impl Node {
         self.inner.reads.close();
     }
 
-    pub(crate) fn collection_of(&self, db: DbKind) -> &Arc<Collection> {
+    /// What this node knows of `db`'s tombstone collection.
+    pub fn collection(&self, db: DbKind) -> CollectionState {
+        self.collection_of(db).state()
+    }
+
+    /// One collection pass on `db` (see [`CollectRequest`]): keeps a
+    /// checkpoint of what this node holds when one is due, then removes the
+    /// tombstones every member applied more than the retention ago.
+    pub async fn collect_tombstones(
+        &self,
+        db: DbKind,
+        request: CollectRequest,
+    ) -> Result<CollectReport, NodeError> {
+        let own = patina_proto::own_prefixes(&self.bookkeeping(db).borrow(), db);
+        self.collection_of(db)
+            .collect(self.writer(db), db, own, request)
+            .await
+    }
+
+    /// Learns what a peer collected of `floors.db` (its floors and causal
+    /// lengths): returns whether anything was new here.
+    pub async fn adopt_collected(&self, floors: CollectedFloors) -> Result<bool, NodeError> {
+        let db = floors.db;
+        self.collection_of(db).adopt(self.writer(db), floors).await
+    }
+
+    /// Records that `db` missed collected tombstones: from now on (restarts
+    /// included) writes to it are refused with `reason`, which says how to
+    /// re-seed the node.
+    pub async fn mark_stale(&self, db: DbKind, reason: String) -> Result<(), NodeError> {
+        self.collection_of(db)
+            .mark_stale(self.writer(db), db, reason)
+            .await
+    }
+
+    /// The first catch-up ended: a bootstrapping `db` now holds what its
+    /// peers held, and is checked against floors like any other.
+    pub async fn mark_joined(&self, db: DbKind) -> Result<(), NodeError> {
+        self.collection_of(db)
+            .mark_joined(self.writer(db), db)
+            .await
+    }
+
+    fn collection_of(&self, db: DbKind) -> &Arc<Collection> {
         match db {
             DbKind::Regional => &self.inner.collections[0],
             DbKind::Global => &self.inner.collections[1],

@@ -17,10 +17,10 @@ use patina_wire::{CollectedFloors, DbKind, Summary};
 use crate::config::ReplicatorConfig;
 use crate::shared::Shared;
 
-/// Tombstones removed per pass at most: a pass holds the writer (about
-/// 10 µs a tombstone), so a backlog is collected over several rounds
-/// instead of stalling commits.
-pub(crate) const ROWS_PER_PASS: u64 = 20_000;
+/// Keys a pass looks at, at most: a pass holds the writer (a few µs a
+/// key), so a backlog is scanned over several rounds instead of stalling
+/// commits.
+pub(crate) const KEYS_PER_PASS: u64 = 20_000;
 
 /// The database collected.
 const DB: DbKind = DbKind::Regional;
@@ -83,7 +83,7 @@ impl Collector {
             retention_ms: self.retention.as_millis().min(u64::MAX as u128) as u64,
             checkpoint_every_ms: self.every.as_millis() as u64,
             watermark,
-            rows_max: ROWS_PER_PASS,
+            keys_max: KEYS_PER_PASS,
         };
         let Some(report) = shared.node.collect_tombstones(DB, request).await else {
             return;
@@ -111,16 +111,36 @@ pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: Collect
     if !shared.carries(db) {
         return;
     }
-    shared.node.adopt_collected(floors.clone()).await;
     let Some(state) = shared.node.collection(db) else {
         return;
     };
+    // Most rounds bring nothing new: no writer job for them.
+    let known = |have: &[(String, u64)], table: &str, cl: u64| {
+        have.iter().any(|(t, c)| t == table && *c >= cl)
+    };
+    let news = floors
+        .floors
+        .iter()
+        .any(|(actor, floor)| state.floors.get(actor).is_none_or(|f| f < floor))
+        || floors
+            .causal_lengths
+            .iter()
+            .any(|(table, cl)| !known(&state.causal_lengths, table, *cl));
+    if news {
+        shared.node.adopt_collected(floors.clone()).await;
+    }
     if state.bootstrapping || state.stale.is_some() {
         return;
     }
     // What this node advertises (queued versions count): a peer's floor
     // never exceeds what it saw this node hold.
     let own = own_prefixes(&shared.held(), db);
+    let me = shared.node.actor_id();
+    if own.keys().all(|actor| *actor == me) {
+        // Nothing of another node's is here (a first catch-up that found no
+        // peer to answer): nothing here can bring a deleted row back.
+        return;
+    }
     let theirs: BTreeMap<_, _> = floors.floors.into_iter().collect();
     let Some((actor, floor, have)) = missed(&own, &theirs) else {
         return;
