@@ -38,12 +38,14 @@
 //!
 //! Every `PATINA_SOAK_SAMPLE` seconds, per node: `regional.db`'s size
 //! (the file; its free pages are counted apart), the `-wal` file's size
-//! and the largest it was since the last sample (stat every 250 ms), live
-//! rows (`SELECT count(*) FROM machines`), clock rows (`… FROM
+//! and the WAL in use (frames since its last reset, from the `-shm`
+//! header), each with the largest since the last sample (stat every 250
+//! ms), live rows (`SELECT count(*) FROM machines`), clock rows (`… FROM
 //! machines__crr_clock`; clock rows − live rows = tombstones), through
-//! `/v1/queries`. At the end, once the nodes agree on the live count, a
-//! page breakdown of each node's `regional.db` by table and index
-//! (`dbstat`, read-only connection).
+//! `/v1/queries`. After the load and at the end (once the nodes agree on
+//! the live count), a page breakdown of `regional.db` by table and index
+//! and how full their leaf pages are (`dbstat`, read-only connection).
+//! Results of the runs made: docs/benchmarks.md, "Storage growth (soak)".
 
 #[path = "support/mod.rs"]
 mod support;
