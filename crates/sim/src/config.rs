@@ -26,6 +26,29 @@ pub struct SimConfig {
     pub quiesce_max_s: u64,
     /// Keep every latency sample (for plots).
     pub keep_samples: bool,
+    /// Faults at fixed times (the report's scenarios), besides `faults`.
+    pub script: Vec<ScriptedFault>,
+    /// Broadcast fanout (the agent's is 3): to see what another would do.
+    pub fanout: usize,
+}
+
+/// A fault at a fixed simulated time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptedFault {
+    pub at_s: f64,
+    pub kind: ScriptedKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScriptedKind {
+    /// Crash `count` plain nodes (spread over the regions) for good: until
+    /// quiescence restarts them.
+    Crash { count: usize },
+    /// Cut region `region` off from every other region for `for_s`.
+    PartitionRegion { region: usize, for_s: f64 },
+    /// Split the global cluster in two halves (even and odd regions) for
+    /// `for_s`.
+    PartitionGlobal { for_s: f64 },
 }
 
 impl Default for SimConfig {
@@ -43,6 +66,8 @@ impl Default for SimConfig {
             apps: 24,
             quiesce_max_s: 60,
             keep_samples: false,
+            script: Vec::new(),
+            fanout: 3,
         }
     }
 }
@@ -68,6 +93,8 @@ pub enum ConfigError {
     NoTime,
     #[error("the workload needs at least one app and one machine per region")]
     EmptyWorkload,
+    #[error("--fanout must be at least 1")]
+    NoFanout,
 }
 
 impl SimConfig {
@@ -98,6 +125,9 @@ impl SimConfig {
         }
         if self.apps == 0 || self.machines_per_region == 0 {
             return Err(ConfigError::EmptyWorkload);
+        }
+        if self.fanout == 0 {
+            return Err(ConfigError::NoFanout);
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ struct Args {
     /// Longest quiescence before declaring the run non-convergent, s.
     #[arg(long, default_value_t = 60)]
     quiesce_max: u64,
+    /// Broadcast fanout (the agent's is 3), to try another.
+    #[arg(long, default_value_t = 3)]
+    fanout: usize,
     /// Print one JSON object (one per line with --seeds).
     #[arg(long)]
     json: bool,
@@ -53,6 +56,7 @@ impl Args {
             faults: self.faults,
             writes_per_region_s: self.writes_per_region_s,
             quiesce_max_s: self.quiesce_max,
+            fanout: self.fanout,
             ..SimConfig::default()
         }
     }
@@ -60,7 +64,7 @@ impl Args {
     /// The command that replays `seed` alone.
     fn replay(&self, seed: u64) -> String {
         format!(
-            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --json",
+            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --fanout {} --json",
             self.nodes,
             self.regions,
             self.global_per_region,
@@ -70,6 +74,7 @@ impl Args {
             if self.faults { " --faults" } else { "" },
             self.writes_per_region_s,
             self.quiesce_max,
+            self.fanout,
         )
     }
 }

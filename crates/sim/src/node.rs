@@ -114,6 +114,9 @@ pub struct Presence {
     pub cluster: Cluster,
     pub name: ClusterName,
     pub foca: SimFoca,
+    /// Raised when foca is replaced (a rejoin): timers of the old foca
+    /// are dropped, as the agent clears them.
+    pub foca_incarnation: u32,
     /// Alive peers (node indices, ascending: the order of their gossip
     /// addresses, which the broadcast tree sorts by).
     pub alive: Vec<usize>,
@@ -137,15 +140,22 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(cluster: Cluster, name: ClusterName, foca: SimFoca, bootstrap: Vec<SwimId>) -> Self {
+    pub fn new(
+        cluster: Cluster,
+        name: ClusterName,
+        foca: SimFoca,
+        bootstrap: Vec<SwimId>,
+        broadcast: BroadcastConfig,
+    ) -> Self {
         Presence {
             cluster,
             name,
             foca,
+            foca_incarnation: 0,
             alive: Vec::new(),
             planner: SyncPlanner::new(PlannerConfig::default()),
             pace: SyncPace::new(SYNC_INTERVAL, SYNC_INTERVAL_MAX),
-            queue: BroadcastQueue::new(BroadcastConfig::default()),
+            queue: BroadcastQueue::new(broadcast),
             queued: QueuedVersions::new(),
             round: None,
             hinted: Vec::new(),

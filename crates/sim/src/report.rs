@@ -128,6 +128,9 @@ pub struct Samples {
     /// the truth of their region, sampled each second: how a partition
     /// looks while it lasts and after it heals.
     pub lagging_nodes: Vec<(f64, usize)>,
+    /// (simulated second, node count) of nodes whose `app_regions` rows
+    /// differ from what the regions' machines say, sampled each second.
+    pub stale_rollup_nodes: Vec<(f64, usize)>,
 }
 
 /// The peak resident set of this process, MiB (Linux).

@@ -19,7 +19,7 @@ use patina_wire::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::config::SimConfig;
+use crate::config::{ScriptedKind, SimConfig};
 use crate::geo;
 use crate::model::{self, AppRegionRow, MachineRow, MachineWrite};
 use crate::net::{Endpoint, Network, Traffic, TRAFFIC_KINDS};
@@ -66,6 +66,7 @@ enum Event {
         node: usize,
         cluster: Cluster,
         epoch: u32,
+        incarnation: u32,
         timer: Timer<SwimId>,
     },
     Datagram {
@@ -90,12 +91,14 @@ enum Event {
         to_server: bool,
         message: Message,
     },
-    /// The peer refused the stream (too busy): the puller sees it closed.
+    /// A sync stream's other end finished or reset it: the server refused
+    /// it (too busy), or the puller ended it without a pull or gave up.
     Closed {
         to: usize,
         epoch: u32,
         cluster: Cluster,
         conv: u64,
+        to_server: bool,
     },
     SyncTick {
         node: usize,
@@ -148,6 +151,7 @@ enum Event {
         crashed: usize,
         epoch: u32,
     },
+    Scripted(ScriptedKind),
     EndWorkload,
     ConvergeCheck,
     Sample,
@@ -174,6 +178,7 @@ impl Event {
             Event::Heal(_) => (14, 0),
             Event::Join { region } => (15, *region as u64),
             Event::LeaderCheck { crashed, .. } => (16, *crashed as u64),
+            Event::Scripted(_) => (20, 0),
             Event::EndWorkload => (17, 0),
             Event::ConvergeCheck => (18, 0),
             Event::Sample => (19, 0),
@@ -274,6 +279,9 @@ pub struct World {
     /// (node, cluster, generation) of crashed incarnations → crash time.
     crashed: BTreeMap<(usize, Cluster, u64), Micros>,
     samples: Samples,
+    /// `PATINA_SIM_TRACE=<node>`: print that node's SWIM notifications
+    /// and every false down to stderr (debugging a seed).
+    trace_node: Option<usize>,
     // Counters.
     regional_writes: u64,
     rollup_versions: u64,
@@ -326,7 +334,10 @@ impl World {
             clock: SimClock::new(),
             sched: Scheduler::new(),
             net: Network::new(cfg.loss),
-            bcast: BroadcastConfig::default(),
+            bcast: BroadcastConfig {
+                fanout: cfg.fanout,
+                ..BroadcastConfig::default()
+            },
             limits: SyncLimits::default(),
             nodes: Vec::new(),
             region_nodes: vec![Vec::new(); cfg.regions],
@@ -352,6 +363,9 @@ impl World {
             faulted_at: Vec::new(),
             crashed: BTreeMap::new(),
             samples: Samples::default(),
+            trace_node: std::env::var("PATINA_SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             regional_writes: 0,
             rollup_versions: 0,
             false_down: 0,
@@ -368,6 +382,26 @@ impl World {
             let region = world.cfg.region_of(i);
             let global = world.region_nodes[region].len() < world.cfg.global_per_region;
             world.add_node(region, global);
+        }
+        // Each node remembers every member of its clusters (its members
+        // file), not only those added before it.
+        for n in 0..world.nodes.len() {
+            let region = world.nodes[n].region;
+            let regional: Vec<SwimId> = world.region_nodes[region]
+                .iter()
+                .filter(|&&m| m != n)
+                .map(|&m| SwimId(world.current_identity(m, Cluster::Regional)))
+                .collect();
+            let global: Vec<SwimId> = (0..world.nodes.len())
+                .filter(|&m| m != n && world.nodes[m].global_member)
+                .map(|m| SwimId(world.current_identity(m, Cluster::Global)))
+                .collect();
+            if let Some(p) = world.nodes[n].presence_mut(Cluster::Regional) {
+                p.bootstrap = regional;
+            }
+            if let Some(p) = world.nodes[n].presence_mut(Cluster::Global) {
+                p.bootstrap = global;
+            }
         }
         // A fleet in its steady state: every node knows its clusters'
         // members (as from its members file) and starts at a random
@@ -405,6 +439,10 @@ impl World {
         }
         if world.cfg.keep_samples {
             world.sched.at(secs(1), Event::Sample);
+        }
+        for f in world.cfg.script.clone() {
+            let at = (f.at_s * 1e6) as Micros;
+            world.sched.at(at, Event::Scripted(f.kind));
         }
         world.sched.at(world.workload_end, Event::EndWorkload);
         Ok(world)
@@ -506,7 +544,13 @@ impl World {
         let id = self.identity(n, Cluster::Regional, 0);
         let foca = self.new_foca(id, Cluster::Regional);
         let name = self.region_names[region].clone();
-        self.nodes[n].clusters[0] = Some(Presence::new(Cluster::Regional, name, foca, regional));
+        self.nodes[n].clusters[0] = Some(Presence::new(
+            Cluster::Regional,
+            name,
+            foca,
+            regional,
+            self.bcast.clone(),
+        ));
         if global {
             let members: Vec<SwimId> = (0..n)
                 .filter(|&m| self.nodes[m].global_member && !self.nodes[m].left)
@@ -515,7 +559,13 @@ impl World {
             let id = self.identity(n, Cluster::Global, 0);
             let foca = self.new_foca(id, Cluster::Global);
             let name = self.global_name.clone();
-            self.nodes[n].clusters[1] = Some(Presence::new(Cluster::Global, name, foca, members));
+            self.nodes[n].clusters[1] = Some(Presence::new(
+                Cluster::Global,
+                name,
+                foca,
+                members,
+                self.bcast.clone(),
+            ));
         }
         n
     }
@@ -581,6 +631,7 @@ impl World {
                 node,
                 cluster,
                 epoch,
+                incarnation,
                 timer,
             } => {
                 if !self.is_live(node, epoch) {
@@ -588,7 +639,9 @@ impl World {
                 }
                 let mut fx = std::mem::take(&mut self.fx);
                 if let Some(p) = self.nodes[node].presence_mut(cluster) {
-                    let _ = p.foca.handle_timer(timer, &mut fx);
+                    if p.foca_incarnation == incarnation {
+                        let _ = p.foca.handle_timer(timer, &mut fx);
+                    }
                 }
                 self.after_swim(node, cluster, &mut fx, 0);
                 self.fx = fx;
@@ -646,8 +699,19 @@ impl World {
                 epoch,
                 cluster,
                 conv,
+                to_server,
             } => {
-                if self.is_live(to, epoch) {
+                if !self.is_live(to, epoch) {
+                    return;
+                }
+                if to_server {
+                    let actions = self.nodes[to]
+                        .presence_mut(cluster)
+                        .and_then(|p| p.serving.get_mut(&conv))
+                        .map(|s| s.session.on_closed())
+                        .unwrap_or_default();
+                    self.serve_actions(to, cluster, conv, actions);
+                } else {
                     self.on_pull_frame(to, cluster, conv, PullInput::Closed);
                 }
             }
@@ -724,6 +788,7 @@ impl World {
                 crashed,
                 epoch,
             } => self.leader_check(region, crashed, epoch),
+            Event::Scripted(kind) => self.scripted(kind),
             Event::EndWorkload => self.end_workload(),
             Event::ConvergeCheck => self.converge_check(),
             Event::Sample => self.sample(),
@@ -742,6 +807,7 @@ impl World {
     fn after_swim(&mut self, n: usize, c: Cluster, fx: &mut SwimEffects, offset: Micros) {
         let epoch = self.nodes[n].epoch;
         let now = self.now();
+        let incarnation = self.nodes[n].presence(c).map_or(0, |p| p.foca_incarnation);
         for (timer, after) in fx.timers.drain(..) {
             self.sched.at(
                 now + offset + from_duration(after),
@@ -749,6 +815,7 @@ impl World {
                     node: n,
                     cluster: c,
                     epoch,
+                    incarnation,
                     timer,
                 },
             );
@@ -782,6 +849,11 @@ impl World {
             }
         }
         let mut rejoined = None;
+        if self.trace_node == Some(n) {
+            for note in &fx.notes {
+                eprintln!("{now} node {n} {c:?}: {note:?}");
+            }
+        }
         for note in std::mem::take(&mut fx.notes) {
             match note {
                 OwnedNotification::MemberDown(id) => self.on_member_down(n, c, &id),
@@ -811,13 +883,11 @@ impl World {
         let mut fx = SwimEffects::default();
         if let Some(p) = self.nodes[n].presence_mut(c) {
             p.foca = foca;
+            p.foca_incarnation += 1;
             for member in known {
                 let _ = p.foca.announce(member, &mut fx);
             }
         }
-        // Timers of the old foca fire into the new one harmlessly: foca
-        // checks their tokens. The agent clears them; dropping them here
-        // would need per-foca epochs for no change in behaviour.
         self.after_swim(n, c, &mut fx, 0);
     }
 
@@ -855,6 +925,17 @@ impl World {
             self.fault_downs += 1;
         } else {
             self.false_down += 1;
+            if self.trace_node.is_some() {
+                eprintln!(
+                    "false down at {now}: observer {observer} (region {}) {c:?} subject {subject} (region {}, gen {}), faulted {:?} {:?}, up {}",
+                    self.nodes[observer].region,
+                    s.region,
+                    id.0.generation,
+                    self.faulted_at[observer],
+                    self.faulted_at[subject],
+                    s.up
+                );
+            }
         }
     }
 
@@ -1158,6 +1239,34 @@ impl World {
         }
     }
 
+    /// The puller finished or reset stream `conv`: the server hears of it
+    /// after the stream's last frame.
+    fn close_to_server(&mut self, n: usize, c: Cluster, conv: u64, peer: usize) {
+        let last = self.nodes[n]
+            .presence(c)
+            .and_then(|p| p.round.as_ref())
+            .and_then(|r| r.asked.get(&conv))
+            .map_or(0, |a| a.last_arrival);
+        let (from, to) = (self.endpoint(n), self.endpoint(peer));
+        if !self.net.reachable(from, to) {
+            return;
+        }
+        let at = (self.now() + Network::base_one_way_us(from, to) as Micros).max(last);
+        let dst = &self.nodes[peer];
+        if dst.up {
+            self.sched.at(
+                at,
+                Event::Closed {
+                    to: peer,
+                    epoch: dst.epoch,
+                    cluster: c,
+                    conv,
+                    to_server: true,
+                },
+            );
+        }
+    }
+
     fn on_serve_frame(&mut self, n: usize, c: Cluster, from: usize, conv: u64, message: Message) {
         let now = self.now();
         let instant = self.clock.instant(now);
@@ -1182,6 +1291,7 @@ impl World {
                             epoch: dst.epoch,
                             cluster: c,
                             conv,
+                            to_server: false,
                         },
                     );
                 }
@@ -1385,6 +1495,7 @@ impl World {
                 PullAction::Fail(_) => {
                     self.sync_failures += 1;
                     self.set_stage(n, c, conv, AskStage::Failed, None);
+                    self.close_to_server(n, c, conv, peer);
                 }
                 PullAction::Count(_) => {}
             }
@@ -1449,6 +1560,7 @@ impl World {
                 .collect();
             let plan = p.planner.plan(instant, &held, &summaries);
             let mut sends = Vec::new();
+            let mut closes = Vec::new();
             for (&conv, a) in round.asked.iter_mut() {
                 if a.stage != AskStage::Answered {
                     continue;
@@ -1466,6 +1578,14 @@ impl World {
                         sends.push((conv, a.peer, m, a.session.deadline()));
                     }
                 }
+                if a.stage == AskStage::Done {
+                    // Nothing to pull: the stream is finished, which ends
+                    // the peer's side too.
+                    closes.push((conv, a.peer));
+                }
+            }
+            for (conv, peer) in closes {
+                self.close_to_server(n, c, conv, peer);
             }
             for (conv, peer, m, deadline) in sends {
                 self.schedule_pull_deadline(n, c, conv, deadline);
@@ -2171,6 +2291,48 @@ impl World {
         }
     }
 
+    fn scripted(&mut self, kind: ScriptedKind) {
+        if self.phase != Phase::Workload {
+            return;
+        }
+        match kind {
+            ScriptedKind::Crash { count } => {
+                let regions = self.cfg.regions;
+                for i in 0..count {
+                    let plain: Vec<usize> = self
+                        .up_nodes(Some(i % regions))
+                        .into_iter()
+                        .filter(|&m| !self.nodes[m].global_member)
+                        .collect();
+                    if plain.len() > 1 {
+                        let n = plain[self.rng.random_range(0..plain.len())];
+                        self.crash(n);
+                    }
+                }
+            }
+            ScriptedKind::PartitionRegion { region, for_s } => {
+                let region = region % self.cfg.regions;
+                self.net.partitions.regions.insert(region);
+                for m in self.region_nodes[region].clone() {
+                    self.touch(m);
+                }
+                self.sched
+                    .after((for_s * 1e6) as Micros, Event::Heal(Heal::Region(region)));
+            }
+            ScriptedKind::PartitionGlobal { for_s } => {
+                let side = (0..self.cfg.regions).filter(|r| r % 2 == 0).collect();
+                self.net.partitions.global_side = Some(side);
+                for m in 0..self.nodes.len() {
+                    if self.nodes[m].global_member {
+                        self.touch(m);
+                    }
+                }
+                self.sched
+                    .after((for_s * 1e6) as Micros, Event::Heal(Heal::Global));
+            }
+        }
+    }
+
     fn crash(&mut self, n: usize) {
         let now = self.now();
         self.crashes += 1;
@@ -2221,7 +2383,8 @@ impl World {
                 Cluster::Global => self.global_name.clone(),
             };
             let remembered = std::mem::take(&mut self.nodes[n].remembered[c.index()]);
-            self.nodes[n].clusters[c.index()] = Some(Presence::new(c, name, foca, remembered));
+            self.nodes[n].clusters[c.index()] =
+                Some(Presence::new(c, name, foca, remembered, self.bcast.clone()));
             self.announce_if_alone(n, c);
             self.schedule_tick(n, c, 0);
         }
@@ -2443,9 +2606,28 @@ impl World {
                 lagging += 1;
             }
         }
-        self.samples
-            .lagging_nodes
-            .push((self.now() as f64 / 1e6, lagging));
+        let apps = usize::from(self.cfg.apps);
+        let regions = self.cfg.regions;
+        let wanted: Vec<Vec<bool>> = self
+            .truth
+            .iter()
+            .map(|t| model::live_apps(t, apps))
+            .collect();
+        let stale = self
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .filter(|n| {
+                wanted.iter().enumerate().any(|(r, w)| {
+                    w.iter()
+                        .enumerate()
+                        .any(|(a, &want)| n.app_regions[a * regions + r].present != want)
+                })
+            })
+            .count();
+        let t = self.now() as f64 / 1e6;
+        self.samples.lagging_nodes.push((t, lagging));
+        self.samples.stale_rollup_nodes.push((t, stale));
         self.sched.after(secs(1), Event::Sample);
     }
 
@@ -2587,6 +2769,37 @@ mod tests {
             writes_per_region_s: 4.0,
             ..SimConfig::default()
         }
+    }
+
+    /// The quiescence check is not vacuous: a node holding a row its
+    /// region never wrote, or missing a version, is found.
+    #[test]
+    fn divergence_finds_a_wrong_row_and_a_missing_version() {
+        let mut world = World::new(small(5)).expect("valid config");
+        assert!(world.divergence(10).is_empty());
+        world.nodes[4].machines[3].live = true;
+        let found = world.divergence(10);
+        assert!(
+            found
+                .iter()
+                .any(|(kind, d)| *kind == "region-holds-its-writes" && d.contains("node 4")),
+            "{found:?}"
+        );
+        world.nodes[4].machines[3].live = false;
+        let region = world.nodes[4].region;
+        let writer = world.region_nodes[region]
+            .iter()
+            .copied()
+            .find(|&m| m != 4)
+            .expect("peers");
+        world.nodes[writer].own_version[0] = 1;
+        let found = world.divergence(10);
+        assert!(
+            found
+                .iter()
+                .any(|(_, d)| d.contains("lacks some of versions")),
+            "{found:?}"
+        );
     }
 
     #[test]
