@@ -6,7 +6,9 @@
 //! with a seeded workload and faults, while invariants are checked. The
 //! databases are an in-memory model (`model`); docs/sim.md says what is
 //! real and what is modelled. Same configuration and seed, same run.
+//! `suite` runs the report's scenarios and draws them (`charts`).
 
+pub mod charts;
 pub mod config;
 pub mod geo;
 pub mod model;
@@ -14,6 +16,7 @@ pub mod net;
 pub mod node;
 pub mod report;
 pub mod sched;
+pub mod suite;
 pub mod world;
 
 pub use config::{ConfigError, SimConfig};

@@ -39,6 +39,12 @@ struct Args {
     /// Broadcast fanout (the agent's is 3), to try another.
     #[arg(long, default_value_t = 3)]
     fanout: usize,
+    /// Run the report's scenarios at `--report-sizes` and write figures
+    /// and report.md into this directory (uses --seconds and --seed).
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 5000])]
+    report_sizes: Vec<usize>,
     /// Print one JSON object (one per line with --seeds).
     #[arg(long)]
     json: bool,
@@ -105,6 +111,20 @@ fn print_text(r: &Report) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.report {
+        patina_sim::suite::run_suite(dir, &args.report_sizes, args.seconds, args.seed, |run| {
+            eprintln!(
+                "{} at {} nodes: {} events in {:.1} s, {} violations",
+                run.scenario,
+                run.nodes,
+                run.report.events,
+                run.report.wall_s,
+                run.report.violations.len()
+            );
+        })
+        .context("the report")?;
+        return Ok(());
+    }
     let count = args.seeds.unwrap_or(1);
     let mut failed = Vec::new();
     for seed in args.seed..args.seed + count {

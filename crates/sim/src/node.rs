@@ -3,6 +3,7 @@
 //! (foca, the sync planner and pace, the broadcast queue, the sync
 //! conversations in progress; lost in a crash).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,9 +132,6 @@ pub struct Presence {
     pub tick_token: u64,
     pub tick_at: Micros,
     pub last_round_end: Micros,
-    /// What sync says this node holds (merged and queued) and its digest;
-    /// dropped whenever either changes.
-    pub held_cache: Option<(Bookkeeper, u64)>,
     /// Bootstrap peers and remembered members, announced to while foca
     /// knows nobody.
     pub bootstrap: Vec<SwimId>,
@@ -163,7 +161,6 @@ impl Presence {
             tick_token: 0,
             tick_at: 0,
             last_round_end: 0,
-            held_cache: None,
             bootstrap,
         }
     }
@@ -185,6 +182,12 @@ pub struct SimNode {
     pub own_version: [u64; 2],
     /// Per database: what is merged, as the writer thread's bookkeeper.
     pub books: [Bookkeeper; 2],
+    /// Both databases in one bookkeeper: what the regional cluster's
+    /// replicator absorbs the two into (kept up to date alongside, so
+    /// sync never clones a bookkeeper to ask its digest).
+    pub combined: Bookkeeper,
+    /// Digests of `combined` and `books[1]`, per cluster, while valid.
+    pub digests: [Option<u64>; 2],
     /// Chunks of versions held in part (`patina_buffered_changes`).
     pub buffered: BTreeMap<(DbKind, ActorId, u64), Vec<Arc<ChangeChunk>>>,
     pub machines: Vec<MachineRow>,
@@ -210,31 +213,68 @@ impl SimNode {
         self.clusters[c.index()].as_mut()
     }
 
-    /// What this node's `c` cluster advertises as held: the merged
-    /// versions of the databases it carries and the queued ones.
-    pub fn held(&mut self, c: Cluster) -> Option<(&Bookkeeper, u64)> {
-        let books = &self.books;
-        let p = self.clusters[c.index()].as_mut()?;
-        if p.held_cache.is_none() {
-            let mut held = match c {
-                Cluster::Regional => {
-                    let mut b = books[0].clone();
-                    b.absorb(&books[1]);
-                    b
-                }
-                Cluster::Global => books[1].clone(),
-            };
-            p.queued.count_as_held(&mut held);
-            let digest = held.digest();
-            p.held_cache = Some((held, digest));
+    /// The digest of what cluster `c` advertises as held
+    /// ([`held_view`]).
+    pub fn held_digest(&mut self, c: Cluster) -> Option<u64> {
+        let p = self.clusters[c.index()].as_ref()?;
+        if !p.queued.is_empty() {
+            return Some(held_view(&self.books, &self.combined, &p.queued, c).digest());
         }
-        p.held_cache.as_ref().map(|(b, d)| (b, *d))
+        let slot = &mut self.digests[c.index()];
+        let base = match c {
+            Cluster::Regional => &self.combined,
+            Cluster::Global => &self.books[1],
+        };
+        Some(*slot.get_or_insert_with(|| base.digest()))
     }
 
-    /// Bookkeeping changed: every cluster's held view is stale.
-    pub fn books_changed(&mut self) {
-        for p in self.clusters.iter_mut().flatten() {
-            p.held_cache = None;
-        }
+    /// Records a buffered chunk in the database's bookkeeper and the
+    /// combined one.
+    pub fn book_buffered(
+        &mut self,
+        db: DbKind,
+        actor: ActorId,
+        version: u64,
+        last_seq: u64,
+        seqs: patina_wire::Span,
+    ) {
+        self.books[db_index(db)].record_buffered(db, actor, version, last_seq, seqs);
+        self.combined
+            .record_buffered(db, actor, version, last_seq, seqs);
+        self.digests = [None, None];
+    }
+
+    pub fn book_applied(&mut self, db: DbKind, actor: ActorId, version: u64) {
+        self.books[db_index(db)].record_applied(db, actor, version);
+        self.combined.record_applied(db, actor, version);
+        self.digests = [None, None];
+    }
+
+    pub fn book_own(&mut self, db: DbKind, version: u64) {
+        self.books[db_index(db)].set_own_version(db, version);
+        self.combined.set_own_version(db, version);
+        self.digests = [None, None];
+    }
+}
+
+/// What cluster `c` advertises as held (the agent's `Shared::held`):
+/// the merged versions of the databases it carries, plus the versions
+/// waiting in its apply queue. Borrowed unless something is queued.
+pub fn held_view<'a>(
+    books: &'a [Bookkeeper; 2],
+    combined: &'a Bookkeeper,
+    queued: &QueuedVersions,
+    c: Cluster,
+) -> Cow<'a, Bookkeeper> {
+    let base = match c {
+        Cluster::Regional => combined,
+        Cluster::Global => &books[1],
+    };
+    if queued.is_empty() {
+        Cow::Borrowed(base)
+    } else {
+        let mut held = base.clone();
+        queued.count_as_held(&mut held);
+        Cow::Owned(held)
     }
 }

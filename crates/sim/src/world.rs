@@ -24,8 +24,8 @@ use crate::geo;
 use crate::model::{self, AppRegionRow, MachineRow, MachineWrite};
 use crate::net::{Endpoint, Network, Traffic, TRAFFIC_KINDS};
 use crate::node::{
-    db_index, AskStage, Asked, Cluster, Presence, Round, Serving, SimFoca, SimNode, SwimEffects,
-    SYNC_INTERVAL, SYNC_PEERS,
+    db_index, held_view, AskStage, Asked, Cluster, Presence, Round, Serving, SimFoca, SimNode,
+    SwimEffects, SYNC_INTERVAL, SYNC_PEERS,
 };
 use crate::report::{self, percentile_ms, round3, Report, Samples, TrafficRates};
 use crate::sched::{from_duration, secs, Micros, Scheduler, SimClock};
@@ -67,7 +67,9 @@ enum Event {
         cluster: Cluster,
         epoch: u32,
         incarnation: u32,
-        timer: Timer<SwimId>,
+        /// Boxed, as the frame's message: events move through the heap,
+        /// and most are small.
+        timer: Box<Timer<SwimId>>,
     },
     Datagram {
         to: usize,
@@ -89,7 +91,7 @@ enum Event {
         cluster: Cluster,
         conv: u64,
         to_server: bool,
-        message: Message,
+        message: Box<Message>,
     },
     /// A sync stream's other end finished or reset it: the server refused
     /// it (too busy), or the puller ended it without a pull or gave up.
@@ -204,6 +206,8 @@ struct VersionRecord {
 /// A regional write on its way to its region.
 struct Delivery {
     at: Micros,
+    /// When the last expected node got it so far.
+    last: Option<Micros>,
     region: usize,
     /// Per position in the region: still expected.
     waiting: Vec<bool>,
@@ -213,6 +217,7 @@ struct Delivery {
 /// A change of one `app_regions` row on its way to every node.
 struct RollupWait {
     at: Micros,
+    last: Option<Micros>,
     present: bool,
     waiting: Vec<bool>,
     remaining: usize,
@@ -518,6 +523,8 @@ impl World {
                 patina_proto::Bookkeeper::new(actor),
                 patina_proto::Bookkeeper::new(actor),
             ],
+            combined: patina_proto::Bookkeeper::new(actor),
+            digests: [None, None],
             buffered: BTreeMap::new(),
             machines: vec![MachineRow::default(); self.cfg.machines_per_region as usize],
             app_regions: vec![AppRegionRow::default(); apps * self.cfg.regions],
@@ -640,7 +647,7 @@ impl World {
                 let mut fx = std::mem::take(&mut self.fx);
                 if let Some(p) = self.nodes[node].presence_mut(cluster) {
                     if p.foca_incarnation == incarnation {
-                        let _ = p.foca.handle_timer(timer, &mut fx);
+                        let _ = p.foca.handle_timer(*timer, &mut fx);
                     }
                 }
                 self.after_swim(node, cluster, &mut fx, 0);
@@ -685,13 +692,13 @@ impl World {
                 if !self.is_live(to, epoch) {
                     return;
                 }
-                if let Message::Changes(chunk) = &message {
+                if let Message::Changes(chunk) = &*message {
                     self.check_isolation(to, cluster, chunk);
                 }
                 if to_server {
-                    self.on_serve_frame(to, cluster, from, conv, message);
+                    self.on_serve_frame(to, cluster, from, conv, *message);
                 } else {
-                    self.on_pull_frame(to, cluster, conv, PullInput::Frame(message));
+                    self.on_pull_frame(to, cluster, conv, PullInput::Frame(*message));
                 }
             }
             Event::Closed {
@@ -816,7 +823,7 @@ impl World {
                     cluster: c,
                     epoch,
                     incarnation,
-                    timer,
+                    timer: Box::new(timer),
                 },
             );
         }
@@ -1060,11 +1067,11 @@ impl World {
     fn start_round(&mut self, n: usize, c: Cluster) {
         let now = self.now();
         let instant = self.clock.instant(now);
-        let Some(digest) = self.nodes[n].held(c).map(|(_, d)| d) else {
+        let Some(digest) = self.nodes[n].held_digest(c) else {
             return;
         };
         let limits = self.limits.clone();
-        let p = self.nodes[n].presence_mut(c).expect("held() saw it");
+        let p = self.nodes[n].presence_mut(c).expect("held_digest() saw it");
         if p.round.is_some() {
             return;
         }
@@ -1215,7 +1222,7 @@ impl World {
                     cluster: c,
                     conv,
                     to_server,
-                    message,
+                    message: Box::new(message),
                 },
             );
         }
@@ -1337,14 +1344,18 @@ impl World {
             };
             match action {
                 ServeAction::SendSummary => {
-                    let summary = self.nodes[n]
-                        .held(c)
-                        .map(|(b, _)| b.summary(SUMMARY_SPANS_MAX))
+                    let node = &self.nodes[n];
+                    let summary = node
+                        .presence(c)
+                        .map(|p| {
+                            held_view(&node.books, &node.combined, &p.queued, c)
+                                .summary(SUMMARY_SPANS_MAX)
+                        })
                         .unwrap_or_default();
                     self.serve_send(n, c, conv, peer, Message::Summary(summary));
                 }
                 ServeAction::CheckDigest(theirs) => {
-                    let mine = self.nodes[n].held(c).map(|(_, d)| d);
+                    let mine = self.nodes[n].held_digest(c);
                     let same = mine == Some(theirs);
                     if !same {
                         if let Some(p) = self.nodes[n].presence_mut(c) {
@@ -1546,11 +1557,16 @@ impl World {
         let asking = round.asked.values().any(|a| a.stage == AskStage::Asking);
         let to_plan = round.asked.values().any(|a| a.stage == AskStage::Answered);
         if !asking && to_plan {
-            let held = self.nodes[n].held(c).map(|(b, _)| b.clone());
-            let Some(held) = held else {
+            let node = &mut self.nodes[n];
+            let SimNode {
+                books,
+                combined,
+                clusters,
+                ..
+            } = node;
+            let Some(p) = clusters[c.index()].as_mut() else {
                 return;
             };
-            let p = self.nodes[n].presence_mut(c).expect("held() saw it");
             let round = p.round.as_mut().expect("checked above");
             let summaries: Vec<(usize, patina_wire::Summary)> = round
                 .asked
@@ -1558,7 +1574,12 @@ impl World {
                 .filter(|a| a.stage == AskStage::Answered)
                 .filter_map(|a| a.summary.clone().map(|s| (a.peer, s)))
                 .collect();
+            for a in round.asked.values_mut() {
+                a.summary = None;
+            }
+            let held = held_view(books, combined, &p.queued, c);
             let plan = p.planner.plan(instant, &held, &summaries);
+            drop(held);
             let mut sends = Vec::new();
             let mut closes = Vec::new();
             for (&conv, a) in round.asked.iter_mut() {
@@ -1750,7 +1771,6 @@ impl World {
             return;
         };
         p.queued.entered(&chunk);
-        p.held_cache = None;
         let cost = MERGE_JOB_US + MERGE_PER_CHANGE_US * chunk.changes.len() as u64;
         let at = node.writer_free_at.max(now) + cost;
         node.writer_free_at = at;
@@ -1776,7 +1796,6 @@ impl World {
     ) {
         if let Some(p) = self.nodes[n].presence_mut(c) {
             p.queued.left(&chunk);
-            p.held_cache = None;
         }
         let db = chunk.db;
         let di = db_index(db);
@@ -1786,13 +1805,7 @@ impl World {
             ChunkFate::Duplicate => false,
             ChunkFate::Buffer => {
                 let node = &mut self.nodes[n];
-                node.books[di].record_buffered(
-                    db,
-                    chunk.actor,
-                    chunk.version,
-                    chunk.last_seq,
-                    chunk.seqs,
-                );
+                node.book_buffered(db, chunk.actor, chunk.version, chunk.last_seq, chunk.seqs);
                 node.buffered
                     .entry(key)
                     .or_default()
@@ -1806,7 +1819,7 @@ impl World {
                     Vec::new()
                 };
                 all.push(Arc::clone(&chunk));
-                self.nodes[n].books[di].record_applied(db, chunk.actor, chunk.version);
+                self.nodes[n].book_applied(db, chunk.actor, chunk.version);
                 self.merge_content(n, db, chunk.actor, &all);
                 self.on_version_merged(n, db, chunk.actor, chunk.version);
                 true
@@ -1815,7 +1828,6 @@ impl World {
         if !fresh {
             return;
         }
-        self.nodes[n].books_changed();
         self.activity(n, Cluster::Regional);
         self.activity(n, Cluster::Global);
         if let Some(hop) = forward {
@@ -1872,6 +1884,7 @@ impl World {
                         if w.present == held && w.waiting.get(n).copied().unwrap_or(false) {
                             w.waiting[n] = false;
                             w.remaining -= 1;
+                            w.last = Some(now);
                             if w.remaining == 0 {
                                 let at = w.at;
                                 self.samples.rollup.push(now - at);
@@ -1898,6 +1911,7 @@ impl World {
         }
         d.waiting[pos] = false;
         d.remaining -= 1;
+        d.last = Some(now);
         let at = d.at;
         if self.cfg.keep_samples {
             self.samples.regional_node.push(now - at);
@@ -1941,9 +1955,8 @@ impl World {
             chunks: chunks.clone(),
             frame_bytes,
         });
-        self.nodes[n].books[di].set_own_version(db, version);
+        self.nodes[n].book_own(db, version);
         self.merge_content(n, db, actor, &chunks);
-        self.nodes[n].books_changed();
         self.activity(n, Cluster::Regional);
         self.activity(n, Cluster::Global);
         self.broadcast(
@@ -2075,6 +2088,7 @@ impl World {
                 (self.nodes[n].actor, version),
                 Delivery {
                     at: now,
+                    last: None,
                     region,
                     waiting,
                     remaining,
@@ -2104,6 +2118,7 @@ impl World {
                     key,
                     RollupWait {
                         at: now,
+                        last: None,
                         present,
                         waiting,
                         remaining,
@@ -2333,8 +2348,52 @@ impl World {
         }
     }
 
+    /// A node that goes down is no longer waited for: what it gets after
+    /// restarting is catch-up, not live delivery (as the agent's lag
+    /// figures split them). A wait that only it held up ends at its last
+    /// arrival.
+    fn stop_waiting_for(&mut self, n: usize) {
+        let pos = self.pos_in_region[n];
+        let region = self.nodes[n].region;
+        let mut done = Vec::new();
+        for (key, d) in self.deliveries.iter_mut() {
+            if d.region == region && d.waiting.get(pos).copied().unwrap_or(false) {
+                d.waiting[pos] = false;
+                d.remaining -= 1;
+                if d.remaining == 0 {
+                    done.push(*key);
+                }
+            }
+        }
+        for key in done {
+            if let Some(d) = self.deliveries.remove(&key) {
+                if let Some(last) = d.last {
+                    self.samples.regional_write.push(last - d.at);
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (key, w) in self.rollup_waits.iter_mut() {
+            if w.waiting.get(n).copied().unwrap_or(false) {
+                w.waiting[n] = false;
+                w.remaining -= 1;
+                if w.remaining == 0 {
+                    done.push(*key);
+                }
+            }
+        }
+        for key in done {
+            if let Some(w) = self.rollup_waits.remove(&key) {
+                if let Some(last) = w.last {
+                    self.samples.rollup.push(last - w.at);
+                }
+            }
+        }
+    }
+
     fn crash(&mut self, n: usize) {
         let now = self.now();
+        self.stop_waiting_for(n);
         self.crashes += 1;
         self.touch(n);
         let node = &mut self.nodes[n];
@@ -2393,6 +2452,7 @@ impl World {
 
     fn leave(&mut self, n: usize) {
         self.touch(n);
+        self.stop_waiting_for(n);
         for c in [Cluster::Regional, Cluster::Global] {
             let mut fx = std::mem::take(&mut self.fx);
             if let Some(p) = self.nodes[n].presence_mut(c) {
