@@ -95,8 +95,12 @@ impl Partitions {
 pub struct Network {
     pub loss: f64,
     pub partitions: Partitions,
-    /// Bytes sent, per node, per [`Traffic`] kind.
+    /// Bytes sent, per node, per [`Traffic`] kind: on the wire (packet
+    /// headers and retransmissions included).
     pub sent: Vec<[u64; 4]>,
+    /// The same, as encoded frames and datagrams only (what the agent's
+    /// `patina_transport_bytes_out_total` counts): for calibration.
+    pub encoded: Vec<[u64; 4]>,
     /// Datagrams dropped by loss or partitions.
     pub datagrams_lost: u64,
 }
@@ -114,15 +118,18 @@ impl Network {
             loss,
             partitions: Partitions::default(),
             sent: Vec::new(),
+            encoded: Vec::new(),
             datagrams_lost: 0,
         }
     }
 
-    pub fn count(&mut self, node: usize, kind: Traffic, bytes: usize) {
+    pub fn count(&mut self, node: usize, kind: Traffic, wire: usize, encoded: usize) {
         if self.sent.len() <= node {
             self.sent.resize(node + 1, [0; 4]);
+            self.encoded.resize(node + 1, [0; 4]);
         }
-        self.sent[node][kind as usize] += bytes as u64;
+        self.sent[node][kind as usize] += wire as u64;
+        self.encoded[node][kind as usize] += encoded as u64;
     }
 
     /// Whether anything from `a` reaches `b` now.
@@ -171,7 +178,12 @@ impl Network {
         bytes: usize,
         rng: &mut SmallRng,
     ) -> Option<Micros> {
-        self.count(a.node, Traffic::Membership, bytes + PACKET_OVERHEAD_BYTES);
+        self.count(
+            a.node,
+            Traffic::Membership,
+            bytes + PACKET_OVERHEAD_BYTES,
+            bytes,
+        );
         let lost = self.loss > 0.0 && rng.random_bool(self.loss);
         if lost || !self.reachable(a, b) {
             self.datagrams_lost += 1;
@@ -193,7 +205,7 @@ impl Network {
         let packets = bytes.div_ceil(PACKET_PAYLOAD_BYTES).max(1);
         let mut wire = bytes + packets * PACKET_OVERHEAD_BYTES;
         if !self.reachable(a, b) {
-            self.count(a.node, kind, wire);
+            self.count(a.node, kind, wire, bytes);
             return None;
         }
         let one_way = Self::one_way_us(a, b, rng);
@@ -217,7 +229,7 @@ impl Network {
                 delay += pto * f64::from(1u32 << i.min(6));
             }
         }
-        self.count(a.node, kind, wire);
+        self.count(a.node, kind, wire, bytes);
         Some(delay.round() as Micros)
     }
 }

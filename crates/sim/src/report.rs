@@ -75,6 +75,10 @@ pub struct Report {
     pub bytes_per_node_s: f64,
     pub bytes_per_plain_node_s: TrafficRates,
     pub bytes_per_global_member_s: TrafficRates,
+    /// Over all nodes, counting encoded frames and datagrams only (no
+    /// packet headers, no retransmissions): what the agent's transport
+    /// counters measure, for calibration.
+    pub encoded_bytes_per_node_s: TrafficRates,
     /// A healthy node (up, reachable, untouched by faults for 60 s)
     /// declared down by a peer.
     pub false_down: u64,

@@ -312,6 +312,17 @@ fn addr(node: usize, cluster: Cluster) -> SocketAddr {
     SocketAddr::new(ip.into(), 7000 + cluster as u16)
 }
 
+/// The node at a simulated address ([`addr`]).
+fn node_at(addr: &SocketAddr) -> usize {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let [_, a, b, c] = ip.octets();
+            (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c)
+        }
+        std::net::IpAddr::V6(_) => usize::MAX,
+    }
+}
+
 impl World {
     pub fn new(cfg: SimConfig) -> Result<World, crate::config::ConfigError> {
         cfg.validate()?;
@@ -835,9 +846,10 @@ impl World {
         let overhead = datagram_overhead(&name);
         let from = self.endpoint(n);
         for (dst, data) in std::mem::take(&mut fx.sends) {
-            let Some(&to) = self.actor_index.get(&dst.0.actor) else {
+            let to = node_at(&dst.0.addr);
+            if to >= self.nodes.len() {
                 continue;
-            };
+            }
             let target = self.endpoint(to);
             let delay = self
                 .net
@@ -955,7 +967,7 @@ impl World {
             .foca
             .iter_membership_state()
             .filter(|m| m.state() == foca::State::Alive && m.id().0.actor != me)
-            .filter_map(|m| self.actor_index.get(&m.id().0.actor).copied())
+            .map(|m| node_at(&m.id().0.addr))
             .collect();
         alive.sort_unstable();
         alive.dedup();
@@ -2699,6 +2711,13 @@ impl World {
         let mut global = [0u64; 4];
         let (mut plain_n, mut global_n) = (0usize, 0usize);
         self.net.sent.resize(self.nodes.len(), [0; 4]);
+        self.net.encoded.resize(self.nodes.len(), [0; 4]);
+        let mut encoded = [0u64; 4];
+        for per_node in &self.net.encoded {
+            for (sum, b) in encoded.iter_mut().zip(per_node) {
+                *sum += b;
+            }
+        }
         for (n, node) in self.nodes.iter().enumerate() {
             let into = if node.global_member {
                 global_n += 1;
@@ -2770,6 +2789,7 @@ impl World {
             },
             bytes_per_plain_node_s: rates(plain, plain_n),
             bytes_per_global_member_s: rates(global, global_n),
+            encoded_bytes_per_node_s: rates(encoded, self.nodes.len()),
             false_down: self.false_down,
             false_down_per_node_hour: if node_hours > 0.0 {
                 round3(self.false_down as f64 / node_hours)
