@@ -2223,6 +2223,7 @@ impl World {
         }
         let regions = self.cfg.regions;
         let kind = self.rng.random_range(0..8u32);
+        let before = (self.net.partitions.clone(), self.crashes);
         match kind {
             0 | 1 => {
                 let up = self.up_nodes(None);
@@ -2315,6 +2316,16 @@ impl World {
                     self.sched.after(d, Event::Join { region: r });
                 }
             }
+        }
+        if self.trace_node.is_some() {
+            eprintln!(
+                "fault {kind} at {}: partitions {:?} -> {:?}, crashes {} -> {}",
+                self.now(),
+                before.0,
+                self.net.partitions,
+                before.1,
+                self.crashes
+            );
         }
     }
 
