@@ -2574,7 +2574,32 @@ impl World {
                 self.converged_at = Some(self.now());
                 self.phase = Phase::Done;
             }
-            Some(_) => {
+            Some((kind, detail)) => {
+                if let Some(t) = self.trace_node.filter(|&t| t < self.nodes.len()) {
+                    let states: Vec<String> = self.nodes[t]
+                        .clusters
+                        .iter()
+                        .flatten()
+                        .flat_map(|p| {
+                            p.foca
+                                .iter_membership_state()
+                                .filter(|m| m.state() != foca::State::Alive)
+                                .map(|m| {
+                                    format!(
+                                        "{:?}: {} {:?}",
+                                        p.cluster,
+                                        node_at(&m.id().0.addr),
+                                        m.state()
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    eprintln!(
+                        "not converged at {}: [{kind}] {detail}; node {t} sees not alive: {states:?}",
+                        self.now()
+                    );
+                }
                 self.sched.after(CONVERGE_CHECK_EVERY, Event::ConvergeCheck);
             }
         }
