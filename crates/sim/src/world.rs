@@ -2912,6 +2912,31 @@ mod tests {
         );
     }
 
+    /// The isolation check fires for a regional chunk reaching another
+    /// region, or any regional chunk on the global cluster.
+    #[test]
+    fn isolation_check_catches_a_regional_chunk_out_of_its_region() {
+        let mut world = World::new(small(6)).expect("valid config");
+        let from = 0;
+        let same = world.region_nodes[world.nodes[from].region][1];
+        let other = world.region_nodes[(world.nodes[from].region + 1) % 3][0];
+        let chunk = ChangeChunk {
+            db: DbKind::Regional,
+            actor: world.nodes[from].actor,
+            version: 1,
+            seqs: Span::new(0, 0),
+            last_seq: 0,
+            committed_ms: 0,
+            changes: Vec::new(),
+        };
+        world.check_isolation(same, Cluster::Regional, &chunk);
+        assert!(world.violations.is_empty());
+        world.check_isolation(other, Cluster::Regional, &chunk);
+        world.check_isolation(same, Cluster::Global, &chunk);
+        assert_eq!(world.violations.len(), 2);
+        assert!(world.violations.iter().all(|v| v.invariant == "isolation"));
+    }
+
     #[test]
     fn a_small_fleet_converges_without_violations() {
         let (report, _) = simulate(small(3)).expect("valid config");
