@@ -30,6 +30,10 @@ pub struct SimConfig {
     pub script: Vec<ScriptedFault>,
     /// Broadcast fanout (the agent's is 3): to see what another would do.
     pub fanout: usize,
+    /// The cluster size foca's timings are tuned for (the agent's
+    /// `EXPECTED_CLUSTER_SIZE`, 16): how often an update is retransmitted
+    /// and how long suspicion lasts grow with it.
+    pub swim_cluster_size: u32,
 }
 
 /// A fault at a fixed simulated time.
@@ -68,6 +72,7 @@ impl Default for SimConfig {
             keep_samples: false,
             script: Vec::new(),
             fanout: 3,
+            swim_cluster_size: patina_membership::EXPECTED_CLUSTER_SIZE,
         }
     }
 }

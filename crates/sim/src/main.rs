@@ -45,6 +45,9 @@ struct Args {
     report: Option<std::path::PathBuf>,
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 5000])]
     report_sizes: Vec<usize>,
+    /// The cluster size foca's timings are tuned for (the agent's is 16).
+    #[arg(long, default_value_t = patina_membership::EXPECTED_CLUSTER_SIZE)]
+    swim_cluster_size: u32,
     /// Print one JSON object (one per line with --seeds).
     #[arg(long)]
     json: bool,
@@ -63,6 +66,7 @@ impl Args {
             writes_per_region_s: self.writes_per_region_s,
             quiesce_max_s: self.quiesce_max,
             fanout: self.fanout,
+            swim_cluster_size: self.swim_cluster_size,
             ..SimConfig::default()
         }
     }
@@ -70,7 +74,7 @@ impl Args {
     /// The command that replays `seed` alone.
     fn replay(&self, seed: u64) -> String {
         format!(
-            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --fanout {} --json",
+            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --fanout {} --swim-cluster-size {} --json",
             self.nodes,
             self.regions,
             self.global_per_region,
@@ -81,6 +85,7 @@ impl Args {
             self.writes_per_region_s,
             self.quiesce_max,
             self.fanout,
+            self.swim_cluster_size,
         )
     }
 }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use foca::{OwnedNotification, Timer};
-use patina_membership::{foca_config, SwimId, SwimProfile, WireCodec, EXPECTED_CLUSTER_SIZE};
+use patina_membership::{foca_config, SwimId, SwimProfile, WireCodec};
 use patina_proto::{
     region_leader, rollup_diff, BroadcastConfig, ChunkFate, Forward, Hop, PullAction, PullSession,
     RollupSchedule, RollupTiming, ServeAction, ServeSession, SyncLimits, SUMMARY_SPANS_MAX,
@@ -499,7 +499,7 @@ impl World {
             Cluster::Regional => SwimProfile::Lan,
             Cluster::Global => SwimProfile::Wan,
         };
-        let config = foca_config(profile, EXPECTED_CLUSTER_SIZE);
+        let config = foca_config(profile, self.cfg.swim_cluster_size);
         let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
         let rng = SmallRng::seed_from_u64(self.rng.random());
         foca::Foca::new(SwimId(identity), config, rng, codec)
