@@ -277,7 +277,22 @@ type SwimFoca = Foca<SwimId, WireCodec, StdRng, NoCustomBroadcast>;
 
 /// A foca for `identity` with Patina's settings.
 fn new_foca(identity: NodeIdentity, profile: SwimProfile) -> SwimFoca {
-    let size = NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN);
+    let config = foca_config(profile, EXPECTED_CLUSTER_SIZE);
+    let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
+    Foca::new(
+        SwimId(identity.clone()),
+        config,
+        StdRng::from_rng(&mut rand::rng()),
+        codec,
+    )
+}
+
+/// foca's configuration as Patina runs it, for a cluster tuned for
+/// `cluster_size` members ([`EXPECTED_CLUSTER_SIZE`] here). Public so that
+/// the fleet simulator (`patina-sim`) drives foca with exactly these
+/// settings.
+pub fn foca_config(profile: SwimProfile, cluster_size: u32) -> foca::Config {
+    let size = NonZeroU32::new(cluster_size).unwrap_or(NonZeroU32::MIN);
     let mut config = match profile {
         SwimProfile::Lan => foca::Config::new_lan(size),
         SwimProfile::Wan => foca::Config::new_wan(size),
@@ -292,13 +307,7 @@ fn new_foca(identity: NodeIdentity, profile: SwimProfile) -> SwimFoca {
         frequency: DOWN_MEMBERS_ANNOUNCE_INTERVAL,
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
     });
-    let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
-    Foca::new(
-        SwimId(identity.clone()),
-        config,
-        StdRng::from_rng(&mut rand::rng()),
-        codec,
-    )
+    config
 }
 
 struct Swim {
