@@ -1519,6 +1519,9 @@ impl World {
                     self.close_to_server(n, c, conv, peer);
                 }
                 PullAction::Count(_) => {}
+                // The modelled storage keeps no tombstones, so no simulated
+                // server sends collection floors (docs/sim.md).
+                PullAction::Collected(_) => {}
             }
         }
         self.advance_round(n, c);
