@@ -152,7 +152,8 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
     let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = Agent::start(&with_retention(&setup(dirs[0].path())));
     let peer = |i: usize| with_retention(&setup_peer(dirs[i].path(), &[&a.gossip]));
-    let b = Agent::start(&peer(1));
+    let b_config = peer(1);
+    let b = Agent::start(&b_config);
     let c_config = peer(2);
     let c = Agent::start(&c_config);
     let mut model = Rows::new();
@@ -191,6 +192,9 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
     let c = Agent::start(&c_config);
     converged(&[&a, &b, &c], &model);
     assert_eq!(health(&c).1["stale"], false);
+    // Away over half the retention: writes waited for its catch-up.
+    eventually("c takes writes again", WAIT, || health(&c).0 == 200);
+    assert_eq!(health(&c).1["returning"], false);
     tx(
         &c,
         "UPDATE machines SET app = app WHERE id = 'none'",
@@ -221,6 +225,19 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
                 >= before + gone.len() as u64
     });
     let c = Agent::start(&c_config);
+    // Its first write, before any sync, would bring a deleted row back to
+    // a and b, which forgot the delete: refused from the start.
+    match tx(
+        &c,
+        "UPDATE machines SET n = n + 100 WHERE id = ?",
+        json!([gone[0]]),
+    ) {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, 503);
+            assert!(message.contains("refuses writes"), "{message}");
+        }
+        other => panic!("a node back from across a collection took a write: {other:?}"),
+    }
     eventually("c finds it is stale", WAIT, || {
         health(&c).1["stale"] == true
     });
@@ -243,6 +260,15 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
         }
         other => panic!("a stale node took a write: {other:?}"),
     }
+    // A node restarting beside a stale one does not wait for it (it
+    // declines to serve sync): its catch-up ends well within the 30 s a
+    // silent peer is waited for.
+    b.kill9();
+    let b = Agent::start(&b_config);
+    eventually("b is back beside stale c", Duration::from_secs(20), || {
+        health(&b).0 == 200
+    });
+    assert!(c.metric("patina_replication_serves_refused_stale_total") >= 1);
     // What c still holds of the deleted rows reaches nobody.
     let held_by_c = rows(&c).unwrap();
     assert!(

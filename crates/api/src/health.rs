@@ -133,6 +133,10 @@ struct Answer<'a> {
     /// Whether `regional.db` missed deletes whose tombstones peers
     /// collected: it refuses writes until re-seeded.
     stale: bool,
+    /// Whether the node is back after an absence longer than half the
+    /// tombstone retention and has not caught up with a peer yet: writes
+    /// wait until it has.
+    returning: bool,
     reason: Option<String>,
 }
 
@@ -142,8 +146,9 @@ pub(crate) async fn health(
 ) -> Result<Response, ApiError> {
     let thresholds = Thresholds::parse(raw_query.as_deref())?;
     let report = state.cluster.health();
-    let stale = state.node.collection(patina_node::DbKind::Regional).stale;
-    let mut reasons: Vec<String> = stale.iter().cloned().collect();
+    let collection = state.node.collection(patina_node::DbKind::Regional);
+    let (stale, returning) = (collection.stale, collection.returning);
+    let mut reasons: Vec<String> = stale.iter().chain(&returning).cloned().collect();
     reasons.extend(report.catch_up.reason.iter().cloned());
     if report.catching_up && reasons.is_empty() {
         reasons.push("catching up".to_owned());
@@ -168,6 +173,7 @@ pub(crate) async fn health(
     let answer = Answer {
         report: &report,
         stale: stale.is_some(),
+        returning: returning.is_some(),
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     };
     Ok((status, Json(json!({ "response": answer }))).into_response())

@@ -79,6 +79,7 @@ pub(crate) enum TxFailure {
     ShuttingDown,
     StorageFull,
     Stale,
+    Returning,
 }
 
 /// How a query's start went.
@@ -209,6 +210,7 @@ impl Metrics {
             TxFailure::ShuttingDown => "shutting_down",
             TxFailure::StorageFull => "storage_full",
             TxFailure::Stale => "stale",
+            TxFailure::Returning => "returning",
         };
         self.tx_failed.get_or_create(&ReasonLabels { reason }).inc();
     }

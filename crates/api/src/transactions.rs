@@ -93,6 +93,13 @@ pub(crate) async fn handle(
             TxFailure::Stale,
             e.to_string(),
         ),
+        // Back after a long absence, not yet checked: another node takes
+        // the write, or this one in a moment.
+        Ok(Err(e @ TxError::Returning { .. })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TxFailure::Returning,
+            e.to_string(),
+        ),
         Ok(Err(e @ TxError::ShuttingDown)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             TxFailure::ShuttingDown,

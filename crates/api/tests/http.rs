@@ -602,6 +602,7 @@ async fn health_of_a_lone_node() {
                                          "elapsed_secs": 0.0, "reason": null},
                             "catchup_p99_lag": 0.0, "parked_versions": 0,
                             "refused_versions": 0, "dropped_changes": 0, "stale": false,
+                            "returning": false,
                             "reason": null}})
     );
     let answer = s

@@ -57,6 +57,10 @@ pub struct Collected {
     /// Every site was scanned up to its bound (else the pass stopped at its
     /// budget of keys).
     pub complete: bool,
+    /// Per site, the newest version whose tombstone this pass removed
+    /// (sites it removed none of are absent): a replica that lacks it may
+    /// hold the row that version deleted.
+    pub removed_through: BTreeMap<SiteId, u64>,
 }
 
 /// The largest causal length collected per table id.
@@ -194,6 +198,8 @@ pub(crate) fn collect(
                             let m = max_cl.entry(rows.tbl).or_default();
                             *m = (*m).max(cl);
                             out.rows += 1;
+                            let r = out.removed_through.entry(*site).or_default();
+                            *r = (*r).max(rows.db_version);
                         }
                     }
                 }

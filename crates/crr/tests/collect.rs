@@ -254,6 +254,11 @@ fn a_key_reinserted_where_its_tombstone_was_collected_comes_alive_everywhere() {
     // Only replica 0 collects; 1 and 2 still hold the tombstone (cl 2).
     let done = sites[0].collect_tombstones(&bounds, u64::MAX).unwrap();
     assert_eq!(done.rows, 1);
+    // The delete was replica 0's second version; the insert removed nothing.
+    assert_eq!(
+        done.removed_through,
+        BTreeMap::from([(sites[0].site_id(), 2)])
+    );
     assert_eq!(tombstones(&sites[0]), 0);
     assert_eq!(sites[0].collected_cls(), vec![("t".to_string(), 2)]);
     // A second pass finds nothing new: what was scanned is not read again.

@@ -52,6 +52,13 @@ pub struct CollectionState {
     /// Why this database must be re-seeded, once it is known that it
     /// missed collected tombstones.
     pub stale: Option<String>,
+    /// Set at start for a node back after an absence too long to be sure
+    /// it missed no collected delete (see `Node::mark_returning`): why its
+    /// writes wait. Cleared once it caught up with a peer.
+    pub returning: Option<String>,
+    /// When this node last kept a checkpoint (Unix ms): it was running
+    /// then. A pass keeps one every eighth of the retention at most.
+    pub last_checkpoint_ms: Option<u64>,
 }
 
 impl CollectionState {
@@ -158,11 +165,21 @@ impl Collection {
             causal_lengths: conn.collected_cls(),
             bootstrapping,
             stale: state_value(c, "stale")?,
+            returning: None,
+            last_checkpoint_ms: taken.keys().next_back().copied(),
         };
         Ok(Arc::new(Collection {
             state: Mutex::new(state),
             checkpoints: Mutex::new(Checkpoints::from_stored(taken)),
         }))
+    }
+
+    /// Sets (or with `None` clears) why writes wait for this node's return
+    /// to be checked; in memory only: a restart derives it again from
+    /// [`CollectionState::last_checkpoint_ms`], which no pass moves while it
+    /// is set.
+    pub(crate) fn set_returning(&self, reason: Option<String>) {
+        self.update(|s| s.returning = reason);
     }
 
     pub(crate) fn state(&self) -> CollectionState {
@@ -347,6 +364,7 @@ fn collect_pass(
             for (actor, version) in &prefixes {
                 insert.execute(params![at as i64, &actor.0[..], *version as i64])?;
             }
+            collection.update(|s| s.last_checkpoint_ms = Some(at));
         }
         let aged = checkpoints.aged(request.now_ms, request.retention_ms);
         if let Some(&(oldest, _)) = checkpoints.iter().next() {
@@ -366,7 +384,10 @@ fn collect_pass(
     }
     let done = conn.collect_tombstones(&bounds, request.keys_max)?;
     let have = collection.state().floors;
-    let raised = raise_floors(conn.connection(), &have, done.through.clone())?;
+    // Floors name versions whose tombstones are gone: a node that lacks a
+    // version this pass only scanned (an insert, an update) holds nothing
+    // it deleted, so it is not stale for it.
+    let raised = raise_floors(conn.connection(), &have, done.removed_through.clone())?;
     let cls = conn.collected_cls();
     collection.update(|s| {
         s.floors = raised;

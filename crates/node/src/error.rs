@@ -63,6 +63,11 @@ pub enum TxError {
     /// the node is re-seeded (`reason` says how).
     #[error("{db}.db refuses writes: {reason}")]
     Stale { db: &'static str, reason: String },
+    /// The node is back after an absence longer than half the tombstone
+    /// retention: writes wait until it has caught up with a peer (`reason`
+    /// says so); another node can take them meanwhile.
+    #[error("{db}.db refuses writes for now: {reason}")]
+    Returning { db: &'static str, reason: String },
     #[error("the node is shutting down")]
     ShuttingDown,
 }

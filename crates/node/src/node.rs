@@ -254,8 +254,15 @@ impl Node {
             Writes::Global => DbKind::Global,
             _ => DbKind::Regional,
         };
-        if let Some(reason) = self.collection_of(db).state().stale {
+        let collection = self.collection_of(db).state();
+        if let Some(reason) = collection.stale {
             return Err(TxError::Stale {
+                db: db.name(),
+                reason,
+            });
+        }
+        if let Some(reason) = collection.returning {
+            return Err(TxError::Returning {
                 db: db.name(),
                 reason,
             });
@@ -621,6 +628,20 @@ impl Node {
         self.collection_of(db)
             .mark_stale(self.writer(db), db, reason)
             .await
+    }
+
+    /// `db` is back after an absence long enough that peers may have
+    /// collected deletes it missed (`reason` says how long): its writes are
+    /// refused until [`Node::mark_returned`], when it has caught up with a
+    /// peer and the peers' floors showed it missed nothing — a write made
+    /// before could bring back a row the cluster deleted and forgot.
+    pub fn mark_returning(&self, db: DbKind, reason: String) {
+        self.collection_of(db).set_returning(Some(reason));
+    }
+
+    /// The return of `db` is checked (see [`Node::mark_returning`]).
+    pub fn mark_returned(&self, db: DbKind) {
+        self.collection_of(db).set_returning(None);
     }
 
     /// The first catch-up ended: a bootstrapping `db` now holds what its

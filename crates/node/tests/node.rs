@@ -522,3 +522,42 @@ async fn digest_cost() {
          {slowest:?} ({alone:?} without a digest)"
     );
 }
+
+#[tokio::test]
+async fn a_returning_or_stale_database_refuses_writes_and_the_other_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(options(dir.path())).unwrap();
+    let insert = || vec![Statement::new("INSERT INTO machines(id) VALUES ('m1')")];
+    node.mark_returning(DbKind::Regional, "back after a week".into());
+    assert!(node.collection(DbKind::Regional).returning.is_some());
+    match node.transact(insert()).await {
+        Err(e @ TxError::Returning { .. }) => {
+            assert!(e.to_string().contains("back after a week"), "{e}")
+        }
+        other => panic!("a returning node took a write: {other:?}"),
+    }
+    // global.db is not collected: it takes writes.
+    node.transact(vec![Statement::new(
+        "INSERT INTO app_regions VALUES ('web', 'ams', 1)",
+    )])
+    .await
+    .unwrap();
+    node.mark_returned(DbKind::Regional);
+    node.transact(insert()).await.unwrap();
+
+    // Stale is durable: a restart keeps refusing.
+    node.mark_stale(DbKind::Regional, "re-seed it".into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        node.transact(insert()).await,
+        Err(TxError::Stale { .. })
+    ));
+    drop(node);
+    let node = Node::open(options(dir.path())).unwrap();
+    assert!(matches!(
+        node.transact(insert()).await,
+        Err(TxError::Stale { .. })
+    ));
+    assert!(node.collection(DbKind::Regional).returning.is_none());
+}

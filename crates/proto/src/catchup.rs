@@ -207,6 +207,15 @@ impl CatchUp {
         }
     }
 
+    /// `peer` declined to serve sync (it is stale and must be re-seeded):
+    /// nothing it holds belongs in the target, and it is not waited for.
+    /// Not an answer: a node whose only peers decline is still waiting.
+    pub fn on_declined(&mut self, peer: SocketAddr) {
+        if self.status().catching_up() {
+            self.answered.insert(peer);
+        }
+    }
+
     /// The live peers whose first summary has not arrived: a catching-up
     /// node asks them before others, so the wait ends on answers rather
     /// than on the luck of random peer choice. Empty once caught up.

@@ -198,10 +198,60 @@ pub fn lower_bounds(
         .collect()
 }
 
+/// How long a node was away, as it starts (see [`absence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absence {
+    /// Under half the retention: nothing it lacks can have been collected
+    /// (docs/crr.md: a tombstone is kept a retention after a collector
+    /// applied it, and it was applied after the node left); the other
+    /// half is margin for clock skew between hosts and lag.
+    Short,
+    /// Longer: peers may have collected deletes it missed.
+    Long { away_ms: u64 },
+    /// It never kept a checkpoint (restored from a backup, or collection
+    /// was off), or its clock is behind its last one.
+    Unknown,
+}
+
+/// How long a node starting at `now_ms` was away, given when it last kept
+/// a checkpoint (one every eighth of the retention while it runs).
+pub fn absence(last_checkpoint_ms: Option<u64>, now_ms: u64, retention_ms: u64) -> Absence {
+    match last_checkpoint_ms {
+        Some(last) if last <= now_ms => {
+            let away_ms = now_ms - last;
+            if away_ms <= retention_ms / 2 {
+                Absence::Short
+            } else {
+                Absence::Long { away_ms }
+            }
+        }
+        _ => Absence::Unknown,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use patina_wire::ActorSummary;
+
+    #[test]
+    fn an_absence_over_half_the_retention_or_unknown_must_be_checked() {
+        let week = 7 * 24 * 3_600_000;
+        assert_eq!(absence(Some(1_000), 61_000, week), Absence::Short);
+        assert_eq!(absence(Some(0), week / 2, week), Absence::Short);
+        assert_eq!(
+            absence(Some(0), week / 2 + 1, week),
+            Absence::Long {
+                away_ms: week / 2 + 1
+            }
+        );
+        assert_eq!(absence(None, 5, week), Absence::Unknown);
+        assert_eq!(
+            absence(Some(10), 5, week),
+            Absence::Unknown,
+            "clock went back"
+        );
+    }
 
     fn actor(n: u8) -> ActorId {
         ActorId([n; 16])

@@ -133,6 +133,9 @@ pub enum PullAction {
     /// What the peer collected of a database's tombstones (before its
     /// summary): learn it, and check this node did not miss any.
     Collected(CollectedFloors),
+    /// The peer does not serve sync (it is stale: docs/crr.md), saying
+    /// why: not a failure to retry soon, and nothing to wait for.
+    Declined(String),
     /// The conversation is over: finish the stream.
     Finish,
     /// Give up on this peer for this round.
@@ -247,6 +250,10 @@ impl PullSession {
             (PullStage::AwaitingSummary, Message::InSync) => {
                 self.close();
                 vec![PullAction::InSync]
+            }
+            (PullStage::AwaitingSummary, Message::Declined(reason)) => {
+                self.close();
+                vec![PullAction::Declined(reason)]
             }
             (PullStage::AwaitingSummary, _) => self.fail("expected a summary"),
             (PullStage::Opening, _) => self.fail("a message before the summary request"),

@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use patina_node::{unix_ms, CollectRequest};
-use patina_proto::{missed, own_prefixes, Watermark};
+use patina_proto::{absence, missed, own_prefixes, Absence, CatchUp, CatchUpPhase, Watermark};
 use patina_wire::{CollectedFloors, DbKind, Summary};
 
 use crate::config::ReplicatorConfig;
+use crate::replica::Replica;
 use crate::shared::Shared;
 
 /// Keys a pass looks at, at most: a pass holds the writer (a few µs a
@@ -68,7 +69,9 @@ impl Collector {
         let Some(state) = shared.node.collection(DB) else {
             return;
         };
-        if state.stale.is_some() || state.bootstrapping {
+        // A returning node keeps no checkpoint until its return is
+        // checked: a restart meanwhile must find it away still.
+        if state.stale.is_some() || state.bootstrapping || state.returning.is_some() {
             return;
         }
         let live = shared.members_not_down();
@@ -157,4 +160,120 @@ pub(crate) async fn on_floors(shared: &Shared, peer: SocketAddr, floors: Collect
     tracing::error!(%peer, db = db.name(), "{reason}");
     shared.stats.stale_detected.inc();
     shared.node.mark_stale(db, reason).await;
+}
+
+/// At start, before the API takes writes: marks `regional.db` returning
+/// when peers may have collected deletes it missed while it was away —
+/// collection is on, it has peers to check with, it holds other nodes'
+/// versions (a fresh data dir holds nothing that could bring a row back),
+/// and its last checkpoint is over half the retention old, or unknown (a
+/// data dir restored from a backup). A write it took before its first
+/// sync could bring such a row back to every peer that forgot the delete.
+pub(crate) fn check_return(
+    node: &dyn Replica,
+    dbs: &[DbKind],
+    config: &ReplicatorConfig,
+    learns_from_peers: bool,
+) {
+    let Some(retention) = config.tombstone_retention else {
+        return;
+    };
+    if !dbs.contains(&DB) || !learns_from_peers {
+        return;
+    }
+    let Some(state) = node.collection(DB) else {
+        return;
+    };
+    if state.bootstrapping || state.stale.is_some() {
+        return;
+    }
+    let me = node.actor_id();
+    if own_prefixes(&node.bookkeeping(DB).borrow(), DB)
+        .keys()
+        .all(|actor| *actor == me)
+    {
+        return;
+    }
+    let retention_ms = retention.as_millis().min(u64::MAX as u128) as u64;
+    let away = match absence(state.last_checkpoint_ms, unix_ms(), retention_ms) {
+        Absence::Short => return,
+        Absence::Long { away_ms } => format!(
+            "away {:.0} s, over half of db.tombstone_retention ({:.0} s)",
+            away_ms as f64 / 1000.0,
+            retention.as_secs_f64()
+        ),
+        Absence::Unknown => {
+            "its last run is unknown (restored from a backup, or collection was off)".to_owned()
+        }
+    };
+    let reason = format!(
+        "this node is back ({away}): peers may have collected deletes it missed, so it takes \
+         writes again once it has caught up with a peer and found it missed none; write to \
+         another node meanwhile"
+    );
+    tracing::warn!(db = DB.name(), "{reason}");
+    node.mark_returning(DB, reason);
+}
+
+/// While `regional.db` is returning (see [`check_return`]): the same gate
+/// as catching up, for the sync rounds after it — its writes wait until it
+/// holds what the peers that answered held, their floors checked on the
+/// way. A round in which no peer answered for the wait starts it over: a
+/// node whose peers are all gone stays returning.
+pub(crate) struct ReturnCheck {
+    gate: CatchUp,
+    wait: Duration,
+}
+
+impl ReturnCheck {
+    pub(crate) fn new(shared: &Shared, config: &ReplicatorConfig) -> Option<ReturnCheck> {
+        shared.node.collection(DB)?.returning.as_ref()?;
+        Some(ReturnCheck {
+            gate: Self::gate(config.catch_up_wait),
+            wait: config.catch_up_wait,
+        })
+    }
+
+    fn gate(wait: Duration) -> CatchUp {
+        CatchUp::new(true, &[DB], std::time::Instant::now(), unix_ms(), wait)
+    }
+
+    /// After a round: `true` once the return is checked (the node then
+    /// takes writes, unless it was found stale).
+    pub(crate) fn on_round(
+        &mut self,
+        shared: &Shared,
+        answered: &[(SocketAddr, Summary)],
+        declined: &[SocketAddr],
+    ) -> bool {
+        for &peer in declined {
+            self.gate.on_declined(peer);
+        }
+        let merged = shared.merged();
+        self.gate
+            .on_summaries(answered.iter().map(|(p, s)| (*p, s)), &merged);
+        self.gate
+            .on_held(&merged, &shared.peers(), std::time::Instant::now());
+        match self.gate.status().phase {
+            CatchUpPhase::CaughtUp => {
+                if shared
+                    .node
+                    .collection(DB)
+                    .is_some_and(|c| c.stale.is_none())
+                {
+                    tracing::info!(
+                        db = DB.name(),
+                        "caught up with its peers after returning, and missed no collected delete: writes are accepted again"
+                    );
+                }
+                shared.node.mark_returned(DB);
+                true
+            }
+            CatchUpPhase::NoAnswer => {
+                self.gate = Self::gate(self.wait);
+                false
+            }
+            _ => false,
+        }
+    }
 }

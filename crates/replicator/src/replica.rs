@@ -67,6 +67,13 @@ pub trait Replica: Send + Sync + 'static {
     fn mark_joined(&self, _db: DbKind) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// `db` is back after a long absence: refuse its writes with `reason`
+    /// until [`Replica::mark_returned`].
+    fn mark_returning(&self, _db: DbKind, _reason: String) {}
+
+    /// `db` caught up with a peer since it returned: writes go again.
+    fn mark_returned(&self, _db: DbKind) {}
 }
 
 impl Replica for Node {
@@ -149,5 +156,13 @@ impl Replica for Node {
                 tracing::warn!(db = db.name(), error = %e, "recording the end of bootstrapping failed");
             }
         })
+    }
+
+    fn mark_returning(&self, db: DbKind, reason: String) {
+        Node::mark_returning(self, db, reason)
+    }
+
+    fn mark_returned(&self, db: DbKind) {
+        Node::mark_returned(self, db)
     }
 }

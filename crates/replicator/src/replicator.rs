@@ -50,6 +50,8 @@ impl Replicator {
         relay: Option<RelayLink>,
     ) -> Replicator {
         let stats = Arc::new(ReplicatorStats::default());
+        // Before the API takes a write (the agent starts it after this).
+        crate::collect::check_return(node.as_ref(), dbs, &config, learns_from_peers);
         let catch_up = CatchUp::new(
             learns_from_peers,
             dbs,

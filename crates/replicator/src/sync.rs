@@ -10,6 +10,7 @@
 //! and the next round's plan sees them. They are not forwarded: every node
 //! runs its own rounds.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::collect::{on_floors, Collector};
+use crate::collect::{on_floors, Collector, ReturnCheck};
 use crate::config::ReplicatorConfig;
 use crate::relay::relay_fresh;
 use crate::shared::Shared;
@@ -35,6 +36,10 @@ use crate::stats::{count, record, refuse_not_carried, Delivery};
 /// Hints waiting for the sync task; more are dropped (a round asks at most
 /// `sync_peers` peers anyway).
 pub(crate) const HINTS_MAX: usize = 64;
+
+/// How long a peer that declined to serve (stale) is not asked again: it
+/// stays stale until re-seeded, which takes minutes.
+const DECLINED_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sync rounds at the pace [`SyncPace`] keeps: every `sync_interval` while
 /// anything happens, backing off to `sync_interval_max` while every peer
@@ -65,6 +70,9 @@ pub(crate) async fn run(
     let mut hinted: Vec<SocketAddr> = Vec::new();
     let mut last_round = tokio::time::Instant::now();
     let mut collector = Collector::new(&shared, &config);
+    let mut return_check = ReturnCheck::new(&shared, &config);
+    // Peers that declined to serve (stale), not asked again until then.
+    let mut declined_until: HashMap<SocketAddr, tokio::time::Instant> = HashMap::new();
     publish(&shared, &catch_up, &status);
     loop {
         let next = last_round + pace.interval();
@@ -97,8 +105,20 @@ pub(crate) async fn run(
             }
         }
         last_round = tokio::time::Instant::now();
-        let peers = shared.peers();
+        declined_until.retain(|_, until| *until > last_round);
+        // A stale node pulls nothing more: it is to be re-seeded, and what
+        // it lacks is the evidence of why.
+        let peers: Vec<SocketAddr> = if stale_db(&shared).is_some() {
+            Vec::new()
+        } else {
+            shared
+                .peers()
+                .into_iter()
+                .filter(|p| !declined_until.contains_key(p))
+                .collect()
+        };
         let mut answered = Vec::new();
+        let mut declined = Vec::new();
         let mut quiet = true;
         if !peers.is_empty() {
             let mut chosen: Vec<SocketAddr> = hinted
@@ -126,6 +146,10 @@ pub(crate) async fn run(
             let outcome = round(&shared, &mut planner, chosen).await;
             quiet = outcome.quiet;
             answered = outcome.answered;
+            declined = outcome.declined;
+            for &peer in &declined {
+                declined_until.insert(peer, last_round + DECLINED_BACKOFF);
+            }
         }
         hinted.clear();
         // No backing off while catching up: the gate waits on these rounds.
@@ -142,11 +166,19 @@ pub(crate) async fn run(
                 }
             }
         }
+        if let Some(check) = return_check.as_mut() {
+            if check.on_round(&shared, &answered, &declined) {
+                return_check = None;
+            }
+        }
         if let Some(collector) = collector.as_mut() {
             collector.on_round(&shared, &answered, catching_up).await;
         }
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
+            for &peer in &declined {
+                catch_up.on_declined(peer);
+            }
             catch_up.on_summaries(answered.iter().map(|(p, s)| (*p, s)), &merged);
             catch_up.on_held(&merged, &shared.peers(), now);
             publish(&shared, &catch_up, &status);
@@ -207,6 +239,8 @@ struct RoundOutcome {
     answered: Vec<(SocketAddr, Summary)>,
     /// Every peer asked answered that it holds what this node holds.
     quiet: bool,
+    /// Peers that declined to serve (stale).
+    declined: Vec<SocketAddr>,
 }
 
 /// One round.
@@ -225,14 +259,19 @@ async fn round(
     }
     let mut asked: Vec<Asked> = Vec::new();
     let mut in_sync = Vec::new();
+    let mut declined = Vec::new();
     let mut quiet = true;
     while let Some(Ok((peer, result))) = asking.join_next().await {
         match result {
-            Ok(Some(a)) => {
+            Ok(Answer::Summary(a)) => {
                 quiet = false;
-                asked.push(a);
+                asked.push(*a);
             }
-            Ok(None) => in_sync.push(peer),
+            Ok(Answer::InSync) => in_sync.push(peer),
+            Ok(Answer::Declined(reason)) => {
+                tracing::debug!(%peer, %reason, "sync: the peer declined");
+                declined.push(peer);
+            }
             Err(e) => {
                 quiet = false;
                 shared.stats.sync_failures.inc();
@@ -284,7 +323,11 @@ async fn round(
         }
     }
     answered.extend(summaries);
-    RoundOutcome { answered, quiet }
+    RoundOutcome {
+        answered,
+        quiet,
+        declined,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,34 +346,44 @@ enum Next {
     Plan(Summary),
     /// The peer holds what this node holds: nothing to pull.
     InSync,
+    /// The peer does not serve sync, saying why.
+    Declined(String),
     /// Over: finish the stream.
     Done,
 }
 
-/// Asks `peer` for its summary, saying this node's `digest`: `None` when
-/// the peer answered that it holds the same.
-async fn ask_summary(
-    shared: &Shared,
-    peer: SocketAddr,
-    digest: u64,
-) -> Result<Option<Asked>, SyncError> {
+/// How a peer answered the summary request.
+enum Answer {
+    Summary(Box<Asked>),
+    /// It holds what this node holds.
+    InSync,
+    /// It does not serve (it is stale), saying why.
+    Declined(String),
+}
+
+/// Asks `peer` for its summary, saying this node's `digest`.
+async fn ask_summary(shared: &Shared, peer: SocketAddr, digest: u64) -> Result<Answer, SyncError> {
     let mut session = PullSession::new(shared.dbs, shared.sync_limits.clone(), Instant::now());
     let (mut writer, mut reader) = within(&mut session, shared.transport.open_bi(peer)).await??;
     let mut actions = session.open_with_digest(digest);
     loop {
         match perform(shared, peer, &mut session, &mut writer, actions).await? {
             Next::Plan(summary) => {
-                return Ok(Some(Asked {
+                return Ok(Answer::Summary(Box::new(Asked {
                     peer,
                     summary,
                     session,
                     writer,
                     reader,
-                }))
+                })))
             }
             Next::InSync => {
                 let _ = writer.finish();
-                return Ok(None);
+                return Ok(Answer::InSync);
+            }
+            Next::Declined(reason) => {
+                let _ = writer.finish();
+                return Ok(Answer::Declined(reason));
             }
             Next::Read => actions = read(&mut session, &mut reader).await?,
             Next::Done => return Err(SyncFailure::Closed.into()),
@@ -353,7 +406,7 @@ async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), Syn
                 let _ = writer.finish();
                 return Ok(());
             }
-            Next::Read | Next::Plan(_) | Next::InSync => {
+            Next::Read | Next::Plan(_) | Next::InSync | Next::Declined(_) => {
                 actions = read(&mut session, &mut reader).await?
             }
         }
@@ -408,6 +461,7 @@ async fn perform(
             PullAction::Send(message) => within(session, writer.send(message)).await??,
             PullAction::Plan(summary) => next = Next::Plan(summary),
             PullAction::InSync => next = Next::InSync,
+            PullAction::Declined(reason) => next = Next::Declined(reason),
             PullAction::Collected(floors) => on_floors(shared, peer, floors).await,
             PullAction::Count(event) => count(&shared.stats, event),
             PullAction::Refuse(chunk) => refuse_not_carried(&shared.stats, peer, &chunk),
@@ -454,9 +508,15 @@ pub(crate) async fn serve(
     mut reader: FrameReader,
 ) {
     if let Some(db) = stale_db(&shared) {
-        // What it holds may bring back rows the cluster deleted.
+        // What it holds may bring back rows the cluster deleted. Saying so
+        // keeps the asker from waiting for this node while it catches up.
         shared.stats.serves_refused_stale.inc();
         tracing::debug!(%from, db = db.name(), "not serving a sync: this node is stale");
+        let why = format!(
+            "{}.db of this node missed collected deletes: it must be re-seeded",
+            db.name()
+        );
+        let _ = writer.send(Message::Declined(why)).await;
         let _ = writer.finish();
         return;
     }

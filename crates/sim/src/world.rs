@@ -1520,8 +1520,9 @@ impl World {
                 }
                 PullAction::Count(_) => {}
                 // The modelled storage keeps no tombstones, so no simulated
-                // server sends collection floors (docs/sim.md).
+                // server sends collection floors or is stale (docs/sim.md).
                 PullAction::Collected(_) => {}
+                PullAction::Declined(_) => self.set_stage(n, c, conv, AskStage::Failed, None),
             }
         }
         self.advance_round(n, c);

@@ -290,6 +290,11 @@ pub enum Message {
     /// (or learned that peers did), one per database. Last in this enum so
     /// the other messages keep their encoding.
     Collected(CollectedFloors),
+    /// The answer, instead of a summary, of a node that does not serve
+    /// sync (it missed collected tombstones and must be re-seeded): the
+    /// asker stops waiting for it. Says why. After `Collected` for the
+    /// same reason.
+    Declined(String),
 }
 
 /// A stream frame: the sender's cluster and the message.

@@ -220,6 +220,14 @@ fn every_message_round_trips() {
                 seqs: vec![Span::new(100, 900)],
             },
         ]),
+        Message::DigestRequest(7),
+        Message::InSync,
+        Message::Collected(CollectedFloors {
+            db: DbKind::Regional,
+            floors: vec![(actor, 12)],
+            causal_lengths: vec![("machines".into(), 4)],
+        }),
+        Message::Declined("stale".into()),
     ];
     for m in messages {
         let env = envelope(m);

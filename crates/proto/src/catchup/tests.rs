@@ -236,3 +236,19 @@ fn a_live_peer_silent_past_the_wait_is_not_waited_for() {
     c.on_held(&held, &[peer(1), peer(2)], t0 + WAIT);
     assert_eq!(c.status().phase, CatchUpPhase::CaughtUp);
 }
+
+#[test]
+fn a_declining_peer_is_not_waited_for_and_is_no_answer() {
+    let t0 = Instant::now();
+    let mut c = joined(t0);
+    let live = [peer(1), peer(2)];
+    // The only peers so far decline (stale): still waiting for an answer.
+    c.on_declined(peer(2));
+    c.on_held(&holding(&[]), &live, t0);
+    assert_eq!(c.status().phase, CatchUpPhase::Waiting);
+    // Peer 1 answers; peer 2, which declined, is not waited for.
+    let held = holding(&[(REG, 1, 1, 3)]);
+    c.on_summaries([(peer(1), &summary(&[(REG, 1, &[(1, 3)])]))], &held);
+    c.on_held(&held, &live, t0);
+    assert_eq!(c.status().phase, CatchUpPhase::CaughtUp);
+}

@@ -433,6 +433,23 @@ fn a_peer_with_the_same_digest_answers_in_sync_and_the_pull_ends() {
 }
 
 #[test]
+fn a_peer_that_declines_ends_the_pull_without_a_failure() {
+    let t0 = Instant::now();
+    let mut puller = PullSession::new(REGION, limits(), t0);
+    puller.open_with_digest(7);
+    assert_eq!(
+        puller.on_frame(Message::Declined("stale".into()), t0),
+        vec![PullAction::Declined("stale".into())]
+    );
+    assert!(puller.is_ended());
+    assert_eq!(puller.deadline(), None);
+    assert!(
+        puller.on_closed().is_empty(),
+        "the close that follows is no failure"
+    );
+}
+
+#[test]
 fn a_different_digest_is_answered_with_the_summary() {
     let t0 = Instant::now();
     let mut server = ServeSession::new(REGION, limits(), t0);
