@@ -71,7 +71,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .thread_name("patina")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(config));
+    let result = runtime.block_on(serve(config, config_path.to_owned()));
     // Blocking tasks still running (a read the interrupt has not reached
     // yet) must not hold the exit past the stop budget.
     runtime.shutdown_timeout(RUNTIME_GRACE);
@@ -122,7 +122,7 @@ fn init_logging() {
         .try_init();
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
     let node = Node::open(NodeOptions {
         region: config.node.region.clone(),
         global_member: config.node.global,
@@ -173,12 +173,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers are installed before the node says it is ready: a SIGTERM
     // right after READY must stop it cleanly, not kill it.
     let signals = Signals::install().context("cannot install signal handlers")?;
-    tokio::spawn(handle_signals(
-        node.clone(),
-        signals,
-        stop,
-        schema_drops(&config),
-    ));
+    tokio::spawn(handle_signals(node.clone(), signals, stop, config_path));
     tracing::info!(addr = %api_addr, "API listening");
     notify_systemd("READY=1");
 
@@ -339,15 +334,29 @@ fn schema_drops(config: &Config) -> Drops {
     }
 }
 
-/// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files (dropping
-/// what they no longer declare with `db.allow_destructive_schema`).
-async fn handle_signals(node: Node, mut signals: Signals, stop: watch::Sender<bool>, drops: Drops) {
+/// SIGTERM/SIGINT stop the node; SIGHUP reloads the schema files,
+/// dropping what they no longer declare if the config file says
+/// `db.allow_destructive_schema = true` now (read again for each SIGHUP, so
+/// the operator sets it for one reload; the other keys need a restart).
+async fn handle_signals(
+    node: Node,
+    mut signals: Signals,
+    stop: watch::Sender<bool>,
+    config_path: std::path::PathBuf,
+) {
     loop {
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => {
                 notify_systemd("RELOADING=1");
+                let drops = match Config::load(&config_path, config::process_env()) {
+                    Ok(config) => schema_drops(&config),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: the config file cannot be read again; reloading without db.allow_destructive_schema");
+                        Drops::Refused
+                    }
+                };
                 match node.reload_schema_with(drops).await {
                     Ok(_) => tracing::info!("schema files reloaded"),
                     Err(e) => tracing::error!(error = %e, "schema reload refused; the running schema is unchanged"),

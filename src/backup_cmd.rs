@@ -69,11 +69,16 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     );
     println!("new actor id: {}", restored.new_actor);
     for db in &restored.databases {
+        let versions = match db.old_version {
+            0 => format!("no versions of {} to record", restored.old_actor),
+            n => format!(
+                "versions 1..={n} of {} recorded as applied",
+                restored.old_actor
+            ),
+        };
         println!(
-            "  {}.db: versions 1..={} of {} recorded as applied, {} row clocks re-attributed to it, {} actor(s) known",
+            "  {}.db: {versions}, {} row clocks re-attributed to it, {} actor(s) known",
             db.db.name(),
-            db.old_version,
-            restored.old_actor,
             db.clocks_rewritten,
             db.actors
         );

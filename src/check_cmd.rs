@@ -108,10 +108,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
                 Err(e) => problems.push(format!("peer {addr} cannot be checked: {e}")),
             }
         }
-        for member in expected.unchecked(&nodes) {
-            problems.push(format!(
-                "member {member} was not checked: give its API address with --peer"
-            ));
+        let mut down = Vec::new();
+        for (member, is_down) in expected.unchecked(&nodes) {
+            if is_down {
+                // Stopped, left or retired: nothing to compare now.
+                down.push(member.to_owned());
+            } else {
+                problems.push(format!(
+                    "member {member} was not checked: give its API address with --peer"
+                ));
+            }
         }
         same_format(&nodes)?;
 
@@ -136,6 +142,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
 
         let names: Vec<String> = nodes.iter().map(Peer::name).collect();
         println!("compared {} node(s): {}", nodes.len(), names.join(", "));
+        for member in &down {
+            println!("not compared, down: {member}");
+        }
         for diff in &diffs {
             print_diff(diff, &nodes).await;
         }
@@ -147,14 +156,34 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
             println!("not checked: {p}");
         }
         let mut why = Vec::new();
+        // A table some nodes lack is a schema difference, not lost rows.
+        let (schema, diffs): (Vec<TableDiff>, Vec<TableDiff>) =
+            diffs.into_iter().partition(|d| !d.missing.is_empty());
+        if !schema.is_empty() {
+            let tables: Vec<String> = schema
+                .iter()
+                .map(|d| {
+                    let lacking: Vec<String> = d.missing.iter().map(|&i| nodes[i].name()).collect();
+                    format!("{}.{} (not on {})", d.db, d.table, lacking.join(", "))
+                })
+                .collect();
+            why.push(format!(
+                "the nodes' schemas differ: {}. A schema change is not applied everywhere yet \
+                 (or a destructive one was applied on some nodes only): give every node the same \
+                 schema files, `patina reload` each (with --allow-destructive where a drop is \
+                 meant), then check again",
+                tables.join(", ")
+            ));
+        }
         if !diffs.is_empty() {
             let tables: Vec<String> = diffs.iter().map(|d| format!("{}.{}", d.db, d.table)).collect();
             why.push(format!(
                 "the nodes hold different rows in {} ({}), and replication will not repair it: \
                  every node counts those versions as applied. {}Re-seed each node whose rows are \
                  wrong from a backup of a healthy one: `patina backup --api HEALTHY_ADDR --to DIR`, \
-                 then, with the wrong node's agent stopped, `patina restore --from DIR --data-dir D` \
-                 (D: its data dir) and start it again",
+                 then stop the wrong node's agent, `patina restore --from DIR --data-dir D` (D: a \
+                 new, empty directory), point its node.data_dir at D and start it again \
+                 (docs/operations.md)",
                 plural(tables.len(), "table"),
                 tables.join(", "),
                 minority(&diffs, &nodes)
@@ -210,8 +239,15 @@ fn format_mismatch(digests: &[(String, &Json)]) -> Option<String> {
 
 /// The members a check must cover, from the checked node's `/v1/members`.
 struct Expected {
-    /// Actor → (described, holds regional.db too).
-    members: BTreeMap<String, (String, bool)>,
+    members: BTreeMap<String, ExpectedMember>,
+}
+
+struct ExpectedMember {
+    described: String,
+    /// It holds regional.db too (a member of this node's region).
+    regional: bool,
+    /// Down in every cluster this node shares with it.
+    down: bool,
 }
 
 impl Expected {
@@ -237,22 +273,29 @@ impl Expected {
                 m["addr"].as_str().unwrap_or("?"),
                 m["state"].as_str().unwrap_or("?")
             );
-            let entry = out.entry(actor.to_owned()).or_insert((described, false));
-            entry.1 |= regional;
+            let down = m["state"] == "down";
+            let entry = out.entry(actor.to_owned()).or_insert(ExpectedMember {
+                described,
+                regional: false,
+                down: true,
+            });
+            entry.regional |= regional;
+            entry.down &= down;
         }
         Ok(Expected { members: out })
     }
 
     /// `Some(holds regional.db)` for a member, `None` for a stranger.
     fn scope_of(&self, actor: &str) -> Option<bool> {
-        self.members.get(actor).map(|(_, regional)| *regional)
+        self.members.get(actor).map(|m| m.regional)
     }
 
-    fn unchecked<'a>(&'a self, nodes: &'a [Peer]) -> impl Iterator<Item = &'a str> + 'a {
+    /// The members no answer came from: (described, SWIM holds it down).
+    fn unchecked<'a>(&'a self, nodes: &'a [Peer]) -> impl Iterator<Item = (&'a str, bool)> + 'a {
         self.members
             .iter()
             .filter(|(actor, _)| !nodes.iter().any(|n| &n.actor == *actor))
-            .map(|(_, (described, _))| described.as_str())
+            .map(|(_, m)| (m.described.as_str(), m.down))
     }
 }
 
@@ -664,16 +707,33 @@ mod tests {
         assert_eq!(expected.scope_of("ord1"), Some(false), "global.db only");
         assert_eq!(expected.scope_of("me"), None, "the node itself is no peer");
         assert_eq!(expected.scope_of("stranger"), None);
-        let unchecked: Vec<&str> = expected.unchecked(&[]).collect();
+        let unchecked: Vec<(&str, bool)> = expected.unchecked(&[]).collect();
         assert_eq!(
             unchecked,
             [
-                "g2 (region ams, gossip 10.0.0.1:7000, alive)",
-                "ord1 (region ord, gossip 10.0.0.1:7000, alive)",
-                "plain (region ams, gossip 10.0.0.1:7000, alive)",
+                ("g2 (region ams, gossip 10.0.0.1:7000, alive)", false),
+                ("ord1 (region ord, gossip 10.0.0.1:7000, alive)", false),
+                ("plain (region ams, gossip 10.0.0.1:7000, alive)", false),
             ]
         );
         assert!(Expected::from_members(&members, "nobody").is_err());
+
+        // A retired node (down) is not asked for; one down in the region
+        // but alive on the global cluster still is.
+        let mut with_down = members.to_vec();
+        let mut retired = member("old", "ams", "ams");
+        retired["state"] = json!("down");
+        let mut half = member("g2", "ams", "ams");
+        half["state"] = json!("down");
+        with_down[2] = half;
+        with_down.push(retired);
+        let expected = Expected::from_members(&with_down, "me").unwrap();
+        let down: Vec<&str> = expected
+            .unchecked(&[])
+            .filter(|(_, down)| *down)
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(down, ["old (region ams, gossip 10.0.0.1:7000, down)"]);
     }
 
     #[test]

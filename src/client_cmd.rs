@@ -243,8 +243,16 @@ pub fn health(args: HealthArgs) -> anyhow::Result<()> {
                         .and_then(Json::as_str)
                         .unwrap_or("no reason given")
                         .to_owned();
-                    if !args.wait {
+                    // A stale node stays unhealthy until an operator
+                    // re-seeds it: waiting for it would only hide that.
+                    let stale = report.get("stale").and_then(Json::as_bool) == Some(true);
+                    if !args.wait || stale {
                         print_health(&report, args.json);
+                    }
+                    if stale {
+                        anyhow::bail!(
+                            "not healthy (HTTP {status}), and waiting cannot help: {reason}"
+                        );
                     }
                     format!("not healthy (HTTP {status}): {reason}")
                 }

@@ -172,13 +172,29 @@ fn a_column_and_a_table_dropped_node_by_node_keep_everything_else_flowing() {
     let (ok, _, err) = a.cli(&["query", "SELECT * FROM services"]);
     assert!(!ok && err.contains("services"), "{err}");
 
-    // b drops them too; what each writes still reaches the other.
+    // b drops them too, by SIGHUP once its config file allows it (each
+    // SIGHUP reads that key again; the refusal without it is the CLI's
+    // above).
     write_schema(db.path(), MACHINES_NO_ZONE, false);
-    assert_eq!(
-        destructive_reload(&b),
-        "schema reloaded\ndropped table services (regional.db)\n\
-         dropped column machines.zone (regional.db)\n"
-    );
+    let text = std::fs::read_to_string(&b_config).unwrap();
+    assert!(text.contains("[db]\n"), "{text}");
+    std::fs::write(
+        &b_config,
+        text.replace("[db]\n", "[db]\nallow_destructive_schema = true\n"),
+    )
+    .unwrap();
+    let pid = b.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    eventually("b dropped services on SIGHUP", WAIT, || {
+        let (ok, _, err) = b.cli(&["query", "SELECT * FROM services"]);
+        !ok && err.contains("services")
+    });
+    let (ok, _, err) = b.cli(&["query", "SELECT zone FROM machines"]);
+    assert!(!ok && err.contains("zone"), "{err}");
     exec(&b, "UPDATE machines SET n = 200 WHERE id = 'a1'");
     exec(&a, "UPDATE machines SET app = 'edge' WHERE id = 'b1'");
     let shared = converged(&a, &b, "the shared columns after both dropped", SHARED);

@@ -260,6 +260,17 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
         }
         other => panic!("a stale node took a write: {other:?}"),
     }
+    // A deploy gate waiting on it fails at once: no wait makes it healthy.
+    let out = std::process::Command::new(BIN)
+        .args(["health", "--api", &c.addr, "--wait", "--timeout", "30"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("waiting cannot help") && err.contains("patina restore"),
+        "{err}"
+    );
     // A node restarting beside a stale one does not wait for it (it
     // declines to serve sync): its catch-up ends well within the 30 s a
     // silent peer is waited for.

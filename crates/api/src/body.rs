@@ -67,6 +67,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// A small body of any content type (an endpoint's optional flags), read
+/// up to `limit` bytes; over it, the same JSON 413 as every other body.
+pub(crate) async fn small_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    if content_length(req.headers()).is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    read_limited(req.into_body(), limit).await
+}
+
 async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

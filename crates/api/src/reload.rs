@@ -8,16 +8,18 @@
 //! without the flag, a rename, a broken file) → 400 `{"error":"…"}` naming
 //! the table and the rule, with nothing changed; a stopping node → 503.
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use patina_node::{Drops, NodeError};
 use serde_json::{json, Value as Json};
 
-use crate::body::clip;
+use crate::body::{clip, small_body};
 use crate::errors::{error_response, ApiError};
 use crate::state::ApiState;
+
+/// A reload body is a flag or two; anything longer is not one.
+const BODY_LIMIT: usize = 4096;
 
 const SHAPE: &str = "POST /v1/reload takes an empty body, {} or {\"allow_destructive\": true}";
 
@@ -55,8 +57,9 @@ fn drops_of(body: &[u8]) -> Result<Drops, ApiError> {
 
 pub(crate) async fn handle(
     State(state): State<ApiState>,
-    body: Bytes,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let body = small_body(req, BODY_LIMIT).await?;
     let drops = drops_of(&body)?;
     Ok(match state.node.reload_schema_with(drops).await {
         Ok(dropped) => {

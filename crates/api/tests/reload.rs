@@ -69,6 +69,10 @@ async fn bad_bodies_are_refused() {
         assert!(r.error().contains("allow_destructive"), "{}", r.error());
     }
     assert_eq!(s.get("/v1/reload").await.status, 405);
+    // An oversized body gets the API's JSON 413, not a plain-text one.
+    let r = s.post_raw("/v1/reload", " ".repeat(3 << 20)).await;
+    assert_eq!(r.status, 413);
+    assert!(r.error().contains("4096 bytes"), "{}", r.error());
 }
 
 #[tokio::test]

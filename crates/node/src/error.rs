@@ -37,7 +37,7 @@ fn drop_hint(source: &patina_crr::CrrError) -> &'static str {
     if source.drops_data() {
         ". A removal deletes that data on this node: to drop it, reload with \
          `patina reload --allow-destructive` (POST /v1/reload {\"allow_destructive\":true}), \
-         or set db.allow_destructive_schema = true for the agent's start and SIGHUP reloads; \
+         or set db.allow_destructive_schema = true in the config file for the agent's next start or SIGHUP (read again at each); \
          otherwise put it back in the schema files"
     } else {
         ""

@@ -252,9 +252,11 @@ fn seed_database(
         what: format!("{}: {what}", entry.file),
     };
     let mut conn = CrrConn::open(path).map_err(database)?;
+    // integrity_check, not quick_check: it also finds an index that
+    // disagrees with its table, which a node would then read from.
     let check: String = conn
         .connection()
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(sqlite)?;
     if check != "ok" {
         return Err(mismatch(format!("SQLite finds it damaged: {check}")));

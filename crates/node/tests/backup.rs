@@ -344,6 +344,35 @@ async fn restores_from_mismatched_backups_and_into_used_data_dirs_are_refused() 
         "{err}"
     );
 
+    // An index that disagrees with its table: two indexes' pages swapped,
+    // which SQLite's quick_check does not look at.
+    let swapped = scratch.path().join("swapped");
+    std::fs::create_dir(&swapped).unwrap();
+    for d in &manifest.databases {
+        std::fs::copy(backup.join(&d.file), swapped.join(&d.file)).unwrap();
+    }
+    {
+        let c = rusqlite::Connection::open(swapped.join("regional.db")).unwrap();
+        let roots: Vec<(String, i64)> = c
+            .prepare("SELECT name, rootpage FROM sqlite_master WHERE type = 'index' ORDER BY name LIMIT 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(roots.len(), 2, "{roots:?}");
+        c.execute_batch("PRAGMA writable_schema = ON").unwrap();
+        for (i, (name, _)) in roots.iter().enumerate() {
+            c.execute(
+                "UPDATE sqlite_master SET rootpage = ?1 WHERE name = ?2",
+                rusqlite::params![roots[1 - i].1, name],
+            )
+            .unwrap();
+        }
+    }
+    let err = refused(&manifest, &swapped, "swapped indexes");
+    assert!(err.to_string().contains("damaged"), "{err}");
+
     // Into a used data dir: a node's own, or a restored one.
     let err = restore(&backup, &manifest, &da.path().join("data")).unwrap_err();
     assert!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
