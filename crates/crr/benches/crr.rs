@@ -1,5 +1,5 @@
 //! crr benchmarks: capture overhead, bulk merge, steady-state merge,
-//! tombstone collection.
+//! tombstone collection, consistency digest.
 //! Run: `cargo bench -p crr --bench crr`; numbers in docs/benchmarks.md.
 
 use std::time::Duration;
@@ -223,5 +223,28 @@ fn collect(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, capture, merge_bulk, merge_steady, collect);
+/// The digest of a 100k-row table (what `GET /v1/digest` computes per
+/// table): every row and its clock read and hashed, on a read connection
+/// as the API runs it.
+fn digest(c: &mut Criterion) {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut conn = crr_db(&dir, "d.db");
+        for batch in 0..100 {
+            crr_insert(&mut conn, batch * 1000, 1000);
+        }
+    }
+    let read = Connection::open(dir.path().join("d.db")).unwrap();
+    let mut g = c.benchmark_group("digest_100k_rows");
+    g.sample_size(10).throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("table_digest", |b| {
+        b.iter(|| {
+            let d = patina_crr::digest::table_digest(&read, "main", "bench").unwrap();
+            assert_eq!(d.rows, ROWS as u64);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, capture, merge_bulk, merge_steady, collect, digest);
 criterion_main!(benches);
