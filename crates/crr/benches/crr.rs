@@ -236,7 +236,8 @@ fn digest(c: &mut Criterion) {
     }
     let read = Connection::open(dir.path().join("d.db")).unwrap();
     let mut g = c.benchmark_group("digest_100k_rows");
-    g.sample_size(10).throughput(Throughput::Elements(ROWS as u64));
+    g.sample_size(10)
+        .throughput(Throughput::Elements(ROWS as u64));
     g.bench_function("table_digest", |b| {
         b.iter(|| {
             let d = patina_crr::digest::table_digest(&read, "main", "bench").unwrap();
