@@ -328,6 +328,112 @@ fn collection_converges_and_a_node_away_across_it_must_be_reseeded() {
     converged(&[&a, &b, &c, &d], &model);
 }
 
+/// A node frozen (SIGSTOP) while its peers collect a delete it missed, and
+/// resumed with a write already waiting for it: it never restarted, so
+/// only its silence tells it was away. The write must not reach the peers
+/// (they forgot the delete, and would merge the row back); the node finds
+/// it is stale, and, stale and still running, does not hold the others'
+/// collection back.
+#[test]
+fn a_node_frozen_across_a_collection_takes_no_write_and_holds_nothing_back() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Agent::start(&with_retention(&setup(dirs[0].path())));
+    let b = Agent::start(&with_retention(&setup_peer(dirs[1].path(), &[&a.gossip])));
+    let c = Agent::start(&with_retention(&setup_peer(dirs[2].path(), &[&a.gossip])));
+    let mut model = Rows::new();
+    for i in 0..4 {
+        let id = format!("m{i}");
+        tx(
+            &a,
+            "INSERT INTO machines(id, app, n) VALUES (?, 'web', 1)",
+            json!([id]),
+        )
+        .unwrap();
+        model.insert(id, ("web".into(), 1));
+    }
+    converged(&[&a, &b, &c], &model);
+    eventually("c is healthy", WAIT, || health(&c).0 == 200);
+    let signal = |which: &str| {
+        let pid = c.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    // Its socket's receive buffer filled with garbage, so the delete's
+    // broadcast is dropped rather than read when it resumes (a's QUIC may
+    // still retransmit it later: then c simply has it).
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..4000 {
+        let _ = flood.send_to(&[0u8; 1200], &c.gossip);
+    }
+    let before = a.metric("patina_replication_tombstones_collected_total");
+    tx(&a, "DELETE FROM machines WHERE id = 'm0'", json!([])).unwrap();
+    model.remove("m0");
+    eventually("a and b collected the delete c missed", WAIT, || {
+        tombstones(&a) == 0
+            && tombstones(&b) == 0
+            && a.metric("patina_replication_tombstones_collected_total") > before
+    });
+    // The scenario is a freeze longer than c's allowed silence (half the
+    // retention, at least 5 quiet sync rounds of 3.2 s: 16 s); nothing on
+    // a frozen process can be waited on instead.
+    let freeze = Duration::from_secs(17);
+    if let Some(rest) = freeze.checked_sub(frozen.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    // The write is sent while c is frozen, and read as soon as it resumes.
+    let addr = c.addr.clone();
+    let write = std::thread::spawn(move || {
+        let client = patina_client::Client::new(&addr).unwrap();
+        let statement = Statement::Positional(
+            "UPDATE machines SET n = n + 100 WHERE id = 'm0'".into(),
+            vec![],
+        );
+        runtime()
+            .block_on(client.transact(&[statement]))
+            .map(|_| ())
+    });
+    signal("-CONT");
+    match write.join().unwrap() {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, 503, "{message}");
+            assert!(
+                message.contains("no peer has answered") || message.contains("Re-seed it"),
+                "{message}"
+            );
+        }
+        other => panic!("a node back from a freeze took a write: {other:?}"),
+    }
+    // Either the delete's packets were lost and c finds it is stale, or
+    // they reached it late and it converges: never is m0 back on a or b.
+    eventually("c finds it is stale, or catches up", WAIT, || {
+        let (status, report) = health(&c);
+        report["stale"] == true || (status == 200 && rows(&c).as_ref() == Some(&model))
+    });
+    converged(&[&a, &b], &model);
+    if health(&c).1["stale"] != true {
+        eprintln!("c got the delete after all: not stale, the rest does not apply");
+        return;
+    }
+    assert!(rows(&c).unwrap().contains_key("m0"));
+
+    // Stale and running, c declines to serve: a and b collect without it.
+    let before = a.metric("patina_replication_tombstones_collected_total");
+    tx(&b, "DELETE FROM machines WHERE id = 'm1'", json!([])).unwrap();
+    model.remove("m1");
+    eventually("a and b collect beside stale c", WAIT, || {
+        tombstones(&a) == 0
+            && tombstones(&b) == 0
+            && a.metric("patina_replication_tombstones_collected_total") > before
+    });
+    converged(&[&a, &b], &model);
+}
+
 /// The node that writes key `id` in [`round`].
 fn owner(id: &str) -> u64 {
     id.trim_start_matches('m').parse::<u64>().unwrap() % 3

@@ -59,9 +59,32 @@ pub struct CollectionState {
     /// When this node last kept a checkpoint (Unix ms): it was running
     /// then. A pass keeps one every eighth of the retention at most.
     pub last_checkpoint_ms: Option<u64>,
+    /// When a peer last answered this node's sync (Unix ms), and how long
+    /// a silence may last after it (ms); `None` before the first answer
+    /// (see `Node::note_contact`).
+    pub last_contact: Option<(u64, u64)>,
 }
 
 impl CollectionState {
+    /// Why writes must wait, at `now_ms`, for a node that has heard from no
+    /// peer for longer than the limit noted with the last answer (over half
+    /// the retention) while it ran — frozen, or cut off: what it takes then
+    /// could bring back a row its peers deleted and forgot meanwhile, as
+    /// for a node that was stopped that long.
+    pub fn out_of_touch(&self, now_ms: u64) -> Option<String> {
+        let (last, limit_ms) = self.last_contact?;
+        let silent_ms = now_ms.checked_sub(last)?;
+        (silent_ms > limit_ms).then(|| {
+            format!(
+                "no peer has answered this node for {:.0} s, over half of \
+                 db.tombstone_retention (it was frozen, or cut off): peers may have collected \
+                 deletes it missed, so it takes writes again once it has caught up with a peer \
+                 and found it missed none; write to another node meanwhile",
+                silent_ms as f64 / 1000.0,
+            )
+        })
+    }
+
     /// What this node tells peers before its summary; `None` when it knows
     /// of no collection.
     pub fn to_wire(&self, db: DbKind) -> Option<CollectedFloors> {
@@ -167,6 +190,7 @@ impl Collection {
             stale: state_value(c, "stale")?,
             returning: None,
             last_checkpoint_ms: taken.keys().next_back().copied(),
+            last_contact: None,
         };
         Ok(Arc::new(Collection {
             state: Mutex::new(state),
@@ -180,6 +204,10 @@ impl Collection {
     /// is set.
     pub(crate) fn set_returning(&self, reason: Option<String>) {
         self.update(|s| s.returning = reason);
+    }
+
+    pub(crate) fn note_contact(&self, at_ms: u64, limit_ms: u64) {
+        self.update(|s| s.last_contact = Some((at_ms, limit_ms)));
     }
 
     pub(crate) fn state(&self) -> CollectionState {

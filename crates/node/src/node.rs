@@ -267,6 +267,14 @@ impl Node {
                 reason,
             });
         }
+        if let Some(reason) = collection.out_of_touch(crate::unix_ms()) {
+            tracing::warn!(db = db.name(), "{reason}");
+            self.mark_returning(db, reason.clone());
+            return Err(TxError::Returning {
+                db: db.name(),
+                reason,
+            });
+        }
         match writes {
             Writes::Both => Err(TxError::MixedDatabases),
             Writes::Global => self.inner.global.transact(statements).await,
@@ -637,6 +645,16 @@ impl Node {
     /// before could bring back a row the cluster deleted and forgot.
     pub fn mark_returning(&self, db: DbKind, reason: String) {
         self.collection_of(db).set_returning(Some(reason));
+    }
+
+    /// A peer answered this node's sync of `db` at `at_ms` (Unix ms). From
+    /// the first answer on, a write made over `limit_ms` after the last one
+    /// (the replicator passes half the retention, or more when that is
+    /// within its sync pace) marks `db` returning
+    /// ([`CollectionState::out_of_touch`]): a node frozen or cut off that
+    /// long is checked like one that was stopped that long.
+    pub fn note_contact(&self, db: DbKind, at_ms: u64, limit_ms: u64) {
+        self.collection_of(db).note_contact(at_ms, limit_ms);
     }
 
     /// The return of `db` is checked (see [`Node::mark_returning`]).

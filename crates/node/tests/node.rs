@@ -545,6 +545,37 @@ async fn a_returning_or_stale_database_refuses_writes_and_the_other_takes_them()
     node.mark_returned(DbKind::Regional);
     node.transact(insert()).await.unwrap();
 
+    // A peer last answered 10 s ago, a silence of 60 s allowed: writes go.
+    // 61 s ago: the node was out of touch (frozen, or cut off), so its
+    // next write finds it returning.
+    let now = patina_node::unix_ms();
+    node.note_contact(DbKind::Regional, now - 10_000, 60_000);
+    node.transact(vec![Statement::new(
+        "INSERT INTO machines(id) VALUES ('m2')",
+    )])
+    .await
+    .unwrap();
+    node.note_contact(DbKind::Regional, now - 61_000, 60_000);
+    match node.transact(insert()).await {
+        Err(e @ TxError::Returning { .. }) => {
+            assert!(e.to_string().contains("no peer has answered"), "{e}")
+        }
+        other => panic!("a node out of touch took a write: {other:?}"),
+    }
+    assert!(node.collection(DbKind::Regional).returning.is_some());
+    // It stays returning after a peer answers, until its return is checked.
+    node.note_contact(DbKind::Regional, now, 60_000);
+    assert!(matches!(
+        node.transact(insert()).await,
+        Err(TxError::Returning { .. })
+    ));
+    node.mark_returned(DbKind::Regional);
+    node.transact(vec![Statement::new(
+        "INSERT INTO machines(id) VALUES ('m3')",
+    )])
+    .await
+    .unwrap();
+
     // Stale is durable: a restart keeps refusing.
     node.mark_stale(DbKind::Regional, "re-seed it".into())
         .await

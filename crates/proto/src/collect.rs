@@ -70,6 +70,8 @@ pub fn missed(
 pub struct Watermark<P> {
     db: DbKind,
     peers: BTreeMap<P, BTreeMap<ActorId, u64>>,
+    /// Peers that declined to serve sync: they found themselves stale.
+    declined: std::collections::BTreeSet<P>,
 }
 
 impl<P: Ord + Clone> Watermark<P> {
@@ -77,18 +79,30 @@ impl<P: Ord + Clone> Watermark<P> {
         Watermark {
             db,
             peers: BTreeMap::new(),
+            declined: Default::default(),
         }
     }
 
     /// A peer's summary arrived: it replaces what that peer said before (a
     /// restarted peer at the same address may hold less).
     pub fn on_summary(&mut self, peer: P, summary: &Summary) {
+        self.declined.remove(&peer);
         self.peers.insert(peer, summary_prefixes(summary, self.db));
+    }
+
+    /// A peer declined to serve: it found it missed collected tombstones,
+    /// refuses writes and awaits re-seeding (as a new actor), so it is
+    /// left out like a peer below the floors — it must not stall
+    /// collection on the others. Until it answers a summary again.
+    pub fn on_declined(&mut self, peer: P) {
+        self.peers.remove(&peer);
+        self.declined.insert(peer);
     }
 
     /// Keeps only the `live` peers' prefixes: the others are not members.
     pub fn retain_live(&mut self, live: &[P]) {
         self.peers.retain(|p, _| live.contains(p));
+        self.declined.retain(|p| live.contains(p));
     }
 
     /// Per actor, what every current member holds: `own` and each `live`
@@ -103,6 +117,9 @@ impl<P: Ord + Clone> Watermark<P> {
     ) -> Option<BTreeMap<ActorId, u64>> {
         let mut out = own.clone();
         for peer in live {
+            if self.declined.contains(peer) {
+                continue;
+            }
             let theirs = self.peers.get(peer)?;
             if missed(theirs, floors).is_some() {
                 continue;
@@ -310,6 +327,34 @@ mod tests {
         );
         w.retain_live(&["b"]);
         assert_eq!(w.watermark(&["c"], &own, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn a_peer_that_declined_does_not_hold_the_others_back() {
+        let mut w = Watermark::new(DbKind::Regional);
+        let own = map(&[(1, 10)]);
+        w.on_summary("b", &summary(&[(1, &[(1, 8)])]));
+        // d never answered a summary (it is stale and declines): without
+        // its declining, it would block every pass.
+        assert_eq!(w.watermark(&["b", "d"], &own, &BTreeMap::new()), None);
+        w.on_declined("d");
+        assert_eq!(
+            w.watermark(&["b", "d"], &own, &BTreeMap::new()),
+            Some(map(&[(1, 8)]))
+        );
+        // Declining after answering drops what it said.
+        w.on_summary("c", &summary(&[(1, &[(1, 2)])]));
+        w.on_declined("c");
+        assert_eq!(
+            w.watermark(&["b", "c", "d"], &own, &BTreeMap::new()),
+            Some(map(&[(1, 8)]))
+        );
+        // Answering again (re-seeded at the same address) counts again.
+        w.on_summary("d", &summary(&[(1, &[(1, 4)])]));
+        assert_eq!(
+            w.watermark(&["b", "c", "d"], &own, &BTreeMap::new()),
+            Some(map(&[(1, 4)]))
+        );
     }
 
     #[test]

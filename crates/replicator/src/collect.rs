@@ -56,10 +56,14 @@ impl Collector {
         &mut self,
         shared: &Shared,
         answered: &[(SocketAddr, Summary)],
+        declined: &[SocketAddr],
         catching_up: bool,
     ) {
         for (peer, summary) in answered {
             self.watermark.on_summary(*peer, summary);
+        }
+        for &peer in declined {
+            self.watermark.on_declined(peer);
         }
         let now = tokio::time::Instant::now();
         if catching_up || now < self.next {
@@ -214,6 +218,51 @@ pub(crate) fn check_return(
     tracing::warn!(db = DB.name(), "{reason}");
     node.mark_returning(DB, reason);
 }
+
+/// Between sync rounds: a node that heard from no peer for over half the
+/// retention while it ran (frozen, or cut off) is returning, as if it had
+/// been stopped that long; a write it takes first finds out too
+/// (`Node::transact`). A round in which a peer answered notes the contact
+/// afterwards.
+pub(crate) fn check_contact(
+    shared: &Shared,
+    config: &ReplicatorConfig,
+    answered: &[(SocketAddr, Summary)],
+) {
+    let Some(retention) = config.tombstone_retention else {
+        return;
+    };
+    if !shared.carries(DB) {
+        return;
+    }
+    let Some(state) = shared.node.collection(DB) else {
+        return;
+    };
+    let now = unix_ms();
+    // Out of touch is judged before this round's answers count: a round
+    // that ends just after the process was frozen for days must not
+    // renew the contact and let a waiting write through unchecked.
+    if state.stale.is_none() && state.returning.is_none() {
+        if let Some(reason) = state.out_of_touch(now) {
+            tracing::warn!(db = DB.name(), "{reason}");
+            shared.node.mark_returning(DB, reason);
+        }
+    }
+    if !answered.is_empty() {
+        // Half the retention (the margin of docs/crr.md's proof), but never
+        // within the sync pace: quiet rounds come every sync_interval_max,
+        // and a few without an answer (a dead peer asked) are not an
+        // absence. Only retentions of a few seconds (tests) reach this.
+        let limit = (retention / 2).max(config.sync_interval_max * CONTACT_ROUNDS);
+        shared
+            .node
+            .note_contact(DB, now, limit.as_millis().min(u64::MAX as u128) as u64);
+    }
+}
+
+/// Quiet sync rounds without any answer before a node counts as out of
+/// touch, when half the retention is shorter.
+const CONTACT_ROUNDS: u32 = 5;
 
 /// While `regional.db` is returning (see [`check_return`]): the same gate
 /// as catching up, for the sync rounds after it — its writes wait until it

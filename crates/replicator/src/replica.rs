@@ -74,6 +74,9 @@ pub trait Replica: Send + Sync + 'static {
 
     /// `db` caught up with a peer since it returned: writes go again.
     fn mark_returned(&self, _db: DbKind) {}
+
+    /// A peer answered a sync of `db` at `at_ms` (see `Node::note_contact`).
+    fn note_contact(&self, _db: DbKind, _at_ms: u64, _limit_ms: u64) {}
 }
 
 impl Replica for Node {
@@ -164,5 +167,9 @@ impl Replica for Node {
 
     fn mark_returned(&self, db: DbKind) {
         Node::mark_returned(self, db)
+    }
+
+    fn note_contact(&self, db: DbKind, at_ms: u64, limit_ms: u64) {
+        Node::note_contact(self, db, at_ms, limit_ms)
     }
 }

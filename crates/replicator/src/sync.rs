@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::collect::{on_floors, Collector, ReturnCheck};
+use crate::collect::{check_contact, on_floors, Collector, ReturnCheck};
 use crate::config::ReplicatorConfig;
 use crate::relay::relay_fresh;
 use crate::shared::Shared;
@@ -156,23 +156,21 @@ pub(crate) async fn run(
         pace.on_round(quiet && !status.borrow().catching_up());
         tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
-        if !catching_up {
-            // A fresh data dir holds what its peers held now (or it has
-            // none): from here on it is checked against collection floors
-            // like any node.
-            for &db in shared.dbs {
-                if shared.node.collection(db).is_some_and(|c| c.bootstrapping) {
-                    shared.node.mark_joined(db).await;
-                }
-            }
-        }
         if let Some(check) = return_check.as_mut() {
             if check.on_round(&shared, &answered, &declined) {
                 return_check = None;
             }
         }
+        // Marked returning since (out of touch, here or by a write): the
+        // return is checked from the next round on.
+        check_contact(&shared, &config, &answered);
+        if return_check.is_none() {
+            return_check = ReturnCheck::new(&shared, &config);
+        }
         if let Some(collector) = collector.as_mut() {
-            collector.on_round(&shared, &answered, catching_up).await;
+            collector
+                .on_round(&shared, &answered, &declined, catching_up)
+                .await;
         }
         if catching_up {
             let (merged, now) = (shared.merged(), Instant::now());
@@ -182,6 +180,17 @@ pub(crate) async fn run(
             catch_up.on_summaries(answered.iter().map(|(p, s)| (*p, s)), &merged);
             catch_up.on_held(&merged, &shared.peers(), now);
             publish(&shared, &catch_up, &status);
+        }
+        if !status.borrow().catching_up() {
+            // A fresh data dir holds what its peers held now (or it has
+            // none): from here on — this very round, not the next, which a
+            // freeze may put off for days — it is checked against
+            // collection floors like any node.
+            for &db in shared.dbs {
+                if shared.node.collection(db).is_some_and(|c| c.bootstrapping) {
+                    shared.node.mark_joined(db).await;
+                }
+            }
         }
     }
 }
