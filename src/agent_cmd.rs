@@ -115,11 +115,55 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(move || OneLineStderr { ansi })
         .try_init();
+}
+
+/// Stderr for log records (the formatter writes each whole), with control
+/// characters inside a record escaped: a field quoting client input (a
+/// backup path, an SQL error) cannot forge a log line of its own or make
+/// the log binary. `ansi`: the formatter's colour escapes are kept.
+struct OneLineStderr {
+    ansi: bool,
+}
+
+impl std::io::Write for OneLineStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr()
+            .lock()
+            .write_all(&escape_record(buf, self.ansi))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// One log record with its inner control characters escaped (`\n`,
+/// `\x00`…); its final newline kept.
+fn escape_record(buf: &[u8], ansi: bool) -> Vec<u8> {
+    let (body, end) = match buf.split_last() {
+        Some((b'\n', body)) => (body, &b"\n"[..]),
+        _ => (buf, &b""[..]),
+    };
+    let mut out = Vec::with_capacity(buf.len() + 8);
+    for &byte in body {
+        match byte {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(byte),
+            0x1b if ansi => out.push(byte),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{byte:02x}").as_bytes()),
+            _ => out.push(byte),
+        }
+    }
+    out.extend_from_slice(end);
+    out
 }
 
 async fn serve(config: Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
@@ -386,5 +430,21 @@ fn notify_systemd(state: &str) {
     });
     if let Err(e) = sent {
         tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_record;
+
+    #[test]
+    fn a_log_record_stays_one_line() {
+        let record = b"WARN backup failed target=/x\n2026 ERROR FAKE\x00\x1b[31m\n";
+        assert_eq!(
+            escape_record(record, false),
+            b"WARN backup failed target=/x\\n2026 ERROR FAKE\\x00\\x1b[31m\n".to_vec()
+        );
+        assert_eq!(escape_record(b"a\x1b[1mb\n", true), b"a\x1b[1mb\n".to_vec());
+        assert_eq!(escape_record(b"no end", false), b"no end".to_vec());
     }
 }

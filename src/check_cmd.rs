@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use patina_client::Client;
+use patina_client::{Client, Statement};
 use serde_json::Value as Json;
 
 use crate::cli::CheckArgs;
@@ -150,21 +150,42 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
         if diffs.is_empty() && problems.is_empty() {
             println!("{}", agreement(&nodes));
+            if !down.is_empty() {
+                println!(
+                    "{} down member(s) not compared (a crashed node is health's concern; a \
+                     re-seeded node's old actor stays down for good)",
+                    down.len()
+                );
+            }
             return Ok(());
         }
         for p in &problems {
             println!("not checked: {p}");
         }
         let mut why = Vec::new();
-        // A table some nodes lack is a schema difference, not lost rows.
-        let (schema, diffs): (Vec<TableDiff>, Vec<TableDiff>) =
-            diffs.into_iter().partition(|d| !d.missing.is_empty());
+        // A table some nodes lack, or whose columns differ between nodes
+        // (a column dropped or added on some only), is a schema
+        // difference, not lost rows: every row hashes differently then.
+        let mut schema = Vec::new();
+        let mut rows_differ = Vec::new();
+        for diff in diffs {
+            if !diff.missing.is_empty() || columns_differ(&diff, &nodes).await {
+                schema.push(diff);
+            } else {
+                rows_differ.push(diff);
+            }
+        }
+        let diffs = rows_differ;
         if !schema.is_empty() {
             let tables: Vec<String> = schema
                 .iter()
                 .map(|d| {
                     let lacking: Vec<String> = d.missing.iter().map(|&i| nodes[i].name()).collect();
-                    format!("{}.{} (not on {})", d.db, d.table, lacking.join(", "))
+                    if lacking.is_empty() {
+                        format!("{}.{} (its columns differ)", d.db, d.table)
+                    } else {
+                        format!("{}.{} (not on {})", d.db, d.table, lacking.join(", "))
+                    }
                 })
                 .collect();
             why.push(format!(
@@ -310,6 +331,33 @@ struct TableDiff {
     missing: Vec<usize>,
     /// Buckets whose hashes differ among the nodes that have the table.
     buckets: Vec<usize>,
+}
+
+/// Whether the nodes holding `diff`'s table name different columns for it
+/// (each asked through `/v1/queries`; a node that does not answer counts
+/// as not differing, so the rows' advice stands).
+async fn columns_differ(diff: &TableDiff, nodes: &[Peer]) -> bool {
+    let schema = if diff.db == "global" {
+        "global"
+    } else {
+        "main"
+    };
+    let statement = Statement::Positional(
+        "SELECT name FROM pragma_table_info(?1, ?2) ORDER BY cid".into(),
+        vec![Json::from(diff.table.clone()), Json::from(schema)],
+    );
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+    for &i in diff.nodes.iter().filter(|i| !diff.missing.contains(i)) {
+        let Ok(mut rows) = nodes[i].client.query(&statement).await else {
+            continue;
+        };
+        let mut columns = Vec::new();
+        while let Ok(Some(row)) = rows.next().await {
+            columns.extend(row.first().and_then(Json::as_str).map(str::to_owned));
+        }
+        seen.insert(columns);
+    }
+    seen.len() > 1
 }
 
 fn compare(nodes: &[Peer]) -> Vec<TableDiff> {

@@ -279,7 +279,12 @@ fn print_health(report: &Json, json: bool) {
         return;
     }
     let field = |k: &str| cell(report.get(k).unwrap_or(&Json::Null));
-    let status = if report.get("reason").is_some_and(|r| !r.is_null()) {
+    let flag = |k: &str| report.get(k).and_then(Json::as_bool) == Some(true);
+    let status = if flag("stale") {
+        "not healthy (stale: re-seed it, see the reason)"
+    } else if flag("returning") {
+        "not healthy (returning: checking with its peers)"
+    } else if report.get("reason").is_some_and(|r| !r.is_null()) {
         "not healthy"
     } else {
         "healthy"

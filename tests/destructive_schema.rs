@@ -144,6 +144,14 @@ fn a_column_and_a_table_dropped_node_by_node_keep_everything_else_flowing() {
         ]
     );
 
+    // `patina check` sees a schema difference, not rows to re-seed.
+    let (ok, out, err) = a.cli(&["check", "--peer", &b.addr, "--attempts", "1"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("regional.machines (its columns differ)") && !err.contains("Re-seed"),
+        "{out}\n{err}"
+    );
+
     // Separately, a drops table services; b writes it, alone and in a
     // transaction with machines.
     write_schema(da.path(), MACHINES_NO_ZONE, false);

@@ -147,11 +147,18 @@ pub(crate) async fn health(
     let thresholds = Thresholds::parse(raw_query.as_deref())?;
     let report = state.cluster.health();
     let collection = state.node.collection(patina_node::DbKind::Regional);
-    let (stale, returning) = (collection.stale, collection.returning);
+    // A stale node waits for re-seeding, not for a return check or a
+    // catch-up (it pulls nothing): its reason says only that.
+    let (stale, returning) = match collection.stale {
+        Some(stale) => (Some(stale), None),
+        None => (None, collection.returning),
+    };
     let mut reasons: Vec<String> = stale.iter().chain(&returning).cloned().collect();
-    reasons.extend(report.catch_up.reason.iter().cloned());
-    if report.catching_up && reasons.is_empty() {
-        reasons.push("catching up".to_owned());
+    if stale.is_none() {
+        reasons.extend(report.catch_up.reason.iter().cloned());
+        if report.catching_up && reasons.is_empty() {
+            reasons.push("catching up".to_owned());
+        }
     }
     reasons.extend(thresholds.exceeded(&report));
     if thresholds.require_rollups {

@@ -30,6 +30,14 @@ fn drops_of(body: &[u8]) -> Result<Drops, ApiError> {
     }
     let value: Json =
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    // serde_json keeps the last of repeated keys: `{"allow_destructive":
+    // false, "allow_destructive": true}` must not drop anything quietly.
+    if let Some(key) = repeated_key(body) {
+        return Err(ApiError::BadRequest(format!(
+            "key {:?} appears twice: {SHAPE}",
+            clip(&key)
+        )));
+    }
     let Json::Object(fields) = value else {
         return Err(ApiError::BadRequest(SHAPE.into()));
     };
@@ -53,6 +61,32 @@ fn drops_of(body: &[u8]) -> Result<Drops, ApiError> {
         }
     }
     Ok(drops)
+}
+
+/// The first key an object body repeats at its top level (the body is
+/// known to be JSON).
+fn repeated_key(body: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::de::Visitor<'de> for &mut Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) && self.0.is_none() {
+                    self.0 = Some(key);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut keys = Keys(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::Deserializer::deserialize_map(&mut de, &mut keys).ok()?;
+    keys.0
 }
 
 pub(crate) async fn handle(
@@ -93,6 +127,16 @@ pub(crate) async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_key_is_refused() {
+        let err = drops_of(br#"{"allow_destructive":false,"allow_destructive":true}"#);
+        assert!(
+            matches!(&err, Err(ApiError::BadRequest(m)) if m.contains("appears twice")),
+            "{err:?}"
+        );
+        assert_eq!(repeated_key(br#"{"a":{"b":1,"b":2}}"#), None);
+    }
 
     #[test]
     fn bodies() {

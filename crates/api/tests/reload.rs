@@ -68,6 +68,15 @@ async fn bad_bodies_are_refused() {
         assert_eq!(r.status, 400, "{body}");
         assert!(r.error().contains("allow_destructive"), "{}", r.error());
     }
+    // A repeated key is refused, whatever its last value.
+    let r = s
+        .post_raw(
+            "/v1/reload",
+            r#"{"allow_destructive":false,"allow_destructive":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("appears twice"), "{}", r.error());
     assert_eq!(s.get("/v1/reload").await.status, 405);
     // An oversized body gets the API's JSON 413, not a plain-text one.
     let r = s.post_raw("/v1/reload", " ".repeat(3 << 20)).await;

@@ -213,7 +213,8 @@ pub(crate) fn check_return(
     let reason = format!(
         "this node is back ({away}): peers may have collected deletes it missed, so it takes \
          writes again once it has caught up with a peer and found it missed none; write to \
-         another node meanwhile"
+         another node meanwhile (if no other node of this region will come back, see \
+         docs/operations.md \"A node back after a long absence\")"
     );
     tracing::warn!(db = DB.name(), "{reason}");
     node.mark_returning(DB, reason);
