@@ -61,9 +61,9 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let manifest = read_manifest(&args.from)?;
     let restored = patina_node::restore(&args.from, &manifest, &args.data_dir)?;
     println!(
-        "restored the backup of actor {} (taken at {} ms since the epoch) into {} in {:.2} s",
+        "restored the backup of actor {} (taken {}) into {} in {:.2} s",
         restored.old_actor,
-        manifest.taken_unix_ms,
+        utc(manifest.taken_unix_ms),
         args.data_dir.display(),
         restored.took.as_secs_f64()
     );
@@ -92,7 +92,35 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unix milliseconds as a UTC date and time, `2026-12-04 17:05:31 UTC`.
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn read_manifest(dir: &Path) -> anyhow::Result<BackupManifest> {
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a directory: give the directory `patina backup --to` wrote",
+            dir.display()
+        );
+    }
     let path = dir.join(MANIFEST_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -109,4 +137,16 @@ fn read_manifest(dir: &Path) -> anyhow::Result<BackupManifest> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn backup_times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_401_685_568), "2026-12-04 16:28:05 UTC");
+    }
 }

@@ -325,7 +325,8 @@ impl ClusterSide {
         let mut out = vec![info(&self.me, MemberState::Alive, None)];
         out.extend(self.members.borrow().iter().map(|m| {
             let rtt = self.counters.rtt(m.identity.addr);
-            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+            // Microseconds are all a round trip measures.
+            let rtt_ms = rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1000.0);
             info(&m.identity, member_state(m.state), rtt_ms)
         }));
         out

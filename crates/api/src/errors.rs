@@ -41,7 +41,7 @@ impl BadRequestKind {
 pub(crate) enum ApiError {
     #[error("expected `content-type: application/json`, got {0}: send the body as JSON with that header")]
     ContentType(String),
-    #[error("request body is larger than this server's limit of {limit} bytes: split it into several requests")]
+    #[error("request body is larger than this route's limit of {limit} bytes (a transaction that large: split it into several requests)")]
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),

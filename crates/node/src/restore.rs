@@ -208,6 +208,12 @@ fn prepare_data_dir(path: &Path) -> Result<(), RestoreError> {
         path: path.to_owned(),
         source,
     };
+    if path.exists() && !path.is_dir() {
+        return Err(RestoreError::NotEmpty {
+            path: path.to_owned(),
+            entries: "a file, not a directory".to_owned(),
+        });
+    }
     fs::create_dir_all(path).map_err(io)?;
     let mut names = Vec::new();
     for entry in fs::read_dir(path).map_err(io)? {

@@ -381,4 +381,9 @@ async fn restores_from_mismatched_backups_and_into_used_data_dirs_are_refused() 
     restore(&other_backup, &other_manifest, &fresh).unwrap();
     let err = restore(&other_backup, &other_manifest, &fresh).unwrap_err();
     assert!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
+    // Onto a file.
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = restore(&other_backup, &other_manifest, &file).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
 }
