@@ -469,13 +469,15 @@ mod tests {
     /// it (no loss); returns how many members never got it.
     fn gossip_misses(config: &BroadcastConfig, n: u32, seed: u64) -> usize {
         let policy = config.forward_policy(true);
-        let all: Vec<u32> = (0..n).collect();
-        let peers_of = |m: u32| -> Vec<u32> { all.iter().copied().filter(|&p| p != m).collect() };
+        let peers: Vec<Vec<u32>> = (0..n)
+            .map(|m| (0..n).filter(|&p| p != m).collect())
+            .collect();
+        let peers_of = |m: u32| -> &[u32] { &peers[m as usize] };
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut got = vec![false; n as usize];
         got[0] = true;
         let mut pending: Vec<(u32, u32)> = config
-            .targets(&0, &Hop::Local, &peers_of(0), seed, &mut rng)
+            .targets(&0, &Hop::Local, peers_of(0), seed, &mut rng)
             .into_iter()
             .map(|to| (0, to))
             .collect();
@@ -483,13 +485,13 @@ mod tests {
             let fresh = !got[to as usize];
             got[to as usize] = true;
             let peers = peers_of(to);
-            let forward = policy.on_arrival(from, from == 0, &peers);
+            let forward = policy.on_arrival(from, from == 0, peers);
             let hop = match forward {
                 Forward::OnArrival(hop) => Some(hop),
                 other => other.on_applied(fresh),
             };
             if let Some(hop) = hop {
-                for next in config.targets(&to, &hop, &peers, seed, &mut rng) {
+                for next in config.targets(&to, &hop, peers, seed, &mut rng) {
                     pending.push((to, next));
                 }
             }
@@ -504,13 +506,13 @@ mod tests {
     #[test]
     fn gossip_reaches_everyone_with_the_grown_fanout() {
         let config = BroadcastConfig::default();
-        let spreads = 300u64;
-        for n in [17, 40, 125, 300] {
+        let spreads = 100u64;
+        for n in [17, 40, 125, 250] {
             let incomplete = (0..spreads)
                 .filter(|&seed| gossip_misses(&config, n, seed) > 0)
                 .count();
             assert!(
-                incomplete <= 6,
+                incomplete <= 3,
                 "n {n}: {incomplete} of {spreads} spreads missed someone"
             );
         }
