@@ -35,27 +35,9 @@ use patina_transport::{Inbound, Transport};
 pub use identity::{CodecError, SwimId, WireCodec};
 pub use persist::PERSISTED_MEMBERS_MAX;
 pub use tuning::{
-    SwimTuning, LAN_PROBE_PERIOD, LAN_PROBE_RTT, LAN_SUSPICION_BASE, LAN_SUSPICION_PER_DOUBLING,
-    TUNED_SIZE_MIN,
+    SwimProfile, SwimTuning, LAN_PROBE_PERIOD, LAN_PROBE_RTT, LAN_SUSPICION_BASE,
+    LAN_SUSPICION_PER_DOUBLING, MAX_PACKET_BYTES, TUNED_SIZE_MIN,
 };
-
-/// foca's packet limit. A QUIC datagram carries at least ~1160 bytes (the
-/// 1200-byte minimum path MTU less QUIC's headers); the cluster tag takes
-/// up to 66 more; 1024 fits with any cluster name.
-pub const MAX_PACKET_BYTES: usize = 1024;
-
-/// Which of foca's timing profiles a cluster runs ([`SwimTuning`] sets
-/// them for the cluster's size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SwimProfile {
-    /// A region: members a millisecond apart; probes every 300 ms,
-    /// suspicion of 2–3 s.
-    Lan,
-    /// The global cluster: members on other continents, 100–300 ms
-    /// round trips and lossier paths; probes every 5 s and ≈ 36 s of
-    /// suspicion so a slow path is not mistaken for a dead member.
-    Wan,
-}
 
 /// Datagram sends in flight at once; past this, foca's packets are
 /// dropped (SWIM tolerates loss; the next probe round retries).
@@ -74,9 +56,6 @@ pub const LEAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Capacity of the channel [`route_datagrams`] fills; when full, datagrams
 /// are dropped (SWIM tolerates loss).
 pub const DATAGRAM_QUEUE_CAPACITY: usize = 1024;
-
-/// How often announces go to members held as down (partition healing).
-pub(crate) const DOWN_MEMBERS_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A bootstrap host name that does not resolve within this is skipped
 /// until the next retry.

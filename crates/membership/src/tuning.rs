@@ -14,7 +14,26 @@
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use crate::{SwimProfile, DOWN_MEMBERS_ANNOUNCE_INTERVAL, MAX_PACKET_BYTES};
+/// foca's packet limit. A QUIC datagram carries at least ~1160 bytes (the
+/// 1200-byte minimum path MTU less QUIC's headers); the cluster tag takes
+/// up to 66 more; 1024 fits with any cluster name.
+pub const MAX_PACKET_BYTES: usize = 1024;
+
+/// Which of foca's timing profiles a cluster runs ([`SwimTuning`] sets
+/// them for the cluster's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwimProfile {
+    /// A region: members a millisecond apart; probes every 300 ms,
+    /// suspicion of 2–3 s.
+    Lan,
+    /// The global cluster: members on other continents, 100–300 ms
+    /// round trips and lossier paths; probes every 5 s and ≈ 36 s of
+    /// suspicion so a slow path is not mistaken for a dead member.
+    Wan,
+}
+
+/// How often announces go to members held as down (partition healing).
+const DOWN_MEMBERS_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The smallest size the tuning assumes: clusters of up to this many
 /// members run the settings for it.
@@ -22,8 +41,8 @@ pub const TUNED_SIZE_MIN: u32 = 16;
 
 /// A region's probe period. With members a millisecond apart, a probe
 /// every 300 ms finds a crashed member ≈ 3× sooner than foca's 1 s LAN
-/// default, for one ping and ack per member per period (≈ 60 encoded
-/// bytes each).
+/// default, for a ping and an ack per member per period (≈ 3× the
+/// membership bytes).
 pub const LAN_PROBE_PERIOD: Duration = Duration::from_millis(300);
 
 /// A region's probe round trip before indirect probes go out; the
@@ -294,7 +313,7 @@ mod tests {
 
     #[test]
     fn foca_accepts_every_re_tuning() {
-        use crate::{SwimId, WireCodec};
+        use crate::identity::{SwimId, WireCodec};
         use patina_wire::{ActorId, ClusterName, NodeIdentity};
         use rand::rngs::StdRng;
         use rand::SeedableRng;
