@@ -77,7 +77,7 @@ impl Default for SimConfig {
             keep_samples: false,
             script: Vec::new(),
             fanout: 3,
-            gossip_margin: 5,
+            gossip_margin: patina_proto::BroadcastConfig::default().gossip_margin,
             swim_cluster_size: 0,
         }
     }

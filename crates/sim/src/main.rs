@@ -42,7 +42,7 @@ struct Args {
     fanout: usize,
     /// Beyond the two-hop tree, gossip pushes to ⌈ln N⌉ + this many peers
     /// (the agent's is 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = patina_proto::BroadcastConfig::default().gossip_margin)]
     gossip_margin: usize,
     /// Run the report's scenarios at `--report-sizes` and write figures
     /// and report.md into this directory (uses --seconds and --seed).
