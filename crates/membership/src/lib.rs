@@ -13,10 +13,10 @@
 
 mod identity;
 mod persist;
+mod tuning;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,28 +34,10 @@ use patina_transport::{Inbound, Transport};
 
 pub use identity::{CodecError, SwimId, WireCodec};
 pub use persist::PERSISTED_MEMBERS_MAX;
-
-/// foca's packet limit. A QUIC datagram carries at least ~1160 bytes (the
-/// 1200-byte minimum path MTU less QUIC's headers); the cluster tag takes
-/// up to 66 more; 1024 fits with any cluster name.
-pub const MAX_PACKET_BYTES: usize = 1024;
-
-/// The cluster size foca's LAN profile is tuned for (how often updates are
-/// retransmitted, how long suspicion lasts). Larger clusters still work;
-/// updates then take a few more rounds.
-pub const EXPECTED_CLUSTER_SIZE: u32 = 16;
-
-/// Which of foca's timing profiles a cluster runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SwimProfile {
-    /// A region: members a millisecond apart; probes every 1.5 s,
-    /// suspicion resolved within seconds.
-    Lan,
-    /// The global cluster: members on other continents, 100–300 ms
-    /// round trips and lossier paths; slower probes and longer suspicion
-    /// so a slow path is not mistaken for a dead member.
-    Wan,
-}
+pub use tuning::{
+    SwimProfile, SwimTuning, LAN_PROBE_PERIOD, LAN_PROBE_RTT, LAN_SUSPICION_BASE,
+    LAN_SUSPICION_PER_DOUBLING, MAX_PACKET_BYTES, TUNED_SIZE_MIN,
+};
 
 /// Datagram sends in flight at once; past this, foca's packets are
 /// dropped (SWIM tolerates loss; the next probe round retries).
@@ -74,9 +56,6 @@ pub const LEAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Capacity of the channel [`route_datagrams`] fills; when full, datagrams
 /// are dropped (SWIM tolerates loss).
 pub const DATAGRAM_QUEUE_CAPACITY: usize = 1024;
-
-/// How often announces go to members held as down (partition healing).
-const DOWN_MEMBERS_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A bootstrap host name that does not resolve within this is skipped
 /// until the next retry.
@@ -152,12 +131,13 @@ impl Membership {
             .iter()
             .filter(|m| m.actor != identity.actor && m.cluster == identity.cluster)
             .count();
-        let foca = new_foca(identity.clone(), profile);
+        let tuning = SwimTuning::adaptive(profile);
+        let foca = new_foca(identity.clone(), tuning.config());
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(1);
         let swim = Swim {
             foca,
-            profile,
+            tuning,
             transport,
             members_file,
             members_tx,
@@ -275,9 +255,8 @@ impl Effects {
 
 type SwimFoca = Foca<SwimId, WireCodec, StdRng, NoCustomBroadcast>;
 
-/// A foca for `identity` with Patina's settings.
-fn new_foca(identity: NodeIdentity, profile: SwimProfile) -> SwimFoca {
-    let config = foca_config(profile, EXPECTED_CLUSTER_SIZE);
+/// A foca for `identity` with `config` (from the [`SwimTuning`]).
+fn new_foca(identity: NodeIdentity, config: foca::Config) -> SwimFoca {
     let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
     Foca::new(
         SwimId(identity.clone()),
@@ -287,32 +266,10 @@ fn new_foca(identity: NodeIdentity, profile: SwimProfile) -> SwimFoca {
     )
 }
 
-/// foca's configuration as Patina runs it, for a cluster tuned for
-/// `cluster_size` members ([`EXPECTED_CLUSTER_SIZE`] here). Public so that
-/// the fleet simulator (`patina-sim`) drives foca with exactly these
-/// settings.
-pub fn foca_config(profile: SwimProfile, cluster_size: u32) -> foca::Config {
-    let size = NonZeroU32::new(cluster_size).unwrap_or(NonZeroU32::MIN);
-    let mut config = match profile {
-        SwimProfile::Lan => foca::Config::new_lan(size),
-        SwimProfile::Wan => foca::Config::new_wan(size),
-    };
-    config.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).unwrap_or(NonZeroUsize::MIN);
-    // After a partition heals, each side holds the other as down and
-    // SWIM never probes down members: only these announces reconnect
-    // them. The LAN profile's 65 s leaves a healed region split for a
-    // minute; 2 s costs two small packets per node every 2 s, and only
-    // while some member is down.
-    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: DOWN_MEMBERS_ANNOUNCE_INTERVAL,
-        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
-    });
-    config
-}
-
 struct Swim {
     foca: SwimFoca,
-    profile: SwimProfile,
+    /// foca's settings for the cluster's size, re-tuned after every call.
+    tuning: SwimTuning,
     transport: Transport,
     members_file: PathBuf,
     members_tx: watch::Sender<Vec<Member>>,
@@ -390,7 +347,7 @@ impl Swim {
             .map(|m| m.id().clone())
             .filter(|m| m.0.actor != id.0.actor)
             .collect();
-        self.foca = new_foca(id.0, self.profile);
+        self.foca = new_foca(id.0, self.tuning.config());
         // Timers of the old foca must not reach the new one.
         self.effects.timers.clear();
         for member in known {
@@ -459,9 +416,26 @@ impl Swim {
         if changed {
             self.dirty = true;
         }
+        self.retune();
         // Alive/suspect transitions do not notify: publish compares.
         self.publish();
         self.flush_sends();
+    }
+
+    /// Hands foca the settings for the cluster's current size when it
+    /// moved to another power of two (see [`SwimTuning`]).
+    fn retune(&mut self) {
+        let members = self.foca.num_members() + 1;
+        if let Some(config) = self.tuning.observe(members) {
+            match self.foca.set_config(config) {
+                Ok(()) => tracing::debug!(
+                    members,
+                    tuned_for = self.tuning.tuned_for(),
+                    "SWIM re-tuned for the cluster's size"
+                ),
+                Err(e) => tracing::warn!(error = %e, "SWIM re-tuning refused"),
+            }
+        }
     }
 
     fn publish(&mut self) {

@@ -35,10 +35,18 @@ pub struct BroadcastConfig {
     /// each relay to its share of the rest; every member gets it once and
     /// the origin pays `fanout` pushes, not N−1 (in a 10-node region, 3
     /// instead of 9: pushes were most of what replication cost the writing
-    /// node). Beyond, infect-and-die gossip with `fanout`: random
-    /// forwarding misses some node for ≈ 14 % of writes already at 10
-    /// nodes (simulated), and sync repairs those. 15.
+    /// node). Beyond, infect-and-die gossip with
+    /// [`gossip_fanout`](Self::gossip_fanout) peers. 15.
     pub tree_max_peers: usize,
+    /// Beyond the tree, every node that gets a version new to it pushes to
+    /// ⌈ln N⌉ + `gossip_margin` peers (N members). Infect-and-die gossip
+    /// misses a given member with probability ≈ e^−fanout whatever N, so a
+    /// fixed fanout of 3 missed ≈ 5 % of a 125-node region on every write
+    /// and sync's repair (100–400 ms) set the region's p99; ⌈ln N⌉ keeps
+    /// the expected number of members missed per write at ≈ e^−margin
+    /// (0.7 % of writes miss someone at margin 5), at N·fanout pushes per
+    /// write. 5.
+    pub gossip_margin: usize,
     /// Bytes of pending sends (by [`chunk_bytes`]). 8 MiB: about two
     /// seconds of pushes on a 32 Mbit/s link; beyond that a peer is
     /// better served by sync.
@@ -52,6 +60,7 @@ impl Default for BroadcastConfig {
         BroadcastConfig {
             fanout: 3,
             tree_max_peers: 15,
+            gossip_margin: 5,
             queued_bytes_max: 8 * 1024 * 1024,
             queued_sends_max: 16_384,
         }
@@ -63,6 +72,14 @@ impl BroadcastConfig {
     /// `enabled`: broadcast is on.
     pub fn forward_policy(&self, enabled: bool) -> ForwardPolicy {
         ForwardPolicy::new(enabled, self.fanout, self.tree_max_peers)
+    }
+
+    /// Peers each gossiping node pushes a version to in a cluster of
+    /// `members` (this node included) too large for the tree: ⌈ln
+    /// `members`⌉ + `gossip_margin`, never fewer than `fanout`.
+    pub fn gossip_fanout(&self, members: usize) -> usize {
+        let ln = (members.max(1) as f64).ln().ceil() as usize;
+        (ln + self.gossip_margin).max(self.fanout)
     }
 
     /// The peers `me` pushes a version to, given how it got here and the
@@ -89,14 +106,14 @@ impl BroadcastConfig {
                     let order = tree_order(peers.to_vec(), spread);
                     order[..self.fanout].to_vec()
                 } else {
-                    choose_peers(peers, self.fanout, rng)
+                    choose_peers(peers, self.gossip_fanout(peers.len() + 1), rng)
                 }
             }
             Hop::Relayed => {
                 if peers.len() <= self.tree_max_peers {
                     peers.to_vec()
                 } else {
-                    choose_peers(peers, self.fanout, rng)
+                    choose_peers(peers, self.gossip_fanout(peers.len() + 1), rng)
                 }
             }
             Hop::Received { from, from_origin } => {
@@ -121,7 +138,7 @@ impl BroadcastConfig {
                     }
                     Role::Gossip => {
                         let candidates: Vec<P> = others.cloned().collect();
-                        choose_peers(&candidates, self.fanout, rng)
+                        choose_peers(&candidates, self.gossip_fanout(peers.len() + 1), rng)
                     }
                 }
             }
@@ -300,7 +317,10 @@ mod tests {
         assert_eq!(policy.on_arrival(0, false, &peers), Forward::Never);
         // Beyond the tree, receivers gossip what is new to them.
         let peers: Vec<u32> = (1..=40).collect();
-        assert_eq!(targets(&config, 0, Hop::Relayed, &peers, 7).len(), 3);
+        assert_eq!(
+            targets(&config, 0, Hop::Relayed, &peers, 7).len(),
+            config.gossip_fanout(41)
+        );
         assert!(matches!(
             policy.on_arrival(0, false, &peers),
             Forward::IfFresh(_)
@@ -369,7 +389,7 @@ mod tests {
     fn a_chunk_the_forward_policy_keeps_has_no_targets() {
         let config = BroadcastConfig::default();
         let policy = config.forward_policy(true);
-        for n in 1..=20u32 {
+        for n in (1..=20u32).chain([60, 125, 200]) {
             let peers: Vec<u32> = (1..=n).collect();
             for from_origin in [true, false] {
                 for spread in 0..n as u64 {
@@ -398,11 +418,12 @@ mod tests {
     }
 
     #[test]
-    fn large_clusters_gossip_with_fanout_never_back_to_the_sender() {
+    fn large_clusters_gossip_with_the_grown_fanout_never_back_to_the_sender() {
         let config = BroadcastConfig::default();
         let members: Vec<u32> = (1..=20).collect();
+        let fanout = config.gossip_fanout(21);
         let local = targets(&config, 0, Hop::Local, &members, 3);
-        assert_eq!(local.len(), config.fanout);
+        assert_eq!(local.len(), fanout);
         for spread in 0..50 {
             for from_origin in [true, false] {
                 let hop = Hop::Received {
@@ -410,10 +431,101 @@ mod tests {
                     from_origin,
                 };
                 let t = targets(&config, 0, hop, &members, spread);
-                assert_eq!(t.len(), config.fanout);
+                assert_eq!(t.len(), fanout);
                 assert!(!t.contains(&5));
             }
         }
+    }
+
+    #[test]
+    fn the_gossip_fanout_grows_with_the_log_of_the_cluster() {
+        let config = BroadcastConfig::default();
+        // ⌈ln N⌉ + 5.
+        assert_eq!(config.gossip_fanout(17), 8);
+        assert_eq!(config.gossip_fanout(20), 8);
+        assert_eq!(config.gossip_fanout(21), 9);
+        assert_eq!(config.gossip_fanout(125), 10);
+        assert_eq!(config.gossip_fanout(1_000), 12);
+        assert_eq!(config.gossip_fanout(5_000), 14);
+        let no_margin = BroadcastConfig {
+            gossip_margin: 0,
+            ..BroadcastConfig::default()
+        };
+        assert_eq!(no_margin.gossip_fanout(125), 5);
+        // Never below the base fanout.
+        let wide = BroadcastConfig {
+            fanout: 12,
+            ..BroadcastConfig::default()
+        };
+        assert_eq!(wide.gossip_fanout(125), 12);
+        // The tree and the direct pushes keep the base fanout.
+        let peers: Vec<u32> = (1..=10).collect();
+        assert_eq!(targets(&config, 0, Hop::Local, &peers, 1).len(), 3);
+        assert_eq!(targets(&config, 0, Hop::Local, &[1, 2], 1).len(), 2);
+    }
+
+    /// Spreads one version from member 0 over `n` members by
+    /// infect-and-die gossip, as `targets` and the forward policy direct
+    /// it (no loss); returns how many members never got it.
+    fn gossip_misses(config: &BroadcastConfig, n: u32, seed: u64) -> usize {
+        let policy = config.forward_policy(true);
+        let peers: Vec<Vec<u32>> = (0..n)
+            .map(|m| (0..n).filter(|&p| p != m).collect())
+            .collect();
+        let peers_of = |m: u32| -> &[u32] { &peers[m as usize] };
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut got = vec![false; n as usize];
+        got[0] = true;
+        let mut pending: Vec<(u32, u32)> = config
+            .targets(&0, &Hop::Local, peers_of(0), seed, &mut rng)
+            .into_iter()
+            .map(|to| (0, to))
+            .collect();
+        while let Some((from, to)) = pending.pop() {
+            let fresh = !got[to as usize];
+            got[to as usize] = true;
+            let peers = peers_of(to);
+            let forward = policy.on_arrival(from, from == 0, peers);
+            let hop = match forward {
+                Forward::OnArrival(hop) => Some(hop),
+                other => other.on_applied(fresh),
+            };
+            if let Some(hop) = hop {
+                for next in config.targets(&to, &hop, peers, seed, &mut rng) {
+                    pending.push((to, next));
+                }
+            }
+        }
+        got.iter().filter(|g| !**g).count()
+    }
+
+    /// Seeded: with the grown fanout a version reaches every member in
+    /// nearly every spread — infect-and-die misses a member with
+    /// probability ≈ e^−fanout, so ≈ N·e^−(⌈ln N⌉ + 5) ≤ e^−5 ≈ 0.7 % of
+    /// spreads miss one (sync repairs those) — at every size.
+    #[test]
+    fn gossip_reaches_everyone_with_the_grown_fanout() {
+        let config = BroadcastConfig::default();
+        let spreads = 100u64;
+        for n in [17, 40, 125, 250] {
+            let incomplete = (0..spreads)
+                .filter(|&seed| gossip_misses(&config, n, seed) > 0)
+                .count();
+            assert!(
+                incomplete <= 3,
+                "n {n}: {incomplete} of {spreads} spreads missed someone"
+            );
+        }
+        // Without the margin (fanout ⌈ln 125⌉ = 5) ≈ 124·e^−5 ≈ 0.8
+        // members miss each spread: the margin is what makes it whole.
+        let no_margin = BroadcastConfig {
+            gossip_margin: 0,
+            ..BroadcastConfig::default()
+        };
+        let incomplete = (0..spreads)
+            .filter(|&seed| gossip_misses(&no_margin, 125, seed) > 0)
+            .count();
+        assert!(incomplete as u64 > spreads / 4, "{incomplete}");
     }
 
     #[test]

@@ -62,7 +62,10 @@ impl<P> Forward<P> {
 }
 
 /// Forwarding of received chunks, from the broadcast shape
-/// (`BroadcastConfig::forward_policy`).
+/// (`BroadcastConfig::forward_policy`). Only the base `fanout` and the
+/// tree's size decide a role; how many peers a gossiping node pushes to
+/// (`BroadcastConfig::gossip_fanout`, grown with the cluster) changes who
+/// gets a chunk, not whether a receiver forwards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardPolicy {
     enabled: bool,

@@ -28,11 +28,16 @@ pub struct SimConfig {
     pub keep_samples: bool,
     /// Faults at fixed times (the report's scenarios), besides `faults`.
     pub script: Vec<ScriptedFault>,
-    /// Broadcast fanout (the agent's is 3): to see what another would do.
+    /// Broadcast base fanout (the agent's is 3: direct pushes and the
+    /// tree's relays; the gossip fanout is never below it): to see what
+    /// another would do.
     pub fanout: usize,
-    /// The cluster size foca's timings are tuned for (the agent's
-    /// `EXPECTED_CLUSTER_SIZE`, 16): how often an update is retransmitted
-    /// and how long suspicion lasts grow with it.
+    /// Beyond the two-hop tree, gossip pushes to ⌈ln N⌉ + this many peers
+    /// (the agent's `BroadcastConfig::gossip_margin`, 5).
+    pub gossip_margin: usize,
+    /// 0: foca tuned for each cluster's actual size, as the agent does
+    /// (`SwimTuning::adaptive`). Otherwise foca's own profile pinned at
+    /// this size (`SwimTuning::fixed`; 16 is what the agent ran before).
     pub swim_cluster_size: u32,
 }
 
@@ -72,7 +77,8 @@ impl Default for SimConfig {
             keep_samples: false,
             script: Vec::new(),
             fanout: 3,
-            swim_cluster_size: patina_membership::EXPECTED_CLUSTER_SIZE,
+            gossip_margin: patina_proto::BroadcastConfig::default().gossip_margin,
+            swim_cluster_size: 0,
         }
     }
 }

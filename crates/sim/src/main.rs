@@ -36,18 +36,30 @@ struct Args {
     /// Longest quiescence before declaring the run non-convergent, s.
     #[arg(long, default_value_t = 60)]
     quiesce_max: u64,
-    /// Broadcast fanout (the agent's is 3), to try another.
+    /// Broadcast base fanout (the agent's is 3: direct pushes and the
+    /// two-hop tree's relays), to try another.
     #[arg(long, default_value_t = 3)]
     fanout: usize,
+    /// Beyond the two-hop tree, gossip pushes to ⌈ln N⌉ + this many peers
+    /// (the agent's is 5).
+    #[arg(long, default_value_t = patina_proto::BroadcastConfig::default().gossip_margin)]
+    gossip_margin: usize,
     /// Run the report's scenarios at `--report-sizes` and write figures
     /// and report.md into this directory (uses --seconds and --seed).
     #[arg(long)]
     report: Option<std::path::PathBuf>,
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 5000])]
     report_sizes: Vec<usize>,
-    /// The cluster size foca's timings are tuned for (the agent's is 16).
-    #[arg(long, default_value_t = patina_membership::EXPECTED_CLUSTER_SIZE)]
+    /// 0: foca tuned for each cluster's actual size, as the agent does.
+    /// Otherwise foca's own profile pinned at this size (16 is what the
+    /// agent ran before it adapted).
+    #[arg(long, default_value_t = 0)]
     swim_cluster_size: u32,
+    /// Run one of the report's scenarios (steady, lossy, idle, crash,
+    /// region_partition, global_partition) at `--nodes`, with --seconds
+    /// and --seed, as `--report` would, and print its result.
+    #[arg(long)]
+    scenario: Option<String>,
     /// Print one JSON object (one per line with --seeds).
     #[arg(long)]
     json: bool,
@@ -55,6 +67,15 @@ struct Args {
 
 impl Args {
     fn config(&self, seed: u64) -> SimConfig {
+        if let Some(name) = &self.scenario {
+            return SimConfig {
+                fanout: self.fanout,
+                gossip_margin: self.gossip_margin,
+                swim_cluster_size: self.swim_cluster_size,
+                keep_samples: false,
+                ..patina_sim::suite::scenario(name, self.nodes, self.seconds, seed)
+            };
+        }
         SimConfig {
             nodes: self.nodes,
             regions: self.regions,
@@ -66,6 +87,7 @@ impl Args {
             writes_per_region_s: self.writes_per_region_s,
             quiesce_max_s: self.quiesce_max,
             fanout: self.fanout,
+            gossip_margin: self.gossip_margin,
             swim_cluster_size: self.swim_cluster_size,
             ..SimConfig::default()
         }
@@ -73,8 +95,14 @@ impl Args {
 
     /// The command that replays `seed` alone.
     fn replay(&self, seed: u64) -> String {
+        if let Some(name) = &self.scenario {
+            return format!(
+                "cargo run --release -p patina-sim -- --scenario {name} --nodes {} --seconds {} --seed {seed} --fanout {} --gossip-margin {} --swim-cluster-size {} --json",
+                self.nodes, self.seconds, self.fanout, self.gossip_margin, self.swim_cluster_size,
+            );
+        }
         format!(
-            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --fanout {} --swim-cluster-size {} --json",
+            "cargo run --release -p patina-sim -- --nodes {} --regions {} --global-per-region {} --seconds {} --loss {} --seed {}{} --writes-per-region-s {} --quiesce-max {} --fanout {} --gossip-margin {} --swim-cluster-size {} --json",
             self.nodes,
             self.regions,
             self.global_per_region,
@@ -85,6 +113,7 @@ impl Args {
             self.writes_per_region_s,
             self.quiesce_max,
             self.fanout,
+            self.gossip_margin,
             self.swim_cluster_size,
         )
     }
@@ -129,6 +158,14 @@ fn main() -> anyhow::Result<()> {
         })
         .context("the report")?;
         return Ok(());
+    }
+    if let Some(name) = &args.scenario {
+        if !patina_sim::suite::SCENARIOS.contains(&name.as_str()) {
+            bail!(
+                "--scenario {name}: not one of {}",
+                patina_sim::suite::SCENARIOS.join(", ")
+            );
+        }
     }
     let count = args.seeds.unwrap_or(1);
     let mut failed = Vec::new();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{Foca, NoCustomBroadcast, OwnedNotification, Timer};
-use patina_membership::{SwimId, WireCodec};
+use patina_membership::{SwimId, SwimTuning, WireCodec};
 use patina_proto::{
     Bookkeeper, BroadcastConfig, BroadcastQueue, PlannerConfig, PullSession, QueuedVersions,
     RollupSchedule, ServeSession, SyncPace, SyncPlanner,
@@ -115,6 +115,8 @@ pub struct Presence {
     pub cluster: Cluster,
     pub name: ClusterName,
     pub foca: SimFoca,
+    /// foca's settings for the cluster's size (the agent's `SwimTuning`).
+    pub tuning: SwimTuning,
     /// Raised when foca is replaced (a rejoin): timers of the old foca
     /// are dropped, as the agent clears them.
     pub foca_incarnation: u32,
@@ -142,6 +144,7 @@ impl Presence {
         cluster: Cluster,
         name: ClusterName,
         foca: SimFoca,
+        tuning: SwimTuning,
         bootstrap: Vec<SwimId>,
         broadcast: BroadcastConfig,
     ) -> Self {
@@ -149,6 +152,7 @@ impl Presence {
             cluster,
             name,
             foca,
+            tuning,
             foca_incarnation: 0,
             alive: Vec::new(),
             planner: SyncPlanner::new(PlannerConfig::default()),

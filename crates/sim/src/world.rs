@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use foca::{OwnedNotification, Timer};
-use patina_membership::{foca_config, SwimId, SwimProfile, WireCodec};
+use patina_membership::{SwimId, SwimProfile, SwimTuning, WireCodec};
 use patina_proto::{
     region_leader, rollup_diff, BroadcastConfig, ChunkFate, Forward, Hop, PullAction, PullSession,
     RollupSchedule, RollupTiming, ServeAction, ServeSession, SyncLimits, SUMMARY_SPANS_MAX,
@@ -42,8 +42,9 @@ const FAULT_SHADOW: Micros = 60_000_000;
 const FAULTS_FROM: Micros = 5_000_000;
 const FAULT_EVERY: Micros = 4_000_000;
 /// Every up node of a region must have dropped a crashed leader by then:
-/// SWIM's LAN suspicion (≈ 5 s at foca's 16-member tuning) plus a probe
-/// period and dissemination, with room.
+/// SWIM's LAN suspicion (2–3 s as tuned for a region's size; ≈ 5 s with
+/// foca's own profile pinned at 16 members) plus a probe period and
+/// dissemination, with room.
 const LEADER_REPLACED_WITHIN: Micros = 20_000_000;
 /// Announces to bootstrap / remembered members while foca knows nobody
 /// (the agent's `ANNOUNCE_RETRY`).
@@ -352,6 +353,7 @@ impl World {
             net: Network::new(cfg.loss),
             bcast: BroadcastConfig {
                 fanout: cfg.fanout,
+                gossip_margin: cfg.gossip_margin,
                 ..BroadcastConfig::default()
             },
             limits: SyncLimits::default(),
@@ -494,15 +496,34 @@ impl World {
         }
     }
 
-    fn new_foca(&mut self, identity: NodeIdentity, c: Cluster) -> SimFoca {
+    /// A fresh node's SWIM tuning in cluster `c`: the agent's adaptive
+    /// one, or foca's own profile pinned at `--swim-cluster-size`.
+    fn new_tuning(&self, c: Cluster) -> SwimTuning {
         let profile = match c {
             Cluster::Regional => SwimProfile::Lan,
             Cluster::Global => SwimProfile::Wan,
         };
-        let config = foca_config(profile, self.cfg.swim_cluster_size);
+        match self.cfg.swim_cluster_size {
+            0 => SwimTuning::adaptive(profile),
+            size => SwimTuning::fixed(profile, size),
+        }
+    }
+
+    fn new_foca(&mut self, identity: NodeIdentity, config: foca::Config) -> SimFoca {
         let codec = WireCodec::new(identity.cluster.clone(), identity.actor);
         let rng = SmallRng::seed_from_u64(self.rng.random());
         foca::Foca::new(SwimId(identity), config, rng, codec)
+    }
+
+    /// As the agent does after every foca call: re-tunes foca when the
+    /// cluster's size moved to another power of two.
+    fn retune(&mut self, n: usize, c: Cluster) {
+        if let Some(p) = self.nodes[n].presence_mut(c) {
+            let members = p.foca.num_members() + 1;
+            if let Some(config) = p.tuning.observe(members) {
+                let _ = p.foca.set_config(config);
+            }
+        }
     }
 
     /// Adds a node (at the start, or joining later) with empty databases;
@@ -558,12 +579,14 @@ impl World {
             .map(|&m| SwimId(self.current_identity(m, Cluster::Regional)))
             .collect();
         let id = self.identity(n, Cluster::Regional, 0);
-        let foca = self.new_foca(id, Cluster::Regional);
+        let tuning = self.new_tuning(Cluster::Regional);
+        let foca = self.new_foca(id, tuning.config());
         let name = self.region_names[region].clone();
         self.nodes[n].clusters[0] = Some(Presence::new(
             Cluster::Regional,
             name,
             foca,
+            tuning,
             regional,
             self.bcast.clone(),
         ));
@@ -573,12 +596,14 @@ impl World {
                 .map(|m| SwimId(self.current_identity(m, Cluster::Global)))
                 .collect();
             let id = self.identity(n, Cluster::Global, 0);
-            let foca = self.new_foca(id, Cluster::Global);
+            let tuning = self.new_tuning(Cluster::Global);
+            let foca = self.new_foca(id, tuning.config());
             let name = self.global_name.clone();
             self.nodes[n].clusters[1] = Some(Presence::new(
                 Cluster::Global,
                 name,
                 foca,
+                tuning,
                 members,
                 self.bcast.clone(),
             ));
@@ -881,6 +906,7 @@ impl World {
         if let Some(id) = rejoined {
             self.restart_foca(n, c, id);
         }
+        self.retune(n, c);
         self.refresh_members(n, c);
     }
 
@@ -896,7 +922,8 @@ impl World {
             .map(|m| m.id().clone())
             .filter(|m| m.0.actor != id.0.actor)
             .collect();
-        let foca = self.new_foca(id.0, c);
+        let config = p.tuning.config();
+        let foca = self.new_foca(id.0, config);
         let mut fx = SwimEffects::default();
         if let Some(p) = self.nodes[n].presence_mut(c) {
             p.foca = foca;
@@ -2457,14 +2484,21 @@ impl World {
                 continue;
             }
             let id = self.identity(n, c, generation);
-            let foca = self.new_foca(id, c);
+            let tuning = self.new_tuning(c);
+            let foca = self.new_foca(id, tuning.config());
             let name = match c {
                 Cluster::Regional => self.region_names[self.nodes[n].region].clone(),
                 Cluster::Global => self.global_name.clone(),
             };
             let remembered = std::mem::take(&mut self.nodes[n].remembered[c.index()]);
-            self.nodes[n].clusters[c.index()] =
-                Some(Presence::new(c, name, foca, remembered, self.bcast.clone()));
+            self.nodes[n].clusters[c.index()] = Some(Presence::new(
+                c,
+                name,
+                foca,
+                tuning,
+                remembered,
+                self.bcast.clone(),
+            ));
             self.announce_if_alone(n, c);
             self.schedule_tick(n, c, 0);
         }
