@@ -2,6 +2,7 @@
 //! `patina restore` (offline: prepares the data dir of a new node from a
 //! backup; docs/operations.md).
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -11,6 +12,7 @@ use serde_json::Value as Json;
 use crate::cli::{BackupArgs, RestoreArgs};
 
 pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let client = patina_client::Client::new(&args.api.api)?.with_token(args.api.token.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -28,24 +30,26 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .block_on(client.backup(to))
         .context("backup refused")?;
     if args.json {
-        println!("{answer}");
+        writeln!(out, "{answer}")?;
         return Ok(());
     }
     let manifest = &answer["manifest"];
-    println!(
+    writeln!(
+        out,
         "backup of actor {} written to {} in {:.2} s",
         manifest["actor_id"].as_str().unwrap_or("?"),
         answer["dir"].as_str().unwrap_or(to),
         answer["time"].as_f64().unwrap_or(0.0)
-    );
+    )?;
     for db in manifest["databases"].as_array().into_iter().flatten() {
-        println!(
+        writeln!(
+            out,
             "  {}: {}, own version {}, {} actor(s)",
             db["file"].as_str().unwrap_or("?"),
             mib(&db["bytes"]),
             db["own_version"],
             db["actors"].as_array().map_or(0, Vec::len)
-        );
+        )?;
     }
     Ok(())
 }
@@ -58,16 +62,18 @@ fn mib(bytes: &Json) -> String {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let manifest = read_manifest(&args.from)?;
     let restored = patina_node::restore(&args.from, &manifest, &args.data_dir)?;
-    println!(
+    writeln!(
+        out,
         "restored the backup of actor {} (taken {}) into {} in {:.2} s",
         restored.old_actor,
         utc(manifest.taken_unix_ms),
         args.data_dir.display(),
         restored.took.as_secs_f64()
-    );
-    println!("new actor id: {}", restored.new_actor);
+    )?;
+    writeln!(out, "new actor id: {}", restored.new_actor)?;
     for db in &restored.databases {
         let versions = match db.old_version {
             0 => format!("no versions of {} to record", restored.old_actor),
@@ -76,19 +82,22 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 restored.old_actor
             ),
         };
-        println!(
+        writeln!(
+            out,
             "  {}.db: {versions}, {} row clocks re-attributed to it, {} actor(s) known",
             db.db.name(),
             db.clocks_rewritten,
             db.actors
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "start the agent with node.data_dir = {:?}: it joins as a new node and fetches only what is newer than the backup. \
          Under mutual TLS with actor-pinned certificates, issue its certificate with `patina tls cert --actor {}`.",
-        args.data_dir,
+        // Absolute: the agent does not run from this shell's directory.
+        std::path::absolute(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone()),
         restored.new_actor
-    );
+    )?;
     Ok(())
 }
 
@@ -115,6 +124,12 @@ fn utc(unix_ms: u64) -> String {
 }
 
 fn read_manifest(dir: &Path) -> anyhow::Result<BackupManifest> {
+    if !dir.exists() {
+        bail!(
+            "{} does not exist: give the directory `patina backup --to` wrote",
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         bail!(
             "{} is not a directory: give the directory `patina backup --to` wrote",

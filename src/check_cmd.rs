@@ -60,8 +60,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0,
+        "--timeout {} is not a number of seconds > 0",
+        args.timeout
+    );
+    let timeout = Duration::from_secs_f64(args.timeout);
     let client = |addr: &str| -> anyhow::Result<Client> {
-        Ok(Client::new(addr)?.with_token(args.api.token.clone()))
+        Ok(Client::new(addr)?
+            .with_token(args.api.token.clone())
+            .with_timeout(timeout)?)
     };
     let home = client(&args.api.api)?;
     let peer_clients = args

@@ -319,6 +319,10 @@ pub struct CheckArgs {
     /// Digests to take before a difference counts.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub attempts: u32,
+    /// Seconds to wait for each node's answer (a digest reads every row:
+    /// about 2 s per million).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub timeout: f64,
 }
 
 #[derive(Debug, Subcommand)]

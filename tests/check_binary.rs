@@ -177,6 +177,22 @@ fn check_finds_a_row_changed_around_capture() {
         "{stderr}"
     );
 
+    // A peer that takes the connection and never answers (a frozen
+    // process) fails the check after --timeout, named, instead of hanging.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (code, stdout, stderr) = check(
+        &a,
+        &[&b],
+        &["--peer", &silent_addr, "--attempts", "1", "--timeout", "1"],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(&silent_addr),
+        "{stdout}{stderr}"
+    );
+    drop(silent);
+
     // Around capture on b: a plain connection with a do-nothing crr_capture.
     let side = rusqlite::Connection::open(db.path().join("data/regional.db")).unwrap();
     side.busy_timeout(Duration::from_secs(5)).unwrap();

@@ -171,6 +171,19 @@ impl Client {
         })
     }
 
+    /// Gives up on a request (its answer included) after `timeout`: for
+    /// tools that must not wait forever on a node that stopped answering
+    /// (a frozen process keeps its sockets open). Not for subscriptions,
+    /// which stream for as long as they last.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ClientError> {
+        self.http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self)
+    }
+
     /// Sends `Authorization: Bearer <token>` with every request.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;

@@ -61,7 +61,8 @@ pub struct CollectionState {
     pub last_checkpoint_ms: Option<u64>,
     /// When a peer last answered this node's sync (Unix ms), and how long
     /// a silence may last after it (ms); `None` before the first answer
-    /// (see `Node::note_contact`).
+    /// (see `Node::note_contact`). Kept with each checkpoint, so a restart
+    /// starts from the last one kept (older than the last answer: safe).
     pub last_contact: Option<(u64, u64)>,
 }
 
@@ -190,7 +191,10 @@ impl Collection {
             stale: state_value(c, "stale")?,
             returning: None,
             last_checkpoint_ms: taken.keys().next_back().copied(),
-            last_contact: None,
+            last_contact: state_value(c, "last_contact")?.and_then(|v| {
+                let (at, limit) = v.split_once(' ')?;
+                Some((at.parse().ok()?, limit.parse().ok()?))
+            }),
         };
         Ok(Arc::new(Collection {
             state: Mutex::new(state),
@@ -393,6 +397,12 @@ fn collect_pass(
                 insert.execute(params![at as i64, &actor.0[..], *version as i64])?;
             }
             collection.update(|s| s.last_checkpoint_ms = Some(at));
+            // The last peer answer, kept at the checkpoints' pace: a node
+            // cut off keeps checkpointing, so only this tells a restart
+            // how long it has been out of touch (see `out_of_touch`).
+            if let Some((contact, limit)) = collection.state().last_contact {
+                set_state(c, "last_contact", &format!("{contact} {limit}"))?;
+            }
         }
         let aged = checkpoints.aged(request.now_ms, request.retention_ms);
         if let Some(&(oldest, _)) = checkpoints.iter().next() {

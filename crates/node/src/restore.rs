@@ -209,9 +209,11 @@ fn prepare_data_dir(path: &Path) -> Result<(), RestoreError> {
         source,
     };
     if path.exists() && !path.is_dir() {
-        return Err(RestoreError::NotEmpty {
+        return Err(RestoreError::Io {
             path: path.to_owned(),
-            entries: "a file, not a directory".to_owned(),
+            source: std::io::Error::other(
+                "a file, not a directory: name a directory that does not exist or is empty",
+            ),
         });
     }
     fs::create_dir_all(path).map_err(io)?;

@@ -576,6 +576,34 @@ async fn a_returning_or_stale_database_refuses_writes_and_the_other_takes_them()
     .await
     .unwrap();
 
+    // The last answer is kept with the checkpoints: a node cut off and
+    // then restarted is still out of touch when it opens.
+    node.note_contact(DbKind::Regional, now - 61_000, 60_000);
+    node.collect_tombstones(
+        DbKind::Regional,
+        patina_node::CollectRequest {
+            now_ms: patina_node::unix_ms(),
+            retention_ms: 120_000,
+            checkpoint_every_ms: 1,
+            watermark: Default::default(),
+            keys_max: 100,
+        },
+    )
+    .await
+    .unwrap();
+    drop(node);
+    let node = Node::open(options(dir.path())).unwrap();
+    assert_eq!(
+        node.collection(DbKind::Regional).last_contact,
+        Some((now - 61_000, 60_000))
+    );
+    assert!(matches!(
+        node.transact(insert()).await,
+        Err(TxError::Returning { .. })
+    ));
+    node.mark_returned(DbKind::Regional);
+    node.note_contact(DbKind::Regional, patina_node::unix_ms(), 60_000);
+
     // Stale is durable: a restart keeps refusing.
     node.mark_stale(DbKind::Regional, "re-seed it".into())
         .await

@@ -198,6 +198,13 @@ pub(crate) fn check_return(
     {
         return;
     }
+    // Out of touch before it stopped (cut off, then restarted): as long
+    // an absence as a stop, though it kept running and checkpointing.
+    if let Some(reason) = state.out_of_touch(unix_ms()) {
+        tracing::warn!(db = DB.name(), "{reason}");
+        node.mark_returning(DB, reason);
+        return;
+    }
     let retention_ms = retention.as_millis().min(u64::MAX as u128) as u64;
     let away = match absence(state.last_checkpoint_ms, unix_ms(), retention_ms) {
         Absence::Short => return,
@@ -229,6 +236,7 @@ pub(crate) fn check_contact(
     shared: &Shared,
     config: &ReplicatorConfig,
     answered: &[(SocketAddr, Summary)],
+    checking_return: bool,
 ) {
     let Some(retention) = config.tombstone_retention else {
         return;
@@ -243,7 +251,9 @@ pub(crate) fn check_contact(
     // Out of touch is judged before this round's answers count: a round
     // that ends just after the process was frozen for days must not
     // renew the contact and let a waiting write through unchecked.
-    if state.stale.is_none() && state.returning.is_none() {
+    // While a return check runs the node is returning already, and this
+    // round's answers may be what clears it.
+    if !checking_return && state.stale.is_none() && state.returning.is_none() {
         if let Some(reason) = state.out_of_touch(now) {
             tracing::warn!(db = DB.name(), "{reason}");
             shared.node.mark_returning(DB, reason);

@@ -156,6 +156,10 @@ pub(crate) async fn run(
         pace.on_round(quiet && !status.borrow().catching_up());
         tracing::trace!(quiet, next_in = ?pace.interval(), "sync round done");
         let catching_up = status.borrow().catching_up();
+        // The contact first: a return check that this round clears must
+        // find the answer noted, or a write right after would find the
+        // node out of touch still.
+        check_contact(&shared, &config, &answered, return_check.is_some());
         if let Some(check) = return_check.as_mut() {
             if check.on_round(&shared, &answered, &declined) {
                 return_check = None;
@@ -163,7 +167,6 @@ pub(crate) async fn run(
         }
         // Marked returning since (out of touch, here or by a write): the
         // return is checked from the next round on.
-        check_contact(&shared, &config, &answered);
         if return_check.is_none() {
             return_check = ReturnCheck::new(&shared, &config);
         }
