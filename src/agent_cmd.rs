@@ -152,7 +152,31 @@ fn escape_record(buf: &[u8], ansi: bool) -> Vec<u8> {
         _ => (buf, &b""[..]),
     };
     let mut out = Vec::with_capacity(buf.len() + 8);
-    for &byte in body {
+    let mut i = 0;
+    while i < body.len() {
+        let byte = body[i];
+        i += 1;
+        // Unicode's line breaks (NEL, LINE and PARAGRAPH SEPARATOR) split
+        // lines for some log viewers too.
+        let rest = &body[i..];
+        if byte == 0xc2 && rest.first() == Some(&0x85) {
+            out.extend_from_slice(b"\\u{85}");
+            i += 1;
+            continue;
+        }
+        if byte == 0xe2
+            && rest.len() >= 2
+            && rest[0] == 0x80
+            && (rest[1] == 0xa8 || rest[1] == 0xa9)
+        {
+            out.extend_from_slice(if rest[1] == 0xa8 {
+                b"\\u{2028}"
+            } else {
+                b"\\u{2029}"
+            });
+            i += 2;
+            continue;
+        }
         match byte {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
@@ -446,5 +470,9 @@ mod tests {
         );
         assert_eq!(escape_record(b"a\x1b[1mb\n", true), b"a\x1b[1mb\n".to_vec());
         assert_eq!(escape_record(b"no end", false), b"no end".to_vec());
+        assert_eq!(
+            escape_record("a\u{2028}b\u{85}c\u{2029}é\n".as_bytes(), false),
+            b"a\\u{2028}b\\u{85}c\\u{2029}\xc3\xa9\n".to_vec()
+        );
     }
 }
