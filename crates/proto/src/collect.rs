@@ -64,6 +64,21 @@ pub fn missed(
     })
 }
 
+/// Whether a peer whose `summary` of `db` this is lacks versions below
+/// this node's `floors`: `(actor, floor, prefix)`. Such a peer missed
+/// collected tombstones (or has not caught up yet): pulling from it could
+/// bring back rows whose deletes were forgotten here.
+pub fn summary_missed(
+    summary: &Summary,
+    db: DbKind,
+    floors: &BTreeMap<ActorId, u64>,
+) -> Option<(ActorId, u64, u64)> {
+    if floors.is_empty() {
+        return None;
+    }
+    missed(&summary_prefixes(summary, db), floors)
+}
+
 /// The members' applied prefixes as their last summaries said, for the
 /// watermark of one database. Peers are whatever the shell keys them by.
 #[derive(Debug, Clone)]
@@ -327,6 +342,23 @@ mod tests {
         );
         w.retain_live(&["b"]);
         assert_eq!(w.watermark(&["c"], &own, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn a_summary_below_the_floors_is_not_pulled_from() {
+        let floors = map(&[(1, 5)]);
+        let behind = summary(&[(1, &[(1, 4)]), (2, &[(1, 9)])]);
+        assert_eq!(
+            summary_missed(&behind, DbKind::Regional, &floors),
+            Some((actor(1), 5, 4))
+        );
+        let caught_up = summary(&[(1, &[(1, 5)])]);
+        assert_eq!(summary_missed(&caught_up, DbKind::Regional, &floors), None);
+        // No floors (nothing collected): every peer is pulled from.
+        assert_eq!(
+            summary_missed(&behind, DbKind::Regional, &BTreeMap::new()),
+            None
+        );
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub use bookie::{Bookkeeper, ChunkFate, Lack, Partial, NEEDS_MAX, SUMMARY_SPANS_
 pub use broadcast::{chunk_bytes, BroadcastConfig, BroadcastQueue};
 pub use catchup::{CatchUp, CatchUpPhase, CatchUpStatus, CATCH_UP_WAIT};
 pub use collect::{
-    absence, applied_prefix, lower_bounds, missed, own_prefixes, summary_prefixes, Absence,
-    Checkpoints, Watermark,
+    absence, applied_prefix, lower_bounds, missed, own_prefixes, summary_missed, summary_prefixes,
+    Absence, Checkpoints, Watermark,
 };
 pub use forward::{Forward, ForwardPolicy, Hop};
 pub use lag::{LagWindow, LAG_SAMPLES_MAX, LAG_WINDOW};

@@ -75,6 +75,10 @@ pub struct ReplicatorStats {
     /// Sync streams not served because this node is stale (what it holds
     /// may resurrect deleted rows at the asker).
     pub serves_refused_stale: Counter,
+    /// Peers not pulled from because their summary shows them below this
+    /// node's collection floors (stale, or bootstrapping): what they hold
+    /// could bring back rows whose deletes were collected here.
+    pub pulls_refused_stale: Counter,
     /// Chunks waiting in the apply queue.
     pub apply_queue_chunks: Gauge,
     /// 1 while this node catches up (see `patina_proto::CatchUp`), else 0.
@@ -177,7 +181,7 @@ impl ReplicatorStats {
             "Commit-to-applied lag of versions written while this node was away or applied while it caught up",
             self.catchup_lag.histogram.clone(),
         );
-        let counters: [(&str, &str, &Counter); 30] = [
+        let counters: [(&str, &str, &Counter); 31] = [
             (
                 "tombstones_collected",
                 "Tombstones (clocks of deleted rows) collected once every member applied the delete and it was older than db.tombstone_retention",
@@ -192,6 +196,11 @@ impl ReplicatorStats {
                 "serves_refused_stale",
                 "Sync streams not served because this node is stale",
                 &self.serves_refused_stale,
+            ),
+            (
+                "pulls_refused_stale",
+                "Peers not pulled from because their summary is below this node's collection floors (they missed collected deletes)",
+                &self.pulls_refused_stale,
             ),
             (
                 "chunks_received",

@@ -381,13 +381,17 @@ async fn ask_summary(shared: &Shared, peer: SocketAddr, digest: u64) -> Result<A
     loop {
         match perform(shared, peer, &mut session, &mut writer, actions).await? {
             Next::Plan(summary) => {
+                if let Some(reason) = below_floors(shared, peer, &summary) {
+                    let _ = writer.finish();
+                    return Ok(Answer::Declined(reason));
+                }
                 return Ok(Answer::Summary(Box::new(Asked {
                     peer,
                     summary,
                     session,
                     writer,
                     reader,
-                })))
+                })));
             }
             Next::InSync => {
                 let _ = writer.finish();
@@ -401,6 +405,28 @@ async fn ask_summary(shared: &Shared, peer: SocketAddr, digest: u64) -> Result<A
             Next::Done => return Err(SyncFailure::Closed.into()),
         }
     }
+}
+
+/// Why not to pull from a peer whose summary is below this node's
+/// collection floors: it missed deletes whose tombstones were collected
+/// here (it was cut off, frozen or stopped that long), and rows it still
+/// holds or wrote meanwhile would come back as new keys. It finds out it
+/// is stale when it pulls from a node that collected; meanwhile it is
+/// treated like a peer that declined.
+fn below_floors(shared: &Shared, peer: SocketAddr, summary: &Summary) -> Option<String> {
+    let db = patina_wire::DbKind::Regional;
+    if !shared.carries(db) {
+        return None;
+    }
+    let floors = shared.node.collection(db)?.floors;
+    let (actor, floor, have) = patina_proto::summary_missed(summary, db, &floors)?;
+    shared.stats.pulls_refused_stale.inc();
+    let reason = format!(
+        "peer {peer} holds versions 1..={have} of actor {actor}, below this node's collection \
+         floor {floor}: it missed collected deletes, so nothing is pulled from it"
+    );
+    tracing::warn!(%peer, "{reason}");
+    Some(reason)
 }
 
 async fn pull(shared: &Shared, asked: Asked, needs: Vec<Need>) -> Result<(), SyncError> {
