@@ -371,14 +371,7 @@ fn a_node_frozen_across_a_collection_takes_no_write_and_holds_nothing_back() {
     for _ in 0..4000 {
         let _ = flood.send_to(&[0u8; 1200], &c.gossip);
     }
-    let before = a.metric("patina_replication_tombstones_collected_total");
-    tx(&a, "DELETE FROM machines WHERE id = 'm0'", json!([])).unwrap();
-    model.remove("m0");
-    eventually("a and b collected the delete c missed", WAIT, || {
-        tombstones(&a) == 0
-            && tombstones(&b) == 0
-            && a.metric("patina_replication_tombstones_collected_total") > before
-    });
+    delete_until_collected(&a, &[&a, &b], "m0", &mut model);
     // The scenario is a freeze longer than c's allowed silence (half the
     // retention, at least 5 quiet sync rounds of 3.2 s: 16 s); nothing on
     // a frozen process can be waited on instead.
@@ -423,15 +416,23 @@ fn a_node_frozen_across_a_collection_takes_no_write_and_holds_nothing_back() {
     assert!(rows(&c).unwrap().contains_key("m0"));
 
     // Stale and running, c declines to serve: a and b collect without it.
-    let before = a.metric("patina_replication_tombstones_collected_total");
-    tx(&b, "DELETE FROM machines WHERE id = 'm1'", json!([])).unwrap();
-    model.remove("m1");
-    eventually("a and b collect beside stale c", WAIT, || {
-        tombstones(&a) == 0
-            && tombstones(&b) == 0
-            && a.metric("patina_replication_tombstones_collected_total") > before
-    });
+    delete_until_collected(&b, &[&a, &b], "m1", &mut model);
     converged(&[&a, &b], &model);
+}
+
+/// Deletes `id` on `writer` and waits until every one of `collectors`
+/// has collected a tombstone since and holds none.
+fn delete_until_collected(writer: &Agent, collectors: &[&Agent], id: &str, model: &mut Rows) {
+    const COLLECTED: &str = "patina_replication_tombstones_collected_total";
+    let before: Vec<u64> = collectors.iter().map(|a| a.metric(COLLECTED)).collect();
+    tx(writer, "DELETE FROM machines WHERE id = ?", json!([id])).unwrap();
+    model.remove(id);
+    eventually(&format!("{id}'s tombstone collected"), WAIT, || {
+        collectors
+            .iter()
+            .zip(&before)
+            .all(|(a, &n)| tombstones(a) == 0 && a.metric(COLLECTED) > n)
+    });
 }
 
 /// The node that writes key `id` in [`round`].
